@@ -1,0 +1,1 @@
+"""The ``malsori`` command line: transcribe files, list models, serve, stream."""

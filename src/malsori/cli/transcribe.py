@@ -1,0 +1,5 @@
+"""Placeholder until its command lands."""
+
+
+def register(app) -> None:
+    return None

@@ -1,0 +1,111 @@
+"""One settings object for the whole service (pydantic-settings).
+
+Every field can be set from the environment with the ``MALSORI__`` prefix and ``__`` between
+sections, e.g. ``MALSORI__ENGINE__COMPUTE_TYPE=int8`` or ``MALSORI__SERVER__PORT=9000``. Built once in
+``create_app(settings)`` or the CLI, never at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .engine.models import default_cache_dir
+
+__all__ = [
+    "Settings",
+    "EngineSettings",
+    "ServerSettings",
+    "StorageSettings",
+    "LimitSettings",
+    "StreamingSettings",
+    "AuthSettings",
+]
+
+
+class EngineSettings(BaseModel):
+    model: str = "base"
+    """Bundled name (base, tiny.en), faster-whisper model name, or local CTranslate2 directory."""
+    device: str = "auto"
+    """auto, cpu or cuda."""
+    compute_type: str = "auto"
+    """auto (int8 on CPU, float16 on CUDA) or a CTranslate2 compute type."""
+    cpu_threads: int = 0
+    """CPU threads for inference; 0 uses every core."""
+    num_workers: int = 1
+    """Decodes the model may run at once."""
+    max_batch_size: int = 8
+    """Windows decoded together in one call."""
+    beam_size: int = 5
+    """Default beam size for files and requests."""
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    """Where joined bundled models and downloads are kept."""
+    detector_model: str = "tiny.en"
+    """Model for the Whisper-based speech detector of POST /detect (detector=whisper)."""
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = 8000
+    """Port to listen on."""
+    data_dir: Path = Path("data")
+    """Where the SQLite database and job uploads live."""
+    media_dir: Path | None = None
+    """Local directory that /stt/process may read `audio_url` paths from (none: local paths refused)."""
+    allow_private_urls: bool = False
+    """Let /stt/process fetch from private and loopback addresses (off: refused, against SSRF)."""
+    cors_origins: list[str] = []
+    """Origins allowed to call the API from a browser (the bundled page needs none)."""
+
+
+class StorageSettings(BaseModel):
+    url: str | None = None
+    """SQLAlchemy URL (sqlite:///..., postgresql+psycopg://...). Default: SQLite in data_dir."""
+
+
+class LimitSettings(BaseModel):
+    max_upload_bytes: int = 100 * 1024 * 1024
+    """Largest accepted upload (bytes)."""
+    max_audio_seconds: float = 3600.0
+    """Longest accepted audio (seconds)."""
+    max_pending_requests: int = 64
+    """Short requests waiting for the model before new ones get 429."""
+    max_pending_jobs: int = 1000
+    """Jobs waiting before new ones get 429."""
+    sync_max_seconds: float = 600.0
+    """Longest audio transcribed inside one synchronous request (longer: use /v1/jobs)."""
+
+
+class StreamingSettings(BaseModel):
+    max_sessions: int = 16
+    """Live sessions at once; further ones are refused with close code 1013."""
+    resume_grace_s: float = 30.0
+    """How long a session waits for its client to reconnect after a dropped connection."""
+    default_preset: str = "balanced"
+    """low-latency, balanced or accurate."""
+    max_frame_bytes: int = 1024 * 1024
+    """Largest binary audio frame accepted."""
+
+
+class AuthSettings(BaseModel):
+    admin_key: str | None = None
+    """When set, changing settings from the control panel requires this key."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MALSORI__", env_nested_delimiter="__", extra="ignore")
+
+    engine: EngineSettings = EngineSettings()
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    limits: LimitSettings = LimitSettings()
+    streaming: StreamingSettings = StreamingSettings()
+    auth: AuthSettings = AuthSettings()
+
+    def database_url(self) -> str:
+        if self.storage.url:
+            return self.storage.url
+        return f"sqlite:///{(self.server.data_dir / 'malsori.db').resolve()}"

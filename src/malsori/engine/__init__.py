@@ -1,0 +1,29 @@
+"""The engine: audio arrays in, typed transcripts out. Knows Whisper; knows nothing of the web."""
+
+from .audio import SAMPLE_RATE, AudioLimits, decode_audio, float32_to_pcm16, pcm_to_float32
+from .models import ModelInfo, list_models, resolve_model
+from .options import LANGUAGES, TranscribeOptions
+from .transcriber import MAX_WINDOW_S, EngineConfig, Transcriber, Window, WindowResult, speech_regions
+from .types import Segment, Transcript, Word
+
+__all__ = [
+    "SAMPLE_RATE",
+    "AudioLimits",
+    "decode_audio",
+    "pcm_to_float32",
+    "float32_to_pcm16",
+    "ModelInfo",
+    "list_models",
+    "resolve_model",
+    "LANGUAGES",
+    "TranscribeOptions",
+    "EngineConfig",
+    "Transcriber",
+    "Window",
+    "WindowResult",
+    "MAX_WINDOW_S",
+    "speech_regions",
+    "Segment",
+    "Transcript",
+    "Word",
+]

@@ -1,0 +1,83 @@
+"""Decoding options, validated once with messages a person understands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..errors import InvalidOptionsError
+
+__all__ = ["TranscribeOptions", "LANGUAGES", "TASKS", "normalize_language"]
+
+TASKS = ("transcribe", "translate")
+
+
+def _languages() -> dict[str, str]:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES  # the codes Whisper's tokenizer knows
+
+    return {code: code for code in _LANGUAGE_CODES}
+
+
+LANGUAGES: tuple[str, ...] = tuple(sorted(_languages()))
+
+
+def normalize_language(language: str | None) -> str | None:
+    """``None``/``""``/``auto`` mean detect; otherwise a Whisper language code (``en``, ``de``, ...)."""
+    if language is None:
+        return None
+    code = language.strip().lower()
+    if code in ("", "auto", "detect"):
+        return None
+    if code not in LANGUAGES:
+        raise InvalidOptionsError(
+            f"unknown language {language!r}: use a Whisper language code such as en, de, es, ja, "
+            "or leave it out to detect the language"
+        )
+    return code
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """How to decode. Build with keyword arguments; invalid values raise InvalidOptionsError."""
+
+    language: str | None = None
+    """Language code, or None to detect it."""
+    task: str = "transcribe"
+    """``transcribe`` keeps the spoken language; ``translate`` outputs English."""
+    initial_prompt: str | None = None
+    """Text that precedes the audio (names, spelling, style)."""
+    hotwords: str | None = None
+    """Words to favour, passed to the decoder as a prefix hint."""
+    beam_size: int = 5
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    """Temperature fallback: the next one is tried when a decode looks wrong (repetitive, unlikely)."""
+    best_of: int = 5
+    vad_filter: bool = True
+    """Skip non-speech with the Silero VAD before decoding (long inputs are always split at pauses)."""
+    word_timestamps: bool = False
+    without_timestamps: bool = False
+    compression_ratio_threshold: float | None = 2.4
+    log_prob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    condition_on_previous_text: bool = True
+    """Within one long input, chunks decoded after the first carry the previous chunk's text."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "language", normalize_language(self.language))
+        if self.task not in TASKS:
+            raise InvalidOptionsError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        if not 1 <= self.beam_size <= 20:
+            raise InvalidOptionsError(f"beam_size must be between 1 and 20, not {self.beam_size}")
+        if not 1 <= self.best_of <= 20:
+            raise InvalidOptionsError(f"best_of must be between 1 and 20, not {self.best_of}")
+        temps = tuple(float(t) for t in (self.temperatures or (0.0,)))
+        if any(not 0.0 <= t <= 2.0 for t in temps):
+            raise InvalidOptionsError("temperatures must each be between 0 and 2")
+        object.__setattr__(self, "temperatures", temps)
+        for name in ("initial_prompt", "hotwords"):
+            value = getattr(self, name)
+            if value is not None and len(value) > 2000:
+                raise InvalidOptionsError(f"{name} is too long ({len(value)} characters, at most 2000)")
+
+    def with_(self, **changes) -> "TranscribeOptions":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)

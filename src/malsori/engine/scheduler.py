@@ -1,0 +1,233 @@
+"""One queue in front of the shared model: many callers, batched decodes, fair and bounded.
+
+Live streams, short HTTP requests and file jobs all submit windows here. A worker thread takes the
+most urgent class first (live, then requests, then jobs), round-robin across owners (a stream, a
+request, a job) so one busy owner cannot starve the others, and decodes up to ``max_batch`` windows
+that share decoding options in one call. When the queue of a class is full, ``submit`` raises
+:class:`OverloadedError` at once: callers turn that into 429 or close code 1013 instead of every
+caller slowing down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Protocol, Sequence
+
+from ..errors import OverloadedError
+from .options import TranscribeOptions
+from .transcriber import Window, WindowResult
+
+__all__ = ["Priority", "WindowDecoder", "DecodeScheduler", "SchedulerStats"]
+
+log = logging.getLogger(__name__)
+
+
+class Priority(IntEnum):
+    LIVE = 0
+    REQUEST = 1
+    JOB = 2
+
+
+class WindowDecoder(Protocol):
+    """What the scheduler needs of an engine: the real :class:`Transcriber`, or a fake in tests."""
+
+    def decode_windows(self, windows: Sequence[Window], options: TranscribeOptions) -> list[WindowResult]: ...
+
+
+@dataclass
+class _Item:
+    window: Window
+    options: TranscribeOptions
+    owner: str
+    priority: Priority
+    future: Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class SchedulerStats:
+    pending: dict[str, int]
+    batches: int
+    windows: int
+    mean_batch_size: float
+    busy_fraction: float
+    """Share of the last ~10 s the worker spent decoding (0..1)."""
+    recent_wait_ms_p50: float
+    recent_decode_ms_p50: float
+
+
+class DecodeScheduler:
+    """Thread-safe. ``submit`` from any thread; ``decode`` from asyncio code."""
+
+    def __init__(
+        self,
+        decoder: WindowDecoder,
+        *,
+        max_batch: int = 8,
+        max_pending: dict[Priority, int] | None = None,
+        workers: int = 1,
+    ) -> None:
+        self.decoder = decoder
+        self.max_batch = max_batch
+        self.max_pending = {Priority.LIVE: 256, Priority.REQUEST: 64, Priority.JOB: 1024, **(max_pending or {})}
+        # priority -> owner -> deque of items; owners rotate for fairness
+        self._queues: dict[Priority, collections.OrderedDict[str, collections.deque[_Item]]] = {
+            p: collections.OrderedDict() for p in Priority
+        }
+        self._counts = {p: 0 for p in Priority}
+        self._cond = threading.Condition()
+        self._closed = False
+        self._batches = 0
+        self._windows = 0
+        self._busy: collections.deque[tuple[float, float]] = collections.deque(maxlen=512)
+        self._waits: collections.deque[float] = collections.deque(maxlen=256)
+        self._decodes: collections.deque[float] = collections.deque(maxlen=256)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"malsori-decode-{n}", daemon=True) for n in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # -- submitting --------------------------------------------------------------------------------
+    def submit(
+        self, window: Window, options: TranscribeOptions, *, owner: str, priority: Priority = Priority.REQUEST
+    ) -> "Future[WindowResult]":
+        future: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise OverloadedError("the decoder is shutting down", retry_after=5.0)
+            if self._counts[priority] >= self.max_pending[priority]:
+                raise OverloadedError(
+                    f"the decode queue is full ({self._counts[priority]} {priority.name.lower()} windows waiting)",
+                    retry_after=self.retry_after(),
+                )
+            queue = self._queues[priority].setdefault(owner, collections.deque())
+            queue.append(_Item(window, options, owner, priority, future))
+            self._counts[priority] += 1
+            self._cond.notify()
+        return future
+
+    async def decode(
+        self, window: Window, options: TranscribeOptions, *, owner: str, priority: Priority = Priority.REQUEST
+    ) -> WindowResult:
+        """Submit and await one window from asyncio code without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(window, options, owner=owner, priority=priority))
+
+    def decode_many(
+        self, windows: Sequence[Window], options: TranscribeOptions, *, owner: str, priority: Priority = Priority.JOB
+    ) -> list[WindowResult]:
+        """Blocking: submit several windows and wait for all (what file transcription passes as ``decode``)."""
+        futures = [self.submit(w, options, owner=owner, priority=priority) for w in windows]
+        return [f.result() for f in futures]
+
+    # -- facts -------------------------------------------------------------------------------------
+    def pending(self, priority: Priority | None = None) -> int:
+        with self._cond:
+            return self._counts[priority] if priority is not None else sum(self._counts.values())
+
+    def retry_after(self) -> float:
+        """A rough number of seconds until the queue has room, for Retry-After headers."""
+        decode_s = (sorted(self._decodes)[len(self._decodes) // 2] / 1000) if self._decodes else 1.0
+        waiting = sum(self._counts.values())
+        return max(1.0, round(decode_s * max(1, waiting) / self.max_batch, 1))
+
+    def busy_fraction(self, horizon_s: float = 10.0) -> float:
+        now = time.perf_counter()
+        with self._cond:
+            spans = list(self._busy)
+        busy = sum(min(end, now) - max(start, now - horizon_s) for start, end in spans if end > now - horizon_s)
+        return max(0.0, min(1.0, busy / horizon_s))
+
+    def stats(self) -> SchedulerStats:
+        def p50(values) -> float:
+            values = sorted(values)
+            return round(values[len(values) // 2], 1) if values else 0.0
+
+        with self._cond:
+            pending = {p.name.lower(): self._counts[p] for p in Priority}
+            waits, decodes = list(self._waits), list(self._decodes)
+            batches, windows = self._batches, self._windows
+        return SchedulerStats(
+            pending=pending,
+            batches=batches,
+            windows=windows,
+            mean_batch_size=round(windows / batches, 2) if batches else 0.0,
+            busy_fraction=round(self.busy_fraction(), 3),
+            recent_wait_ms_p50=p50(waits),
+            recent_decode_ms_p50=p50(decodes),
+        )
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._closed = True
+            leftovers = [item for p in Priority for q in self._queues[p].values() for item in q]
+            for p in Priority:
+                self._queues[p].clear()
+                self._counts[p] = 0
+            self._cond.notify_all()
+        for item in leftovers:
+            item.future.set_exception(OverloadedError("the decoder shut down before this window", retry_after=5.0))
+        for thread in self._threads:
+            thread.join(timeout)
+
+    # -- the worker --------------------------------------------------------------------------------
+    def _take_batch(self) -> list[_Item]:
+        """Called with the lock held and at least one item queued."""
+        priority = next(p for p in Priority if self._counts[p])
+        owners = self._queues[priority]
+        first_owner = next(iter(owners))
+        options = owners[first_owner][0].options
+        batch: list[_Item] = []
+        # Round-robin: one window per owner per pass, owners that got a turn move to the back.
+        for _ in itertools.count():
+            took = False
+            for owner in list(owners):
+                queue = owners[owner]
+                if queue and queue[0].options == options and len(batch) < self.max_batch:
+                    batch.append(queue.popleft())
+                    took = True
+                    owners.move_to_end(owner)
+                if not queue:
+                    del owners[owner]
+            if not took or len(batch) >= self.max_batch:
+                break
+        self._counts[priority] -= len(batch)
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not any(self._counts.values()):
+                    self._cond.wait()
+                if self._closed:
+                    return
+                batch = self._take_batch()
+            batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                results = self.decoder.decode_windows([item.window for item in batch], batch[0].options)
+            except BaseException as exc:  # the error belongs to the callers, not to the worker
+                log.exception("batched decode failed")
+                for item in batch:
+                    item.future.set_exception(exc)
+                continue
+            finally:
+                ended = time.perf_counter()
+                with self._cond:
+                    self._busy.append((started, ended))
+                    self._batches += 1
+                    self._windows += len(batch)
+                    self._decodes.append((ended - started) * 1000)
+                    self._waits.extend((started - item.enqueued) * 1000 for item in batch)
+            for item, result in zip(batch, results):
+                item.future.set_result(result)

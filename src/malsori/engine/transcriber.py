@@ -1,0 +1,491 @@
+"""The Whisper engine: one model per process, many windows per decode.
+
+faster-whisper's ``transcribe()`` pads every window to Whisper's 30 s and decodes one window at a time.
+Two measured changes make malsori faster on a CPU without losing accuracy (docs/benchmarks.md):
+
+- **Short encoder input.** CTranslate2 accepts fewer than 3000 mel frames, so a window is encoded at its
+  real length plus one second of silence (``_PAD_FRAMES``). Without that second Whisper does not see the
+  speech end and loops ("Ask what you can do for your country." over and over on jfk.flac); with it the
+  text and timestamps match the padded decode while the encoder costs about a fifth.
+- **Batched decoding.** Windows from different inputs (or different streams) are encoded and decoded
+  together in one ``generate`` call with a prompt per item, which keeps both CPU cores busy.
+
+Long inputs are cut at pauses found by the Silero VAD into windows of at most ``MAX_WINDOW_S``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import InvalidOptionsError
+from .audio import SAMPLE_RATE
+from .models import resolve_model
+from .options import TranscribeOptions
+from .types import Segment, Transcript, Word
+
+WindowDecode = Callable[[Sequence["Window"], TranscribeOptions], "list[WindowResult]"]
+
+__all__ = ["EngineConfig", "Window", "WindowResult", "Transcriber", "MAX_WINDOW_S", "speech_regions"]
+
+log = logging.getLogger(__name__)
+
+MAX_WINDOW_S = 28.0
+_HOP = 160  # samples per mel frame (10 ms)
+_PAD_FRAMES = 100  # one second of silence after the speech; see the module docstring
+_FRAME_BUCKET = 50  # encoder lengths are rounded up to 0.5 s so batches share a shape
+_MAX_FRAMES = 3000
+_MAX_TEXT_TOKENS = 448
+_PREPEND_PUNCTUATION = "\"'“¿([{-"
+_APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which model to load and where to run it."""
+
+    model: str = "base"
+    """A bundled name (base, tiny.en), a faster-whisper model name, or a local CTranslate2 directory."""
+    device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu or cuda."""
+    compute_type: str = "auto"
+    """auto (float16 on CUDA, int8 on CPU) or any CTranslate2 compute type."""
+    cpu_threads: int = 0
+    """Threads for CPU inference; 0 uses every core."""
+    num_workers: int = 1
+    """Decodes the model may run at the same time (separate threads)."""
+    max_batch_size: int = 8
+    """Windows decoded together in one call."""
+    cache_dir: Path | None = None
+    """Where joined bundled models and downloads are kept (default ~/.cache/malsori)."""
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InvalidOptionsError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if self.cpu_threads < 0 or self.num_workers < 1 or self.max_batch_size < 1:
+            raise InvalidOptionsError("cpu_threads must be >= 0, num_workers and max_batch_size >= 1")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Up to ``MAX_WINDOW_S`` of 16 kHz mono audio to decode as one piece."""
+
+    audio: np.ndarray
+    offset: float = 0.0
+    """Seconds added to every timestamp of the result."""
+    prompt: str | None = None
+    """Text said before this window (context for the decoder)."""
+    language: str | None = None
+    """Overrides the options' language for this window."""
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    segments: tuple[Segment, ...]
+    language: str
+    language_probability: float
+    no_speech_prob: float
+    avg_logprob: float
+    compression_ratio: float
+    temperature: float
+    tokens: tuple[int, ...] = field(default=(), repr=False)
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def speech_regions(audio: np.ndarray, *, min_silence_ms: int = 500, pad_ms: int = 200) -> list[tuple[int, int]]:
+    """Speech regions (start, end sample) by the Silero VAD that faster-whisper ships as ONNX."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    opts = VadOptions(min_silence_duration_ms=min_silence_ms, speech_pad_ms=pad_ms, max_speech_duration_s=MAX_WINDOW_S)
+    return [(r["start"], r["end"]) for r in get_speech_timestamps(audio, opts)]
+
+
+def plan_windows(audio: np.ndarray, vad_filter: bool, max_window_s: float = MAX_WINDOW_S) -> list[tuple[int, int]]:
+    """Cut an input into (start, end) sample ranges of at most ``max_window_s``.
+
+    With the VAD, windows hold speech regions merged up to the limit (the pauses inside a window are
+    kept, so timestamps stay simple offsets) and pure silence is dropped. Without it, the whole input
+    is covered and long inputs are cut at the quietest 100 ms in the last five seconds of each window.
+    """
+    limit = int(max_window_s * SAMPLE_RATE)
+    if vad_filter:
+        windows: list[tuple[int, int]] = []
+        for start, end in speech_regions(audio):
+            if windows and end - windows[-1][0] <= limit:
+                windows[-1] = (windows[-1][0], end)
+            else:
+                windows.append((start, end))
+        return windows
+    windows, start, n = [], 0, len(audio)
+    while n - start > limit:
+        search_from = start + limit - 5 * SAMPLE_RATE
+        frame = SAMPLE_RATE // 10
+        tail = audio[search_from : start + limit]
+        energies = [float(np.mean(tail[i : i + frame] ** 2)) for i in range(0, len(tail) - frame + 1, frame)]
+        cut = search_from + int(np.argmin(energies)) * frame + frame // 2
+        windows.append((start, cut))
+        start = cut
+    if n - start > 0:
+        windows.append((start, n))
+    return windows
+
+
+class Transcriber:
+    """One loaded Whisper model, shared by every request and stream of the process.
+
+    Thread-safe: CTranslate2 runs concurrent calls on its own workers (``num_workers``).
+    """
+
+    def __init__(self, config: EngineConfig = EngineConfig()) -> None:
+        import ctranslate2
+        from faster_whisper import WhisperModel
+
+        self.config = config
+        started = time.perf_counter()
+        self.model_path = resolve_model(config.model, config.cache_dir)
+        device = config.device
+        if device == "auto":
+            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        compute_type = config.compute_type
+        if compute_type == "auto":
+            compute_type = "float16" if device == "cuda" else "int8"
+        self.device, self.compute_type = device, compute_type
+        self._fw = WhisperModel(
+            str(self.model_path),
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=config.cpu_threads,
+            num_workers=config.num_workers,
+        )
+        self._ct2 = self._fw.model
+        self._features = self._fw.feature_extractor
+        self._tokenizers: dict[tuple[str, str], object] = {}
+        self._tokenizer_lock = threading.Lock()
+        self.load_seconds = time.perf_counter() - started
+        log.info("loaded model %s from %s on %s/%s in %.2fs", config.model, self.model_path, device, compute_type, self.load_seconds)
+
+    # -- facts -------------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self.config.model
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(self._ct2.is_multilingual)
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self._fw.supported_languages)
+
+    # -- whole inputs ------------------------------------------------------------------------------
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        options: TranscribeOptions = TranscribeOptions(),
+        progress: Callable[[float, float], None] | None = None,
+        decode: "WindowDecode | None" = None,
+    ) -> Transcript:
+        """Transcribe one input (any length up to the configured limit)."""
+        return self.transcribe_many([audio], options, progress, decode)[0]
+
+    def transcribe_many(
+        self,
+        audios: Sequence[np.ndarray],
+        options: TranscribeOptions = TranscribeOptions(),
+        progress: Callable[[float, float], None] | None = None,
+        decode: "WindowDecode | None" = None,
+    ) -> list[Transcript]:
+        """Transcribe several inputs, decoding their windows together in batches.
+
+        ``progress(done_seconds, total_seconds)`` is called after each batch. ``decode`` replaces
+        :meth:`decode_windows` (a server passes its shared scheduler's ``decode_many`` so file work
+        queues behind live streams instead of racing them for the CPU).
+        """
+        decode = decode or self.decode_windows
+        started = time.perf_counter()
+        self._check_options(options)
+        plans = [plan_windows(a, options.vad_filter) for a in audios]
+        total = sum(len(a) for a in audios) / SAMPLE_RATE
+        results: list[list[WindowResult | None]] = [[None] * len(p) for p in plans]
+        # Input i's window k may only be decoded after window k-1 when it carries that window's text.
+        sequential = options.condition_on_previous_text
+        cursor = [0] * len(audios)
+        done_s = 0.0
+        while True:
+            batch: list[tuple[int, int]] = []
+            for i, plan in enumerate(plans):
+                ks = [cursor[i]] if sequential else range(cursor[i], len(plan))
+                batch.extend((i, k) for k in ks if k < len(plan))
+            if not batch:
+                break
+            windows = []
+            for i, k in batch:
+                start, end = plans[i][k]
+                prompt = options.initial_prompt
+                if sequential and k > 0:
+                    prev = results[i][k - 1]
+                    if prev is not None and prev.temperature <= 0.5 and prev.text:
+                        prompt = ((prompt + " ") if prompt else "") + prev.text
+                windows.append(Window(audios[i][start:end], offset=start / SAMPLE_RATE, prompt=prompt))
+            decoded = decode(windows, options)
+            for (i, k), result in zip(batch, decoded):
+                results[i][k] = result
+                cursor[i] = max(cursor[i], k + 1)
+            done_s += sum(len(w.audio) for w in windows) / SAMPLE_RATE
+            if progress is not None:
+                progress(min(done_s, total), total)
+        elapsed = time.perf_counter() - started
+        transcripts = []
+        for audio, plan, window_results in zip(audios, plans, results):
+            transcripts.append(self._assemble(audio, plan, window_results, options, elapsed))
+        return transcripts
+
+    def _assemble(self, audio, plan, window_results, options, elapsed) -> Transcript:
+        segments: list[Segment] = []
+        for result in window_results:
+            for seg in result.segments:
+                segments.append(Segment(**{**seg.__dict__, "id": len(segments)}))
+        if window_results:
+            # The language of the window with the most speech stands for the input.
+            best = max(range(len(plan)), key=lambda k: plan[k][1] - plan[k][0])
+            language = window_results[best].language
+            probability = window_results[best].language_probability
+        else:
+            language, probability = options.language or ("en" if not self.multilingual else "en"), 0.0
+        return Transcript(
+            segments=tuple(segments),
+            language=language,
+            language_probability=probability,
+            duration=len(audio) / SAMPLE_RATE,
+            processing_time=elapsed,
+            task=options.task,
+            duration_after_vad=sum(e - s for s, e in plan) / SAMPLE_RATE,
+        )
+
+    def _check_options(self, options: TranscribeOptions) -> None:
+        if not self.multilingual:
+            if options.language not in (None, "en"):
+                raise InvalidOptionsError(f"model {self.model_name} is English-only; it cannot transcribe {options.language!r}")
+            if options.task == "translate":
+                raise InvalidOptionsError(f"model {self.model_name} is English-only; it cannot translate")
+
+    # -- windows -----------------------------------------------------------------------------------
+    def decode_windows(self, windows: Sequence[Window], options: TranscribeOptions = TranscribeOptions()) -> list[WindowResult]:
+        """Decode windows of at most 30 s each, batching windows of similar length together."""
+        self._check_options(options)
+        out: list[WindowResult | None] = [None] * len(windows)
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i].audio))
+        size = self.config.max_batch_size
+        for begin in range(0, len(order), size):
+            group = order[begin : begin + size]
+            for i, result in zip(group, self._decode_batch([windows[i] for i in group], options)):
+                out[i] = result
+        return out  # type: ignore[return-value]
+
+    def _tokenizer(self, language: str, task: str):
+        from faster_whisper.tokenizer import Tokenizer
+
+        key = (language, task)
+        with self._tokenizer_lock:
+            if key not in self._tokenizers:
+                self._tokenizers[key] = Tokenizer(self._fw.hf_tokenizer, self.multilingual, task=task, language=language)
+            return self._tokenizers[key]
+
+    def _features_for(self, windows: Sequence[Window]) -> tuple[np.ndarray, list[int]]:
+        """Log-mel features of each window, padded with silence to one shared, short length."""
+        n_frames = [max(1, math.ceil(len(w.audio) / _HOP)) for w in windows]
+        target = min(_MAX_FRAMES, math.ceil((max(n_frames) + _PAD_FRAMES) / _FRAME_BUCKET) * _FRAME_BUCKET)
+        feats = np.empty((len(windows), self._features.mel_filters.shape[0], target), dtype=np.float32)
+        for row, w in enumerate(windows):
+            audio = np.asarray(w.audio, dtype=np.float32)[: (target - 1) * _HOP]
+            padded = np.zeros(target * _HOP, dtype=np.float32)
+            padded[: len(audio)] = audio
+            feats[row] = self._features(padded, padding=0)[:, :target]
+        return feats, [min(n, target) for n in n_frames]
+
+    def _decode_batch(self, windows: Sequence[Window], options: TranscribeOptions) -> list[WindowResult]:
+        import ctranslate2
+
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        feats, n_frames = self._features_for(windows)
+        encoded = self._ct2.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
+
+        languages: list[str] = []
+        lang_probs: list[float] = []
+        need_detect = [w.language or options.language for w in windows]
+        detected = None
+        if self.multilingual and any(lang is None for lang in need_detect):
+            detected = self._ct2.detect_language(encoded)
+        for i, lang in enumerate(need_detect):
+            if not self.multilingual:
+                languages.append("en"), lang_probs.append(1.0)
+            elif lang is not None:
+                languages.append(lang), lang_probs.append(1.0)
+            else:
+                token, prob = detected[i][0]
+                languages.append(token[2:-2]), lang_probs.append(float(prob))
+
+        tokenizers = [self._tokenizer(lang, options.task) for lang in languages]
+        prompts = []
+        for w, tok in zip(windows, tokenizers):
+            previous = tok.encode(" " + w.prompt.strip()) if w.prompt and w.prompt.strip() else []
+            prompts.append(
+                self._fw.get_prompt(tok, previous[-(_MAX_TEXT_TOKENS // 2 - 1) :], options.without_timestamps, hotwords=options.hotwords)
+            )
+        durations = [len(w.audio) / SAMPLE_RATE for w in windows]
+        # Bound the output by the audio's length: about 14 tokens a second covers fast speech and
+        # scripts with many tokens per word, and stops a decode that has started to loop.
+        max_new = int(14 * max(durations) + 24)
+        max_length = min(_MAX_TEXT_TOKENS, max(len(p) for p in prompts) + max_new)
+        suppress = get_suppressed_tokens(tokenizers[0], [-1])
+
+        def generate(indices: list[int], temperature: float):
+            if indices == list(range(len(windows))):
+                enc = encoded
+            else:
+                enc = self._ct2.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[indices])), to_cpu=False)
+            if temperature > 0:
+                kwargs = dict(beam_size=1, num_hypotheses=options.best_of, sampling_topk=0, sampling_temperature=temperature)
+            else:
+                kwargs = dict(beam_size=options.beam_size, patience=1.0)
+            return self._ct2.generate(
+                enc,
+                [prompts[i] for i in indices],
+                length_penalty=1.0,
+                max_length=max_length,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=suppress,
+                max_initial_timestamp_index=50,
+                **kwargs,
+            )
+
+        # Temperature fallback as in Whisper: retry a window whose text is too repetitive or unlikely
+        # at the next temperature; after the last one, keep the most likely non-repetitive attempt.
+        best: list[tuple | None] = [None] * len(windows)
+        attempts: list[list[tuple]] = [[] for _ in windows]
+        pending = list(range(len(windows)))
+        cr_limit = options.compression_ratio_threshold
+        lp_limit = options.log_prob_threshold
+        for t_index, temperature in enumerate(options.temperatures):
+            if not pending:
+                break
+            last = t_index + 1 == len(options.temperatures)
+            still = []
+            for i, res in zip(pending, generate(pending, temperature)):
+                tokens = list(res.sequences_ids[0])
+                score = res.scores[0] if res.scores else 0.0
+                avg_logprob = score * len(tokens) / (len(tokens) + 1)  # length_penalty 1
+                ratio = compression_ratio(tokenizers[i].decode(tokens).strip())
+                attempt = (tokens, avg_logprob, ratio, float(res.no_speech_prob), temperature)
+                attempts[i].append(attempt)
+                repetitive = cr_limit is not None and ratio > cr_limit
+                unlikely = lp_limit is not None and avg_logprob < lp_limit
+                silent = options.no_speech_threshold is not None and attempt[3] > options.no_speech_threshold and unlikely
+                if not (repetitive or unlikely) or silent:
+                    best[i] = attempt
+                elif last:
+                    usable = [a for a in attempts[i] if cr_limit is None or a[2] <= cr_limit] or attempts[i]
+                    best[i] = max(usable, key=lambda a: a[1])
+                else:
+                    still.append(i)
+            pending = still
+
+        results = []
+        word_jobs: list[tuple[int, list[int]]] = []
+        for i, w in enumerate(windows):
+            tokens, avg_logprob, ratio, no_speech, temperature = best[i]  # type: ignore[misc]
+            if (
+                options.no_speech_threshold is not None
+                and no_speech > options.no_speech_threshold
+                and (options.log_prob_threshold is None or avg_logprob < options.log_prob_threshold)
+            ):
+                tokens = []
+            segments = self._split_segments(tokenizers[i], tokens, durations[i], w.offset, avg_logprob, no_speech, ratio, temperature)
+            results.append(WindowResult(tuple(segments), languages[i], lang_probs[i], no_speech, avg_logprob, ratio, temperature, tuple(tokens)))
+            if options.word_timestamps and segments:
+                word_jobs.append((i, tokens))
+        if word_jobs:
+            results = self._add_words(results, word_jobs, windows, feats, n_frames, tokenizers)
+        return results
+
+    def _split_segments(self, tok, tokens, duration, offset, avg_logprob, no_speech, ratio, temperature) -> list[Segment]:
+        """Turn ``<|t0|> text <|t1|>`` token runs into segments; drop text past the audio's end."""
+        begin = tok.timestamp_begin
+        segments: list[Segment] = []
+        text_run: list[int] = []
+        start_t: float | None = None
+
+        def flush(end_t: float) -> None:
+            nonlocal text_run, start_t
+            text = tok.decode(text_run).strip() if text_run else ""
+            s = start_t if start_t is not None else 0.0
+            if text and s < duration + 0.1:
+                e = min(max(end_t, s), duration)
+                segments.append(
+                    Segment(0, round(offset + s, 3), round(offset + e, 3), text, avg_logprob, no_speech, ratio, temperature, None, tuple(text_run))
+                )
+            text_run, start_t = [], None
+
+        for t in tokens:
+            if t >= begin:
+                stamp = (t - begin) * 0.02
+                if start_t is None:
+                    start_t = stamp
+                elif text_run:
+                    flush(stamp)
+                else:
+                    start_t = stamp
+            elif t < tok.eot:
+                text_run.append(t)
+        if text_run:
+            flush(duration)
+        return [Segment(**{**s.__dict__, "id": n}) for n, s in enumerate(segments)]
+
+    def _add_words(self, results, word_jobs, windows, feats, n_frames, tokenizers):
+        import ctranslate2
+        from faster_whisper.transcribe import merge_punctuations
+
+        by_lang: dict[str, list[tuple[int, list[int]]]] = {}
+        for i, tokens in word_jobs:
+            by_lang.setdefault(results[i].language, []).append((i, tokens))
+        results = list(results)
+        for _, jobs in by_lang.items():
+            idx = [i for i, _ in jobs]
+            text_tokens = [[t for seg in results[i].segments for t in seg.tokens] for i in idx]
+            sv = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[idx]))
+            encoded = self._ct2.encode(sv, to_cpu=False)
+            alignments = self._fw.find_alignment(tokenizers[idx[0]], text_tokens, encoded, [n_frames[i] for i in idx])
+            for i, words in zip(idx, alignments):
+                merge_punctuations(words, _PREPEND_PUNCTUATION, _APPEND_PUNCTUATION)
+                offset = windows[i].offset
+                new_segments, cursor = [], 0
+                for seg in results[i].segments:
+                    seg_words, used = [], 0
+                    while cursor < len(words) and used < len(seg.tokens):
+                        w = words[cursor]
+                        used += len(w["tokens"])
+                        cursor += 1
+                        if w["word"].strip():
+                            seg_words.append(Word(round(offset + float(w["start"]), 3), round(offset + float(w["end"]), 3), w["word"], float(w["probability"])))
+                    new_segments.append(Segment(**{**seg.__dict__, "words": tuple(seg_words)}))
+                results[i] = WindowResult(**{**results[i].__dict__, "segments": tuple(new_segments)})
+        return results

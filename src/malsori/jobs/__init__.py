@@ -1,0 +1,1 @@
+"""malsori.jobs"""

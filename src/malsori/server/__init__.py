@@ -1,0 +1,1 @@
+"""HTTP and WebSocket transport: thin adapters over the engine, jobs and streaming services."""

@@ -1,0 +1,5 @@
+"""Placeholder router until its routes land."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
