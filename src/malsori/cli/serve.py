@@ -1,5 +1,67 @@
-"""Placeholder until its command lands."""
+"""``malsori serve``: run the HTTP and WebSocket service on uvicorn.
+
+Settings come from the environment (``MALSORI__SECTION__FIELD``) with the common ones overridable by
+flags; with neither, it serves the bundled ``base`` model on the CPU at 127.0.0.1:8000.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+__all__ = ["register", "serve", "build_settings"]
 
 
-def register(app) -> None:
-    return None
+def build_settings(
+    host: Optional[str] = None,
+    port: Optional[int] = None,
+    model: Optional[str] = None,
+    device: Optional[str] = None,
+    compute_type: Optional[str] = None,
+    data_dir: Optional[Path] = None,
+):
+    """Settings from the environment, then the flags that were given on top."""
+    from ..config import Settings
+
+    settings = Settings()
+    server = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir}.items() if v is not None}
+    engine = {k: v for k, v in {"model": model, "device": device, "compute_type": compute_type}.items() if v is not None}
+    return settings.model_copy(
+        update={
+            "server": settings.server.model_copy(update=server),
+            "engine": settings.engine.model_copy(update=engine),
+        }
+    )
+
+
+def serve(
+    host: Optional[str] = typer.Option(None, help="Address to listen on (default 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, help="Port to listen on (default 8000)"),
+    model: Optional[str] = typer.Option(None, help="base, tiny.en, a faster-whisper model name or a model directory (default base)"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default auto)"),
+    compute_type: Optional[str] = typer.Option(None, "--compute-type", help="auto, int8, float16, ... (default auto)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the database and job files live (default ./data)"),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error"),
+) -> None:
+    """Serve the HTTP API, the live WebSocket endpoints and the web page."""
+    try:
+        import uvicorn
+
+        from ..server.app import create_app
+    except ImportError as exc:
+        typer.echo(f"malsori serve needs the server extra: pip install 'malsori[server]' ({exc.name} is missing)", err=True)
+        raise typer.Exit(2) from None
+
+    level = log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = build_settings(host, port, model, device, compute_type, data_dir)
+    settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level=log_level.lower())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

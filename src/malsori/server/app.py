@@ -1,0 +1,205 @@
+"""``create_app(settings)``: the FastAPI app of ``malsori serve``.
+
+Settings are built here (or passed in), never at import. The model loads in a worker thread once the
+app is up, so ``/health`` answers at once and ``/is_ready`` says false until the model can take work.
+The routes modules of jobs, streaming and the web page each expose ``router`` plus
+``startup(services)`` / ``shutdown(services)``; they start in that order and stop in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+import anyio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from .. import __version__
+from ..config import Settings
+from ..errors import AudioTooLargeError
+from . import http_routes, jobs_routes, streaming_routes, web_routes
+from .errors import error_response, install_error_handlers
+from .metrics import Metrics, MetricsMiddleware
+from .metrics import router as metrics_router
+from .services import Services
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+_ROUTE_MODULES = (jobs_routes, streaming_routes, web_routes)
+# Room for multipart framing and form fields on top of the largest accepted file.
+_BODY_OVERHEAD = 1 << 20
+
+
+def _engine_config(settings: Settings, model: str | None = None):
+    from ..engine import EngineConfig
+
+    e = settings.engine
+    return EngineConfig(
+        model=model or e.model,
+        device=e.device,
+        compute_type=e.compute_type,
+        cpu_threads=e.cpu_threads,
+        num_workers=e.num_workers,
+        max_batch_size=e.max_batch_size,
+        cache_dir=e.cache_dir,
+    )
+
+
+def _build_detectors(services: Services, closers: list):
+    """Silero now; the Whisper tiny.en detector on first use, with its own small scheduler."""
+    from ..detection import Detectors, WhisperDetector
+    from ..engine import Transcriber
+    from ..engine.scheduler import DecodeScheduler, Priority
+
+    settings = services.settings
+
+    def whisper_factory() -> WhisperDetector:
+        model = Transcriber(_engine_config(settings, settings.engine.detector_model))
+        scheduler = DecodeScheduler(
+            model,
+            max_batch=settings.engine.max_batch_size,
+            max_pending={Priority.REQUEST: settings.limits.max_pending_requests},
+        )
+        closers.append(scheduler.close)
+
+        def decode(window, options):
+            owner = uuid.uuid4().hex
+            return scheduler.decode_many([window], options, owner=owner, priority=Priority.REQUEST)[0]
+
+        return WhisperDetector(decode)
+
+    return Detectors(whisper_factory)
+
+
+def _install_model(services: Services, transcriber, closers: list) -> None:
+    from ..engine.scheduler import DecodeScheduler, Priority
+
+    limits = services.settings.limits
+    scheduler = DecodeScheduler(
+        transcriber,
+        max_batch=services.settings.engine.max_batch_size,
+        max_pending={Priority.REQUEST: limits.max_pending_requests, Priority.JOB: limits.max_pending_jobs},
+    )
+    closers.append(scheduler.close)
+    services.detectors = _build_detectors(services, closers)
+    services.scheduler = scheduler
+    services.transcriber = transcriber
+    services.mark_ready()
+
+
+async def _load_model(services: Services, closers: list) -> None:
+    from ..engine import Transcriber
+
+    config = _engine_config(services.settings)
+    log.info("loading model %s (device %s, compute type %s)", config.model, config.device, config.compute_type)
+    try:
+        transcriber = await anyio.to_thread.run_sync(Transcriber, config)
+    except Exception as exc:  # surfaced by /is_ready and /stt/status; the process stays up to say why
+        services.load_error = f"{exc.__class__.__name__}: {exc}"
+        log.error("the model could not be loaded: %s", services.load_error)
+        return
+    _install_model(services, transcriber, closers)
+    log.info("model %s ready on %s/%s (%.2f s)", config.model, transcriber.device, transcriber.compute_type, transcriber.load_seconds)
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over the limit with 413 before reading them (Content-Length), or as
+    soon as a chunked body passes it."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = AudioTooLargeError(f"the request body is over the limit of {self.max_bytes / 1e6:.1f} MB")
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = 0
+                if length > self.max_bytes:
+                    await error_response(too_large)(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise too_large
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def create_app(settings: Settings | None = None, *, transcriber=None) -> FastAPI:
+    """The service. ``transcriber`` injects a ready model (tests); otherwise the configured one loads
+    in the background after startup."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    services = Services(settings=settings, metrics=metrics)
+    metrics.bind(services)
+    closers: list = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        load_task = None
+        if transcriber is not None:
+            _install_model(services, transcriber, closers)
+        else:
+            load_task = asyncio.create_task(_load_model(services, closers))
+        started = []
+        try:
+            for module in _ROUTE_MODULES:
+                await module.startup(services)
+                started.append(module)
+            yield
+        finally:
+            for module in reversed(started):
+                try:
+                    await module.shutdown(services)
+                except Exception:
+                    log.exception("shutdown of %s failed", module.__name__)
+            if load_task is not None and not load_task.done():
+                # A load cannot be interrupted mid-way; let it finish in its thread, then close.
+                with contextlib.suppress(Exception):
+                    await load_task
+            for close in reversed(closers):
+                await anyio.to_thread.run_sync(close)
+
+    app = FastAPI(
+        title="malsori",
+        version=__version__,
+        description="Self-hosted speech-to-text on Whisper: OpenAI-compatible, seed-compatible and live endpoints.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(http_routes.router)
+    app.include_router(metrics_router)
+    for module in _ROUTE_MODULES:
+        app.include_router(module.router)
+
+    # Outermost last: metrics see every response, including 413s from the body limit and CORS.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_upload_bytes + _BODY_OVERHEAD)
+    if settings.server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.server.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

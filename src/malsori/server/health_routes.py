@@ -1,0 +1,75 @@
+"""Liveness, readiness and status: GET /health, /is_ready, /stt/status."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from .. import __version__
+from .services import Services
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["health"])
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+@router.get("/health", summary="The process is alive (answers while the model loads)")
+async def health(request: Request) -> dict:
+    services = _services(request)
+    return {"status": "ok", "version": __version__, "uptime_s": round(services.uptime_s, 1)}
+
+
+@router.get(
+    "/is_ready",
+    summary="The model is loaded and can take work (503 until then)",
+    responses={503: {"description": "Not ready yet (model loading) or the model failed to load"}},
+)
+async def is_ready(request: Request) -> JSONResponse:
+    services = _services(request)
+    if services.ready:
+        return JSONResponse({"ready": True, "model": services.transcriber.model_name})
+    reason = f"model failed to load: {services.load_error}" if services.load_error else "model loading"
+    return JSONResponse({"ready": False, "reason": reason}, status_code=503, headers={"Retry-After": "2"})
+
+
+@router.get("/stt/status", summary="Model, device, queue depth, active jobs and sessions, uptime")
+async def stt_status(request: Request) -> dict:
+    services = _services(request)
+    settings = services.settings
+    transcriber = services.transcriber
+    status: dict = {
+        "ready": services.ready,
+        "version": __version__,
+        "model": transcriber.model_name if transcriber else settings.engine.model,
+        "device": transcriber.device if transcriber else settings.engine.device,
+        "compute_type": transcriber.compute_type if transcriber else settings.engine.compute_type,
+        "multilingual": transcriber.multilingual if transcriber else None,
+        "model_load_seconds": round(getattr(transcriber, "load_seconds", 0.0), 3) if transcriber else None,
+        "load_error": services.load_error,
+        "routing_mode": services.routing_mode,
+        "active_jobs": services.active_jobs(),
+        "active_sessions": services.active_sessions(),
+        "uptime_s": round(services.uptime_s, 1),
+        "queue_depth": {"live": 0, "request": 0, "job": 0},
+        "queue_limits": {
+            "request": settings.limits.max_pending_requests,
+            "job": settings.limits.max_pending_jobs,
+        },
+        "scheduler": None,
+    }
+    if services.scheduler is not None:
+        stats = services.scheduler.stats()
+        status["queue_depth"] = stats.pending
+        status["scheduler"] = {
+            "batches": stats.batches,
+            "windows": stats.windows,
+            "mean_batch_size": stats.mean_batch_size,
+            "busy_fraction": stats.busy_fraction,
+            "recent_wait_ms_p50": stats.recent_wait_ms_p50,
+            "recent_decode_ms_p50": stats.recent_decode_ms_p50,
+        }
+    return status

@@ -1,0 +1,152 @@
+"""What HTTP routes share between parsing and serializing: audio in, model work through the scheduler.
+
+Everything that takes CPU (decoding containers, VAD, the model) runs in worker threads, so the event
+loop keeps answering. Every decode goes through the app's one :class:`DecodeScheduler` at REQUEST
+priority, so concurrent small requests are decoded together in one batch and a full queue turns into
+429 with Retry-After before any work is queued.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import Future
+from typing import Sequence
+
+import numpy as np
+from fastapi import UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from ..engine.audio import PCM_ENCODINGS, SAMPLE_RATE, AudioLimits, decode_audio, pcm_to_float32
+from ..engine.options import TranscribeOptions
+from ..engine.scheduler import DecodeScheduler, Priority
+from ..engine.transcriber import Window, WindowResult
+from ..engine.types import Transcript
+from ..errors import AudioTooLongError, EmptyAudioError, InvalidOptionsError, OverloadedError
+from .services import Services
+
+__all__ = [
+    "read_upload",
+    "decode_bytes",
+    "chunk_audio",
+    "transcribe",
+    "decode_window",
+    "CHUNK_MAX_SECONDS",
+]
+
+CHUNK_MAX_SECONDS = 30.0
+"""Longest audio /detect, /transcribe-chunk and /transcribe take (one Whisper window)."""
+_PCM_RATES = (8_000, 96_000)
+
+
+async def read_upload(upload: UploadFile | None) -> bytes:
+    if upload is None:
+        raise EmptyAudioError("no file was sent: send the audio as the multipart field 'file'")
+    data = await upload.read()
+    if not data:
+        raise EmptyAudioError(f"the uploaded file {upload.filename or ''!s} is empty (0 bytes)".replace("  ", " "))
+    return data
+
+
+def _limits(services: Services, max_seconds: float) -> AudioLimits:
+    return AudioLimits(max_bytes=services.settings.limits.max_upload_bytes, max_seconds=max_seconds)
+
+
+async def decode_bytes(services: Services, data: bytes, *, max_seconds: float | None = None) -> np.ndarray:
+    """Any container to 16 kHz mono float32, in a worker thread, within the size and sync limits."""
+    limits = services.settings.limits
+    sync_limit = min(limits.max_audio_seconds, limits.sync_max_seconds)
+    limit = sync_limit if max_seconds is None else min(max_seconds, limits.max_audio_seconds)
+    try:
+        return await run_in_threadpool(decode_audio, data, _limits(services, limit))
+    except AudioTooLongError:
+        hint = " (submit longer files as a job: POST /v1/jobs)" if max_seconds is None and limit < limits.max_audio_seconds else ""
+        raise AudioTooLongError(f"the audio is longer than the limit of {limit:g} s for this endpoint{hint}") from None
+
+
+def _resample(samples: np.ndarray, rate: int) -> np.ndarray:
+    import av
+
+    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1).astype(np.float32), format="flt", layout="mono")
+    frame.sample_rate = rate
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+
+async def chunk_audio(
+    services: Services, data: bytes, encoding: str | None, sample_rate: int | None, *, max_seconds: float = CHUNK_MAX_SECONDS
+) -> np.ndarray:
+    """A short chunk: raw mono PCM when ``encoding`` is given (``pcm_s16le``/``pcm_f32le`` at
+    ``sample_rate``, default 16000), else any container."""
+    if not encoding:
+        return await decode_bytes(services, data, max_seconds=max_seconds)
+    if encoding not in PCM_ENCODINGS:
+        raise InvalidOptionsError(f"encoding must be one of {', '.join(PCM_ENCODINGS)}, not {encoding!r}")
+    rate = sample_rate or SAMPLE_RATE
+    if not _PCM_RATES[0] <= rate <= _PCM_RATES[1]:
+        raise InvalidOptionsError(f"sample_rate must be between {_PCM_RATES[0]} and {_PCM_RATES[1]} Hz, not {rate}")
+    samples = pcm_to_float32(data, encoding)
+    if samples.size == 0:
+        raise EmptyAudioError("the PCM chunk holds no samples")
+    if samples.size / rate > max_seconds:
+        raise AudioTooLongError(f"the chunk is {samples.size / rate:.1f} s long, over the limit of {max_seconds:g} s")
+    if rate != SAMPLE_RATE:
+        samples = await run_in_threadpool(_resample, samples, rate)
+    return samples
+
+
+def _submit_all(
+    scheduler: DecodeScheduler, windows: Sequence[Window], options: TranscribeOptions, owner: str
+) -> list[Future]:
+    """Queue all windows or none: a request that does not fit gets 429 before any of it is decoded."""
+    room = scheduler.max_pending[Priority.REQUEST] - scheduler.pending(Priority.REQUEST)
+    if len(windows) > room:
+        raise OverloadedError(
+            f"the request queue is full ({scheduler.pending(Priority.REQUEST)} windows waiting)",
+            retry_after=scheduler.retry_after(),
+        )
+    futures: list[Future] = []
+    try:
+        for window in windows:
+            futures.append(scheduler.submit(window, options, owner=owner, priority=Priority.REQUEST))
+    except OverloadedError:
+        for future in futures:
+            future.cancel()
+        raise
+    return futures
+
+
+async def transcribe(services: Services, audio: np.ndarray, options: TranscribeOptions, *, route: str) -> Transcript:
+    """A whole input (cut at pauses) through the shared scheduler, in a worker thread."""
+    transcriber, scheduler = services.require_ready()
+    owner = f"request-{uuid.uuid4().hex[:12]}"
+
+    def decode(windows: Sequence[Window], opts: TranscribeOptions) -> list[WindowResult]:
+        return [f.result() for f in _submit_all(scheduler, windows, opts, owner)]
+
+    started = time.perf_counter()
+    try:
+        transcript = await run_in_threadpool(transcriber.transcribe, audio, options, None, decode)
+    except OverloadedError:
+        services.metrics.rejected.labels("queue_full").inc()
+        raise
+    services.metrics.observe_inference(route, len(audio) / SAMPLE_RATE, time.perf_counter() - started)
+    return transcript
+
+
+async def decode_window(services: Services, window: Window, options: TranscribeOptions, *, route: str) -> WindowResult:
+    """One short window through the scheduler (batched with whatever else is queued)."""
+    import asyncio
+
+    _, scheduler = services.require_ready()
+    started = time.perf_counter()
+    try:
+        futures = _submit_all(scheduler, [window], options, f"request-{uuid.uuid4().hex[:12]}")
+    except OverloadedError:
+        services.metrics.rejected.labels("queue_full").inc()
+        raise
+    result = await asyncio.wrap_future(futures[0])
+    services.metrics.observe_inference(route, len(window.audio) / SAMPLE_RATE, time.perf_counter() - started)
+    return result
