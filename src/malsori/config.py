@@ -75,6 +75,9 @@ class LimitSettings(BaseModel):
     """Short requests waiting for the model before new ones get 429."""
     max_pending_jobs: int = 1000
     """Jobs waiting before new ones get 429."""
+    job_workers: int = Field(default=1, ge=1)
+    """Jobs run at once. Their windows share the one model through the scheduler (behind live
+    streams and requests), so more workers mostly help a GPU keep its batches full."""
     sync_max_seconds: float = 600.0
     """Longest audio transcribed inside one synchronous request (longer: use /v1/jobs)."""
 

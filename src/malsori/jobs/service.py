@@ -1,0 +1,379 @@
+"""The job service: accept long files, run them in the background, keep every state in the database.
+
+Transport-free: the HTTP routes (``malsori.server.jobs_routes``) parse and serialize around it.
+
+- **Accepting** (:meth:`JobService.submit`): the upload is written under ``data_dir/uploads/<id>``
+  (atomically) and checked to be audio before the job row is committed as ``queued``, so an accepted
+  job always has its audio. More than ``max_pending`` queued jobs: OverloadedError (429).
+- **Running**: ``workers`` threads (default 1) take jobs in order. Each decodes its audio, then runs
+  ``transcriber.transcribe`` with the shared scheduler's ``decode_many`` at JOB priority, so file work
+  waits behind live streams and short requests instead of racing them for the CPU. Progress is
+  written at most every ``progress_interval_s``. The upload is deleted once the job is finished
+  (succeeded, failed or cancelled): the transcript is in the database, and disk use stays bounded.
+- **Cancelling**: a queued job is cancelled at once; a running one at its next progress report (its
+  windows already queued are decoded and dropped).
+- **Restarting** (:meth:`JobService.recover`, before :meth:`start`): every job left queued or running
+  is queued again if its upload exists, unless it has already been started ``max_attempts`` times
+  (a job that keeps killing the server must not do so forever: it fails with the reason); a job
+  whose upload is missing fails with "upload lost". Nothing accepted is silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+
+from ..engine.audio import SAMPLE_RATE, AudioLimits, decode_audio
+from ..engine.scheduler import Priority
+from ..errors import ConflictError, MalsoriError, NotFoundError, OverloadedError
+from ..storage import JobRecord, JobRepository, JobState, open_engine, utcnow
+from .options import JobIds, JobOptions
+from .probe import probe_audio
+from .uploads import UploadSource, UploadStore
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..engine.options import TranscribeOptions
+    from ..engine.transcriber import Window, WindowResult
+    from ..engine.types import Transcript
+
+__all__ = ["JobService", "RecoveryReport", "MAX_ATTEMPTS"]
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+"""Starts a job gets before a restart gives up on it."""
+
+
+class JobTranscriber(Protocol):
+    """What a job needs of the engine: the real :class:`~malsori.engine.Transcriber`, or a fake."""
+
+    def transcribe(self, audio, options, progress=None, decode=None) -> "Transcript": ...
+
+
+class WindowScheduler(Protocol):
+    def decode_many(self, windows, options, *, owner: str, priority: Priority = Priority.JOB) -> list: ...
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    requeued: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    cancelled: tuple[str, ...] = ()
+
+
+class _Stop(Exception):
+    """Raised inside a running job's progress callback to stop it (cancel or shutdown)."""
+
+
+class JobService:
+    """Thread-safe. Blocking methods (database, disk): call them from a worker thread in async code."""
+
+    def __init__(
+        self,
+        repository: JobRepository,
+        uploads: UploadStore,
+        *,
+        limits: AudioLimits = AudioLimits(),
+        max_pending: int = 1000,
+        workers: int = 1,
+        beam_size: int = 5,
+        progress_interval_s: float = 1.0,
+        max_attempts: int = MAX_ATTEMPTS,
+        on_finished: Callable[[JobRecord], None] | None = None,
+    ) -> None:
+        self.repository = repository
+        self.uploads = uploads
+        self.limits = limits
+        self.max_pending = max_pending
+        self.workers = workers
+        self.beam_size = beam_size
+        self.progress_interval_s = progress_interval_s
+        self.max_attempts = max_attempts
+        self.on_finished = on_finished
+        self._queue: "queue.Queue[str | None]" = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._cancel: set[str] = set()
+        self._running: set[str] = set()
+        self._admit = threading.Lock()
+        self._changed = threading.Condition()
+        self._transcriber: JobTranscriber | None = None
+        self._scheduler: WindowScheduler | None = None
+
+    @classmethod
+    def from_settings(cls, settings: "Settings", **overrides) -> "JobService":
+        """Storage from ``settings.database_url()``, uploads under ``data_dir/uploads``."""
+        limits = settings.limits
+        kwargs = dict(
+            limits=AudioLimits(max_bytes=limits.max_upload_bytes, max_seconds=limits.max_audio_seconds),
+            max_pending=limits.max_pending_jobs,
+            workers=limits.job_workers,
+            beam_size=settings.engine.beam_size,
+        )
+        kwargs.update(overrides)
+        repository = JobRepository(open_engine(settings.database_url()))
+        return cls(repository, UploadStore(Path(settings.server.data_dir) / "uploads"), **kwargs)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def recover(self) -> RecoveryReport:
+        """Deal with what a previous process left queued or running. Call once, before :meth:`start`."""
+        self.uploads.sweep_partials()
+        requeued, failed, cancelled = [], [], []
+        for job in self.repository.unfinished():
+            unfinished = (JobState.QUEUED, JobState.RUNNING)
+            has_upload = bool(job.upload_path) and Path(job.upload_path).is_file()
+            if job.cancel_requested:
+                if self.repository.cancel(job.id, from_states=unfinished):
+                    cancelled.append(job.id)
+                    self.uploads.delete(job.upload_path)
+            elif not has_upload:
+                if self.repository.fail(
+                    job.id,
+                    "upload_lost",
+                    "upload lost: the server restarted and this job's audio file was not found, so it cannot run; submit it again",
+                    from_states=unfinished,
+                ):
+                    failed.append(job.id)
+            elif job.attempts >= self.max_attempts:
+                if self.repository.fail(
+                    job.id,
+                    "too_many_attempts",
+                    f"the server stopped during each of {job.attempts} attempts at this job, so it was given up",
+                    from_states=unfinished,
+                ):
+                    failed.append(job.id)
+                    self.uploads.delete(job.upload_path)
+            else:
+                if job.state is JobState.QUEUED or self.repository.requeue(job.id):
+                    requeued.append(job.id)
+                    self._queue.put(job.id)
+        if requeued or failed or cancelled:
+            log.info("job recovery: %d requeued, %d failed, %d cancelled", len(requeued), len(failed), len(cancelled))
+        return RecoveryReport(tuple(requeued), tuple(failed), tuple(cancelled))
+
+    def start(self, transcriber: JobTranscriber, scheduler: WindowScheduler) -> None:
+        """Start running queued jobs on ``transcriber`` through ``scheduler`` (once the model is ready)."""
+        if self._threads:
+            return
+        self._transcriber, self._scheduler = transcriber, scheduler
+        self._threads = [
+            threading.Thread(target=self._work, name=f"malsori-job-{n}", daemon=True) for n in range(self.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the runner: a running job stops at its next progress report and goes back to queued
+        (not counted as an attempt), so the next start runs it again."""
+        self._stopping.set()
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning("job runner threads still busy at shutdown: %s (their jobs resume at the next start)", alive)
+
+    def close(self) -> None:
+        self.repository.engine.dispose()
+
+    # -- the API -----------------------------------------------------------------------------------
+    def submit(
+        self,
+        source: UploadSource,
+        *,
+        filename: str | None = None,
+        options: JobOptions = JobOptions(),
+        ids: JobIds = JobIds(),
+    ) -> JobRecord:
+        """Persist a new queued job with its audio. Raises AudioError subclasses, OverloadedError."""
+        if self._stopping.is_set():
+            raise OverloadedError("the server is shutting down; submit the job again shortly", retry_after=5.0)
+        self._admission()
+        job_id = uuid.uuid4().hex
+        path = self.uploads.save(job_id, source, max_bytes=self.limits.max_bytes)
+        try:
+            declared = probe_audio(path, self.limits.max_seconds)
+            record = JobRecord(
+                id=job_id,
+                state=JobState.QUEUED,
+                created_at=utcnow(),
+                tenant_id=ids.tenant_id,
+                meeting_id=ids.meeting_id,
+                user_id=ids.user_id,
+                filename=(filename or None) and filename[:1024],
+                options=options.to_dict(),
+                upload_path=str(path),
+                audio_seconds=declared,
+            )
+            with self._admit:
+                self._admission()
+                self.repository.add(record)
+        except BaseException:
+            self.uploads.delete(path)
+            raise
+        self._queue.put(job_id)
+        return record
+
+    def _admission(self) -> None:
+        queued = self.repository.count(JobState.QUEUED)
+        if queued >= self.max_pending:
+            raise OverloadedError(
+                f"too many jobs are waiting ({queued}, at most {self.max_pending}); try again later",
+                retry_after=30.0,
+            )
+
+    def get(self, job_id: str) -> JobRecord:
+        job = self.repository.get(job_id) if job_id.isalnum() else None
+        if job is None:
+            raise NotFoundError(f"no job with id {job_id!r}")
+        return job
+
+    def list(
+        self,
+        *,
+        tenant_id: str | None = None,
+        meeting_id: str | None = None,
+        state: JobState | str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[JobRecord], int]:
+        return self.repository.list(
+            tenant_id=tenant_id,
+            meeting_id=meeting_id,
+            state=JobState(state) if state is not None else None,
+            limit=limit,
+            offset=offset,
+        )
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job: queued ones at once; running ones stop at their next progress report (the
+        returned record is then still ``running`` with ``cancel_requested``). ConflictError when the
+        job has already finished."""
+        job = self.get(job_id)
+        # Two tries: the job may move from queued to running between the two updates.
+        for _ in range(2):
+            if job.state is JobState.QUEUED and self.repository.cancel(job_id):
+                self.uploads.delete(job.upload_path)
+                self._notify()
+                return self.get(job_id)
+            if self.repository.request_cancel(job_id):
+                self._cancel.add(job_id)
+                return self.get(job_id)
+            job = self.get(job_id)
+            if job.finished:
+                break
+        raise ConflictError(f"job {job_id} has already {job.state.value}; there is nothing to cancel")
+
+    def active_count(self) -> int:
+        """Jobs queued or running (shown in /stt/status and /metrics)."""
+        return self.repository.count(JobState.QUEUED, JobState.RUNNING)
+
+    def wait(self, job_id: str, timeout: float = 60.0) -> JobRecord:
+        """Block until the job has finished (for tests and in-process callers); its last record."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                job = self.get(job_id)
+                left = deadline - time.monotonic()
+                if job.finished or left <= 0:
+                    return job
+                # Finishing in this process notifies; the timeout covers changes made elsewhere.
+                self._changed.wait(min(left, 1.0))
+
+    # -- the runner --------------------------------------------------------------------------------
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            job_id = self._queue.get()
+            if job_id is None or self._stopping.is_set():
+                return
+            try:
+                self._run(job_id)
+            except Exception:  # the database went away mid-job: the row stays running, recovery handles it
+                log.exception("job %s could not be run", job_id)
+            finally:
+                self._notify()
+
+    def _run(self, job_id: str) -> None:
+        job = self.repository.claim(job_id)
+        if job is None:  # cancelled (or taken by another process) while it waited
+            return
+        self._running.add(job_id)
+        started = time.perf_counter()
+        try:
+            transcript = self._transcribe(job)
+        except _Stop:
+            if self._stopping.is_set() and job_id not in self._cancel:
+                self.repository.requeue(job_id, uncount=True)
+                log.info("job %s goes back to the queue (shutdown)", job_id)
+                return
+            self.repository.cancel(job_id, from_states=(JobState.RUNNING,))
+        except MalsoriError as exc:
+            if self._stopping.is_set():
+                self.repository.requeue(job_id, uncount=True)
+                return
+            self.repository.fail(job_id, exc.code, exc.message)
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            if self._stopping.is_set():
+                self.repository.requeue(job_id, uncount=True)
+                return
+            self.repository.fail(job_id, "internal_error", f"the job failed unexpectedly ({exc.__class__.__name__}: {exc})")
+        else:
+            if not self.repository.succeed(job_id, transcript.to_dict()):
+                # A cancel request arrived after the last progress report: cancelling wins.
+                self.repository.cancel(job_id, from_states=(JobState.RUNNING,))
+        finally:
+            self._running.discard(job_id)
+        self._cancel.discard(job_id)
+        final = self.repository.get(job_id)
+        if final is not None and final.finished:
+            self.uploads.delete(final.upload_path)
+            if self.on_finished is not None:
+                try:
+                    self.on_finished(final)
+                except Exception:
+                    log.exception("on_finished hook failed for job %s", job_id)
+        log.info("job %s %s in %.1f s", job_id, final.state.value if final else "vanished", time.perf_counter() - started)
+
+    def _transcribe(self, job: JobRecord) -> "Transcript":
+        assert self._transcriber is not None and self._scheduler is not None
+        audio = decode_audio(job.upload_path, self.limits)
+        self.repository.set_audio_seconds(job.id, len(audio) / SAMPLE_RATE)
+        options = JobOptions.from_dict(job.options).transcribe_options()
+        last_write = time.monotonic()
+
+        def progress(done_s: float, total_s: float) -> None:
+            nonlocal last_write
+            if job.id in self._cancel or self._stopping.is_set():
+                raise _Stop()
+            now = time.monotonic()
+            if now - last_write >= self.progress_interval_s:
+                last_write = now
+                if not self.repository.set_progress(job.id, done_s / total_s if total_s else 1.0):
+                    raise _Stop()  # cancel requested through the database (maybe by another process)
+
+        def decode(windows: "Sequence[Window]", opts: "TranscribeOptions") -> "list[WindowResult]":
+            if job.id in self._cancel or self._stopping.is_set():
+                raise _Stop()
+            while True:
+                try:
+                    return self._scheduler.decode_many(windows, opts, owner=f"job-{job.id}", priority=Priority.JOB)
+                except OverloadedError as exc:
+                    # The JOB queue is full of other jobs' windows: wait for room rather than fail.
+                    if self._stopping.wait(exc.retry_after):
+                        raise _Stop() from None
+
+        return self._transcriber.transcribe(audio, options, progress=progress, decode=decode)

@@ -1,0 +1,68 @@
+"""Opening the database: one SQLAlchemy engine per process, tables created on start.
+
+SQLite (the default, a file under the data directory) runs in WAL mode so readers (GET /v1/jobs)
+never wait for the job runner's writes, with ``synchronous=FULL`` so a job the API accepted is on
+disk before the 202 goes out, and a busy timeout so two processes on one file (a server being
+restarted over a dying one) wait for each other instead of failing. PostgreSQL works with a
+``postgresql+psycopg://`` URL (``pip install 'malsori[postgres]'``).
+
+Tables are created with ``metadata.create_all`` at start: the schema is one table, so there are no
+migrations yet; a schema change will need Alembic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import sessionmaker, Session
+
+from ..errors import InvalidOptionsError
+from .models import Base
+
+__all__ = ["open_engine", "create_tables", "session_factory"]
+
+
+def open_engine(url: str) -> Engine:
+    """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``), tables created."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # sqlalchemy.exc.ArgumentError and friends: a URL a person typed
+        raise InvalidOptionsError(f"the database URL {url!r} is not a valid SQLAlchemy URL: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg"):
+            _require_psycopg()
+        engine = create_engine(parsed, pool_pre_ping=True)
+    create_tables(engine)
+    return engine
+
+
+def _require_psycopg() -> None:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise InvalidOptionsError(
+            "a PostgreSQL database needs the psycopg driver: pip install 'malsori[postgres]'"
+        ) from None
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def create_tables(engine: Engine) -> None:
+    Base.metadata.create_all(engine)
+
+
+def session_factory(engine: Engine) -> "sessionmaker[Session]":
+    return sessionmaker(engine, expire_on_commit=False)

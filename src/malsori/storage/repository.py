@@ -1,0 +1,245 @@
+"""Reading and changing jobs. Every state change is one conditional UPDATE (``WHERE state = ...``),
+so a runner finishing a job and a client cancelling it at the same moment cannot both win, whichever
+process or thread they run in."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterable, Sequence
+
+from sqlalchemy import Engine, case, func, select, update
+
+from .database import session_factory
+from .models import JobRow
+
+__all__ = ["JobState", "JobRecord", "JobRepository", "TERMINAL_STATES", "utcnow"]
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite keeps no time zone: every time we write is UTC, so read it back as UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as stored."""
+
+    id: str
+    state: JobState
+    created_at: datetime
+    progress: float = 0.0
+    tenant_id: str | None = None
+    meeting_id: str | None = None
+    user_id: str | None = None
+    filename: str | None = None
+    options: dict = field(default_factory=dict)
+    upload_path: str | None = None
+    audio_seconds: float | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    result: dict | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @classmethod
+    def from_row(cls, row: JobRow) -> "JobRecord":
+        return cls(
+            id=row.id,
+            state=JobState(row.state),
+            created_at=_utc(row.created_at),
+            progress=row.progress or 0.0,
+            tenant_id=row.tenant_id,
+            meeting_id=row.meeting_id,
+            user_id=row.user_id,
+            filename=row.filename,
+            options=dict(row.options or {}),
+            upload_path=row.upload_path,
+            audio_seconds=row.audio_seconds,
+            error_code=row.error_code,
+            error_message=row.error_message,
+            result=row.result,
+            started_at=_utc(row.started_at),
+            finished_at=_utc(row.finished_at),
+            attempts=row.attempts or 0,
+            cancel_requested=bool(row.cancel_requested),
+        )
+
+
+class JobRepository:
+    """Thread-safe: each call uses its own short session."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = session_factory(engine)
+
+    # -- reading -----------------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._sessions() as session:
+            row = session.get(JobRow, job_id)
+            return JobRecord.from_row(row) if row is not None else None
+
+    def list(
+        self,
+        *,
+        tenant_id: str | None = None,
+        meeting_id: str | None = None,
+        state: JobState | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[JobRecord], int]:
+        """Newest first, and the total number of jobs matching the filters."""
+        conditions = []
+        if tenant_id is not None:
+            conditions.append(JobRow.tenant_id == tenant_id)
+        if meeting_id is not None:
+            conditions.append(JobRow.meeting_id == meeting_id)
+        if state is not None:
+            conditions.append(JobRow.state == JobState(state).value)
+        with self._sessions() as session:
+            total = session.scalar(select(func.count()).select_from(JobRow).where(*conditions)) or 0
+            rows = session.scalars(
+                select(JobRow)
+                .where(*conditions)
+                .order_by(JobRow.created_at.desc(), JobRow.id)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+            return [JobRecord.from_row(r) for r in rows], int(total)
+
+    def count(self, *states: JobState) -> int:
+        with self._sessions() as session:
+            query = select(func.count()).select_from(JobRow)
+            if states:
+                query = query.where(JobRow.state.in_([JobState(s).value for s in states]))
+            return int(session.scalar(query) or 0)
+
+    def unfinished(self) -> list[JobRecord]:
+        """Queued and running jobs, oldest first (what a restart has to deal with)."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(JobRow)
+                .where(JobRow.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+                .order_by(JobRow.created_at, JobRow.id)
+            ).all()
+            return [JobRecord.from_row(r) for r in rows]
+
+    # -- changing ----------------------------------------------------------------------------------
+    def add(self, record: JobRecord) -> JobRecord:
+        row = JobRow(
+            id=record.id,
+            state=record.state.value,
+            progress=record.progress,
+            tenant_id=record.tenant_id,
+            meeting_id=record.meeting_id,
+            user_id=record.user_id,
+            filename=record.filename,
+            options=dict(record.options),
+            upload_path=record.upload_path,
+            audio_seconds=record.audio_seconds,
+            error_code=record.error_code,
+            error_message=record.error_message,
+            result=record.result,
+            created_at=record.created_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            attempts=record.attempts,
+            cancel_requested=record.cancel_requested,
+        )
+        with self._sessions.begin() as session:
+            session.add(row)
+        return record
+
+    def _update(self, job_id: str, from_states: Iterable[JobState], extra_where: Sequence = (), **values) -> bool:
+        states = [JobState(s).value for s in from_states]
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state.in_(states), *extra_where)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1
+
+    def claim(self, job_id: str) -> JobRecord | None:
+        """queued -> running (attempts + 1); None when the job is no longer queued."""
+        if not self._update(
+            job_id,
+            [JobState.QUEUED],
+            state=JobState.RUNNING.value,
+            started_at=utcnow(),
+            progress=0.0,
+            attempts=JobRow.attempts + 1,
+        ):
+            return None
+        return self.get(job_id)
+
+    def set_progress(self, job_id: str, progress: float) -> bool:
+        """False when the job is no longer running or someone asked to cancel it."""
+        return self._update(
+            job_id,
+            [JobState.RUNNING],
+            extra_where=[JobRow.cancel_requested.is_(False)],
+            progress=max(0.0, min(1.0, float(progress))),
+        )
+
+    def set_audio_seconds(self, job_id: str, seconds: float) -> bool:
+        return self._update(job_id, [JobState.RUNNING], audio_seconds=float(seconds))
+
+    def succeed(self, job_id: str, result: dict) -> bool:
+        return self._update(
+            job_id,
+            [JobState.RUNNING],
+            state=JobState.SUCCEEDED.value,
+            progress=1.0,
+            result=result,
+            finished_at=utcnow(),
+        )
+
+    def fail(self, job_id: str, code: str, message: str, *, from_states: Iterable[JobState] = (JobState.RUNNING,)) -> bool:
+        return self._update(
+            job_id,
+            from_states,
+            state=JobState.FAILED.value,
+            error_code=code,
+            error_message=message,
+            finished_at=utcnow(),
+        )
+
+    def cancel(self, job_id: str, *, from_states: Iterable[JobState] = (JobState.QUEUED,)) -> bool:
+        return self._update(job_id, from_states, state=JobState.CANCELLED.value, finished_at=utcnow())
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Mark a running job to stop at its next progress report."""
+        return self._update(job_id, [JobState.RUNNING], cancel_requested=True)
+
+    def requeue(self, job_id: str, *, from_states: Iterable[JobState] = (JobState.RUNNING,), uncount: bool = False) -> bool:
+        """running -> queued; ``uncount`` takes back the attempt (a clean shutdown is not a failure)."""
+        values: dict = {"state": JobState.QUEUED.value, "progress": 0.0, "started_at": None}
+        if uncount:
+            values["attempts"] = case((JobRow.attempts > 0, JobRow.attempts - 1), else_=0)
+        return self._update(job_id, from_states, **values)
