@@ -31,3 +31,84 @@ def transcriber():
     from malsori.engine import EngineConfig, Transcriber
 
     return Transcriber(EngineConfig(model="base"))
+
+
+# -- a real server process ---------------------------------------------------------------------------
+class LiveServer:
+    """``malsori serve`` in a subprocess on a free port, with its own data dir and log file.
+
+    ``env`` adds MALSORI__... variables (small limits for error tests, a media dir, ...).
+    ``restart()`` stops it and starts it again on the same port and data dir.
+    """
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        self.env = dict(env or {})
+        self.args = tuple(args)
+        self.log_path = data_dir.parent / f"server-{self.port}.log"
+        self.process = None
+
+    def start(self, timeout: float = 180.0) -> "LiveServer":
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        env = {**os.environ, **self.env}
+        command = [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args]
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/is_ready", timeout=2.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)  # polling a readiness probe, not waiting for an outcome
+        self.stop()
+        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        import subprocess
+
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> "LiveServer":
+        self.stop()
+        return self.start()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+@pytest.fixture(scope="module")
+def live_server(request, tmp_path_factory):
+    """One real ``malsori serve`` process per test module, ready (model loaded) before the tests run.
+
+    A module sets ``live_server_env = {"MALSORI__LIMITS__...": "..."}`` to configure it.
+    """
+    root = tmp_path_factory.mktemp("live-server")
+    server = LiveServer(root / "data", env=getattr(request.module, "live_server_env", None))
+    server.start()
+    yield server
+    server.stop()

@@ -11,6 +11,7 @@ cut off at the upload limit.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -114,6 +115,11 @@ def read_media_path(value: str, media_dir: Path | None) -> Path:
         raise InvalidOptionsError(
             "local paths are not allowed: no media directory is configured (MALSORI__SERVER__MEDIA_DIR)",
             code="path_not_allowed",
+        )
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", value)
+    if scheme and scheme.group(1).lower() != "file":
+        raise InvalidOptionsError(
+            f"audio_url scheme {scheme.group(1)!r} is not supported; use http(s) or a media path", code="url_not_allowed"
         )
     raw = value[len("file://") :] if value.startswith("file://") else value
     if "\x00" in raw:

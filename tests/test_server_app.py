@@ -1,0 +1,289 @@
+"""In-process tests of the service core with a fake model: error mapping, readiness, admission
+control, batching, body limits, the SSRF and path guards, settings from the CLI."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from malsori.config import Settings
+from malsori.engine.audio import SAMPLE_RATE
+from malsori.engine.transcriber import WindowResult
+from malsori.engine.types import Segment, Transcript
+from malsori.errors import (
+    AudioTooLargeError,
+    AuthError,
+    ConflictError,
+    EmptyAudioError,
+    InvalidOptionsError,
+    NotFoundError,
+    OverloadedError,
+    ProtocolError,
+    UnsupportedAudioError,
+)
+from malsori.server.app import create_app
+from malsori.server.errors import http_status, ws_close_code
+from malsori.server.services import NotReadyError
+
+
+class FakeTranscriber:
+    """Says how many samples each window had; can hold the decoder until released."""
+
+    model_name = "fake"
+    device = "cpu"
+    compute_type = "int8"
+    multilingual = True
+    load_seconds = 0.01
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def decode_windows(self, windows, options):
+        self.entered.set()
+        self.gate.wait(10)
+        self.batches.append(len(windows))
+        out = []
+        for w in windows:
+            seconds = len(w.audio) / SAMPLE_RATE
+            seg = Segment(0, w.offset, w.offset + seconds, f"{len(w.audio)} samples", -0.1, 0.01)
+            out.append(WindowResult((seg,), "en", 1.0, 0.01, -0.1, 1.0, 0.0))
+        return out
+
+    def transcribe(self, audio, options, progress=None, decode=None):
+        from malsori.engine.transcriber import Window
+
+        results = (decode or self.decode_windows)([Window(audio)], options)
+        return Transcript(results[0].segments, "en", 1.0, len(audio) / SAMPLE_RATE, 0.01, options.task)
+
+
+def _wav(seconds: float = 1.0) -> bytes:
+    import io
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(SAMPLE_RATE)
+        tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE)
+        wav.writeframes((tone * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def _settings(**limits) -> Settings:
+    settings = Settings()
+    return settings.model_copy(update={"limits": settings.limits.model_copy(update=limits)})
+
+
+@pytest.fixture
+def fake():
+    return FakeTranscriber()
+
+
+@pytest.fixture
+def client(fake):
+    with TestClient(create_app(_settings(max_pending_requests=4, max_upload_bytes=200_000), transcriber=fake)) as c:
+        yield c
+
+
+# -- the one mapping ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "exc, status, close",
+    [
+        (EmptyAudioError("x"), 400, 1003),
+        (UnsupportedAudioError("x"), 415, 1003),
+        (AudioTooLargeError("x"), 413, 1009),
+        (InvalidOptionsError("x"), 422, 1008),
+        (OverloadedError("x"), 429, 1013),
+        (NotReadyError("x"), 503, 1013),
+        (NotFoundError("x"), 404, 1008),
+        (ConflictError("x"), 409, 1008),
+        (AuthError("x"), 401, 1008),
+        (ProtocolError("x"), 400, 1008),
+        (RuntimeError("bug"), 500, 1011),
+    ],
+)
+def test_error_mapping(exc, status, close):
+    assert http_status(exc) == status
+    assert ws_close_code(exc) == close
+
+
+def test_requests_go_through_the_fake_model(client):
+    response = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", _wav(1.0))})
+    assert response.status_code == 200 and response.json() == {"text": "16000 samples"}
+    text = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", _wav(0.5))}, data={"response_format": "text"})
+    assert text.text == "8000 samples\n" and text.headers["content-type"].startswith("text/plain")
+
+
+def test_validation_errors_have_the_error_body(client):
+    response = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", _wav())}, data={"response_format": "docx"})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert "response_format" in response.json()["error"]["message"]
+
+
+def test_queue_full_is_429_with_retry_after(client, fake):
+    services = client.app.state.services
+    fake.gate.clear()  # hold the decoder so windows pile up
+    from malsori.engine.scheduler import Priority
+    from malsori.engine.transcriber import Window
+    from malsori.engine.options import TranscribeOptions
+
+    # Different options per window: the worker batches only equal options, so it takes one window.
+    held = [services.scheduler.submit(Window(np.zeros(1600, np.float32)), TranscribeOptions(beam_size=i + 1), owner=f"o{i}", priority=Priority.REQUEST) for i in range(5)]
+    assert fake.entered.wait(5)  # one batch taken, four left: the queue (4) is full
+    try:
+        response = client.post("/transcribe-chunk", files={"file": ("a.wav", _wav())})
+        assert response.status_code == 429, response.text
+        assert response.json()["error"]["code"] == "overloaded"
+        assert int(response.headers["retry-after"]) >= 1
+        assert 'malsori_rejected_requests_total{reason="queue_full"} 1.0' in client.get("/metrics").text
+    finally:
+        fake.gate.set()
+        for future in held:
+            future.result(5)
+
+
+def test_concurrent_chunks_are_decoded_in_one_batch(client, fake):
+    fake.gate.clear()
+    services = client.app.state.services
+    from malsori.engine.options import TranscribeOptions
+    from malsori.engine.scheduler import Priority
+    from malsori.engine.transcriber import Window
+
+    # A first window occupies the decoder; three requests queue behind it and go in together.
+    first = services.scheduler.submit(Window(np.zeros(1600, np.float32)), TranscribeOptions(beam_size=5, vad_filter=False), owner="first", priority=Priority.REQUEST)
+    assert fake.entered.wait(5)
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(client.post, "/transcribe-chunk", files={"file": ("a.wav", _wav(1.0))}) for _ in range(3)]
+        deadline = threading.Event()
+        while services.scheduler.pending(Priority.REQUEST) < 3 and not deadline.wait(0.01):
+            pass
+        fake.gate.set()
+        responses = [f.result(10) for f in futures]
+    first.result(5)
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert all(r.json()["text"] == "16000 samples" for r in responses)
+    assert fake.batches == [1, 3]
+
+
+def test_body_over_limit_is_refused_before_reading(client):
+    response = client.post("/stt/upload", content=b"\x00" * 1_400_000, headers={"content-type": "application/octet-stream"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "audio_too_large"
+
+
+def test_not_ready_until_loaded_and_load_errors_are_reported(tmp_path):
+    settings = Settings().model_copy(update={"engine": Settings().engine.model_copy(update={"model": str(tmp_path / "missing")})})
+    with TestClient(create_app(settings)) as client:
+        services = client.app.state.services
+        assert client.get("/health").status_code == 200
+        for _ in range(200):
+            if services.load_error:
+                break
+            threading.Event().wait(0.02)
+        ready = client.get("/is_ready")
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        assert "failed to load" in ready.json()["reason"]
+        refused = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", _wav())})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+        assert client.get("/stt/status").json()["load_error"]
+
+
+def test_two_apps_have_separate_metrics(fake):
+    one, two = create_app(transcriber=fake), create_app(transcriber=FakeTranscriber())
+    with TestClient(one) as a, TestClient(two) as b:
+        a.get("/health")
+        a.get("/health")
+        b.get("/health")
+        assert 'malsori_http_requests_total{method="GET",route="/health",status="200"} 2.0' in a.get("/metrics").text
+        assert 'malsori_http_requests_total{method="GET",route="/health",status="200"} 1.0' in b.get("/metrics").text
+
+
+def test_routes_modules_start_in_order_and_stop_in_reverse(fake, monkeypatch):
+    from malsori.server import app as app_module
+
+    calls = []
+    for module in app_module._ROUTE_MODULES:
+        name = module.__name__.rsplit(".", 1)[-1]
+
+        async def start(services, name=name):
+            calls.append(("start", name))
+
+        async def stop(services, name=name):
+            calls.append(("stop", name))
+
+        monkeypatch.setattr(module, "startup", start)
+        monkeypatch.setattr(module, "shutdown", stop)
+    with TestClient(create_app(transcriber=fake)):
+        pass
+    assert calls == [
+        ("start", "jobs_routes"), ("start", "streaming_routes"), ("start", "web_routes"),
+        ("stop", "web_routes"), ("stop", "streaming_routes"), ("stop", "jobs_routes"),
+    ]
+
+
+# -- guards ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.0.1", "169.254.169.254", "::1", "fe80::1", "fc00::1", "0.0.0.0", "::ffff:127.0.0.1", "224.0.0.1", "100.64.0.1"])
+def test_private_addresses_are_refused(address):
+    from malsori.server.fetch import check_address
+
+    with pytest.raises(InvalidOptionsError) as info:
+        check_address(address)
+    assert info.value.code == "url_not_allowed"
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"])
+def test_public_addresses_pass(address):
+    from malsori.server.fetch import check_address
+
+    assert check_address(address) is None
+
+
+def test_media_paths_stay_inside_the_media_dir(tmp_path):
+    from malsori.server.fetch import read_media_path
+
+    media = tmp_path / "media"
+    (media / "sub").mkdir(parents=True)
+    (media / "sub" / "a.wav").write_bytes(b"x")
+    (tmp_path / "secret.wav").write_bytes(b"x")
+    (media / "link.wav").symlink_to(tmp_path / "secret.wav")
+    assert read_media_path("sub/a.wav", media) == (media / "sub" / "a.wav").resolve()
+    assert read_media_path(f"file://{media}/sub/a.wav", media) == (media / "sub" / "a.wav").resolve()
+    for bad in ("../secret.wav", "sub/../../secret.wav", str(tmp_path / "secret.wav"), "link.wav", "gopher://x/a"):
+        with pytest.raises(InvalidOptionsError):
+            read_media_path(bad, media)
+    with pytest.raises(NotFoundError):
+        read_media_path("sub/none.wav", media)
+    with pytest.raises(InvalidOptionsError):
+        read_media_path("sub/a.wav", None)
+
+
+def test_routing_mode_refuses_gpu_without_one(fake):
+    services = create_app(transcriber=fake).state.services
+    services.set_routing_mode("cpu", gpu_available=False)
+    assert services.routing_mode == "cpu"
+    with pytest.raises(InvalidOptionsError):
+        services.set_routing_mode("gpu", gpu_available=False)
+    with pytest.raises(InvalidOptionsError):
+        services.set_routing_mode("tpu", gpu_available=True)
+    assert services.routing_mode == "cpu"
+
+
+def test_serve_settings_from_env_and_flags(monkeypatch):
+    from malsori.cli.serve import build_settings
+
+    monkeypatch.setenv("MALSORI__SERVER__PORT", "9001")
+    monkeypatch.setenv("MALSORI__ENGINE__COMPUTE_TYPE", "int8")
+    settings = build_settings(host="0.0.0.0", model="tiny.en", data_dir=Path("/tmp/d"))
+    assert settings.server.port == 9001 and settings.server.host == "0.0.0.0"
+    assert settings.engine.model == "tiny.en" and settings.engine.compute_type == "int8"
+    assert settings.server.data_dir == Path("/tmp/d")
+    assert build_settings(port=1234).server.port == 1234
