@@ -180,6 +180,17 @@ def test_body_over_limit_is_refused_before_reading(client):
     assert response.status_code == 413 and response.json()["error"]["code"] == "audio_too_large"
 
 
+def test_chunked_body_over_limit_is_413(client):
+    # No Content-Length: the limit is enforced while the body streams in.
+    def body():
+        for _ in range(20):
+            yield b"\x00" * 100_000
+
+    for path, kind in (("/stt/upload", "multipart/form-data; boundary=xyz"), ("/stt/process", "application/json")):
+        response = client.post(path, content=body(), headers={"content-type": kind})
+        assert response.status_code == 413 and response.json()["error"]["code"] == "audio_too_large"
+
+
 def test_not_ready_until_loaded_and_load_errors_are_reported(tmp_path):
     settings = Settings().model_copy(update={"engine": Settings().engine.model_copy(update={"model": str(tmp_path / "missing")})})
     with TestClient(create_app(settings)) as client:

@@ -130,17 +130,27 @@ class BodyLimitMiddleware:
                     await error_response(too_large)(scope, receive, send)
                     return
         seen = 0
+        exceeded = False
 
         async def limited_receive():
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    exceeded = True
                     raise too_large
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message) -> None:
+            # Body parsers (FastAPI's form parsing) turn any error while reading into a 400; once
+            # the limit was crossed, the answer is our 413 instead of whatever the app made of it.
+            if not exceeded:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await error_response(too_large)(scope, receive, send)
+
+        await self.app(scope, limited_receive, guarded_send)
 
 
 def create_app(settings: Settings | None = None, *, transcriber=None) -> FastAPI:

@@ -44,7 +44,7 @@ async def read_upload(upload: UploadFile | None) -> bytes:
         raise EmptyAudioError("no file was sent: send the audio as the multipart field 'file'")
     data = await upload.read()
     if not data:
-        raise EmptyAudioError(f"the uploaded file {upload.filename or ''!s} is empty (0 bytes)".replace("  ", " "))
+        raise EmptyAudioError("the uploaded file is empty (0 bytes)")
     return data
 
 
