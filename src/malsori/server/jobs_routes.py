@@ -1,20 +1,338 @@
-"""Placeholder until the jobs routes land: the contract every routes module keeps.
+"""Jobs over HTTP: long files transcribed in the background (a thin layer over :class:`JobService`).
 
-- `router`: a FastAPI APIRouter that create_app includes.
-- `async startup(services)` / `async shutdown(services)`: called from create_app's lifespan, in
-  order jobs, streaming, web, to build and tear down what the routes need (on `services`).
+- ``POST /v1/jobs``: multipart ``file`` (or an ``audio_url`` form field, or a JSON body
+  ``{"audio_url": ...}``) plus options and ids → 202 with the job.
+- ``GET /v1/jobs/{id}``: state, progress, the transcript once succeeded, the error once failed.
+- ``GET /v1/jobs/{id}/result?format=``: the transcript as json, text, srt, vtt, verbose_json or tsv.
+- ``DELETE /v1/jobs/{id}``: cancel (200 when cancelled, 202 while a running job stops, 409 when done).
+- ``GET /v1/jobs``: newest first, filtered by tenant, meeting and state, with limit and offset.
+
+The contract of every routes module: ``router``, ``startup(services)`` (builds the job service on
+``services.jobs``, recovers what a previous process left, and starts running jobs once the model is
+loaded) and ``shutdown(services)`` (stops the runner; a running job goes back to the queue).
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-router = APIRouter()
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import ConflictError, EmptyAudioError, InvalidOptionsError
+from ..formats import CONTENT_TYPES, normalize_format, render
+from ..jobs import JobIds, JobOptions, JobService, transcript_from_dict
+from ..storage import JobRecord, JobState
+from .fetch import fetch_audio, read_media_path
+from .services import Services
+
+__all__ = ["router", "startup", "shutdown", "JobOut", "JobList"]
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+StateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ResultFormat = Literal["json", "text", "txt", "srt", "vtt", "verbose_json", "tsv"]
+_ID_PATH = Path(min_length=1, max_length=64, description="The job id")
+_ID_FIELD = dict(default=None, max_length=200)
 
 
-async def startup(services) -> None:
-    return None
+# -- wire shapes -----------------------------------------------------------------------------------
+class JobError(BaseModel):
+    code: str
+    message: str
 
 
-async def shutdown(services) -> None:
-    return None
+class JobLinks(BaseModel):
+    self: str
+    result: str
+
+
+class JobOut(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    state: StateName
+    progress: float = Field(ge=0.0, le=1.0)
+    tenant_id: str | None
+    meeting_id: str | None
+    user_id: str | None
+    filename: str | None
+    options: dict[str, Any]
+    audio_seconds: float | None
+    attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: JobError | None
+    result: dict[str, Any] | None = None
+    """The transcript (``text``, ``language``, ``segments``, ...) once the job has succeeded."""
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class JobUrlRequest(BaseModel):
+    """The JSON form of POST /v1/jobs: audio from a URL or the media directory instead of an upload."""
+
+    audio_url: str = Field(min_length=1, max_length=4096)
+    language: str | None = Field(default=None, max_length=16)
+    task: Literal["transcribe", "translate"] = "transcribe"
+    model: str | None = Field(default=None, max_length=200)
+    prompt: str | None = Field(default=None, max_length=2000)
+    response_format: ResultFormat = "json"
+    word_timestamps: bool = False
+    tenant_id: str | None = Field(**_ID_FIELD)
+    meeting_id: str | None = Field(**_ID_FIELD)
+    user_id: str | None = Field(**_ID_FIELD)
+
+
+def _job_out(job: JobRecord, *, with_result: bool) -> JobOut:
+    base = f"/v1/jobs/{job.id}"
+    return JobOut(
+        id=job.id,
+        state=job.state.value,
+        progress=round(job.progress, 4),
+        tenant_id=job.tenant_id,
+        meeting_id=job.meeting_id,
+        user_id=job.user_id,
+        filename=job.filename,
+        options=job.options,
+        audio_seconds=None if job.audio_seconds is None else round(job.audio_seconds, 3),
+        attempts=job.attempts,
+        cancel_requested=job.cancel_requested,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        error=JobError(code=job.error_code or "error", message=job.error_message or "") if job.state is JobState.FAILED else None,
+        result=job.result if with_result and job.state is JobState.SUCCEEDED else None,
+        links=JobLinks(self=base, result=f"{base}/result"),
+    )
+
+
+def _jobs(request: Request) -> JobService:
+    services: Services = request.app.state.services
+    if services.jobs is None:  # only between app construction and startup
+        from .services import NotReadyError
+
+        raise NotReadyError("the job service is starting; try again shortly", retry_after=2.0)
+    return services.jobs
+
+
+def _served_model_names(services: Services) -> list[str]:
+    from .openai_routes import MODEL_ALIASES
+
+    name = services.transcriber.model_name if services.transcriber else services.settings.engine.model
+    return [name, *MODEL_ALIASES]
+
+
+def _job_options(services: Services, *, language, task, model, prompt, response_format, word_timestamps) -> JobOptions:
+    if model and model not in _served_model_names(services):
+        raise InvalidOptionsError(
+            f"model {model!r} is not served here; use one of {', '.join(_served_model_names(services))}",
+            code="model_not_found",
+        )
+    return JobOptions(
+        language=language,
+        task=task,
+        model=model or None,
+        prompt=prompt or None,
+        response_format=response_format,
+        word_timestamps=word_timestamps,
+        beam_size=services.settings.engine.beam_size,
+    )
+
+
+async def _audio_from_url(services: Services, audio_url: str):
+    """Bytes fetched from an http(s) URL, or the path of a file in the media directory."""
+    settings = services.settings
+    if audio_url.lower().startswith(("http://", "https://")):
+        return await fetch_audio(
+            audio_url, max_bytes=settings.limits.max_upload_bytes, allow_private=settings.server.allow_private_urls
+        )
+    return read_media_path(audio_url, settings.server.media_dir)
+
+
+async def _submit(request: Request, source, *, filename: str | None, options: JobOptions, ids: JobIds) -> JSONResponse:
+    jobs = _jobs(request)
+    job = await run_in_threadpool(lambda: jobs.submit(source, filename=filename, options=options, ids=ids))
+    body = _job_out(job, with_result=False)
+    return JSONResponse(body.model_dump(mode="json"), status_code=202, headers={"Location": body.links.self})
+
+
+# -- routes ----------------------------------------------------------------------------------------
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    summary="Submit a file as a background job",
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/json": {"schema": JobUrlRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}
+        }
+    },
+)
+async def create_job(
+    request: Request,
+    file: Annotated[UploadFile | None, File(description="The audio file (any format ffmpeg reads)")] = None,
+    audio_url: Annotated[str | None, Form(max_length=4096, description="Instead of a file: an http(s) URL or a media-directory path")] = None,
+    language: Annotated[str | None, Form(max_length=16, description="Language code; empty to detect")] = None,
+    task: Annotated[Literal["transcribe", "translate"], Form()] = "transcribe",
+    model: Annotated[str | None, Form(max_length=200)] = None,
+    prompt: Annotated[str | None, Form(max_length=2000)] = None,
+    response_format: Annotated[ResultFormat, Form(description="Default format of the result endpoint")] = "json",
+    word_timestamps: Annotated[bool, Form()] = False,
+    tenant_id: Annotated[str | None, Form(max_length=200)] = None,
+    meeting_id: Annotated[str | None, Form(max_length=200)] = None,
+    user_id: Annotated[str | None, Form(max_length=200)] = None,
+) -> JSONResponse:
+    services: Services = request.app.state.services
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+        return await _create_from_json(request, services)
+    options = _job_options(
+        services,
+        language=language,
+        task=task,
+        model=model,
+        prompt=prompt,
+        response_format=response_format,
+        word_timestamps=word_timestamps,
+    )
+    ids = JobIds(tenant_id=tenant_id, meeting_id=meeting_id, user_id=user_id)
+    if file is not None and audio_url:
+        raise InvalidOptionsError("send either a file or an audio_url, not both")
+    if audio_url:
+        source = await _audio_from_url(services, audio_url)
+        return await _submit(request, source, filename=audio_url.rsplit("/", 1)[-1][:200] or None, options=options, ids=ids)
+    if file is None:
+        raise EmptyAudioError("no audio was sent: send the file as the multipart field 'file' (or give an audio_url)")
+    return await _submit(request, file.file, filename=file.filename, options=options, ids=ids)
+
+
+async def _create_from_json(request: Request, services: Services) -> JSONResponse:
+    try:
+        body = JobUrlRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise InvalidOptionsError(f"invalid JSON body: {where + ': ' if where else ''}{first.get('msg', 'invalid')}") from None
+    options = _job_options(
+        services,
+        language=body.language,
+        task=body.task,
+        model=body.model,
+        prompt=body.prompt,
+        response_format=body.response_format,
+        word_timestamps=body.word_timestamps,
+    )
+    source = await _audio_from_url(services, body.audio_url)
+    ids = JobIds(tenant_id=body.tenant_id, meeting_id=body.meeting_id, user_id=body.user_id)
+    return await _submit(request, source, filename=body.audio_url.rsplit("/", 1)[-1][:200] or None, options=options, ids=ids)
+
+
+@router.get("", response_model=JobList, summary="List jobs, newest first")
+async def list_jobs(
+    request: Request,
+    tenant_id: Annotated[str | None, Query(max_length=200)] = None,
+    meeting_id: Annotated[str | None, Query(max_length=200)] = None,
+    state: Annotated[StateName | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> JobList:
+    jobs = _jobs(request)
+    records, total = await run_in_threadpool(
+        lambda: jobs.list(tenant_id=tenant_id, meeting_id=meeting_id, state=state, limit=limit, offset=offset)
+    )
+    return JobList(data=[_job_out(r, with_result=False) for r in records], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="A job: state, progress, and its transcript once done")
+async def get_job(request: Request, job_id: Annotated[str, _ID_PATH]) -> JobOut:
+    jobs = _jobs(request)
+    return _job_out(await run_in_threadpool(jobs.get, job_id), with_result=True)
+
+
+@router.get(
+    "/{job_id}/result",
+    summary="A finished job's transcript in an output format",
+    responses={200: {"content": {t: {} for t in sorted(set(CONTENT_TYPES.values()))}}, 409: {"description": "Not finished"}},
+)
+async def get_result(
+    request: Request,
+    job_id: Annotated[str, _ID_PATH],
+    format: Annotated[ResultFormat | None, Query(description="Default: the job's response_format")] = None,
+) -> Response:
+    jobs = _jobs(request)
+    job = await run_in_threadpool(jobs.get, job_id)
+    if job.state is not JobState.SUCCEEDED or job.result is None:
+        detail = f": {job.error_message}" if job.state is JobState.FAILED and job.error_message else ""
+        raise ConflictError(f"job {job_id} is {job.state.value}; its result exists once it has succeeded{detail}")
+    fmt = normalize_format(format or job.options.get("response_format") or "json")
+    return Response(render(transcript_from_dict(job.result), fmt), media_type=CONTENT_TYPES[fmt])
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=JobOut,
+    summary="Cancel a job",
+    responses={202: {"description": "Running: it stops at its next progress report"}, 409: {"description": "Already finished"}},
+)
+async def cancel_job(request: Request, job_id: Annotated[str, _ID_PATH]) -> JSONResponse:
+    jobs = _jobs(request)
+    job = await run_in_threadpool(jobs.cancel, job_id)
+    status = 200 if job.state is JobState.CANCELLED else 202
+    return JSONResponse(_job_out(job, with_result=False).model_dump(mode="json"), status_code=status)
+
+
+# -- lifecycle -------------------------------------------------------------------------------------
+async def startup(services: Services) -> None:
+    """Open storage, settle what a previous process left, and run jobs once the model is loaded."""
+    jobs = await run_in_threadpool(JobService.from_settings, services.settings, on_finished=_observer(services))
+    await run_in_threadpool(jobs.recover)
+    services.jobs = jobs
+
+    async def start_when_ready() -> None:
+        await services.wait_ready()
+        jobs.start(services.transcriber, services.scheduler)
+
+    _STARTERS[id(services)] = asyncio.create_task(start_when_ready())
+
+
+async def shutdown(services: Services) -> None:
+    starter = _STARTERS.pop(id(services), None)
+    if starter is not None and not starter.done():
+        starter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starter
+    jobs: JobService | None = services.jobs
+    if jobs is not None:
+        await run_in_threadpool(jobs.stop)
+        jobs.close()
+
+
+_STARTERS: dict[int, asyncio.Task] = {}
+
+
+def _observer(services: Services):
+    """Count finished jobs' audio and processing time in /metrics, like the request routes do."""
+
+    def on_finished(job: JobRecord) -> None:
+        if job.state is JobState.SUCCEEDED and job.result:
+            services.metrics.observe_inference(
+                "/v1/jobs", float(job.audio_seconds or 0.0), float(job.result.get("processing_time", 0.0))
+            )
+
+    return on_finished
