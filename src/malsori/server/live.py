@@ -1,0 +1,187 @@
+"""The asyncio side of live sessions: one decode loop per session over the shared scheduler, the
+outbound queue of each connection, and the grace-period sweeper.
+
+Each session has at most one window in the scheduler (``StreamingSession.next_window`` enforces it),
+so a slow decoder makes sessions skip stale partials instead of piling up windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Callable
+
+from ..engine.scheduler import Priority
+from ..errors import MalsoriError, OverloadedError
+from ..streaming.events import End, Event
+from ..streaming.manager import LiveSession, LoadSnapshot, SessionManager
+
+__all__ = ["LiveRunner", "Outbox"]
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """Serializes one connection's outgoing frames in order; ``deliver`` never blocks the caller."""
+
+    def __init__(self, ws, render: Callable[[Event], dict | None]) -> None:
+        self.ws = ws
+        self.render = render
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.closed = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    def deliver(self, event: Event) -> None:
+        self.queue.put_nowait(("event", event))
+
+    def send_raw(self, data: dict) -> None:
+        self.queue.put_nowait(("raw", data))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self.queue.put_nowait(("close", code, reason[:120]))
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                item = await self.queue.get()
+                if item[0] == "close":
+                    with contextlib.suppress(Exception):
+                        await self.ws.close(item[1], item[2])
+                    return
+                data = item[1] if item[0] == "raw" else self.render(item[1])
+                if data is not None:
+                    await self.ws.send_text(json.dumps(data, ensure_ascii=False))
+                if item[0] == "event" and isinstance(item[1], End):
+                    with contextlib.suppress(Exception):
+                        await self.ws.close(1000)
+                    return
+        except Exception:  # the peer went away; the receive side sees the disconnect
+            return
+        finally:
+            self.closed.set()
+
+
+class LiveRunner:
+    """Runs every live session's decode loop and ends sessions whose grace period ran out."""
+
+    def __init__(self, services, manager: SessionManager, sweep_s: float = 0.5) -> None:
+        self.services = services
+        self.manager = manager
+        self._wake: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._reasons: dict[str, str] = {}
+        self._sweeper = asyncio.create_task(self._sweep(sweep_s))
+
+    def load(self) -> LoadSnapshot:
+        scheduler = self.services.scheduler
+        if scheduler is None:
+            return LoadSnapshot()
+        stats = scheduler.stats()
+        return LoadSnapshot(stats.pending.get("live", 0), stats.busy_fraction, stats.recent_wait_ms_p50)
+
+    def start(self, live: LiveSession) -> None:
+        self._wake[live.id] = asyncio.Event()
+        self._tasks[live.id] = asyncio.create_task(self._drive(live), name=f"live-{live.id}")
+
+    def wake(self, live: LiveSession) -> None:
+        event = self._wake.get(live.id)
+        if event is not None:
+            event.set()
+
+    def feed(self, live: LiveSession, pcm) -> None:
+        live.publish(live.session.feed(pcm))
+        self.wake(live)
+
+    def finish(self, live: LiveSession, reason: str = "stopped") -> None:
+        """No more audio: finalize what was said, then end the session with ``reason``."""
+        self._reasons.setdefault(live.id, reason)
+        live.publish(live.session.finish())
+        self.wake(live)
+
+    def kill(self, live: LiveSession, code: str, message: str) -> Event | None:
+        """End a session at once after a fatal error (its remaining speech is not decoded).
+
+        Returns the fatal error event (also kept in the session's log), or None if it had ended."""
+        if live.ended:
+            return None
+        error = live.session.error(code, message, fatal=True)
+        live.publish([error, live.session.end("error")])
+        live.ended = True
+        self._stop(live)
+        self.manager.remove(live)
+        return error
+
+    def _stop(self, live: LiveSession) -> None:
+        task = self._tasks.pop(live.id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self._wake.pop(live.id, None)
+        self._reasons.pop(live.id, None)
+        if live.attached or live.ended and live.detached_at is None:
+            self.manager.remove(live)
+
+    async def _drive(self, live: LiveSession) -> None:
+        session = live.session
+        wake = self._wake[live.id]
+        warned = False
+        try:
+            while True:
+                request = session.next_window()
+                if request is None:
+                    if session.done:
+                        live.publish([session.end(self._reasons.get(live.id, "stopped"))])
+                        live.ended = True
+                        self._stop(live)
+                        return
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                scheduler = self.services.scheduler
+                try:
+                    if scheduler is None:
+                        raise OverloadedError("the model is not loaded yet", retry_after=1.0)
+                    result = await scheduler.decode(request.window, request.options, owner=live.id, priority=Priority.LIVE)
+                except OverloadedError as exc:
+                    # Keep the audio and retry: finals are never dropped because the queue was full.
+                    live.publish(session.abort(request))
+                    if not warned:
+                        live.publish([session.error(exc.code, f"{exc.message}; retrying", fatal=False)])
+                        warned = True
+                    await asyncio.sleep(min(1.0, exc.retry_after))
+                    continue
+                except MalsoriError as exc:
+                    session.abort(request)
+                    self.kill(live, exc.code, exc.message)
+                    return
+                live.publish(session.apply(request, result))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("live session %s failed", live.id)
+            self.kill(live, "internal_error", "the server failed while decoding this session")
+
+    async def _sweep(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            for live in self.manager.expired():
+                if live.ended:
+                    self.manager.remove(live)
+                elif live.id in self._tasks:
+                    log.info("live session %s: no reconnect within the grace period; finalizing", live.id)
+                    live.detached_at = None  # finishing now; removed when its end is published
+                    self.finish(live, "expired")
+
+    async def close(self) -> None:
+        self._sweeper.cancel()
+        for live in self.manager.all():
+            if not live.ended:
+                live.publish([live.session.end("shutdown")])
+                live.ended = True
+            task = self._tasks.pop(live.id, None)
+            if task is not None:
+                task.cancel()
+            self.manager.remove(live)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sweeper

@@ -1,0 +1,137 @@
+"""How a live session cuts speech into windows and when it settles text: presets and overrides.
+
+Every preset value can be overridden (``StreamConfig.from_preset("balanced", endpoint_s=0.4)``);
+the whole set is validated once, here, with messages a person understands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from ..engine.options import TASKS, TranscribeOptions, normalize_language
+from ..errors import InvalidOptionsError
+
+__all__ = ["StreamConfig", "PRESETS", "TUNABLE_KEYS"]
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    language: str | None = None
+    """Whisper language code, or None to detect it from the first phrase."""
+    task: str = "transcribe"
+    word_timestamps: bool = False
+    preset: str = "balanced"
+
+    step_s: float = 0.6
+    """New audio between two partial decodes of the open phrase."""
+    min_partial_s: float = 0.5
+    """Speech needed before the first partial decode of a phrase."""
+    endpoint_s: float = 0.5
+    """A pause this long ends the phrase: its text is finalized."""
+    max_window_s: float = 8.0
+    """A phrase longer than this is finalized in pieces, cut at Whisper's segment boundaries."""
+    partial_beam_size: int = 1
+    final_beam_size: int = 5
+    vad_threshold: float = 0.5
+    """Silero probability that starts speech; speech continues while above threshold - 0.15."""
+    pad_s: float = 0.3
+    """Audio kept before the detected onset and after the detected end of speech."""
+    prompt_chars: int = 200
+    """Settled text carried into the next decode as the prompt (the original design's prefix)."""
+    partials: bool = True
+    min_speech_s: float = 0.25
+    """Phrases with less detected speech than this are dropped without decoding (clicks, breaths)."""
+    no_speech_threshold: float = 0.6
+    log_prob_threshold: float = -1.0
+    compression_ratio_threshold: float = 2.4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "language", normalize_language(self.language))
+        if self.task not in TASKS:
+            raise InvalidOptionsError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        if self.preset not in PRESETS:
+            raise InvalidOptionsError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
+        checks = (
+            (0.1 <= self.step_s <= 5.0, "step_s must be between 0.1 and 5"),
+            (0.1 <= self.min_partial_s <= 5.0, "min_partial_s must be between 0.1 and 5"),
+            (0.1 <= self.endpoint_s <= 5.0, "endpoint_s must be between 0.1 and 5"),
+            (2.0 <= self.max_window_s <= 28.0, "max_window_s must be between 2 and 28"),
+            (1 <= self.partial_beam_size <= 10, "partial_beam_size must be between 1 and 10"),
+            (1 <= self.final_beam_size <= 10, "final_beam_size must be between 1 and 10"),
+            (0.1 <= self.vad_threshold <= 0.95, "vad_threshold must be between 0.1 and 0.95"),
+            (0.0 <= self.pad_s <= 1.0, "pad_s must be between 0 and 1"),
+            (0 <= self.prompt_chars <= 1000, "prompt_chars must be between 0 and 1000"),
+            (0.0 <= self.min_speech_s <= 2.0, "min_speech_s must be between 0 and 2"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise InvalidOptionsError(message)
+
+    @classmethod
+    def from_preset(cls, preset: str | None = None, **overrides) -> "StreamConfig":
+        """The preset's values with ``overrides`` applied; unknown keys raise InvalidOptionsError."""
+        preset = preset or "balanced"
+        if preset not in PRESETS:
+            raise InvalidOptionsError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise InvalidOptionsError(f"unknown stream option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**{**PRESETS[preset], **overrides, "preset": preset})
+        except TypeError as exc:
+            raise InvalidOptionsError(f"invalid stream options: {exc}") from None
+
+    def with_(self, **changes) -> "StreamConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    # -- decoding options: equal across sessions so the scheduler batches their windows together --
+    def partial_options(self) -> TranscribeOptions:
+        # Greedy, no timestamps, no temperature fallback: partials are previews, and a fallback
+        # (several extra decodes) would delay the final behind them.
+        return TranscribeOptions(
+            task=self.task,
+            beam_size=self.partial_beam_size,
+            best_of=1,
+            temperatures=(0.0,),
+            without_timestamps=True,
+            vad_filter=False,
+            no_speech_threshold=self.no_speech_threshold,
+            log_prob_threshold=self.log_prob_threshold,
+            compression_ratio_threshold=self.compression_ratio_threshold,
+        )
+
+    def final_options(self) -> TranscribeOptions:
+        return TranscribeOptions(
+            task=self.task,
+            beam_size=self.final_beam_size,
+            best_of=2,
+            temperatures=(0.0, 0.4),
+            word_timestamps=self.word_timestamps,
+            vad_filter=False,
+            no_speech_threshold=self.no_speech_threshold,
+            log_prob_threshold=self.log_prob_threshold,
+            compression_ratio_threshold=self.compression_ratio_threshold,
+        )
+
+
+# The original design's low-latency mode decoded 2 s windows with 1 s overlap; here every phrase is
+# decoded as a whole (better text) and the presets trade how often and how soon it is settled.
+PRESETS: dict[str, dict] = {
+    "low-latency": dict(
+        step_s=0.4, min_partial_s=0.4, endpoint_s=0.35, max_window_s=6.0, partial_beam_size=1, final_beam_size=3
+    ),
+    "balanced": dict(
+        step_s=0.6, min_partial_s=0.5, endpoint_s=0.5, max_window_s=8.0, partial_beam_size=1, final_beam_size=5
+    ),
+    "accurate": dict(
+        step_s=1.0, min_partial_s=0.8, endpoint_s=0.8, max_window_s=10.0, partial_beam_size=3, final_beam_size=5
+    ),
+}
+
+TUNABLE_KEYS: tuple[str, ...] = tuple(
+    f.name for f in fields(StreamConfig) if f.name not in ("language", "task", "word_timestamps", "preset")
+)

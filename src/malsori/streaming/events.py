@@ -1,0 +1,90 @@
+"""Typed events of a live session. ``seq`` numbers a session's events from 1 without gaps;
+:class:`Ready` is about one connection, not the session, and always has ``seq`` 0."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+__all__ = ["Event", "Ready", "Partial", "Final", "Language", "Error", "End", "WordTiming"]
+
+
+@dataclass(frozen=True)
+class WordTiming:
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Event:
+    type: ClassVar[str] = "event"
+    seq: int
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Ready(Event):
+    type: ClassVar[str] = "ready"
+    session_id: str = ""
+    resume_token: str = ""
+    resumed: bool = False
+    received_samples: int = 0
+    last_seq: int = 0
+    sample_rate: int = 16000
+    encoding: str = "pcm_s16le"
+    language: str | None = None
+    task: str = "transcribe"
+    preset: str = "balanced"
+    config: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Partial(Event):
+    type: ClassVar[str] = "partial"
+    text: str = ""
+    stable: str = ""
+    unstable: str = ""
+    start: float = 0.0
+    end: float = 0.0
+
+
+@dataclass(frozen=True)
+class Final(Event):
+    type: ClassVar[str] = "final"
+    text: str = ""
+    start: float = 0.0
+    end: float = 0.0
+    language: str | None = None
+    words: tuple[WordTiming, ...] | None = None
+
+    def to_dict(self) -> dict:
+        data = {"type": self.type, "seq": self.seq, "text": self.text, "start": self.start, "end": self.end, "language": self.language}
+        if self.words is not None:
+            data["words"] = [asdict(w) for w in self.words]
+        return data
+
+
+@dataclass(frozen=True)
+class Language(Event):
+    type: ClassVar[str] = "language"
+    language: str = ""
+    probability: float = 0.0
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    type: ClassVar[str] = "error"
+    code: str = "error"
+    message: str = ""
+    fatal: bool = False
+
+
+@dataclass(frozen=True)
+class End(Event):
+    type: ClassVar[str] = "end"
+    reason: str = "stopped"
+    audio_seconds: float = 0.0

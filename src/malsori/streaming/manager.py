@@ -1,0 +1,207 @@
+"""The registry of live sessions: admission, resume tokens, event logs for replay, grace periods.
+
+Pure bookkeeping (no sockets, no asyncio): the transport attaches a connection by giving a
+``deliver`` callback, and asks :meth:`SessionManager.expired` which detached sessions ran out of
+grace. Everything here is called from one thread (the server's event loop).
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import AuthError, InvalidOptionsError, NotFoundError, OverloadedError
+from .config import StreamConfig
+from .events import Event
+from .session import StreamingSession
+
+__all__ = ["SessionManager", "LiveSession", "LoadSnapshot"]
+
+Deliver = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class LoadSnapshot:
+    """How busy the shared decoder is, for admission (from ``DecodeScheduler.stats()``)."""
+
+    live_pending: int = 0
+    busy_fraction: float = 0.0
+    recent_wait_ms: float = 0.0
+
+
+@dataclass
+class LiveSession:
+    """One live session and what outlives its connections."""
+
+    id: str
+    token: str
+    session: StreamingSession
+    sample_rate: int
+    encoding: str
+    labels: dict = field(default_factory=dict)
+    protocol: str = "v1"
+    created: float = field(default_factory=time.monotonic)
+    log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=4096))
+    deliver: Deliver | None = None
+    connection: object = None
+    detached_at: float | None = None
+    received_samples: int = 0
+    ended: bool = False
+
+    def publish(self, events: list[Event]) -> None:
+        """Keep events for replay and hand them to the attached connection, if any."""
+        for event in events:
+            self.log.append(event)
+            if self.deliver is not None:
+                self.deliver(event)
+
+    def events_after(self, last_seq: int) -> list[Event]:
+        return [e for e in self.log if e.seq > last_seq]
+
+    @property
+    def attached(self) -> bool:
+        return self.deliver is not None
+
+    def describe(self) -> dict:
+        s = self.session
+        return {
+            "session_id": self.id,
+            "protocol": self.protocol,
+            "state": "detached" if not self.attached and not self.ended else s.state,
+            "connected": self.attached,
+            "language": s.language,
+            "preset": s.config.preset,
+            "task": s.config.task,
+            "audio_seconds": round(s.audio_seconds, 2),
+            "finals": s.finals,
+            "decodes": s.decodes,
+            "backlog_seconds": round(s.backlog_s, 2),
+            "age_seconds": round(time.monotonic() - self.created, 1),
+            **{k: v for k, v in self.labels.items() if v is not None},
+        }
+
+
+class SessionManager:
+    """Live sessions of one server. ``max_sessions`` and the saturation limits decide admission."""
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int = 16,
+        resume_grace_s: float = 30.0,
+        default_preset: str = "balanced",
+        max_wait_ms: float = 1500.0,
+        max_busy: float = 0.97,
+        clock: Callable[[], float] = time.monotonic,
+        vad_factory: Callable[[], Callable] | None = None,
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.resume_grace_s = resume_grace_s
+        self.default_preset = default_preset
+        self.max_wait_ms = max_wait_ms
+        self.max_busy = max_busy
+        self._clock = clock
+        self._vad_factory = vad_factory
+        self._sessions: dict[str, LiveSession] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def active_count(self) -> int:
+        return len(self._sessions)
+
+    def get(self, session_id: str) -> LiveSession | None:
+        return self._sessions.get(session_id)
+
+    def list(self) -> list[dict]:
+        return [s.describe() for s in self._sessions.values()]
+
+    # -- admission ---------------------------------------------------------------------------------
+    def check_admission(self, load: LoadSnapshot) -> None:
+        """Raise :class:`OverloadedError` (close code 1013) when a new session would slow all others."""
+        if len(self._sessions) >= self.max_sessions:
+            raise OverloadedError(
+                f"the server is at its limit of {self.max_sessions} live sessions; try again later",
+                retry_after=5.0,
+            )
+        # Saturated: the decoder has been busy nearly all of the last seconds AND windows wait long.
+        # Either alone is normal under load; both mean every stream's latency is already growing.
+        if load.busy_fraction >= self.max_busy and load.recent_wait_ms >= self.max_wait_ms:
+            raise OverloadedError(
+                f"the decoder is saturated (busy {load.busy_fraction:.0%}, windows wait "
+                f"{load.recent_wait_ms / 1000:.1f} s); try again later",
+                retry_after=5.0,
+            )
+
+    def create(
+        self,
+        config: StreamConfig,
+        *,
+        sample_rate: int,
+        encoding: str,
+        load: LoadSnapshot = LoadSnapshot(),
+        labels: dict | None = None,
+        protocol: str = "v1",
+        session_id: str | None = None,
+    ) -> LiveSession:
+        self.check_admission(load)
+        if session_id is not None:
+            if not session_id or len(session_id) > 128:
+                raise InvalidOptionsError("session_id must be 1 to 128 characters")
+            if session_id in self._sessions:
+                raise InvalidOptionsError(f"session {session_id!r} is already live; resume it with its token or pick another id")
+        sid = session_id or f"s-{uuid.uuid4().hex[:16]}"
+        vad = self._vad_factory() if self._vad_factory else None
+        live = LiveSession(
+            id=sid,
+            token=secrets.token_urlsafe(24),
+            session=StreamingSession(config, vad=vad),
+            sample_rate=sample_rate,
+            encoding=encoding,
+            labels=dict(labels or {}),
+            protocol=protocol,
+        )
+        self._sessions[sid] = live
+        return live
+
+    # -- connections -------------------------------------------------------------------------------
+    def resume(self, session_id: str, token: str | None) -> LiveSession:
+        """The session to resume; :class:`NotFoundError` or :class:`AuthError` (nothing changes then)."""
+        live = self._sessions.get(session_id)
+        if live is None or live.ended:
+            raise NotFoundError(f"no live session {session_id!r} (it ended, or its grace period ran out)")
+        if not token or not secrets.compare_digest(token, live.token):
+            raise AuthError("wrong resume token for this session")
+        return live
+
+    def attach(self, live: LiveSession, deliver: Deliver, connection: object = None) -> object:
+        """Route the session's events to ``deliver``; returns the connection it replaces (or None)."""
+        previous = live.connection if live.deliver is not None else None
+        live.deliver, live.connection, live.detached_at = deliver, connection, None
+        return previous
+
+    def detach(self, live: LiveSession, connection: object = None) -> None:
+        """The connection dropped: keep the session for the grace period (unless another took over)."""
+        if connection is not None and live.connection is not connection:
+            return
+        live.deliver, live.connection = None, None
+        live.detached_at = self._clock()
+
+    def expired(self) -> list[LiveSession]:
+        now = self._clock()
+        return [
+            s for s in self._sessions.values()
+            if s.detached_at is not None and now - s.detached_at >= self.resume_grace_s
+        ]
+
+    def remove(self, live: LiveSession) -> None:
+        live.ended = True
+        live.deliver = None
+        self._sessions.pop(live.id, None)
+
+    def all(self) -> list[LiveSession]:
+        return list(self._sessions.values())

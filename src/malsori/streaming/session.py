@@ -1,0 +1,401 @@
+"""One live stream as a state machine: PCM in, typed events out, decoding done elsewhere.
+
+The transport drives it::
+
+    events = session.feed(pcm)                 # VAD, phrase boundaries; cheap, never decodes
+    while (request := session.next_window()):  # at most one decode in flight per session
+        result = await scheduler.decode(request.window, request.options, ...)
+        events += session.apply(request, result)
+    events += session.finish()                 # client said stop: flush the open phrase
+
+How speech becomes text:
+- The incremental Silero VAD marks speech per 32 ms. Silence opens nothing and costs no decode.
+- Speech opens a *phrase* (with ``pad_s`` of audio before the onset). While it is spoken, the whole
+  phrase so far is decoded greedily every ``step_s`` for ``partial`` events; LocalAgreement-2 marks
+  the prefix two consecutive hypotheses agree on as ``stable``.
+- A window is always built from the newest audio when the previous decode returns, so a session that
+  falls behind skips intermediate partials instead of queueing them: latency never accumulates.
+- As soon as the speaker pauses (``pad_s`` of silence), the phrase is decoded with the final beam,
+  speculatively. If the pause reaches ``endpoint_s`` with no new speech, that result becomes the
+  ``final`` at once, so a final arrives about ``endpoint_s`` after the phrase ends rather than
+  ``endpoint_s`` plus a decode. If speech resumes, the phrase simply continues.
+- A phrase reaching ``max_window_s`` is closed at its quietest 32 ms in the last third (a gap between
+  words) and speech continues in a new phrase, so windows stay short and cheap to decode.
+- Closed phrases wait in order for their final decode; none is ever dropped. Each final carries the
+  last ``prompt_chars`` of settled text as the prompt of the next decodes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..engine.audio import SAMPLE_RATE
+from ..engine.options import TranscribeOptions
+from ..engine.transcriber import Window, WindowResult
+from .agreement import LocalAgreement
+from .config import StreamConfig
+from .events import End, Error, Event, Final, Language, Partial, WordTiming
+from .guard import clean_text
+from .vad import VAD_CHUNK, StreamingVad
+
+__all__ = ["StreamingSession", "DecodeRequest"]
+
+_SR = SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """A window the session wants decoded now. ``kind`` is ``partial`` or ``final``."""
+
+    id: int
+    kind: str
+    phrase: int
+    start: int
+    end: int
+    window: Window
+    options: TranscribeOptions
+
+
+@dataclass
+class _Phrase:
+    id: int
+    start: int
+    last_speech: int
+    speech: int = 0
+    end: int | None = None
+    candidate: tuple[int, WindowResult] | None = None
+    candidate_for: int = -1
+    last_partial_end: int = 0
+    probs: list[float] = field(default_factory=list)
+    agreement: LocalAgreement = field(default_factory=LocalAgreement)
+    partial_text: str = ""
+
+
+class _Buffer:
+    """Audio kept for open and pending phrases: absolute sample positions, amortized appends."""
+
+    def __init__(self) -> None:
+        self._data = np.zeros(_SR * 4, dtype=np.float32)
+        self.base = 0  # absolute position of _data[0]
+        self._len = 0
+
+    @property
+    def end(self) -> int:
+        return self.base + self._len
+
+    def append(self, samples: np.ndarray) -> None:
+        need = self._len + len(samples)
+        if need > len(self._data):
+            grown = np.zeros(max(need, 2 * len(self._data)), dtype=np.float32)
+            grown[: self._len] = self._data[: self._len]
+            self._data = grown
+        self._data[self._len : need] = samples
+        self._len = need
+
+    def slice(self, start: int, end: int) -> np.ndarray:
+        start, end = max(start, self.base), min(end, self.end)
+        return self._data[start - self.base : max(start, end) - self.base].copy()
+
+    def trim_before(self, position: int) -> None:
+        drop = min(max(0, position - self.base), self._len)
+        if drop < _SR:  # move memory at most about once a second of audio
+            return
+        self._data[: self._len - drop] = self._data[drop : self._len]
+        self._len -= drop
+        self.base += drop
+
+
+class StreamingSession:
+    """Feed 16 kHz float32 PCM; get events. Not thread-safe: one driver (the transport) at a time."""
+
+    def __init__(self, config: StreamConfig = StreamConfig(), *, vad: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        self.config = config
+        self._vad = vad if vad is not None else StreamingVad()
+        self._buffer = _Buffer()
+        self._seq = 0
+        self._ids = itertools.count(1)
+        self._phrase_ids = itertools.count(1)
+        self._open: _Phrase | None = None
+        self._pending: deque[_Phrase] = deque()
+        self._in_speech = False
+        self._silence = 0
+        self._vad_pos = 0  # absolute sample where the next VAD probability starts
+        self._last_end = 0  # end of the last closed phrase: phrases never overlap
+        self._inflight: DecodeRequest | None = None
+        self._settled = ""  # tail of the settled text, the prompt
+        self._language = config.language
+        self._language_announced = config.language is not None
+        self._stopping = False
+        self._ended = False
+        self._partial_options = config.partial_options()
+        self._final_options = config.final_options()
+        self.finals = 0
+        self.decodes = 0
+
+    # -- facts -------------------------------------------------------------------------------------
+    @property
+    def seq(self) -> int:
+        """The highest sequence number issued so far."""
+        return self._seq
+
+    @property
+    def audio_seconds(self) -> float:
+        return self._buffer.end / _SR
+
+    @property
+    def language(self) -> str | None:
+        return self._language
+
+    @property
+    def busy(self) -> bool:
+        """A decode is in flight."""
+        return self._inflight is not None
+
+    @property
+    def done(self) -> bool:
+        """Stopped, and every phrase has its final."""
+        return self._stopping and self._open is None and not self._pending and self._inflight is None
+
+    @property
+    def state(self) -> str:
+        if self._ended:
+            return "ended"
+        if self._stopping:
+            return "finishing"
+        return "speaking" if self._open is not None else "listening"
+
+    @property
+    def backlog_s(self) -> float:
+        """Audio of closed phrases still waiting for their final decode."""
+        return sum((p.end or p.start) - p.start for p in self._pending) / _SR
+
+    # -- input -------------------------------------------------------------------------------------
+    def feed(self, pcm: np.ndarray) -> list[Event]:
+        """Append 16 kHz float32 samples; returns the events they cause (finals of speculative decodes)."""
+        if self._stopping:
+            return []
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        if pcm.size == 0:
+            return []
+        self._buffer.append(pcm)
+        events: list[Event] = []
+        for prob in self._vad(pcm):
+            events.extend(self._step(float(prob)))
+        self._trim()
+        return events
+
+    def _step(self, prob: float) -> list[Event]:
+        c = self.config
+        chunk_start, chunk_end = self._vad_pos, self._vad_pos + VAD_CHUNK
+        self._vad_pos = chunk_end
+        threshold = c.vad_threshold if not self._in_speech else c.vad_threshold - 0.15
+        speech = prob >= threshold
+        self._in_speech = speech
+        events: list[Event] = []
+        ph = self._open
+        if ph is None:
+            if speech:
+                start = max(chunk_start - int(c.pad_s * _SR), self._last_end, self._buffer.base)
+                ph = self._open = _Phrase(next(self._phrase_ids), start, chunk_end)
+                ph.probs.extend([0.0] * ((chunk_start - start) // VAD_CHUNK))
+                ph.last_partial_end = start
+            else:
+                return events
+        ph.probs.append(prob)
+        if speech:
+            ph.last_speech = chunk_end
+            ph.speech += VAD_CHUNK
+            self._silence = 0
+        else:
+            self._silence += VAD_CHUNK
+            if self._silence >= c.endpoint_s * _SR:
+                events.extend(self._close(self._speech_end(ph)))
+                return events
+        if chunk_end - ph.start >= c.max_window_s * _SR:
+            events.extend(self._cut(ph))
+        return events
+
+    def _speech_end(self, ph: _Phrase) -> int:
+        return min(ph.last_speech + int(self.config.pad_s * _SR), self._buffer.end)
+
+    def _cut(self, ph: _Phrase) -> list[Event]:
+        """Close a too-long phrase at its quietest chunk in the last third; speech goes on in a new one."""
+        probs = ph.probs
+        first = max(1, len(probs) * 2 // 3)
+        k = first + int(np.argmin(probs[first:])) if len(probs) > first else len(probs)
+        cut = ph.start + k * VAD_CHUNK
+        tail_probs = probs[k:]
+        events = self._close(cut, keep_open=True)
+        new = self._open = _Phrase(next(self._phrase_ids), cut, max(cut, ph.last_speech))
+        new.probs = list(tail_probs)
+        new.speech = sum(VAD_CHUNK for p in tail_probs if p >= self.config.vad_threshold - 0.15)
+        new.last_partial_end = cut
+        return events
+
+    def _close(self, end: int, keep_open: bool = False) -> list[Event]:
+        ph = self._open
+        assert ph is not None
+        self._open = None
+        ph.end = max(end, ph.start)
+        self._last_end = ph.end
+        speech_in = ph.speech if not keep_open else sum(VAD_CHUNK for p in ph.probs[: (ph.end - ph.start) // VAD_CHUNK] if p >= self.config.vad_threshold - 0.15)
+        if speech_in < self.config.min_speech_s * _SR:
+            return []  # a click or a breath: no decode, no text
+        if ph.candidate is not None and ph.candidate[0] == ph.end and not self._pending:
+            # The speculative decode already covers the whole phrase: final now, no decode.
+            return self._finalize(ph, ph.candidate[1])
+        self._pending.append(ph)
+        return []
+
+    def _trim(self) -> None:
+        keep = self._buffer.end - int(self.config.pad_s * _SR) - VAD_CHUNK
+        for ph in itertools.chain(self._pending, [self._open] if self._open else []):
+            keep = min(keep, ph.start)
+        self._buffer.trim_before(keep)
+
+    def finish(self) -> list[Event]:
+        """The audio is over: close the open phrase so its final gets decoded. Idempotent."""
+        if self._stopping:
+            return []
+        events: list[Event] = []
+        if self._open is not None:
+            events = self._close(self._speech_end(self._open))
+        self._stopping = True
+        return events
+
+    # -- decoding ----------------------------------------------------------------------------------
+    def _prompt(self) -> str | None:
+        return self._settled or None
+
+    def _request(self, kind: str, ph: _Phrase, end: int) -> DecodeRequest:
+        audio = self._buffer.slice(ph.start, end)
+        window = Window(audio, offset=ph.start / _SR, prompt=self._prompt(), language=self._language)
+        options = self._final_options if kind == "final" else self._partial_options
+        self._inflight = DecodeRequest(next(self._ids), kind, ph.id, ph.start, end, window, options)
+        self.decodes += 1
+        return self._inflight
+
+    def next_window(self) -> DecodeRequest | None:
+        """The window to decode now, or None (a decode is in flight, or nothing new to decode)."""
+        if self._inflight is not None or self._ended:
+            return None
+        c = self.config
+        if self._pending:
+            ph = self._pending[0]
+            return self._request("final", ph, ph.end)  # type: ignore[arg-type]
+        ph = self._open
+        if ph is None:
+            return None
+        now = self._buffer.end
+        pause = self._silence >= min(c.pad_s, c.endpoint_s) * _SR
+        if pause:
+            end = self._speech_end(ph)
+            if ph.candidate_for != end and ph.speech >= c.min_speech_s * _SR:
+                ph.candidate_for = end
+                return self._request("final", ph, end)
+            return None
+        if c.partials and ph.speech >= c.min_partial_s * _SR and now - ph.last_partial_end >= c.step_s * _SR:
+            ph.last_partial_end = now
+            return self._request("partial", ph, now)
+        return None
+
+    def abort(self, request: DecodeRequest) -> list[Event]:
+        """The decode of ``request`` failed (overload, shutdown): forget it; finals are asked again."""
+        if self._inflight is not None and self._inflight.id == request.id:
+            self._inflight = None
+            if self._open is not None and self._open.id == request.phrase:
+                self._open.candidate_for = -1
+        return []
+
+    def apply(self, request: DecodeRequest, result: WindowResult) -> list[Event]:
+        """Take a decode's result; returns the events it causes."""
+        if self._inflight is None or self._inflight.id != request.id:
+            return []
+        self._inflight = None
+        events: list[Event] = []
+        if self._pending and self._pending[0].id == request.phrase:
+            ph = self._pending[0]
+            if request.kind == "final" and request.end == ph.end:
+                events.extend(self._finalize(ph, result))
+            return events
+        ph = self._open
+        if ph is None or ph.id != request.phrase:
+            return events  # the phrase was closed or cut meanwhile; its final is asked for anew
+        if request.kind == "final":
+            ph.candidate = (request.end, result)
+        text = self._clean(result)
+        if text and self.config.partials:
+            stable, unstable = ph.agreement.update(text)
+            if text != ph.partial_text:
+                ph.partial_text = text
+                events.append(Partial(self._next_seq(), text, stable, unstable, round(ph.start / _SR, 3), round(request.end / _SR, 3)))
+        return events
+
+    def _clean(self, result: WindowResult) -> str:
+        c = self.config
+        text, _ = clean_text(
+            result.text,
+            no_speech_prob=result.no_speech_prob,
+            avg_logprob=result.avg_logprob,
+            no_speech_threshold=c.no_speech_threshold,
+            log_prob_threshold=c.log_prob_threshold,
+            compression_ratio_threshold=c.compression_ratio_threshold,
+        )
+        return text
+
+    def _finalize(self, ph: _Phrase, result: WindowResult) -> list[Event]:
+        """Emit the final of the oldest closed phrase (or of ``ph`` closing with a matching candidate)."""
+        if self._pending and self._pending[0] is ph:
+            self._pending.popleft()
+        events: list[Event] = []
+        text = self._clean(result)
+        if text:
+            if not self._language_announced:
+                self._language = result.language
+                self._language_announced = True
+                events.append(Language(self._next_seq(), result.language, round(result.language_probability, 4)))
+            lo, hi = ph.start / _SR, (ph.end or ph.start) / _SR
+            starts = [s.start for s in result.segments] or [lo]
+            ends = [s.end for s in result.segments] or [hi]
+            start = round(min(max(min(starts), lo), hi), 3)
+            end = round(max(min(max(ends), hi), start), 3)
+            words = None
+            if self.config.word_timestamps:
+                words = tuple(
+                    WordTiming(w.word.strip(), round(w.start, 3), round(w.end, 3), round(w.probability, 4))
+                    for s in result.segments
+                    for w in (s.words or ())
+                    if w.word.strip()
+                )
+            events.append(Final(self._next_seq(), text, start, end, result.language, words))
+            self.finals += 1
+            settled = (self._settled + " " + text).strip()
+            if len(settled) > self.config.prompt_chars:
+                settled = settled[-self.config.prompt_chars :]
+                settled = settled.split(" ", 1)[1] if " " in settled else settled
+            self._settled = settled if self.config.prompt_chars else ""
+        # A phrase closed while its predecessor waited may already hold a matching candidate.
+        while self._pending and self._pending[0].candidate is not None and self._pending[0].candidate[0] == self._pending[0].end:
+            nxt = self._pending[0]
+            events.extend(self._finalize(nxt, nxt.candidate[1]))  # type: ignore[index]
+        return events
+
+    # -- events ------------------------------------------------------------------------------------
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def error(self, code: str, message: str, *, fatal: bool = False) -> Error:
+        """An error event numbered in this session's sequence (the transport reports with it)."""
+        return Error(self._next_seq(), code, message, fatal)
+
+    def end(self, reason: str = "stopped") -> End:
+        """The last event of the session."""
+        self._ended = True
+        self._stopping = True
+        return End(self._next_seq(), reason, round(self.audio_seconds, 3))
