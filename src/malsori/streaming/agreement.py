@@ -26,7 +26,7 @@ class LocalAgreement:
         while agreed < min(len(keys), len(prev_keys)) and keys[agreed] == prev_keys[agreed]:
             agreed += 1
         if agreed > len(self.stable) and _keys(words[: len(self.stable)]) == _keys(self.stable):
-            self.stable = words[:agreed]
+            self.stable = self.stable + words[len(self.stable) : agreed]
         self.previous = words
         n = len(self.stable)
         # The unstable tail is what this hypothesis says after the settled words (when it still

@@ -1,0 +1,209 @@
+"""StreamingSession logic with the fake decoder (tone-burst words): fast, deterministic, no model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from malsori.engine.fake import FakeDecoder, tone_speech
+from malsori.errors import AuthError, InvalidOptionsError, NotFoundError, OverloadedError
+from malsori.streaming import EnergyVad, Final, Language, LoadSnapshot, Partial, SessionManager, StreamConfig, StreamingSession
+from malsori.streaming.agreement import LocalAgreement
+from malsori.streaming.guard import clean_text, collapse_repetitions
+
+SR = 16000
+
+
+def make_session(**overrides) -> StreamingSession:
+    overrides.setdefault("language", "en")
+    return StreamingSession(StreamConfig.from_preset(overrides.pop("preset", "balanced"), **overrides), vad=EnergyVad())
+
+
+def run(session, audio, *, frame_s=0.1, decode_every=1, decoder=None):
+    """Feed ``audio`` in frames; after every ``decode_every`` frames, run the one decode the session wants."""
+    decoder = decoder or FakeDecoder()
+    events, n = [], int(frame_s * SR)
+    for k, i in enumerate(range(0, len(audio), n)):
+        events += session.feed(audio[i : i + n])
+        if (k + 1) % decode_every == 0 and (request := session.next_window()) is not None:
+            events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
+    events += session.finish()
+    while (request := session.next_window()) is not None:
+        events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
+    assert session.done
+    events.append(session.end())
+    return events, decoder
+
+
+def finals(events) -> list[str]:
+    return [e.text for e in events if isinstance(e, Final)]
+
+
+def test_finals_match_the_words_and_pauses_end_phrases():
+    audio = tone_speech([0.5, "alpha", "bravo", "charlie", 1.0, "delta", "echo", 0.3, "foxtrot", 1.0])
+    events, _ = run(make_session(), audio)
+    # The 1 s pause (> endpoint 0.5 s) ends a phrase; the 0.3 s one does not.
+    assert finals(events) == ["alpha bravo charlie", "delta echo foxtrot"]
+    seqs = [e.seq for e in events]
+    assert seqs == list(range(1, len(events) + 1))
+    first, second = [e for e in events if isinstance(e, Final)]
+    assert 0.4 <= first.start < first.end <= 1.9 and first.end <= second.start
+
+
+def test_partials_show_the_open_phrase_with_an_agreed_stable_prefix():
+    audio = tone_speech([0.3, "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", 1.0])
+    events, _ = run(make_session(step_s=0.3), audio)
+    partials = [e for e in events if isinstance(e, Partial)]
+    assert len(partials) >= 3
+    for p in partials:
+        assert p.text == " ".join(x for x in (p.stable, p.unstable) if x)
+        assert "alpha bravo charlie delta echo foxtrot".startswith(p.text)
+    stables = [p.stable.split() for p in partials]
+    assert all(a == b[: len(a)] for a, b in zip(stables, stables[1:])), "stable text never shrinks or changes"
+    assert stables[-1], "LocalAgreement settled some words before the end"
+    assert finals(events) == ["alpha bravo charlie delta echo foxtrot"]
+
+
+def test_local_agreement_commits_the_common_prefix_only():
+    agreement = LocalAgreement()
+    assert agreement.update("the quick brown") == ("", "the quick brown")
+    assert agreement.update("The quick, brown fox") == ("The quick, brown", "fox")
+    assert agreement.update("the quick brown box jumps") == ("The quick, brown", "box jumps")
+    assert agreement.update("the quick brown box jumps over")[0] == "The quick, brown box jumps"
+
+
+def test_silence_costs_no_decode_and_yields_nothing():
+    session = make_session()
+    events, decoder = run(session, np.zeros(SR * 8, dtype=np.float32))
+    assert decoder.calls == []
+    assert [e.type for e in events] == ["end"]
+
+
+def test_a_click_shorter_than_min_speech_is_never_decoded():
+    audio = np.concatenate([np.zeros(SR), tone_speech(["alpha"], word_s=0.1), np.zeros(SR)])
+    events, decoder = run(make_session(), audio)
+    assert decoder.calls == [] and finals(events) == []
+
+
+def test_prompt_carries_settled_text_bounded():
+    script = []
+    for word in ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]:
+        script += [word, word, 0.9]
+    events, decoder = run(make_session(prompt_chars=30), tone_speech([0.3, *script]))
+    assert len(finals(events)) == 8
+    final_windows = [w for batch, opts in decoder.calls for w in batch if opts.beam_size == 5]
+    prompts = [w.prompt for w in final_windows]
+    assert prompts[0] is None
+    assert "alpha alpha" in prompts[1]
+    assert all(p is None or len(p) <= 30 for p in prompts)
+    assert prompts[-1].endswith("golf golf")
+
+
+def test_long_speech_is_cut_into_windows_without_losing_or_repeating_words():
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett"] * 4
+    audio = tone_speech([0.2, *words, 1.0], gap_s=0.12)  # 17 s without a pause of endpoint length
+    events, decoder = run(make_session(max_window_s=4.0), audio)
+    assert len(finals(events)) >= 4
+    assert " ".join(finals(events)).split() == words
+    assert max(len(w.audio) for w in decoder.windows) <= 4.1 * SR
+
+
+def test_a_slow_decoder_gets_the_latest_audio_and_no_speech_is_dropped():
+    words = ["alpha", "bravo", "charlie", "delta", 0.8, "echo", "foxtrot", 0.8, "golf", "hotel", "india", 0.8]
+    audio = tone_speech([0.3, *words])
+    fast_events, fast = run(make_session(), audio, decode_every=1)
+    slow_events, slow = run(make_session(), audio, decode_every=12)  # one decode per 1.2 s of audio
+    assert finals(slow_events) == finals(fast_events) == ["alpha bravo charlie delta", "echo foxtrot", "golf hotel india"]
+    assert len(slow.windows) < len(fast.windows)
+    # Partials of a lagging session cover the audio up to the moment the decode started (no stale windows).
+    assert all(p.end - p.start <= 8.0 for p in slow_events if isinstance(p, Partial))
+
+
+def test_speculative_final_makes_the_final_arrive_at_the_endpoint():
+    audio = tone_speech([0.3, "alpha", "bravo", "charlie", 2.0])
+    session = make_session(endpoint_s=0.6)
+    decoder, arrival = FakeDecoder(), None
+    n = SR // 10
+    for k, i in enumerate(range(0, len(audio), n)):
+        for event in session.feed(audio[i : i + n]):
+            if isinstance(event, Final):
+                arrival = (i + n) / SR
+        if (request := session.next_window()) is not None:
+            for event in session.apply(request, decoder.decode_windows([request.window], request.options)[0]):
+                if isinstance(event, Final):
+                    arrival = (i + n) / SR
+    speech_end = 0.3 + 3 * 0.38
+    assert arrival is not None and arrival - speech_end <= 0.6 + 0.2
+
+
+def test_language_is_detected_once_and_then_fixed():
+    session = StreamingSession(StreamConfig.from_preset("balanced"), vad=EnergyVad())
+    events, decoder = run(session, tone_speech([0.3, "alpha", 1.0, "bravo", 1.0]))
+    assert [e.language for e in events if isinstance(e, Language)] == ["en"]
+    later = [w for w in decoder.windows if w.offset > 1.0]
+    assert later and all(w.language == "en" for w in later)
+
+
+def test_guard_drops_invented_phrases_and_loops_but_keeps_speech():
+    unsure = dict(no_speech_prob=0.3, avg_logprob=-0.8)
+    assert clean_text("Thank you.", **unsure)[0] == ""
+    assert clean_text("Thanks for watching!", **unsure)[0] == ""
+    assert clean_text("Untertitel der Amara.org-Community", no_speech_prob=0.0, avg_logprob=-0.1)[0] == ""
+    assert clean_text("ご視聴ありがとうございました", **unsure)[0] == ""
+    assert clean_text("Hello there.", no_speech_prob=0.9, avg_logprob=-1.3)[0] == ""
+    assert clean_text("Thank you.", no_speech_prob=0.01, avg_logprob=-0.2)[0] == "Thank you."
+    assert clean_text("The printer was ready.", no_speech_prob=0.1, avg_logprob=-0.3)[0] == "The printer was ready."
+    assert collapse_repetitions("and so my fellow Americans " * 6 + "and so") == "and so my fellow Americans and so"
+    assert collapse_repetitions("no no no no") == "no"
+    assert collapse_repetitions("that that is") == "that that is"
+
+
+def test_presets_and_overrides_are_validated():
+    assert StreamConfig.from_preset("low-latency").endpoint_s < StreamConfig.from_preset("accurate").endpoint_s
+    assert StreamConfig.from_preset("accurate").max_window_s == 10.0
+    assert StreamConfig.from_preset("balanced", endpoint_s=0.7).endpoint_s == 0.7
+    with pytest.raises(InvalidOptionsError, match="unknown stream option"):
+        StreamConfig.from_preset("balanced", bogus=1)
+    with pytest.raises(InvalidOptionsError, match="preset"):
+        StreamConfig.from_preset("fastest")
+    with pytest.raises(InvalidOptionsError, match="language"):
+        StreamConfig.from_preset("balanced", language="klingon")
+    with pytest.raises(InvalidOptionsError, match="endpoint_s"):
+        StreamConfig.from_preset("balanced", endpoint_s=0.0)
+
+
+def test_streaming_vad_matches_the_one_shot_silero_model(testdata):
+    from faster_whisper.vad import get_vad_model
+
+    from malsori.engine import decode_audio
+    from malsori.streaming import StreamingVad
+
+    audio = decode_audio(testdata / "en" / "jfk.flac")
+    audio = audio[: len(audio) // 512 * 512]
+    one_shot = get_vad_model()(audio)
+    vad = StreamingVad()
+    pieces = [vad(audio[i : i + 1234]) for i in range(0, len(audio), 1234)]
+    incremental = np.concatenate(pieces)
+    np.testing.assert_allclose(incremental, np.asarray(one_shot).reshape(-1), atol=1e-5)
+    assert incremental.max() > 0.9 and incremental[:5].max() < 0.5
+
+
+def test_manager_admission_resume_tokens_and_replay():
+    manager = SessionManager(max_sessions=2, resume_grace_s=30.0, vad_factory=EnergyVad)
+    config = StreamConfig.from_preset("balanced", language="en")
+    one = manager.create(config, sample_rate=16000, encoding="pcm_s16le")
+    manager.create(config, sample_rate=16000, encoding="pcm_s16le")
+    with pytest.raises(OverloadedError, match="limit of 2 live sessions"):
+        manager.create(config, sample_rate=16000, encoding="pcm_s16le")
+    manager.remove(manager.all()[1])
+    with pytest.raises(OverloadedError, match="saturated"):
+        manager.create(config, sample_rate=16000, encoding="pcm_s16le", load=LoadSnapshot(8, 1.0, 4000.0))
+    with pytest.raises(AuthError):
+        manager.resume(one.id, "not-the-token")
+    with pytest.raises(NotFoundError):
+        manager.resume("s-unknown", one.token)
+    assert manager.resume(one.id, one.token) is one
+    events, _ = run(one.session, tone_speech([0.3, "alpha", 1.0, "bravo", 1.0]))
+    one.publish(events)
+    assert [e.seq for e in one.events_after(2)] == [e.seq for e in events if e.seq > 2]
+    assert manager.list()[0]["session_id"] == one.id
