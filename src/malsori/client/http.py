@@ -23,8 +23,8 @@ __all__ = ["Transcription", "TranscriptionSegment", "Job", "HttpClient", "FileIn
 
 FileInput = Union[str, os.PathLike, bytes, IO[bytes]]
 
-#: Job states after which a job never changes again.
-FINISHED_STATES = frozenset({"succeeded", "completed", "done", "failed", "cancelled", "canceled"})
+#: Job states after which a job never changes again (queued and running are the others).
+FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class Job:
     progress: float | None = None
     result: Transcription | None = None
     error: str | None = None
+    error_code: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -73,16 +74,15 @@ class Job:
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> "Job":
         result = body.get("result")
-        error = body.get("error")
-        if isinstance(error, Mapping):
-            error = error.get("message") or error.get("code")
+        error = body.get("error") or {}
         progress = body.get("progress")
         return cls(
-            str(body.get("id", body.get("job_id"))),
-            str(body.get("state", body.get("status", "unknown"))),
+            str(body["id"]),
+            str(body["state"]),
             None if progress is None else float(progress),
             Transcription.from_json(result) if isinstance(result, Mapping) else None,
-            None if error is None else str(error),
+            error.get("message"),
+            error.get("code"),
             dict(body),
         )
 
@@ -111,10 +111,17 @@ class HttpClient:
             body = self._request("POST", path, data=data, files={"file": (name, handle)})
         return Transcription.from_json(body)
 
-    def submit_job(self, file: FileInput, *, language: str | None = None, task: str = "transcribe",
-                   **fields: str) -> Job:
-        """Queue a long file as a job (``fields``: tenant_id, meeting_id, user_id, ...); returns at once."""
+    def submit_job(self, file: FileInput | None = None, *, audio_url: str | None = None,
+                   language: str | None = None, task: str = "transcribe", **fields: str) -> Job:
+        """Queue a long file (or an ``audio_url`` the server may fetch) as a job; returns at once.
+
+        ``fields``: tenant_id, meeting_id, user_id, model, prompt, response_format, word_timestamps.
+        """
+        if (file is None) == (audio_url is None):
+            raise InvalidOptionsError("give either a file or an audio_url")
         data = {k: v for k, v in {"language": language, "task": task, **fields}.items() if v is not None}
+        if audio_url is not None:
+            return Job.from_json(self._request("POST", "/v1/jobs", json={"audio_url": audio_url, **data}))
         with _opened(file) as (name, handle):
             body = self._request("POST", "/v1/jobs", data=data, files={"file": (name, handle)})
         return Job.from_json(body)
