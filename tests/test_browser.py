@@ -153,6 +153,13 @@ def test_upload_shows_the_transcript_and_downloads_valid_srt(page, live_server, 
     assert "-->" in vtt
     page.screenshot(path=str(artifacts / "browser-upload.png"), full_page=True)
 
+    # The page ran the file as a job, once, whatever was downloaded afterwards.
+    import httpx
+
+    jobs = httpx.get(f"{live_server.url}/v1/jobs", timeout=30).json()["data"]
+    mine = [job for job in jobs if job["filename"] == "jfk.flac"]
+    assert len(mine) == 1 and mine[0]["state"] == "succeeded"
+
 
 def test_upload_of_a_non_audio_file_shows_the_servers_reason(page, live_server, tmp_path):
     from playwright.sync_api import expect
