@@ -85,6 +85,16 @@ def collapse_repetitions(text: str, min_repeats: int = 3) -> str:
             out_words.append(words[i])
             out_keys.append(keys[i])
             i += 1
+    # A loop that had only begun when the window ended ("In being comparatively modern, in being
+    # comparatively", LJ001-0002 at a phrase end): three or more trailing words repeating the words
+    # one period earlier are cut.
+    for period in range(3, len(out_keys) - 2):
+        run = 0
+        while run < len(out_keys) - period and out_keys[-1 - run] == out_keys[-1 - run - period]:
+            run += 1
+        if run >= 3:
+            out_words = out_words[:-run]
+            break
     return " ".join(out_words)
 
 

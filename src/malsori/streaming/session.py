@@ -37,6 +37,7 @@ import numpy as np
 from ..engine.audio import SAMPLE_RATE
 from ..engine.options import TranscribeOptions
 from ..engine.transcriber import Window, WindowResult
+from ..engine.types import Segment
 from .agreement import LocalAgreement
 from .config import StreamConfig
 from .events import End, Error, Event, Final, Language, Partial, WordTiming
@@ -134,6 +135,7 @@ class StreamingSession:
         self._ended = False
         self._partial_options = config.partial_options()
         self._final_options = config.final_options()
+        self._cut_options = self._final_options.with_(word_timestamps=True)
         self.finals = 0
         self.decodes = 0
 
@@ -216,7 +218,9 @@ class StreamingSession:
             if self._silence >= c.endpoint_s * _SR:
                 events.extend(self._close(self._speech_end(ph)))
                 return events
-        if chunk_end - ph.start >= c.max_window_s * _SR:
+        # Past the window limit a "cut" decode (word timestamps) splits the phrase between words;
+        # this VAD cut is only the fallback when decodes lag far behind (windows must stay < 28 s).
+        if chunk_end - ph.start >= min(c.max_window_s + 6.0, 27.0) * _SR:
             events.extend(self._cut(ph))
         return events
 
@@ -275,7 +279,7 @@ class StreamingSession:
     def _request(self, kind: str, ph: _Phrase, end: int) -> DecodeRequest:
         audio = self._buffer.slice(ph.start, end)
         window = Window(audio, offset=ph.start / _SR, prompt=self._prompt(), language=self._language)
-        options = self._final_options if kind == "final" else self._partial_options
+        options = {"final": self._final_options, "cut": self._cut_options}.get(kind, self._partial_options)
         self._inflight = DecodeRequest(next(self._ids), kind, ph.id, ph.start, end, window, options)
         self.decodes += 1
         return self._inflight
@@ -299,6 +303,8 @@ class StreamingSession:
                 ph.candidate_for = end
                 return self._request("final", ph, end)
             return None
+        if now - ph.start >= c.max_window_s * _SR:
+            return self._request("cut", ph, now)
         if c.partials and ph.speech >= c.min_partial_s * _SR and now - ph.last_partial_end >= c.step_s * _SR:
             ph.last_partial_end = now
             return self._request("partial", ph, now)
@@ -326,6 +332,8 @@ class StreamingSession:
         ph = self._open
         if ph is None or ph.id != request.phrase:
             return events  # the phrase was closed or cut meanwhile; its final is asked for anew
+        if request.kind == "cut":
+            return self._apply_cut(ph, request, result)
         if request.kind == "final":
             ph.candidate = (request.end, result)
         text = self._clean(result)
@@ -334,6 +342,36 @@ class StreamingSession:
             if text != ph.partial_text:
                 ph.partial_text = text
                 events.append(Partial(self._next_seq(), text, stable, unstable, round(ph.start / _SR, 3), round(request.end / _SR, 3)))
+        return events
+
+    def _apply_cut(self, ph: _Phrase, request: DecodeRequest, result: WindowResult) -> list[Event]:
+        """Finalize the words of a too-long phrase that end before its last ``max_window_s / 3``;
+        the rest (and the audio from the gap after the last finalized word) stays open."""
+        words = [w for seg in result.segments for w in (seg.words or ())]
+        limit = request.end / _SR - self.config.max_window_s / 3
+        keep = [w for w in words if w.end <= limit]
+        if not keep or not self._clean(result):
+            ph_probs_cut = self._cut(ph)  # no usable words: split at the quietest point instead
+            return ph_probs_cut
+        following = words[len(keep)] if len(words) > len(keep) else None
+        gap_end = following.start if following is not None else min(limit + 0.5, request.end / _SR)
+        cut = int(round((keep[-1].end + max(keep[-1].end, gap_end)) / 2 * _SR))
+        cut = min(max(cut, ph.start + VAD_CHUNK), request.end)
+        text = "".join(w.word for w in keep).strip()
+        head = WindowResult(
+            (Segment(0, keep[0].start, keep[-1].end, text, result.avg_logprob, result.no_speech_prob, result.compression_ratio, result.temperature, tuple(keep)),),
+            result.language, result.language_probability, result.no_speech_prob, result.avg_logprob, result.compression_ratio, result.temperature,
+        )
+        k = (cut - ph.start) // VAD_CHUNK
+        tail_probs = ph.probs[k:]
+        self._open = None
+        ph.end = cut
+        self._last_end = cut
+        events = self._finalize(ph, head)
+        new = self._open = _Phrase(next(self._phrase_ids), cut, max(cut, ph.last_speech))
+        new.probs = list(tail_probs)
+        new.speech = sum(VAD_CHUNK for p in tail_probs if p >= self.config.vad_threshold - 0.15)
+        new.last_partial_end = cut
         return events
 
     def _clean(self, result: WindowResult) -> str:
