@@ -222,3 +222,109 @@ def test_refusal_with_1013_raises_overloaded():
             await stream.connect()
 
     asyncio.run(_run_fake(server, body))
+
+
+# -- against a real server with the real model ---------------------------------------------------------
+def _pcm16(path) -> bytes:
+    from malsori.engine import decode_audio, float32_to_pcm16
+
+    return float32_to_pcm16(decode_audio(path))
+
+
+def _ws_url(live_server) -> str:
+    return live_server.url.replace("http://", "ws://") + "/v1/stream"
+
+
+def _frames(pcm: bytes, ms: int = 100) -> list[bytes]:
+    size = 32 * ms  # 16 kHz int16: 32 bytes per ms
+    return [pcm[i:i + size] for i in range(0, len(pcm), size)]
+
+
+@pytest.mark.model
+@pytest.mark.e2e
+def test_sync_client_transcribes_jfk_over_a_real_socket(live_server, manifest, testdata):
+    from malsori.evaluation import wer
+
+    clip = next(c for c in manifest if c.path.name == "jfk.flac")
+    frames = _frames(_pcm16(clip.path))
+    with StreamClient(_ws_url(live_server), StreamOptions(language="en")) as stream:
+        events = list(stream.stream(frames))
+    assert isinstance(events[0], ReadyEvent) and events[0].session_id
+    assert isinstance(events[-1], EndEvent)
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(set(seqs))
+    finals = [e for e in events if isinstance(e, FinalEvent)]
+    assert finals, [e.type for e in events]
+    for before, after in zip(finals, finals[1:]):
+        assert before.end <= after.start + 1e-6  # finals never overlap
+    text = " ".join(f.text for f in finals)
+    assert wer(clip.reference, text) <= 0.1, text
+
+
+@pytest.mark.model
+@pytest.mark.e2e
+def test_dropped_connection_resumes_without_losing_or_repeating_finals(live_server, manifest):
+    """Three LJ Speech sentences with pauses at 2x real time; the TCP link is cut in the middle."""
+    from malsori.evaluation import corpus_wer
+
+    clips = [c for c in manifest if "/ljspeech/" in c.path.as_posix()][4:7]
+    pause = bytes(int(0.8 * 16000) * 2)
+    pcm = pause.join(_pcm16(c.path) for c in clips)
+    frames = _frames(pcm)
+
+    async def run():
+        events = []
+        client = AsyncStreamClient(_ws_url(live_server), StreamOptions(language="en"),
+                                   reconnect=ReconnectPolicy(initial_delay_s=0.05))
+        await client.connect()
+
+        async def send():
+            started = asyncio.get_running_loop().time()
+            for i, frame in enumerate(frames):
+                await asyncio.sleep(max(0.0, started + i * 0.05 - asyncio.get_running_loop().time()))
+                if i == len(frames) // 2:
+                    client.connection.transport.abort()
+                await client.send_audio(frame)
+            await client.stop()
+
+        sender = asyncio.create_task(send())
+        async for event in client:
+            events.append(event)
+        await sender
+        await client.close()
+        return events, client.resumes
+
+    events, resumes = asyncio.run(asyncio.wait_for(run(), timeout=180))
+    assert resumes == 1
+    assert isinstance(events[-1], EndEvent)
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(set(seqs))
+    finals = [e for e in events if isinstance(e, FinalEvent)]
+    for before, after in zip(finals, finals[1:]):
+        assert before.end <= after.start + 1e-6
+    text = " ".join(f.text for f in finals)
+    reference = " ".join(c.reference for c in clips)
+    assert corpus_wer([reference], [text]) <= 0.1, text
+
+
+@pytest.mark.model
+@pytest.mark.e2e
+def test_http_client_transcribes_and_runs_a_job(live_server, manifest):
+    from malsori.client import HttpClient
+    from malsori.errors import EmptyAudioError, NotFoundError
+    from malsori.evaluation import wer
+
+    clip = next(c for c in manifest if c.path.name == "jfk.flac")
+    with HttpClient(live_server.url) as http:
+        result = http.transcribe(clip.path, language="en")
+        assert wer(clip.reference, result.text) <= 0.1, result.text
+        assert result.language == "en" and result.segments and result.duration == pytest.approx(11.0, abs=0.1)
+        job = http.submit_job(clip.path, language="en", meeting_id="m-1")
+        assert job.state in ("queued", "running", "succeeded") and job.raw["meeting_id"] == "m-1"
+        done = http.wait_job(job.id, timeout=120, poll_interval=0.2)
+        assert done.state == "succeeded" and done.result is not None
+        assert wer(clip.reference, done.result.text) <= 0.1, done.result.text
+        with pytest.raises(EmptyAudioError):
+            http.transcribe(b"")
+        with pytest.raises(NotFoundError):
+            http.get_job("no-such-job")
