@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -79,3 +80,45 @@ def test_mic_without_sounddevice_names_the_extra():
     assert done.returncode == 1
     assert "pip install 'malsori[mic]'" in done.stderr
     assert "cannot connect" not in done.stderr  # refused before touching the network
+
+
+FAKE_SOUNDDEVICE = '''
+"""A stand-in for sounddevice: plays FAKE_MIC_PCM (16 kHz int16) as the microphone, then presses Ctrl-C."""
+import os, signal, threading, time
+
+class RawInputStream:
+    def __init__(self, samplerate, channels, dtype, blocksize, callback):
+        assert (samplerate, channels, dtype) == (16000, 1, "int16")
+        self.callback, self.blocksize = callback, blocksize
+        self.pcm = open(os.environ["FAKE_MIC_PCM"], "rb").read()
+
+    def __enter__(self):
+        def play():
+            step = self.blocksize * 2
+            for i in range(0, len(self.pcm), step):
+                self.callback(self.pcm[i:i + step], self.blocksize, None, None)
+                time.sleep(0.02)  # five times real time
+            os.kill(os.getpid(), signal.SIGINT)
+        threading.Thread(target=play, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        return False
+'''
+
+
+@pytest.mark.model
+@pytest.mark.e2e
+def test_mic_streams_until_ctrl_c_and_prints_the_last_finals(live_server, manifest, tmp_path):
+    """--mic with a stand-in device playing real speech: Ctrl-C ends the audio and still gets every final."""
+    from malsori.engine import decode_audio, float32_to_pcm16
+
+    clip = _jfk(manifest)
+    (tmp_path / "sounddevice.py").write_text(FAKE_SOUNDDEVICE)
+    (tmp_path / "mic.pcm").write_bytes(float32_to_pcm16(decode_audio(clip.path)))
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "FAKE_MIC_PCM": str(tmp_path / "mic.pcm")}
+    done = subprocess.run([*MALSORI, "--mic", "--url", _ws_url(live_server), "--language", "en"],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, done.stderr
+    assert wer(clip.reference, done.stdout) <= 0.1, done.stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -87,12 +88,24 @@ async def _mic_chunks(sounddevice, sample_rate: int, encoding: str, chunk_frames
     def on_audio(data, frames, time_info, status) -> None:  # runs on PortAudio's thread
         loop.call_soon_threadsafe(queue.put_nowait, bytes(data))
 
+    # Ctrl-C ends the audio, not the program: the server still sends the last finals, then end.
+    stopped = asyncio.Event()
+    loop.add_signal_handler(signal.SIGINT, stopped.set)
     dtype = "int16" if encoding == "pcm_s16le" else "float32"
-    with sounddevice.RawInputStream(samplerate=sample_rate, channels=1, dtype=dtype,
-                                    blocksize=chunk_frames, callback=on_audio):
-        typer.echo("listening; Ctrl-C to stop", err=True)
-        while True:
-            yield await queue.get()
+    try:
+        with sounddevice.RawInputStream(samplerate=sample_rate, channels=1, dtype=dtype,
+                                        blocksize=chunk_frames, callback=on_audio):
+            typer.echo("listening; Ctrl-C to stop", err=True)
+            stop_wait = asyncio.ensure_future(stopped.wait())
+            while True:
+                get = asyncio.ensure_future(queue.get())
+                await asyncio.wait({get, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if stopped.is_set():
+                    get.cancel()
+                    return
+                yield get.result()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 class _Printer:

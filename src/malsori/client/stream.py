@@ -235,6 +235,10 @@ class AsyncStreamClient:
                 except ConnectionClosed:
                     self._connected.clear()
 
+    def fail(self, exc: BaseException) -> None:
+        """End the event iteration with ``exc`` (for a failing audio source on the sending side)."""
+        self._events.put_nowait(exc)
+
     async def close(self) -> None:
         """Close the connection now (without waiting for ``end``); the server may keep the session."""
         self._closing = True
@@ -267,13 +271,17 @@ class AsyncStreamClient:
             await self.connect()
 
         async def send_all() -> None:
-            if isinstance(chunks, AsyncIterable):
-                async for chunk in chunks:
-                    await self.send_audio(chunk)
-            else:
-                for chunk in chunks:
-                    await self.send_audio(chunk)
-            await self.stop()
+            try:
+                if isinstance(chunks, AsyncIterable):
+                    async for chunk in chunks:
+                        await self.send_audio(chunk)
+                else:
+                    for chunk in chunks:
+                        await self.send_audio(chunk)
+                await self.stop()
+            except Exception as exc:  # the audio source failed: end the iteration with its error
+                self.fail(exc)
+                raise
 
         sender = asyncio.create_task(send_all(), name="malsori-stream-sender")
         try:

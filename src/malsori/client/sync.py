@@ -101,6 +101,7 @@ class StreamClient:
                 self.stop()
             except BaseException as exc:  # re-raised in the caller's thread below
                 failure.append(exc)
+                self._loop.call_soon_threadsafe(self._client.fail, exc)
 
         sender = threading.Thread(target=send_all, name="malsori-stream-sender", daemon=True)
         sender.start()
