@@ -4,9 +4,10 @@ faster-whisper's ``transcribe()`` pads every window to Whisper's 30 s and decode
 Two measured changes make malsori faster on a CPU without losing accuracy (docs/benchmarks.md):
 
 - **Short encoder input.** CTranslate2 accepts fewer than 3000 mel frames, so a window is encoded at its
-  real length plus one second of silence (``_PAD_FRAMES``). Without that second Whisper does not see the
-  speech end and loops ("Ask what you can do for your country." over and over on jfk.flac); with it the
-  text and timestamps match the padded decode while the encoder costs about a fifth.
+  real length plus two seconds of silence (``_PAD_FRAMES``). With less, Whisper does not see the speech
+  end and loops ("Ask what you can do for your country." over and over on jfk.flac with none; "in being
+  comparatively modern" twice on LJ001-0002 with one second); with two, word error rates match the
+  padded 30 s decode on the test data while the encoder costs a fraction (docs/benchmarks.md).
 - **Batched decoding.** Windows from different inputs (or different streams) are encoded and decoded
   together in one ``generate`` call with a prompt per item, which keeps both CPU cores busy.
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 MAX_WINDOW_S = 28.0
 _HOP = 160  # samples per mel frame (10 ms)
-_PAD_FRAMES = 100  # one second of silence after the speech; see the module docstring
+_PAD_FRAMES = 200  # two seconds of silence after the speech; see the module docstring
 _FRAME_BUCKET = 50  # encoder lengths are rounded up to 0.5 s so batches share a shape
 _MAX_FRAMES = 3000
 _MAX_TEXT_TOKENS = 448
@@ -121,7 +122,8 @@ def plan_windows(audio: np.ndarray, vad_filter: bool, max_window_s: float = MAX_
 
     With the VAD, windows hold speech regions merged up to the limit (the pauses inside a window are
     kept, so timestamps stay simple offsets) and pure silence is dropped. Without it, the whole input
-    is covered and long inputs are cut at the quietest 100 ms in the last five seconds of each window.
+    is covered and long inputs are cut at the quietest 100 ms in the last five seconds of each window
+    (the last half, for limits under ten seconds).
     """
     limit = int(max_window_s * SAMPLE_RATE)
     if vad_filter:
@@ -134,7 +136,7 @@ def plan_windows(audio: np.ndarray, vad_filter: bool, max_window_s: float = MAX_
         return windows
     windows, start, n = [], 0, len(audio)
     while n - start > limit:
-        search_from = start + limit - 5 * SAMPLE_RATE
+        search_from = start + max(limit - 5 * SAMPLE_RATE, limit // 2)
         frame = SAMPLE_RATE // 10
         tail = audio[search_from : start + limit]
         energies = [float(np.mean(tail[i : i + frame] ** 2)) for i in range(0, len(tail) - frame + 1, frame)]
@@ -144,6 +146,11 @@ def plan_windows(audio: np.ndarray, vad_filter: bool, max_window_s: float = MAX_
     if n - start > 0:
         windows.append((start, n))
     return windows
+
+
+def _token_cap(duration: float) -> int:
+    """Most tokens a window of ``duration`` seconds can honestly produce (text and timestamps)."""
+    return int(14 * duration + 24)
 
 
 class Transcriber:
@@ -267,7 +274,7 @@ class Transcriber:
             language = window_results[best].language
             probability = window_results[best].language_probability
         else:
-            language, probability = options.language or ("en" if not self.multilingual else "en"), 0.0
+            language, probability = options.language or "en", 0.0
         return Transcript(
             segments=tuple(segments),
             language=language,
@@ -351,9 +358,11 @@ class Transcriber:
             )
         durations = [len(w.audio) / SAMPLE_RATE for w in windows]
         # Bound the output by the audio's length: about 14 tokens a second covers fast speech and
-        # scripts with many tokens per word, and stops a decode that has started to loop.
-        max_new = int(14 * max(durations) + 24)
-        max_length = min(_MAX_TEXT_TOKENS, max(len(p) for p in prompts) + max_new)
+        # scripts with many tokens per word, and stops a decode that has started to loop. The batch
+        # shares one bound, so each window's own bound is checked on its result below.
+        caps = [_token_cap(d) for d in durations]
+        max_length = min(_MAX_TEXT_TOKENS, max(len(p) for p in prompts) + max(caps))
+        caps = [min(cap, max_length - len(p)) for cap, p in zip(caps, prompts)]
         suppress = get_suppressed_tokens(tokenizers[0], [-1])
 
         def generate(indices: list[int], temperature: float):
@@ -395,15 +404,18 @@ class Transcriber:
                 score = res.scores[0] if res.scores else 0.0
                 avg_logprob = score * len(tokens) / (len(tokens) + 1)  # length_penalty 1
                 ratio = compression_ratio(tokenizers[i].decode(tokens).strip())
-                attempt = (tokens, avg_logprob, ratio, float(res.no_speech_prob), temperature)
+                # A decode that runs to its length bound without closing has looped (short phrases
+                # repeated have a low compression ratio, so the ratio alone misses them).
+                looped = len(tokens) >= caps[i]
+                attempt = (tokens, avg_logprob, ratio, float(res.no_speech_prob), temperature, looped)
                 attempts[i].append(attempt)
-                repetitive = cr_limit is not None and ratio > cr_limit
+                repetitive = looped or (cr_limit is not None and ratio > cr_limit)
                 unlikely = lp_limit is not None and avg_logprob < lp_limit
                 silent = options.no_speech_threshold is not None and attempt[3] > options.no_speech_threshold and unlikely
                 if not (repetitive or unlikely) or silent:
                     best[i] = attempt
                 elif last:
-                    usable = [a for a in attempts[i] if cr_limit is None or a[2] <= cr_limit] or attempts[i]
+                    usable = [a for a in attempts[i] if not a[5] and (cr_limit is None or a[2] <= cr_limit)] or attempts[i]
                     best[i] = max(usable, key=lambda a: a[1])
                 else:
                     still.append(i)
@@ -412,7 +424,7 @@ class Transcriber:
         results = []
         word_jobs: list[tuple[int, list[int]]] = []
         for i, w in enumerate(windows):
-            tokens, avg_logprob, ratio, no_speech, temperature = best[i]  # type: ignore[misc]
+            tokens, avg_logprob, ratio, no_speech, temperature, _ = best[i]  # type: ignore[misc]
             if (
                 options.no_speech_threshold is not None
                 and no_speech > options.no_speech_threshold
