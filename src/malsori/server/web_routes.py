@@ -15,7 +15,6 @@ Errors are raised as :mod:`malsori.errors` classes; the server maps them to stat
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,14 +110,8 @@ def _queue_facts(services: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _session_rows(services: Any) -> list[dict[str, Any]]:
-    manager = getattr(services, "sessions", None)
-    if manager is None:
-        return []
-    rows = []
-    for info in manager.list():
-        row = asdict(info) if hasattr(info, "__dataclass_fields__") else dict(info)
-        rows.append(row)
-    return rows
+    """One dict per live session (SessionManager.list(): id, state, language, audio seconds, ...)."""
+    return [] if services.sessions is None else list(services.sessions.list())
 
 
 @router.get("/v1/admin/status", tags=["admin"])

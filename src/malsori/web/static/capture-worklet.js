@@ -36,10 +36,11 @@ class CaptureProcessor extends AudioWorkletProcessor {
     this.input = new Float32Array(16384);
     this.inputLength = 0;
     this.position = this.half; // fractional index of the next output sample in `input`
-    this.frame = new Int16Array(Math.round((TARGET_RATE * frameMs) / 1000));
+    this.frameSamples = Math.round((TARGET_RATE * frameMs) / 1000);
+    this.frame = new Int16Array(this.frameSamples);
     this.frameLength = 0;
     this.energy = 0;
-    this.port.postMessage({ type: "format", inputRate: sampleRate, outputRate: TARGET_RATE, frameSamples: this.frame.length });
+    this.port.postMessage({ type: "format", inputRate: sampleRate, outputRate: TARGET_RATE, frameSamples: this.frameSamples });
   }
 
   filtered(index) {
@@ -69,11 +70,12 @@ class CaptureProcessor extends AudioWorkletProcessor {
     const clamped = value > 1 ? 1 : value < -1 ? -1 : value;
     this.frame[this.frameLength++] = Math.round(clamped * 32767);
     this.energy += clamped * clamped;
-    if (this.frameLength === this.frame.length) {
+    if (this.frameLength === this.frameSamples) {
       const rms = Math.sqrt(this.energy / this.frameLength);
       const buffer = this.frame.buffer;
+      // Transferred, not copied: the buffer (and this.frame with it) is detached after this call.
       this.port.postMessage({ type: "frame", pcm: buffer, rms }, [buffer]);
-      this.frame = new Int16Array(this.frame.length);
+      this.frame = new Int16Array(this.frameSamples);
       this.frameLength = 0;
       this.energy = 0;
     }

@@ -37,7 +37,7 @@ export class LiveStream extends EventTarget {
     this.dropStartedAt = null;
     this.attempt = 0;
     this.retryTimer = null;
-    this.history = []; // recent frames: {offset (first sample, capture count), pcm (ArrayBuffer), at (ms)}
+    this.history = []; // recent frames: {offset (capture count of the first sample), pcm (ArrayBuffer)}
     this.capturedSamples = 0; // samples the worklet has produced
     this.sentSamples = 0; // capture count up to which the server has the audio
     this.streamBase = null; // capture count of the session's first sample (its stream time 0)
@@ -135,7 +135,7 @@ export class LiveStream extends EventTarget {
     }
     if (message.type !== "frame") return;
     const now = performance.now();
-    this.history.push({ offset: this.capturedSamples, pcm: message.pcm, at: now });
+    this.history.push({ offset: this.capturedSamples, pcm: message.pcm });
     this.capturedSamples += message.pcm.byteLength / 2;
     this.timeline.push([this.capturedSamples / SAMPLE_RATE, now]);
     if (this.timeline.length > 3000) this.timeline.splice(0, 1000); // keep ~5 min of frames
@@ -168,6 +168,7 @@ export class LiveStream extends EventTarget {
   // -- the socket ------------------------------------------------------------------------------
   connect() {
     const resuming = this.sessionId !== null;
+    if (!resuming && this.attempt === 0) this.setState("connecting", "Connecting to the server…");
     const ws = new WebSocket(this.url);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
@@ -224,6 +225,10 @@ export class LiveStream extends EventTarget {
         break;
       case "end":
         this.finished = true;
+        if (message.reason && message.reason !== "stopped") {
+          const why = { error: "the server failed", expired: "the session expired", shutdown: "the server shut down" };
+          this.fail(this.lastError || `Session ended: ${why[message.reason] || message.reason}`);
+        }
         this.emit("end", message);
         break;
       default:

@@ -9,7 +9,7 @@ let status = null;
 let changing = false;
 
 // Columns shown first when a session row has them; any other field follows.
-const PREFERRED_COLUMNS = ["session_id", "id", "state", "language", "task", "preset", "audio_seconds", "finals", "connected", "age_s", "idle_s"];
+const PREFERRED_COLUMNS = ["session_id", "state", "connected", "protocol", "language", "task", "preset", "audio_seconds", "finals", "backlog_seconds", "age_seconds"];
 
 function errorMessage(body, fallback) {
   return (body && body.error && body.error.message) || fallback;
