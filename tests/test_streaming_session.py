@@ -216,3 +216,65 @@ def test_default_presets_send_no_prompt_and_greedy_finals():
     assert all(w.prompt is None for batch, _ in decoder.calls for w in batch)
     assert {opts.beam_size for _, opts in decoder.calls} == {1}
     assert StreamConfig.from_preset("accurate").final_beam_size == 5
+
+
+def _partial_ends(backoff: float, lag_frames: int) -> list[float]:
+    """Feed 100 ms frames; each decode's result is applied ``lag_frames`` frames after its request."""
+    session = make_session(step_s=0.3, partial_backoff=backoff)
+    audio = tone_speech([0.3] + ["alpha", "bravo", "charlie", "delta"] * 4 + [1.0])
+    decoder, inflight, ends = FakeDecoder(), None, []
+    for k, i in enumerate(range(0, len(audio), 1600)):
+        session.feed(audio[i : i + 1600])
+        if inflight is not None and k >= inflight[1] + lag_frames:
+            session.apply(inflight[0], decoder.decode_windows([inflight[0].window], inflight[0].options)[0])
+            inflight = None
+        if inflight is None and (request := session.next_window()) is not None:
+            inflight = (request, k)
+            if request.kind == "partial":
+                ends.append(request.end / SR)
+    return ends
+
+
+def test_partials_back_off_when_decodes_are_slow():
+    # A partial that took 0.5 s (5 frames of audio arrived meanwhile) delays the next by 2 x 0.5 s.
+    slow = _partial_ends(2.0, 5)
+    assert len(slow) >= 3 and all(b - a >= 1.0 - 1e-6 for a, b in zip(slow[1:], slow[2:]))
+    # Without backoff the next partial goes out as soon as the previous returns.
+    eager = _partial_ends(0.0, 5)
+    assert len(eager) > len(slow) and min(b - a for a, b in zip(eager, eager[1:])) < 0.7
+    # A fast decoder keeps the configured step.
+    fast = _partial_ends(2.0, 0)
+    assert min(b - a for a, b in zip(fast, fast[1:])) < 0.5
+
+
+def test_scheduler_batches_an_urgent_final_before_queued_partials():
+    import threading
+
+    from malsori.engine.scheduler import DecodeScheduler, Priority
+    from malsori.engine.transcriber import Window
+
+    release, entered = threading.Event(), threading.Event()
+
+    class Held(FakeDecoder):
+        def decode_windows(self, windows, options=None):
+            entered.set()
+            release.wait(5)
+            return super().decode_windows(windows, options)
+
+    decoder = Held()
+    scheduler = DecodeScheduler(decoder, max_batch=8)
+    config = StreamConfig(language="en", final_beam_size=2)
+    try:
+        window = Window(tone_speech(["alpha"]))
+        futures = [scheduler.submit(window, config.partial_options(), owner="hold", priority=Priority.LIVE)]
+        assert entered.wait(5)  # the worker holds the first batch while the rest queue up
+        futures += [scheduler.submit(window, config.partial_options(), owner=o, priority=Priority.LIVE) for o in "ab"]
+        futures.append(scheduler.submit(window, config.final_options(), owner="c", priority=Priority.LIVE, urgent=True))
+        release.set()
+        for f in futures:
+            f.result(5)
+    finally:
+        scheduler.close()
+    kinds = ["final" if opts == config.final_options() else "partial" for _, opts in decoder.calls]
+    # The first batch was taken before the others were queued; then the final goes first.
+    assert kinds[1:] == ["final", "partial"]

@@ -49,6 +49,7 @@ class _Item:
     owner: str
     priority: Priority
     future: Future
+    urgent: bool = False
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -98,8 +99,16 @@ class DecodeScheduler:
 
     # -- submitting --------------------------------------------------------------------------------
     def submit(
-        self, window: Window, options: TranscribeOptions, *, owner: str, priority: Priority = Priority.REQUEST
+        self,
+        window: Window,
+        options: TranscribeOptions,
+        *,
+        owner: str,
+        priority: Priority = Priority.REQUEST,
+        urgent: bool = False,
     ) -> "Future[WindowResult]":
+        """Queue one window. ``urgent`` windows (a live stream's final) are batched before the others
+        of their priority class, so a final never waits behind queued partials."""
         future: Future = Future()
         with self._cond:
             if self._closed:
@@ -110,16 +119,22 @@ class DecodeScheduler:
                     retry_after=self.retry_after(),
                 )
             queue = self._queues[priority].setdefault(owner, collections.deque())
-            queue.append(_Item(window, options, owner, priority, future))
+            queue.append(_Item(window, options, owner, priority, future, urgent))
             self._counts[priority] += 1
             self._cond.notify()
         return future
 
     async def decode(
-        self, window: Window, options: TranscribeOptions, *, owner: str, priority: Priority = Priority.REQUEST
+        self,
+        window: Window,
+        options: TranscribeOptions,
+        *,
+        owner: str,
+        priority: Priority = Priority.REQUEST,
+        urgent: bool = False,
     ) -> WindowResult:
         """Submit and await one window from asyncio code without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(window, options, owner=owner, priority=priority))
+        return await asyncio.wrap_future(self.submit(window, options, owner=owner, priority=priority, urgent=urgent))
 
     def decode_many(
         self, windows: Sequence[Window], options: TranscribeOptions, *, owner: str, priority: Priority = Priority.JOB
@@ -183,7 +198,8 @@ class DecodeScheduler:
         """Called with the lock held and at least one item queued."""
         priority = next(p for p in Priority if self._counts[p])
         owners = self._queues[priority]
-        first_owner = next(iter(owners))
+        # The batch takes the options of the first urgent window (else of the next owner in turn).
+        first_owner = next((o for o, q in owners.items() if q and q[0].urgent), next(iter(owners)))
         options = owners[first_owner][0].options
         batch: list[_Item] = []
         # Round-robin: one window per owner per pass, owners that got a turn move to the back.

@@ -142,7 +142,10 @@ class LiveRunner:
                 try:
                     if scheduler is None:
                         raise OverloadedError("the model is not loaded yet", retry_after=1.0)
-                    result = await scheduler.decode(request.window, request.options, owner=live.id, priority=Priority.LIVE)
+                    result = await scheduler.decode(
+                        request.window, request.options, owner=live.id, priority=Priority.LIVE,
+                        urgent=request.kind != "partial",
+                    )
                 except OverloadedError as exc:
                     # Keep the audio and retry: finals are never dropped because the queue was full.
                     live.publish(session.abort(request))

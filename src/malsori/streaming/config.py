@@ -40,6 +40,8 @@ class StreamConfig:
     """Settled text carried into the next decode as the prompt (the original design's prefix).
     Off by default: on short windows the prompt makes Whisper loop (see ``PRESETS``)."""
     partials: bool = True
+    partial_backoff: float = 2.0
+    """Under load, the next partial waits this many times the last partial's turnaround (0: off)."""
     min_speech_s: float = 0.25
     """Phrases with less detected speech than this are dropped without decoding (clicks, breaths)."""
     no_speech_threshold: float = 0.6
@@ -63,6 +65,7 @@ class StreamConfig:
             (0.0 <= self.pad_s <= 1.0, "pad_s must be between 0 and 1"),
             (0 <= self.prompt_chars <= 1000, "prompt_chars must be between 0 and 1000"),
             (0.0 <= self.min_speech_s <= 2.0, "min_speech_s must be between 0 and 2"),
+            (0.0 <= self.partial_backoff <= 10.0, "partial_backoff must be between 0 and 10"),
         )
         for ok, message in checks:
             if not ok:

@@ -128,6 +128,7 @@ class StreamingSession:
         self._vad_pos = 0  # absolute sample where the next VAD probability starts
         self._last_end = 0  # end of the last closed phrase: phrases never overlap
         self._inflight: DecodeRequest | None = None
+        self._partial_lag = 0  # samples that arrived while the last partial decode ran
         self._settled = ""  # tail of the settled text, the prompt
         self._language = config.language
         self._language_announced = config.language is not None
@@ -305,7 +306,11 @@ class StreamingSession:
             return None
         if now - ph.start >= c.max_window_s * _SR:
             return self._request("cut", ph, now)
-        if c.partials and ph.speech >= c.min_partial_s * _SR and now - ph.last_partial_end >= c.step_s * _SR:
+        # Under load a partial decode takes longer (a shared batch, other sessions' windows); waiting
+        # twice its turnaround before the next keeps partials from filling the decoder so finals
+        # find it free. Audio that arrived during a decode measures its turnaround, no clock needed.
+        step = max(c.step_s * _SR, c.partial_backoff * self._partial_lag)
+        if c.partials and ph.speech >= c.min_partial_s * _SR and now - ph.last_partial_end >= step:
             ph.last_partial_end = now
             return self._request("partial", ph, now)
         return None
@@ -323,6 +328,8 @@ class StreamingSession:
         if self._inflight is None or self._inflight.id != request.id:
             return []
         self._inflight = None
+        if request.kind == "partial":
+            self._partial_lag = max(0, self._buffer.end - request.end)
         events: list[Event] = []
         if self._pending and self._pending[0].id == request.phrase:
             ph = self._pending[0]
