@@ -253,7 +253,7 @@ export class LiveStream extends EventTarget {
       this.sendStop();
       return;
     }
-    if (resumed) this.setState("resumed", `Resumed after a dropped connection (${this.resumes}×); live`);
+    if (resumed) this.setState("resumed", `Resumed after a drop (${this.resumes}×) · live`);
     else this.setState("live", "Live");
     this.emit("ready", message);
   }
