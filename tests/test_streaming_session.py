@@ -278,3 +278,35 @@ def test_scheduler_batches_an_urgent_final_before_queued_partials():
     kinds = ["final" if opts == config.final_options() else "partial" for _, opts in decoder.calls]
     # The first batch was taken before the others were queued; then the final goes first.
     assert kinds[1:] == ["final", "partial"]
+
+
+def test_scheduler_decodes_live_previews_in_half_batches():
+    import threading
+
+    from malsori.engine.scheduler import DecodeScheduler, Priority
+    from malsori.engine.transcriber import Window
+
+    release, entered = threading.Event(), threading.Event()
+
+    class Held(FakeDecoder):
+        def decode_windows(self, windows, options=None):
+            entered.set()
+            release.wait(5)
+            return super().decode_windows(windows, options)
+
+    decoder = Held()
+    scheduler = DecodeScheduler(decoder, max_batch=8)
+    partial, final = StreamConfig(language="en").partial_options(), StreamConfig(language="en", final_beam_size=2).final_options()
+    window = Window(tone_speech(["alpha"]))
+    try:
+        futures = [scheduler.submit(window, partial, owner="hold", priority=Priority.LIVE)]
+        assert entered.wait(5)
+        futures += [scheduler.submit(window, partial, owner=f"p{i}", priority=Priority.LIVE) for i in range(8)]
+        futures += [scheduler.submit(window, final, owner=f"f{i}", priority=Priority.LIVE, urgent=True) for i in range(8)]
+        release.set()
+        for f in futures:
+            f.result(5)
+    finally:
+        scheduler.close()
+    sizes = [(len(batch), opts == final) for batch, opts in decoder.calls[1:]]
+    assert sizes == [(8, True), (4, False), (4, False)]

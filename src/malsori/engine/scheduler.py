@@ -201,19 +201,25 @@ class DecodeScheduler:
         # The batch takes the options of the first urgent window (else of the next owner in turn).
         first_owner = next((o for o, q in owners.items() if q and q[0].urgent), next(iter(owners)))
         options = owners[first_owner][0].options
+        # Live previews (non-urgent live windows) go in half-size batches: a final that arrives
+        # while one runs waits half as long, and on a CPU the encoder is compute-bound, so two half
+        # batches cost about what one full batch does.
+        limit = self.max_batch
+        if priority is Priority.LIVE and not owners[first_owner][0].urgent:
+            limit = max(1, self.max_batch // 2)
         batch: list[_Item] = []
         # Round-robin: one window per owner per pass, owners that got a turn move to the back.
         for _ in itertools.count():
             took = False
             for owner in list(owners):
                 queue = owners[owner]
-                if queue and queue[0].options == options and len(batch) < self.max_batch:
+                if queue and queue[0].options == options and len(batch) < limit:
                     batch.append(queue.popleft())
                     took = True
                     owners.move_to_end(owner)
                 if not queue:
                     del owners[owner]
-            if not took or len(batch) >= self.max_batch:
+            if not took or len(batch) >= limit:
                 break
         self._counts[priority] -= len(batch)
         return batch
