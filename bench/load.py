@@ -1,0 +1,283 @@
+"""HTTP load: N concurrent clients sending real speech to POST /v1/audio/transcriptions.
+
+For each N (default 1, 4, 16) the clients share a bounded list of requests (the LJ Speech clips of
+``shared/testdata/en/ljspeech``, each sent once per level by default) and a time limit, and the script
+reports throughput (requests/s and audio seconds per second), p50/p95 latency, word error rate of
+the answers, errors by status (429s apart: they are admission control doing its job; a client waits
+Retry-After and sends that clip again) and how many windows the server's scheduler decoded per batch
+(from /stt/status). Loopback only: it starts ``malsori serve`` on a free port of 127.0.0.1 with a
+fresh data directory, or takes ``--url`` of a server on this machine.
+
+Run it alone on the machine::
+
+    flock /tmp/malsori-bench.lock .venv/bin/python bench/load.py --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from malsori.evaluation import corpus_wer, load_manifest  # noqa: E402
+
+TESTDATA = Path(os.environ.get("MALSORI_TESTDATA", REPO.parent / "shared" / "testdata"))
+DOC = REPO / "docs" / "benchmarks.md"
+SECTION = "## HTTP load"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class Clip:
+    name: str
+    data: bytes
+    seconds: float
+    reference: str
+
+
+@dataclass
+class Level:
+    concurrency: int
+    wall_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    audio_s: float = 0.0
+    statuses: dict[int, int] = field(default_factory=dict)
+    refused_429: int = 0
+    transport_errors: int = 0
+    references: list[str] = field(default_factory=list)
+    hypotheses: list[str] = field(default_factory=list)
+    batches: int = 0
+    windows: int = 0
+    unfinished: int = 0
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def errors(self) -> int:
+        """Failures other than deliberate 429s."""
+        return sum(n for status, n in self.statuses.items() if status not in (200, 429)) + self.transport_errors
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(data_dir: Path, model: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(port), "--data-dir", str(data_dir), "--model", model, "--log-level", "warning"]
+    log = open(log_path, "ab")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}; see {log_path}")
+        try:
+            if httpx.get(f"{url}/is_ready", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"the server was not ready after 300 s; see {log_path}")
+
+
+def load_clips(limit: int | None) -> list[Clip]:
+    clips = [c for c in load_manifest(TESTDATA) if "ljspeech" in str(c.path)]
+    clips = sorted(clips, key=lambda c: c.path.name)[:limit]
+    return [Clip(c.path.name, c.path.read_bytes(), c.duration, c.reference) for c in clips]
+
+
+async def scheduler_counts(client: httpx.AsyncClient) -> tuple[int, int]:
+    status = (await client.get("/stt/status")).json()
+    sched = status.get("scheduler") or {}
+    return int(sched.get("batches", 0)), int(sched.get("windows", 0))
+
+
+async def run_level(url: str, clips: list[Clip], concurrency: int, requests: int, max_seconds: float) -> Level:
+    level = Level(concurrency)
+    todo = [clips[i % len(clips)] for i in range(requests)]
+    limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0), limits=limits, trust_env=False) as client:
+        batches0, windows0 = await scheduler_counts(client)
+        started = time.perf_counter()
+        deadline = started + max_seconds
+
+        async def one_client() -> None:
+            while todo and time.perf_counter() < deadline:
+                clip = todo.pop(0)
+                sent = time.perf_counter()
+                try:
+                    response = await client.post(
+                        "/v1/audio/transcriptions",
+                        files={"file": (clip.name, clip.data, "audio/flac")},
+                        data={"model": "whisper-1", "language": "en", "response_format": "json"},
+                    )
+                except httpx.HTTPError:
+                    level.transport_errors += 1
+                    continue
+                level.statuses[response.status_code] = level.statuses.get(response.status_code, 0) + 1
+                if response.status_code == 200:
+                    level.latencies.append(time.perf_counter() - sent)
+                    level.audio_s += clip.seconds
+                    level.references.append(clip.reference)
+                    level.hypotheses.append(response.json()["text"])
+                elif response.status_code == 429:
+                    level.refused_429 += 1
+                    todo.append(clip)  # admission control said later: send it again after Retry-After
+                    await asyncio.sleep(min(10.0, float(response.headers.get("retry-after", "1"))))
+
+        await asyncio.gather(*(one_client() for _ in range(concurrency)))
+        level.wall_s = time.perf_counter() - started
+        level.unfinished = len(todo)
+        batches1, windows1 = await scheduler_counts(client)
+    level.batches, level.windows = batches1 - batches0, windows1 - windows0
+    return level
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def table(levels: list[Level]) -> list[str]:
+    rows = [
+        "| clients | requests ok | wall s | requests/s | audio s/s | p50 latency s | p95 latency s | WER | windows per batch | 429s | other errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for lv in levels:
+        wer = corpus_wer(lv.references, lv.hypotheses) if lv.references else float("nan")
+        other = ", ".join(f"{s}: {n}" for s, n in sorted(lv.statuses.items()) if s not in (200, 429))
+        if lv.transport_errors:
+            other = (other + ", " if other else "") + f"transport: {lv.transport_errors}"
+        rows.append(
+            f"| {lv.concurrency} | {lv.ok} | {lv.wall_s:.1f} | {lv.ok / lv.wall_s:.2f} | {lv.audio_s / lv.wall_s:.1f} | "
+            f"{lv.percentile(0.5):.2f} | {lv.percentile(0.95):.2f} | {wer * 100:.1f}% | "
+            f"{(lv.windows / lv.batches if lv.batches else 0):.2f} | {lv.refused_429} | {other or 0} |"
+        )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="a running server on this machine (default: start one on a free loopback port)")
+    parser.add_argument("--model", default="base", help="model of the server this script starts (default base)")
+    parser.add_argument("--concurrency", default="1,4,16", help="client counts to run, comma-separated")
+    parser.add_argument("--requests", type=int, default=32, help="requests per level (default: each of the 32 clips once)")
+    parser.add_argument("--max-seconds", type=float, default=240.0, help="time limit per level")
+    parser.add_argument("--clips", type=int, default=None, help="use only the first N LJ Speech clips")
+    parser.add_argument("--write", action="store_true", help=f"write the results into {DOC.relative_to(REPO)}")
+    args = parser.parse_args()
+
+    levels_wanted = [int(n) for n in args.concurrency.split(",") if n.strip()]
+    clips = load_clips(args.clips)
+    process = None
+    scratch = tempfile.TemporaryDirectory(prefix="malsori-load-")
+    if args.url:
+        if urlsplit(args.url).hostname not in LOOPBACK:
+            raise SystemExit("--url must be a server on this machine (127.0.0.1, localhost or ::1)")
+        url = args.url.rstrip("/")
+    else:
+        process, url = start_server(Path(scratch.name) / "data", args.model, Path(scratch.name) / "server.log")
+    try:
+        # One untimed request so the first level does not pay for first-call setup.
+        asyncio.run(run_level(url, clips[:1], 1, 1, 60.0))
+        levels = []
+        for n in levels_wanted:
+            level = asyncio.run(run_level(url, clips, n, args.requests, args.max_seconds))
+            levels.append(level)
+            print(table([level])[-1], flush=True)
+    finally:
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        scratch.cleanup()
+
+    audio_total = sum(c.seconds for c in clips[: args.requests]) if args.requests <= len(clips) else None
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    lines = [
+        f"Measured {dt.date.today().isoformat()} on {machine}, server `malsori serve --model {args.model}` "
+        f"(defaults otherwise: CPU int8, beam 5, the shared scheduler's batches of up to 8 windows), client and "
+        f"server on the same machine over loopback.",
+        "",
+        "```",
+        "flock /tmp/malsori-bench.lock .venv/bin/python bench/load.py --write",
+        "```",
+        "",
+        f"Each level sends {args.requests} requests (the LJ Speech clips of `shared/testdata`, 1.8 to 10 s each"
+        + (f", {audio_total:.0f} s of audio in all" if audio_total else "")
+        + f") to `POST /v1/audio/transcriptions` (`language=en`) from N concurrent clients, within {args.max_seconds:g} s. "
+        "Latency is from sending a request to its full answer; WER is over the answers (Whisper normalizer); "
+        "windows per batch is what the server's scheduler decoded per model call during the level.",
+        "",
+        *table(levels),
+    ]
+    sequential = next((lv for lv in levels if lv.concurrency == 1), None)
+    widest = max(levels, key=lambda lv: lv.concurrency)
+    if sequential is not None and widest is not sequential:
+        ratio = (widest.ok / widest.wall_s) / (sequential.ok / sequential.wall_s)
+        lines += [
+            "",
+            f"At {widest.concurrency} clients: {widest.errors} errors other than 429s, {widest.refused_429} 429s, "
+            f"throughput {ratio:.2f}x that of sequential requests.",
+        ]
+    body = "\n".join(lines)
+    print()
+    print(body)
+    if args.write:
+        write_section(body)
+    failed = widest.errors > 0 or (sequential is not None and widest.ok / widest.wall_s < sequential.ok / sequential.wall_s)
+    return 1 if failed else 0
+
+
+def write_section(body: str) -> None:
+    """Replace this benchmark's section of docs/benchmarks.md, leaving the other sections alone."""
+    section = f"{SECTION}\n\n{body}\n"
+    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n\nMeasured figures, each with the command that produced them.\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(text, encoding="utf-8")
+    print(f"wrote {DOC.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
