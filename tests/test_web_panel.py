@@ -184,3 +184,18 @@ def test_the_right_admin_key_changes_routing(keyed, no_gpu):
     # the key does not lift the GPU rule
     refused = keyed.put("/v1/admin/routing", json={"mode": "gpu"}, headers={"X-Admin-Key": ADMIN_KEY})
     assert refused.status_code == 409
+
+
+def test_status_lists_live_sessions_with_their_state(client):
+    with client.websocket_connect("/v1/stream") as ws:
+        ws.send_json({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "language": "en"})
+        ready = ws.receive_json()
+        assert ready["type"] == "ready"
+        sessions = client.get("/v1/admin/status").json()["sessions"]
+        mine = [s for s in sessions if s["session_id"] == ready["session_id"]]
+        assert len(mine) == 1
+        assert mine[0]["state"] and mine[0]["connected"] is True
+        assert mine[0]["language"] == "en"
+        ws.send_json({"type": "stop"})
+        while ws.receive_json()["type"] != "end":
+            pass
