@@ -93,6 +93,7 @@ class TimedDecoder:
         ended = time.monotonic()
         with self.lock:
             self.log.append(dict(start=started, end=ended, n=len(windows), beam=options.beam_size,
+                                 kind="partial" if options.without_timestamps else "final",
                                  words=options.word_timestamps, seconds=[round(len(w.audio) / SAMPLE_RATE, 2) for w in windows]))
         return out
 
@@ -173,7 +174,7 @@ def score(records: list[Record], phrases: list[Phrase]) -> dict:
 def decode_summary(log: list[dict], t_begin: float, t_end: float) -> dict:
     by: dict[str, list[dict]] = {}
     for d in log:
-        by.setdefault(f"beam{d['beam']}{'+words' if d['words'] else ''}", []).append(d)
+        by.setdefault(f"{d['kind']} beam{d['beam']}{'+words' if d['words'] else ''}", []).append(d)
     out = {}
     for kind, ds in sorted(by.items()):
         ms = [1000 * (d["end"] - d["start"]) for d in ds]

@@ -309,7 +309,9 @@ class StreamingSession:
         # Under load a partial decode takes longer (a shared batch, other sessions' windows); waiting
         # twice its turnaround before the next keeps partials from filling the decoder so finals
         # find it free. Audio that arrived during a decode measures its turnaround, no clock needed.
-        step = max(c.step_s * _SR, c.partial_backoff * self._partial_lag)
+        # A phrase's first partial never waits: it is the one a reader waits for.
+        first = ph.last_partial_end == ph.start
+        step = c.step_s * _SR if first else max(c.step_s * _SR, c.partial_backoff * self._partial_lag)
         if c.partials and ph.speech >= c.min_partial_s * _SR and now - ph.last_partial_end >= step:
             ph.last_partial_end = now
             return self._request("partial", ph, now)
