@@ -155,6 +155,25 @@ def test_hub_model_offline(jfk, tmp_path, monkeypatch):
     assert "model 'small' is not bundled" in line and "base, tiny.en" in line
 
 
+def test_model_that_cannot_load(jfk):
+    line = _one_error_line(_cli("transcribe", "--compute-type", "bogus", jfk.path))
+    assert line == "error: could not load model 'base' (auto, bogus): Invalid compute type: bogus"
+
+
+def test_bad_setting_in_the_environment(jfk, monkeypatch):
+    monkeypatch.setenv("MALSORI__LIMITS__MAX_AUDIO_SECONDS", "an hour")
+    line = _one_error_line(_cli("transcribe", jfk.path))
+    assert line.startswith("error: invalid setting MALSORI__LIMITS__MAX_AUDIO_SECONDS: Input should be a valid number")
+
+
+@pytest.mark.model
+def test_unwritable_output_dir(jfk, tmp_path, shared_model):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    line = _one_error_line(_cli("transcribe", jfk.path, "-o", blocker / "out"))
+    assert line == f"error: cannot write {blocker / 'out' / 'jfk.txt'}: Not a directory"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

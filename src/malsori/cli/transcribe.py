@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import AudioTooLargeError, AudioTooLongError, InvalidOptionsError, MalsoriError
+from ..errors import AudioTooLargeError, AudioTooLongError, InvalidOptionsError, MalsoriError, ModelError
 from ..formats import EXTENSIONS, FORMATS, normalize_format, render
 
 __all__ = ["register", "transcribe", "models"]
@@ -87,7 +87,7 @@ def transcribe(
     except ImportError as exc:
         raise _engine_missing(exc) from None
 
-    settings = Settings()
+    settings = _settings(Settings)
     engine = settings.engine
     try:
         options = TranscribeOptions(
@@ -133,10 +133,35 @@ def transcribe(
             sys.stdout.write(render(transcript, fmt))
         sys.stdout.flush()
         return
-    output_dir.mkdir(parents=True, exist_ok=True)
     for target, transcript in zip(targets, transcripts):
-        target.write_text(render(transcript, fmt), encoding="utf-8")
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            target.write_text(render(transcript, fmt), encoding="utf-8")
+        except OSError as exc:
+            raise _fail(f"cannot write {target}: {exc.strerror or exc}") from None
         typer.echo(f"wrote {target}", err=True)
+
+
+def _settings(settings_class):
+    """The settings from the environment; a bad MALSORI__... value is one error line, not a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return settings_class()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MALSORI__{'__'.join(str(part) for part in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise _fail(f"invalid setting {problems}") from None
+
+
+def _load(config):
+    from ..engine import Transcriber
+
+    try:
+        return Transcriber(config)
+    except (RuntimeError, ValueError) as exc:  # CTranslate2: no CUDA driver, unknown compute type, ...
+        raise ModelError(f"could not load model {config.model!r} ({config.device}, {config.compute_type}): {exc}") from None
 
 
 def _run(config, options, audios):
@@ -144,12 +169,12 @@ def _run(config, options, audios):
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from ..engine import SAMPLE_RATE, Transcriber
+    from ..engine import SAMPLE_RATE
 
     console = Console(stderr=True)
     total = sum(len(a) for a in audios) / SAMPLE_RATE
     if not (console.is_terminal or total >= _LONG_AUDIO_S):
-        return Transcriber(config).transcribe_many(audios, options)
+        return _load(config).transcribe_many(audios, options)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -160,7 +185,7 @@ def _run(config, options, audios):
         transient=console.is_terminal,
     ) as bar:
         job = bar.add_task(f"loading model {config.model}", total=total)
-        transcriber = Transcriber(config)
+        transcriber = _load(config)
         bar.update(job, description="transcribing")
         return transcriber.transcribe_many(audios, options, progress=lambda done, _: bar.update(job, completed=done))
 
