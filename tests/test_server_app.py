@@ -137,9 +137,14 @@ def test_queue_full_is_429_with_retry_after(client, fake):
     from malsori.engine.transcriber import Window
     from malsori.engine.options import TranscribeOptions
 
-    # Different options per window: the worker batches only equal options, so it takes one window.
-    held = [services.scheduler.submit(Window(np.zeros(1600, np.float32)), TranscribeOptions(beam_size=i + 1), owner=f"o{i}", priority=Priority.REQUEST) for i in range(5)]
-    assert fake.entered.wait(5)  # one batch taken, four left: the queue (4) is full
+    def hold(i: int):
+        # Different options per window: the worker batches only equal options, one window at a time.
+        window = Window(np.zeros(1600, np.float32))
+        return services.scheduler.submit(window, TranscribeOptions(beam_size=i + 1), owner=f"o{i}", priority=Priority.REQUEST)
+
+    held = [hold(0)]
+    assert fake.entered.wait(5)  # the decoder holds the first window
+    held += [hold(i) for i in range(1, 5)]  # four waiting: the queue (4) is full
     try:
         response = client.post("/transcribe-chunk", files={"file": ("a.wav", _wav())})
         assert response.status_code == 429, response.text
@@ -164,9 +169,10 @@ def test_concurrent_chunks_are_decoded_in_one_batch(client, fake):
     assert fake.entered.wait(5)
     with ThreadPoolExecutor(3) as pool:
         futures = [pool.submit(client.post, "/transcribe-chunk", files={"file": ("a.wav", _wav(1.0))}) for _ in range(3)]
-        deadline = threading.Event()
-        while services.scheduler.pending(Priority.REQUEST) < 3 and not deadline.wait(0.01):
-            pass
+        for _ in range(1000):  # until all three are queued (bounded: 10 s)
+            if services.scheduler.pending(Priority.REQUEST) >= 3:
+                break
+            threading.Event().wait(0.01)
         fake.gate.set()
         responses = [f.result(10) for f in futures]
     first.result(5)
