@@ -98,6 +98,11 @@ def test_vad_drops_an_input_without_speech(monkeypatch):
     assert plan_windows(np.zeros(5 * SR, dtype=np.float32), vad_filter=True) == []
 
 
+def test_vad_keeps_a_short_input_with_speech_whole(monkeypatch):
+    monkeypatch.setattr(engine, "speech_regions", lambda audio: [(SR // 2, 2 * SR), (3 * SR, 4 * SR)])
+    assert plan_windows(np.zeros(5 * SR, dtype=np.float32), vad_filter=True) == [(0, 5 * SR)]
+
+
 def test_vad_windows_on_real_speech_cut_at_pauses(manifest):
     clips = _ljspeech(manifest)
     audio, spans = _concatenate([decode_audio(c.path) for c in clips])

@@ -43,8 +43,11 @@ MAX_WINDOW_S = 28.0
 _HOP = 160  # samples per mel frame (10 ms)
 _PAD_FRAMES = 200  # two seconds of silence after the speech; see the module docstring
 _FRAME_BUCKET = 50  # encoder lengths are rounded up to 0.5 s so batches share a shape
+_MIN_FRAMES = 500  # encoder inputs under about 4 s loop ("Gothic and Roman" x4 on LJ001-0032's last 1.4 s)
 _MAX_FRAMES = 3000
 _MAX_TEXT_TOKENS = 448
+_MAX_RESUMES = 3  # decodes again of one window's rest when Whisper stops early
+_MIN_RESUME_S = 0.5
 _PREPEND_PUNCTUATION = "\"'“¿([{-"
 _APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 
@@ -120,15 +123,21 @@ def speech_regions(audio: np.ndarray, *, min_silence_ms: int = 500, pad_ms: int 
 def plan_windows(audio: np.ndarray, vad_filter: bool, max_window_s: float = MAX_WINDOW_S) -> list[tuple[int, int]]:
     """Cut an input into (start, end) sample ranges of at most ``max_window_s``.
 
-    With the VAD, windows hold speech regions merged up to the limit (the pauses inside a window are
-    kept, so timestamps stay simple offsets) and pure silence is dropped. Without it, the whole input
+    With the VAD, an input without speech has no windows; a short one with speech is one window; a long
+    one has windows holding speech regions merged up to the limit (the pauses inside a window are kept,
+    so timestamps stay simple offsets) and pure silence between them is dropped. Without it, the whole input
     is covered and long inputs are cut at the quietest 100 ms in the last five seconds of each window
     (the last half, for limits under ten seconds).
     """
     limit = int(max_window_s * SAMPLE_RATE)
     if vad_filter:
+        regions = speech_regions(audio)
+        if regions and len(audio) <= limit:
+            # A short input with speech is decoded whole: trimming it to the VAD's regions clipped word
+            # edges ("10 of clubs" became "10 of clothes" on cards_001) and raised WER on the test data.
+            return [(0, len(audio))]
         windows: list[tuple[int, int]] = []
-        for start, end in speech_regions(audio):
+        for start, end in regions:
             if windows and end - windows[-1][0] <= limit:
                 windows[-1] = (windows[-1][0], end)
             else:
@@ -146,6 +155,34 @@ def plan_windows(audio: np.ndarray, vad_filter: bool, max_window_s: float = MAX_
     if n - start > 0:
         windows.append((start, n))
     return windows
+
+
+def _resume_at(tokens: Sequence[int], timestamp_begin: int, duration: float) -> float | None:
+    """Where to decode again when a decode ended early with an empty segment (two timestamps).
+
+    Returns the last timestamp in seconds, or None when the decode finished its window (or ended
+    within half a second of its end, too little to hold a word worth a second decode).
+    """
+    if len(tokens) < 2 or tokens[-1] < timestamp_begin or tokens[-2] < timestamp_begin:
+        return None
+    at = (tokens[-1] - timestamp_begin) * 0.02
+    return at if 0.0 < at and duration - at >= _MIN_RESUME_S else None
+
+
+def _joined(first: WindowResult, rest: WindowResult) -> WindowResult:
+    """One window's result followed by the result of decoding its remainder."""
+    segments = [*first.segments, *rest.segments]
+    return WindowResult(
+        **{
+            **first.__dict__,
+            "segments": tuple(Segment(**{**seg.__dict__, "id": n}) for n, seg in enumerate(segments)),
+            "tokens": first.tokens + rest.tokens,
+        }
+    )
+
+
+def _has_prompt(window: Window) -> bool:
+    return bool(window.prompt and window.prompt.strip())
 
 
 def _token_cap(duration: float) -> int:
@@ -294,15 +331,48 @@ class Transcriber:
 
     # -- windows -----------------------------------------------------------------------------------
     def decode_windows(self, windows: Sequence[Window], options: TranscribeOptions = TranscribeOptions()) -> list[WindowResult]:
-        """Decode windows of at most 30 s each, batching windows of similar length together."""
+        """Decode windows of at most 30 s each, batching windows of similar length together.
+
+        Whisper sometimes stops before the end of a window, closing with an empty segment
+        (``... between<|5.72|><|5.72|>`` on LJ001-0032, whose last 1.4 s say "Gothic and Roman").
+        faster-whisper's ``transcribe()`` then decodes again from that timestamp; so does this, for the
+        rest of the window when the VAD hears speech in it, and appends what it finds.
+        """
         self._check_options(options)
+        out = self._decode_sorted(windows, options)
+        tails = {i: (w, r) for i, (w, r) in enumerate(zip(windows, out))}
+        for _ in range(_MAX_RESUMES):
+            follow: dict[int, Window] = {}
+            for i, (w, r) in tails.items():
+                at = _resume_at(r.tokens, self._tokenizer(r.language, options.task).timestamp_begin, len(w.audio) / SAMPLE_RATE)
+                if at is None:
+                    continue
+                rest = np.asarray(w.audio[int(at * SAMPLE_RATE) :], dtype=np.float32)
+                if not speech_regions(rest):
+                    continue
+                prompt = w.prompt
+                if options.condition_on_previous_text and r.text:
+                    prompt = ((prompt + " ") if prompt else "") + r.text
+                follow[i] = Window(rest, offset=w.offset + at, prompt=prompt, language=r.language)
+            if not follow:
+                break
+            tails = {}
+            for (i, w), r in zip(follow.items(), self._decode_sorted(list(follow.values()), options)):
+                out[i] = _joined(out[i], r)
+                tails[i] = (w, r)
+        return out
+
+    def _decode_sorted(self, windows: Sequence[Window], options: TranscribeOptions) -> list[WindowResult]:
+        """Batches of similar length; windows with a prompt and without one never share a batch, because
+        CTranslate2 needs <|startoftranscript|> at the same position in every prompt of a batch."""
         out: list[WindowResult | None] = [None] * len(windows)
-        order = sorted(range(len(windows)), key=lambda i: len(windows[i].audio))
         size = self.config.max_batch_size
-        for begin in range(0, len(order), size):
-            group = order[begin : begin + size]
-            for i, result in zip(group, self._decode_batch([windows[i] for i in group], options)):
-                out[i] = result
+        for prompted in (False, True):
+            order = sorted((i for i, w in enumerate(windows) if _has_prompt(w) == prompted), key=lambda i: len(windows[i].audio))
+            for begin in range(0, len(order), size):
+                group = order[begin : begin + size]
+                for i, result in zip(group, self._decode_batch([windows[i] for i in group], options)):
+                    out[i] = result
         return out  # type: ignore[return-value]
 
     def _tokenizer(self, language: str, task: str):
@@ -317,7 +387,7 @@ class Transcriber:
     def _features_for(self, windows: Sequence[Window]) -> tuple[np.ndarray, list[int]]:
         """Log-mel features of each window, padded with silence to one shared, short length."""
         n_frames = [max(1, math.ceil(len(w.audio) / _HOP)) for w in windows]
-        target = min(_MAX_FRAMES, math.ceil((max(n_frames) + _PAD_FRAMES) / _FRAME_BUCKET) * _FRAME_BUCKET)
+        target = min(_MAX_FRAMES, max(_MIN_FRAMES, math.ceil((max(n_frames) + _PAD_FRAMES) / _FRAME_BUCKET) * _FRAME_BUCKET))
         feats = np.empty((len(windows), self._features.mel_filters.shape[0], target), dtype=np.float32)
         for row, w in enumerate(windows):
             audio = np.asarray(w.audio, dtype=np.float32)[: (target - 1) * _HOP]
@@ -350,12 +420,14 @@ class Transcriber:
                 languages.append(token[2:-2]), lang_probs.append(float(prob))
 
         tokenizers = [self._tokenizer(lang, options.task) for lang in languages]
-        prompts = []
-        for w, tok in zip(windows, tokenizers):
-            previous = tok.encode(" " + w.prompt.strip()) if w.prompt and w.prompt.strip() else []
-            prompts.append(
-                self._fw.get_prompt(tok, previous[-(_MAX_TEXT_TOKENS // 2 - 1) :], options.without_timestamps, hotwords=options.hotwords)
-            )
+        previous = [tok.encode(" " + w.prompt.strip())[-(_MAX_TEXT_TOKENS // 2 - 1) :] if _has_prompt(w) else [] for w, tok in zip(windows, tokenizers)]
+        # Every prompt of a batch keeps as many previous-text tokens as the shortest (the last ones, which
+        # matter most), so <|startoftranscript|> sits at the same position, as CTranslate2 requires.
+        keep = min(len(p) for p in previous)
+        prompts = [
+            self._fw.get_prompt(tok, prev[len(prev) - keep :] if keep else [], options.without_timestamps, hotwords=options.hotwords)
+            for tok, prev in zip(tokenizers, previous)
+        ]
         durations = [len(w.audio) / SAMPLE_RATE for w in windows]
         # Bound the output by the audio's length: about 14 tokens a second covers fast speech and
         # scripts with many tokens per word, and stops a decode that has started to loop. The batch
