@@ -45,7 +45,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from malsori.client import AsyncStreamClient, FinalEvent, PartialEvent, ReconnectPolicy, StreamOptions  # noqa: E402
+from malsori.client import (  # noqa: E402
+    AsyncStreamClient,
+    EndEvent,
+    ErrorEvent,
+    FinalEvent,
+    PartialEvent,
+    ReconnectPolicy,
+    StreamOptions,
+)
 from malsori.engine import SAMPLE_RATE, decode_audio, float32_to_pcm16, resolve_model  # noqa: E402
 from malsori.evaluation import corpus_wer, load_manifest  # noqa: E402
 
@@ -157,6 +165,12 @@ async def stream_malsori(url: str, audio: Audio) -> Record:
                     record.events.append((now, True, event.text, event.start, event.end))
                 elif isinstance(event, PartialEvent) and event.text.strip():
                     record.events.append((now, False, event.text, event.start or 0.0, event.end or 0.0))
+                elif isinstance(event, ErrorEvent):
+                    record.error = record.error or f"error event {event.code}: {event.message}"
+                elif isinstance(event, EndEvent) and event.extra.get("reason", "stopped") != "stopped":
+                    record.error = record.error or f"session ended early: {event.extra.get('reason')}"
+        if len(record.sent) * CHUNK < len(audio.samples):
+            record.error = record.error or f"stream ended after {len(record.sent) / 10:.1f} s of {audio.duration:.1f} s"
     except Exception as exc:  # recorded and counted as an error of this stream, never hidden
         record.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -260,6 +274,10 @@ class Scores:
     @property
     def wer(self) -> float | None:
         return corpus_wer(self.references, self.hypotheses) if self.references else None
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -383,7 +401,6 @@ class Row:
 
     def cells(self) -> list[str]:
         s = self.scores
-        fmt = lambda v, d=2: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
         growth = (self.rss_peak - self.rss_before) / self.streams
         phrases = len(s.final_latency) + s.missed
         return [
@@ -459,7 +476,9 @@ def markdown(rows: list[Row], files: list[Audio], file_results: dict[str, tuple[
     if files:
         systems = list(file_results)
         lines += ["", "Each English test file on its own (one stream, real-time pace); `silence/empty.wav` counts "
-                  "words output on no speech.", ""]
+                  "words output on no speech. WhisperLive marks its last segment completed only after its output "
+                  f"repeats over newer audio; it gets {WL_SILENCE_TAIL_S:.0f} s of silence after each file before "
+                  "`END_OF_AUDIO`, and a phrase it has not completed by then counts as missed.", ""]
         head = ["file", "s"] + [f"{s} {k}" for s in systems for k in ("first text (s)", "final (s)", "WER %")]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         for audio in files:
@@ -480,9 +499,9 @@ def markdown(rows: list[Row], files: list[Audio], file_results: dict[str, tuple[
         for system in systems:
             scores = file_results[system][0]
             if scores is not None:
-                lines.append(f"\n{system}, all files: first text p50 {pct(scores.first_text, 50) or 0:.2f} s, "
-                             f"final p50 {pct(scores.final_latency, 50) or 0:.2f} s / p95 "
-                             f"{pct(scores.final_latency, 95) or 0:.2f} s, WER {100 * (scores.wer or 0):.1f}%, "
+                lines.append(f"\n{system}, all files: first text p50 {fmt(pct(scores.first_text, 50))} s, "
+                             f"final p50 {fmt(pct(scores.final_latency, 50))} s / p95 "
+                             f"{fmt(pct(scores.final_latency, 95))} s, WER {100 * (scores.wer or 0):.1f}%, "
                              f"missed {scores.missed}, errors {len(scores.errors)}.")
     return "\n".join(lines) + "\n"
 

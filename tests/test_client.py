@@ -28,7 +28,7 @@ from malsori.client import (
     StreamOptions,
     parse_event,
 )
-from malsori.errors import InvalidOptionsError, OverloadedError, ProtocolError
+from malsori.errors import InvalidOptionsError, MalsoriError, OverloadedError, ProtocolError
 
 FRAME = 3200  # 100 ms of 16 kHz int16
 
@@ -328,3 +328,28 @@ def test_http_client_transcribes_and_runs_a_job(live_server, manifest):
             http.transcribe(b"")
         with pytest.raises(NotFoundError):
             http.get_job("no-such-job")
+
+
+def test_a_fatal_error_before_end_raises_after_the_end_event():
+    """A session the server ends because it failed must not look like a normal end."""
+
+    async def handler(ws):
+        await ws.recv()
+        await ws.send(json.dumps({"type": "ready", "seq": 0, "session_id": "s1", "resume_token": "t"}))
+        await ws.send(json.dumps({"type": "error", "seq": 1, "code": "internal_error",
+                                  "message": "decoder failed", "fatal": True}))
+        await ws.send(json.dumps({"type": "end", "seq": 2, "reason": "error"}))
+        await ws.close()
+
+    async def body():
+        async with serve(handler, "127.0.0.1", 0) as ws_server:
+            url = f"ws://127.0.0.1:{ws_server.sockets[0].getsockname()[1]}/v1/stream"
+            seen = []
+            async with AsyncStreamClient(url) as stream:
+                with pytest.raises(MalsoriError, match="decoder failed") as raised:
+                    async for event in stream:
+                        seen.append(event.type)
+            return seen, raised.value.code
+
+    seen, code = asyncio.run(asyncio.wait_for(body(), 30))
+    assert seen == ["ready", "error", "end"] and code == "internal_error"

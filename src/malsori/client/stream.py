@@ -391,6 +391,8 @@ class AsyncStreamClient:
                         if self._accept(event) and isinstance(event, EndEvent):
                             self._ended = True
                             await ws.close()
+                            if self._pending_error is not None:  # the session ended because it failed
+                                raise self._pending_error
                             return
                     code, reason = ws.close_code, ws.close_reason or ""
                 except ConnectionClosed as exc:
