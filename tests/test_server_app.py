@@ -304,3 +304,35 @@ def test_serve_settings_from_env_and_flags(monkeypatch):
     assert settings.engine.model == "tiny.en" and settings.engine.compute_type == "int8"
     assert settings.server.data_dir == Path("/tmp/d")
     assert build_settings(port=1234).server.port == 1234
+
+
+def test_cors_only_for_configured_origins(fake):
+    settings = Settings()
+    settings = settings.model_copy(update={"server": settings.server.model_copy(update={"cors_origins": ["https://app.example"]})})
+    preflight = {"Access-Control-Request-Method": "POST"}
+    with TestClient(create_app(settings, transcriber=fake)) as client:
+        allowed = client.options("/v1/audio/transcriptions", headers={"Origin": "https://app.example", **preflight})
+        assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://app.example"
+        refused = client.options("/v1/audio/transcriptions", headers={"Origin": "https://evil.example", **preflight})
+        assert "access-control-allow-origin" not in refused.headers
+    with TestClient(create_app(transcriber=FakeTranscriber())) as client:
+        response = client.get("/health", headers={"Origin": "https://app.example"})
+        assert "access-control-allow-origin" not in response.headers
+
+
+def test_interactive_docs_and_schema(client):
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    form = paths["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert form["schema"]
+
+
+def test_server_modules_export_what_all_says():
+    import malsori.detection
+    import malsori.server.errors
+    import malsori.server.services
+
+    for module in (malsori.detection, malsori.server.errors, malsori.server.services):
+        assert len(module.__all__) == len(set(module.__all__))
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.{name}"
