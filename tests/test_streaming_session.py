@@ -280,7 +280,7 @@ def test_scheduler_batches_an_urgent_final_before_queued_partials():
     assert kinds[1:] == ["final", "partial"]
 
 
-def test_scheduler_decodes_live_previews_in_half_batches():
+def test_scheduler_decodes_live_windows_in_half_batches_finals_first():
     import threading
 
     from malsori.engine.scheduler import DecodeScheduler, Priority
@@ -309,4 +309,4 @@ def test_scheduler_decodes_live_previews_in_half_batches():
     finally:
         scheduler.close()
     sizes = [(len(batch), opts == final) for batch, opts in decoder.calls[1:]]
-    assert sizes == [(8, True), (4, False), (4, False)]
+    assert sizes == [(4, True), (4, True), (4, False), (4, False)]
