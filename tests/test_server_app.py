@@ -336,3 +336,55 @@ def test_server_modules_export_what_all_says():
         assert len(module.__all__) == len(set(module.__all__))
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
+
+
+@pytest.fixture
+def file_host(testdata):
+    """A local HTTP server over the test data, with /redirect -> /en/jfk.flac."""
+    import functools
+    import http.server
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", "/en/jfk.flac")
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(testdata)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _url_app(fake, *, allow_private: bool, max_upload_bytes: int = 100 * 1024 * 1024):
+    settings = _settings(max_upload_bytes=max_upload_bytes)
+    settings = settings.model_copy(update={"server": settings.server.model_copy(update={"allow_private_urls": allow_private})})
+    return create_app(settings, transcriber=fake)
+
+
+def test_stt_process_fetches_urls_when_private_ones_are_allowed(fake, file_host):
+    with TestClient(_url_app(fake, allow_private=True)) as client:
+        for path in ("/en/jfk.flac", "/redirect"):
+            response = client.post("/stt/process", json={"audio_url": file_host + path, "meeting_id": "m"})
+            assert response.status_code == 200, response.text
+            assert response.json()["transcript"] == f"{11 * SAMPLE_RATE} samples"
+        missing = client.post("/stt/process", json={"audio_url": file_host + "/nope.wav"})
+        assert missing.status_code == 422 and missing.json()["error"]["code"] == "fetch_failed"
+    with TestClient(_url_app(FakeTranscriber(), allow_private=True, max_upload_bytes=200_000)) as client:
+        big = client.post("/stt/process", json={"audio_url": file_host + "/en/jfk.flac"})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "audio_too_large"
+
+
+def test_stt_process_refuses_loopback_by_default(fake, file_host):
+    with TestClient(_url_app(fake, allow_private=False)) as client:
+        response = client.post("/stt/process", json={"audio_url": file_host + "/en/jfk.flac"})
+        assert response.status_code == 422 and response.json()["error"]["code"] == "url_not_allowed"
+    assert fake.batches == []  # nothing was fetched or decoded
