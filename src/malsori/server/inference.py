@@ -8,6 +8,7 @@ priority, so concurrent small requests are decoded together in one batch and a f
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from concurrent.futures import Future
@@ -138,8 +139,6 @@ async def transcribe(services: Services, audio: np.ndarray, options: TranscribeO
 
 async def decode_window(services: Services, window: Window, options: TranscribeOptions, *, route: str) -> WindowResult:
     """One short window through the scheduler (batched with whatever else is queued)."""
-    import asyncio
-
     _, scheduler = services.require_ready()
     started = time.perf_counter()
     try:
