@@ -508,7 +508,7 @@ class Transcriber:
             if options.word_timestamps and segments:
                 word_jobs.append((i, tokens))
         if word_jobs:
-            results = self._add_words(results, word_jobs, windows, feats, n_frames, tokenizers)
+            results = self._add_words(results, word_jobs, windows, feats, n_frames, tokenizers, encoded)
         return results
 
     def _split_segments(self, tok, tokens, duration, offset, avg_logprob, no_speech, ratio, temperature) -> list[Segment]:
@@ -544,7 +544,7 @@ class Transcriber:
             flush(duration)
         return [Segment(**{**s.__dict__, "id": n}) for n, s in enumerate(segments)]
 
-    def _add_words(self, results, word_jobs, windows, feats, n_frames, tokenizers):
+    def _add_words(self, results, word_jobs, windows, feats, n_frames, tokenizers, encoded):
         import ctranslate2
         from faster_whisper.transcribe import merge_punctuations
 
@@ -555,9 +555,11 @@ class Transcriber:
         for _, jobs in by_lang.items():
             idx = [i for i, _ in jobs]
             text_tokens = [[t for seg in results[i].segments for t in seg.tokens] for i in idx]
-            sv = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[idx]))
-            encoded = self._ct2.encode(sv, to_cpu=False)
-            alignments = self._fw.find_alignment(tokenizers[idx[0]], text_tokens, encoded, [n_frames[i] for i in idx])
+            if idx == list(range(len(windows))):
+                enc = encoded  # every window wants words: reuse the encoder output instead of encoding again
+            else:
+                enc = self._ct2.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[idx])), to_cpu=False)
+            alignments = self._fw.find_alignment(tokenizers[idx[0]], text_tokens, enc, [n_frames[i] for i in idx])
             for i, words in zip(idx, alignments):
                 merge_punctuations(words, _PREPEND_PUNCTUATION, _APPEND_PUNCTUATION)
                 offset = windows[i].offset
