@@ -78,6 +78,7 @@ def test_a_failed_write_leaves_no_model_and_the_next_try_succeeds(part_copies, t
             resolve_model("base", cache)
     target = next((cache / "models").glob("base-*"))
     assert not (target / "model.bin").exists() and not (target / ".verified").exists()
+    assert not list(target.glob("model.bin.tmp-*"))  # no 145 MB of debris either
     path = resolve_model("base", cache)
     assert path == target and (path / "model.bin").stat().st_size == 145_217_532
 
@@ -151,3 +152,18 @@ def test_cache_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "malsori"
     assert os.fspath(default_cache_dir()).endswith("malsori")
+
+
+def test_a_missing_part_is_a_model_error(part_copies, tmp_path):
+    part_copies[1].unlink()
+    with pytest.raises(ModelNotFoundError, match="is missing") as err:
+        resolve_model("base", tmp_path / "cache")
+    assert BASE_HINT in str(err.value)
+
+
+def test_a_deleted_model_behind_a_stale_marker_is_joined_again(tmp_path):
+    cache = tmp_path / "cache"
+    path = resolve_model("base", cache)
+    (path / "model.bin").unlink()
+    assert resolve_model("base", cache) == path
+    assert (path / "model.bin").stat().st_size == 145_217_532

@@ -106,7 +106,8 @@ def decode_audio(source: AudioSource, limits: AudioLimits = AudioLimits()) -> np
     except (AudioTooLongError, UnsupportedAudioError):
         raise
     except av.error.FFmpegError as exc:  # corrupt data, unknown container, truncated file...
-        raise UnsupportedAudioError(f"the input could not be decoded as audio: {exc}") from None
+        reason = (exc.strerror or str(exc)).rstrip(".").lower()  # without FFmpeg's "[Errno N]" noise
+        raise UnsupportedAudioError(f"the input could not be decoded as audio ({reason})") from None
     except (UnicodeDecodeError, ValueError, IndexError) as exc:
         raise UnsupportedAudioError(f"the input could not be decoded as audio: {exc}") from None
 

@@ -100,6 +100,26 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _base_ready(target: Path) -> bool:
+    """Joined and verified before: the marker is written only after the atomic rename."""
+    model = target / "model.bin"
+    return (target / ".verified").is_file() and model.is_file() and model.stat().st_size == _BASE_SIZE
+
+
+def _join(parts: tuple[Path, Path], out_path: Path) -> str:
+    """Concatenate ``parts`` into ``out_path`` (fsynced); returns the SHA-256 of the result."""
+    digest = hashlib.sha256()
+    with open(out_path, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as src:
+                while block := src.read(8 << 20):
+                    digest.update(block)
+                    out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+    return digest.hexdigest()
+
+
 def _materialize_base(cache_dir: Path) -> Path:
     """Join the two halves of the bundled base model into ``cache_dir`` once, verified."""
     parts = _base_parts()
@@ -108,36 +128,35 @@ def _materialize_base(cache_dir: Path) -> Path:
             "the bundled 'base' model is not installed: " + BUNDLED_MODELS["base"].install_hint
         )
     target = cache_dir / "models" / f"base-{_BASE_SHA256[:12]}"
-    marker = target / ".verified"
-    if marker.is_file() and (target / "model.bin").stat().st_size == _BASE_SIZE:
+    if _base_ready(target):
         return target
     with _file_lock(cache_dir / "models" / ".base.lock"):
-        if marker.is_file() and (target / "model.bin").stat().st_size == _BASE_SIZE:
+        if _base_ready(target):
             return target  # another process finished it while we waited for the lock
+        (target / ".verified").unlink(missing_ok=True)
         target.mkdir(parents=True, exist_ok=True)
         tmp = target / f"model.bin.tmp-{os.getpid()}"
-        digest = hashlib.sha256()
-        with open(tmp, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as src:
-                    while block := src.read(8 << 20):
-                        digest.update(block)
-                        out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        size = tmp.stat().st_size
-        if size != _BASE_SIZE or digest.hexdigest() != _BASE_SHA256:
-            tmp.unlink(missing_ok=True)
+        try:
+            digest = _join(parts, tmp)
+            size = tmp.stat().st_size
+            if size != _BASE_SIZE or digest != _BASE_SHA256:
+                raise ModelNotFoundError(
+                    f"the bundled 'base' model parts do not join into the expected file "
+                    f"(size {size}, sha256 {digest[:12]}...); reinstall them: "
+                    + BUNDLED_MODELS["base"].install_hint
+                )
+            source_dir = parts[0].parent
+            for name in _MODEL_FILES:
+                shutil.copyfile(source_dir / name, target / name)
+            os.replace(tmp, target / "model.bin")
+        except FileNotFoundError as exc:
             raise ModelNotFoundError(
-                f"the bundled 'base' model parts do not join into the expected file "
-                f"(size {size}, sha256 {digest.hexdigest()[:12]}...); reinstall them: "
+                f"a file of the bundled 'base' model is missing ({exc.filename}); reinstall: "
                 + BUNDLED_MODELS["base"].install_hint
-            )
-        source_dir = parts[0].parent
-        for name in _MODEL_FILES:
-            shutil.copyfile(source_dir / name, target / name)
-        os.replace(tmp, target / "model.bin")
-        marker.write_text(_BASE_SHA256 + "\n")
+            ) from None
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed join never leaves a partial file behind
+        (target / ".verified").write_text(_BASE_SHA256 + "\n")
     return target
 
 
