@@ -72,11 +72,15 @@ export class LiveStream extends EventTarget {
       const done = () => resolve();
       this.addEventListener("end", done, { once: true });
       this.addEventListener("fatal", done, { once: true });
-      setTimeout(done, 30000); // the server owes us `end`; do not hang the page if it never comes
+      setTimeout(done, 60000); // the server owes us `end`; do not hang the page if it never comes
     });
     clearTimeout(this.retryTimer);
-    if (this.ws) this.ws.close(1000, "done");
-    if (this.state !== "error") this.setState("stopped", "Stopped");
+    const ws = this.ws;
+    this.ws = null; // closed on purpose: onClose must not reconnect
+    if (ws) ws.close(1000, "done");
+    if (this.state === "error") return;
+    if (this.finished) this.setState("stopped", "Stopped");
+    else this.setState("stopped", "Stopped (the server did not confirm the last words)");
   }
 
   /** Test hook and "simulate a network drop": close the socket without a stop message. */
