@@ -12,6 +12,7 @@ machine hits).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import wave
@@ -113,6 +114,58 @@ def page(browser, request, artifacts):
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
+# -- the AudioWorklet's conversion to 16 kHz int16 ------------------------------------------------
+_RENDER_TONE = """
+async ({rate, freq, source}) => {
+  const ctx = new OfflineAudioContext(1, rate * 2, rate);
+  await ctx.audioWorklet.addModule(URL.createObjectURL(new Blob([source], {type: "text/javascript"})));
+  const node = new AudioWorkletNode(ctx, "malsori-capture", {processorOptions: {frameMs: 100}});
+  const frames = [];
+  let format = null;
+  node.port.onmessage = (e) => { if (e.data.type === "frame") frames.push(new Int16Array(e.data.pcm)); else format = e.data; };
+  const tone = new OscillatorNode(ctx, {frequency: freq});
+  tone.connect(new GainNode(ctx, {gain: 0.5})).connect(node);
+  node.connect(ctx.destination);
+  tone.start();
+  await ctx.startRendering();
+  // Frames cross from the audio thread by message: wait for the 19 whole ones 2 s must give.
+  await new Promise((resolve) => { const check = () => frames.length >= 19 ? resolve() : setTimeout(check, 10); check(); });
+  const out = [];
+  for (const frame of frames) for (const v of frame) out.push(v / 32768);
+  return {format, frameSizes: [...new Set(frames.map((f) => f.length))], samples: out};
+}
+"""
+
+
+@pytest.fixture
+def static_page(page):
+    """A blank page on localhost (a secure context, which AudioWorklet needs), no server process."""
+    page.route("http://localhost:9/", lambda route: route.fulfill(body="<!doctype html><title>worklet</title>", content_type="text/html"))
+    page.goto("http://localhost:9/")
+    return page
+
+
+@pytest.mark.parametrize("rate", [48000, 44100])
+def test_worklet_resamples_to_16k_without_aliasing(static_page, rate):
+    from malsori.server.web_routes import STATIC_DIR
+
+    page = static_page
+    source = (STATIC_DIR / "capture-worklet.js").read_text()
+    speech_band = page.evaluate(_RENDER_TONE, {"rate": rate, "freq": 440, "source": source})
+    assert speech_band["format"] == {"type": "format", "inputRate": rate, "outputRate": 16000, "frameSamples": 1600}
+    assert speech_band["frameSizes"] == [1600]  # 100 ms frames
+    out = np.asarray(speech_band["samples"][1600:], dtype=np.float64)  # past the filter's start-up
+    spectrum = np.abs(np.fft.rfft(out * np.hanning(len(out))))
+    peak_hz = np.argmax(spectrum) * 16000 / len(out)
+    assert abs(peak_hz - 440) < 3, peak_hz  # a wrong rate ratio would shift the pitch
+    assert np.sqrt(np.mean(out**2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.03)  # level kept
+
+    # 12 kHz is above the new Nyquist (8 kHz): plain decimation would fold it to 4 kHz at full level
+    above = page.evaluate(_RENDER_TONE, {"rate": rate, "freq": 12000, "source": source})
+    folded = np.asarray(above["samples"][1600:])
+    assert np.sqrt(np.mean(folded**2)) < 0.005
+
+
 # -- file upload ----------------------------------------------------------------------------------
 def _parse_srt(text: str):
     import srt
@@ -132,7 +185,7 @@ def test_upload_shows_the_transcript_and_downloads_valid_srt(page, live_server, 
     assert wer(JFK_REFERENCE, shown) <= 0.1, shown
     # the progress bar went away and the status line says what was done
     expect(page.locator("#upload-progress-box")).to_be_hidden()
-    expect(page.locator("#upload-status")).to_contain_text("segments")
+    expect(page.locator("#upload-status")).to_have_text(re.compile(r"^Done: \d+ segments? · 11\.0 s of audio · language en\.$"))
 
     with page.expect_download(timeout=120_000) as download_info:
         page.click('.downloads button[data-format="srt"]')
@@ -202,3 +255,105 @@ def test_panel_shows_the_model_and_refuses_gpu_without_one(page, live_server, ar
 
     page.click('label[for="mode-auto"]')
     expect(page.locator("#mode-auto")).to_be_checked()
+
+
+# -- live captions from the fake microphone -------------------------------------------------------
+def _first_pass(page, loop_s: float) -> list[dict]:
+    """Wait until the page has the finals of the whole first pass through the (looping) file."""
+    # The last phrase ends about 10.5 s into jfk.flac; a final ending past LEAD_S + 9.5 s means the
+    # page has text for all of it.
+    page.wait_for_function(
+        "(end) => window.malsori.finals().some((f) => f.end >= end)", arg=LEAD_S + 9.5, timeout=180_000, polling=250
+    )
+    finals = page.evaluate("window.malsori.finals()")
+    return [f for f in finals if f["start"] < loop_s]
+
+
+def _check_page_shows(page, finals: list[dict]) -> None:
+    """The captions list shows each final once, in order, with its time."""
+    items = page.locator("#finals li")
+    seqs = [int(s) for s in items.evaluate_all("(els) => els.map((el) => el.dataset.seq)")]
+    assert len(seqs) == len(set(seqs)), f"a final is shown twice: {seqs}"
+    everything = page.evaluate("window.malsori.finals()")
+    assert seqs == [f["seq"] for f in everything]
+    texts = items.locator(".text").all_inner_texts()
+    assert texts == [f["text"].strip() for f in everything]
+    assert all(":" in when for when in items.locator(".when").all_inner_texts())
+
+
+def _check_no_overlap(finals: list[dict]) -> None:
+    ordered = sorted(finals, key=lambda f: f["seq"])
+    assert len({f["seq"] for f in ordered}) == len(ordered)
+    for before, after in zip(ordered, ordered[1:]):
+        assert after["start"] >= before["end"] - 0.05, f"finals overlap (text twice?): {before} / {after}"
+
+
+def test_live_captions_from_the_fake_microphone(page, live_server, speech_wav, artifacts):
+    from playwright.sync_api import expect
+
+    _, loop_s = speech_wav
+    page.goto(f"{live_server.url}/")
+    page.select_option("#language", "")  # detect: the page must show the detected language
+    page.click("#start")
+    state = page.locator("#conn-state")
+    expect(state).to_have_attribute("data-state", "live", timeout=30_000)
+    expect(page.locator("#language")).to_be_disabled()  # options are fixed while a session runs
+
+    # the control panel lists this session, with its state, while it runs
+    session_id = page.evaluate("window.malsori.stream.sessionId")
+    panel = page.context.new_page()
+    panel.goto(f"{live_server.url}/panel")
+    row = panel.locator("#sessions tbody tr", has_text=session_id)
+    expect(row).to_have_count(1, timeout=15_000)
+    expect(row.locator("td[data-state]")).not_to_be_empty()
+    panel.screenshot(path=str(artifacts / "browser-panel-session.png"), full_page=True)
+    panel.close()
+
+    finals = _first_pass(page, loop_s)
+    page.screenshot(path=str(artifacts / "browser-live-captions.png"), full_page=True)
+    page.click("#stop")
+    expect(state).to_have_attribute("data-state", "stopped", timeout=90_000)
+    expect(state).to_have_text("Stopped")  # the server confirmed the end of the session
+    expect(page.locator("#start")).to_be_enabled()
+
+    text = " ".join(f["text"] for f in finals)
+    assert wer(JFK_REFERENCE, text) <= 0.15, text
+    _check_no_overlap(finals)
+    _check_page_shows(page, finals)
+    # partial text looks different from settled text
+    assert page.eval_on_selector("#partial", "(el) => getComputedStyle(el).fontStyle") == "italic"
+    # the figures follow the session
+    expect(page.locator("#fig-language")).to_contain_text("(en)")
+    expect(page.locator("#fig-latency")).to_have_text(re.compile(r"^\d+\.\d\d s$"))
+    assert int(page.locator("#fig-words").inner_text()) >= len(text.split())
+    assert float(page.locator("#fig-audio").inner_text().split()[0]) >= LEAD_S + 9.5
+
+
+def test_a_dropped_connection_resumes_without_losing_or_repeating_finals(page, live_server, speech_wav, artifacts):
+    from playwright.sync_api import expect
+
+    _, loop_s = speech_wav
+    page.goto(f"{live_server.url}/")
+    page.select_option("#language", "en")
+    page.click("#start")
+    state = page.locator("#conn-state")
+    expect(state).to_have_attribute("data-state", "live", timeout=30_000)
+
+    # Cut the connection mid-speech: 5.5 s into the file is inside "ask not what your country...".
+    page.wait_for_function("() => window.malsori.stream.capturedSamples >= 16000 * 5.5", timeout=60_000, polling=50)
+    page.evaluate("window.malsori.dropConnection()")
+    expect(state).to_have_attribute("data-state", "resumed", timeout=30_000)
+    expect(state).to_contain_text("Resumed")
+
+    finals = _first_pass(page, loop_s)
+    page.screenshot(path=str(artifacts / "browser-resumed.png"), full_page=True)
+    page.click("#stop")
+    expect(state).to_have_attribute("data-state", "stopped", timeout=90_000)
+
+    text = " ".join(f["text"] for f in finals)
+    stream = page.evaluate("({resumes: window.malsori.stream.resumes, dropped: window.malsori.stream.droppedSamples})")
+    assert stream == {"resumes": 1, "dropped": 0}
+    # nothing lost (every phrase of the speech is there) and nothing twice (no overlap, no extra words)
+    assert wer(JFK_REFERENCE, text) <= 0.15, text
+    _check_no_overlap(finals)
+    _check_page_shows(page, finals)

@@ -62,6 +62,10 @@ async function start() {
     $("live-placeholder").hidden = true;
     $("partial").textContent = (detail.text || "").trim();
   });
+  stream.addEventListener("ready", () => {
+    const fixed = $("language").value;
+    if (fixed) $("fig-language").textContent = `${languageLabel(fixed)} · chosen`;
+  });
   stream.addEventListener("language", ({ detail }) => {
     const probability = typeof detail.probability === "number" ? ` · ${Math.round(detail.probability * 100)}%` : "";
     $("fig-language").textContent = languageLabel(detail.language) + probability;
