@@ -168,8 +168,14 @@ def test_async_client_resumes_after_a_dropped_connection_without_loss_or_duplica
         finals, seqs = [], []
         async with AsyncStreamClient(url, reconnect=ReconnectPolicy(initial_delay_s=0.05)) as stream:
 
+            async def resumed(count: int) -> None:
+                while stream.resumes < count:  # polling the client's own state, bounded by wait_for
+                    await asyncio.sleep(0.005)
+
             async def send():
                 for i, frame in enumerate(numbered_frames(60)):
+                    if i == 41:  # cut the second link only once the first cut has been resumed
+                        await asyncio.wait_for(resumed(1), 10)
                     if i in (20, 41):
                         stream.connection.transport.abort()  # the link dies without a close frame
                     await stream.send_audio(frame)
