@@ -275,6 +275,9 @@ class _Connection:
     def dropped(self) -> None:
         if self.live is not None and not self.live.ended:
             self.manager.detach(self.live, self)
+        # The peer is gone: end the outbox too, or the handler (which awaits it) would never return,
+        # leaking a task per dropped connection and holding uvicorn's shutdown open forever.
+        self.outbox.close(1000)
 
 
 async def _serve(
