@@ -146,7 +146,7 @@ def test_queue_full_is_429_with_retry_after(client, fake):
     assert fake.entered.wait(5)  # the decoder holds the first window
     held += [hold(i) for i in range(1, 5)]  # four waiting: the queue (4) is full
     try:
-        response = client.post("/transcribe-chunk", files={"file": ("a.wav", _wav())})
+        response = client.post("/transcribe-chunk", files={"file": ("a.wav", _wav())}, data={"vad": "false"})
         assert response.status_code == 429, response.text
         assert response.json()["error"]["code"] == "overloaded"
         assert int(response.headers["retry-after"]) >= 1
@@ -168,7 +168,7 @@ def test_concurrent_chunks_are_decoded_in_one_batch(client, fake):
     first = services.scheduler.submit(Window(np.zeros(1600, np.float32)), TranscribeOptions(beam_size=5, vad_filter=False), owner="first", priority=Priority.REQUEST)
     assert fake.entered.wait(5)
     with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(client.post, "/transcribe-chunk", files={"file": ("a.wav", _wav(1.0))}) for _ in range(3)]
+        futures = [pool.submit(client.post, "/transcribe-chunk", files={"file": ("a.wav", _wav(1.0))}, data={"vad": "false"}) for _ in range(3)]
         for _ in range(1000):  # until all three are queued (bounded: 10 s)
             if services.scheduler.pending(Priority.REQUEST) >= 3:
                 break

@@ -216,6 +216,21 @@ def test_transcribe_chunk_raw_pcm(http, testdata, encoding):
     assert body["segments"] and all(s["end"] <= 11.05 for s in body["segments"])
 
 
+@pytest.mark.parametrize("kind", ["silence", "noise"])
+def test_transcribe_chunk_gives_no_text_without_speech(http, testdata, kind):
+    if kind == "silence":
+        data = (testdata / "silence/empty.wav").read_bytes()
+        files = {"file": ("empty.wav", data)}
+        fields = {}
+    else:
+        noise = np.random.default_rng(7).normal(0, 0.01, 32000).astype("<f4")
+        files = {"file": ("noise.raw", noise.tobytes())}
+        fields = {"encoding": "pcm_f32le", "sample_rate": "16000"}
+    response = http.post("/transcribe-chunk", files=files, data=fields)
+    assert response.status_code == 200, response.text
+    assert response.json()["text"] == "" and response.json()["segments"] == []
+
+
 def test_transcribe_chunk_resamples_8khz_pcm(http, testdata):
     from malsori.engine import decode_audio
 

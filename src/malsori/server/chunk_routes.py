@@ -82,9 +82,15 @@ async def transcribe_chunk(
     language: Annotated[str | None, Form(max_length=16)] = None,
     encoding: Annotated[Encoding | None, Form(description=_ENCODING_DOC)] = None,
     sample_rate: Annotated[int | None, Form(description=_RATE_DOC)] = None,
+    vad: Annotated[bool, Form(description="Return no text for a chunk without speech (Silero VAD); false decodes whatever is sent")] = True,
 ) -> dict:
     services: Services = request.app.state.services
     audio = await chunk_audio(services, await read_upload(file), encoding, sample_rate)
+    if vad and not (decision := await _detect(services, audio, "silero", None)).is_speech:
+        # Whisper invents text on silence and noise (measured: Welsh-looking words on 2 s of digital
+        # silence, "1,5,5,5,..." on low noise), so a chunk without speech is never decoded.
+        return {"text": "", "language": language, "duration": round(decision.duration, 3), "processing_time": 0.0,
+                "no_speech_prob": 1.0, "segments": []}
     return await _transcribe_chunk(services, audio, prompt, language, "/transcribe-chunk")
 
 
