@@ -41,7 +41,7 @@ def finals(events) -> list[str]:
 
 def test_finals_match_the_words_and_pauses_end_phrases():
     audio = tone_speech([0.5, "alpha", "bravo", "charlie", 1.0, "delta", "echo", 0.3, "foxtrot", 1.0])
-    events, _ = run(make_session(), audio)
+    events, _ = run(make_session(endpoint_s=0.5), audio)
     # The 1 s pause (> endpoint 0.5 s) ends a phrase; the 0.3 s one does not.
     assert finals(events) == ["alpha bravo charlie", "delta echo foxtrot"]
     seqs = [e.seq for e in events]
