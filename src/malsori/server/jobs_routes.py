@@ -308,11 +308,11 @@ async def startup(services: Services) -> None:
         await services.wait_ready()
         jobs.start(services.transcriber, services.scheduler)
 
-    _STARTERS[id(services)] = asyncio.create_task(start_when_ready())
+    services.tasks["jobs.start"] = asyncio.create_task(start_when_ready())
 
 
 async def shutdown(services: Services) -> None:
-    starter = _STARTERS.pop(id(services), None)
+    starter = services.tasks.pop("jobs.start", None)
     if starter is not None and not starter.done():
         starter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -321,9 +321,6 @@ async def shutdown(services: Services) -> None:
     if jobs is not None:
         await run_in_threadpool(jobs.stop)
         jobs.close()
-
-
-_STARTERS: dict[int, asyncio.Task] = {}
 
 
 def _observer(services: Services):

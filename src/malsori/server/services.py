@@ -55,6 +55,10 @@ class Services:
       /metrics show ``jobs.active_count()`` when it has that method.
     - ``sessions``: the live-session registry, set by ``streaming_routes.startup``; ``None`` before.
       /stt/status and /metrics show ``sessions.active_count()`` (or ``len(sessions)``).
+    - ``live_runner``: the streaming decode loops (``malsori.server.live.LiveRunner``), set by
+      ``streaming_routes.startup``; ``None`` before.
+    - ``tasks``: background asyncio tasks a routes module started and must stop in its ``shutdown``,
+      by name (e.g. ``jobs.start``), so no module keeps state of its own across apps.
     - ``routing_mode``: ``auto``, ``cpu`` or ``gpu``: where new work should go, toggled by the
       control panel (see ``set_routing_mode``).
     - ``load_error``: why the model failed to load, if it did (shown by /is_ready and /stt/status).
@@ -68,6 +72,8 @@ class Services:
     detectors: "Detectors | None" = None
     jobs: Any = None
     sessions: Any = None
+    live_runner: Any = None
+    tasks: dict[str, asyncio.Task] = field(default_factory=dict, repr=False)
     routing_mode: str = "auto"
     load_error: str | None = None
     _ready: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
