@@ -6,7 +6,6 @@ config it passes); one subprocess run proves the installed console script end to
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -157,7 +156,7 @@ def test_hub_model_offline(jfk, tmp_path, monkeypatch):
 
 def test_model_that_cannot_load(jfk):
     line = _one_error_line(_cli("transcribe", "--compute-type", "bogus", jfk.path))
-    assert line == "error: could not load model 'base' (auto, bogus): Invalid compute type: bogus"
+    assert line == "error: model 'base' could not be loaded on cpu/bogus: Invalid compute type: bogus"
 
 
 def test_bad_setting_in_the_environment(jfk, monkeypatch):

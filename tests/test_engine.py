@@ -148,3 +148,11 @@ def test_english_only_model(manifest):
         tiny.transcribe(decode_audio(clip.path), TranscribeOptions(task="translate"))
     with pytest.raises(InvalidOptionsError, match="English-only"):
         tiny.transcribe(decode_audio(clip.path), TranscribeOptions(language="de"))
+
+
+def test_a_model_that_cannot_load_is_a_model_error():
+    from malsori.engine import EngineConfig, Transcriber
+    from malsori.errors import ModelError
+
+    with pytest.raises(ModelError, match="could not be loaded on cpu/bogus"):
+        Transcriber(EngineConfig(model="tiny.en", device="cpu", compute_type="bogus"))

@@ -13,7 +13,6 @@ import shutil
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from malsori.engine.audio import SAMPLE_RATE

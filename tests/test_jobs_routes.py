@@ -7,7 +7,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from malsori.config import Settings
-from malsori.engine.audio import SAMPLE_RATE
 from malsori.server.app import create_app
 from test_jobs import FakeTranscriber, GatedDecoder, fake_text
 

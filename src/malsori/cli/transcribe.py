@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import AudioTooLargeError, AudioTooLongError, InvalidOptionsError, MalsoriError, ModelError
+from ..errors import AudioTooLargeError, AudioTooLongError, InvalidOptionsError, MalsoriError
 from ..formats import EXTENSIONS, FORMATS, normalize_format, render
 
 __all__ = ["register", "transcribe", "models"]
@@ -158,10 +158,7 @@ def _settings(settings_class):
 def _load(config):
     from ..engine import Transcriber
 
-    try:
-        return Transcriber(config)
-    except (RuntimeError, ValueError) as exc:  # CTranslate2: no CUDA driver, unknown compute type, ...
-        raise ModelError(f"could not load model {config.model!r} ({config.device}, {config.compute_type}): {exc}") from None
+    return Transcriber(config)  # a model that cannot load raises ModelError, printed as one line
 
 
 def _run(config, options, audios):

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import InvalidOptionsError
+from ..errors import InvalidOptionsError, ModelError
 from .audio import SAMPLE_RATE
 from .models import resolve_model
 from .options import TranscribeOptions
@@ -210,13 +210,18 @@ class Transcriber:
         if compute_type == "auto":
             compute_type = "float16" if device == "cuda" else "int8"
         self.device, self.compute_type = device, compute_type
-        self._fw = WhisperModel(
-            str(self.model_path),
-            device=device,
-            compute_type=compute_type,
-            cpu_threads=config.cpu_threads,
-            num_workers=config.num_workers,
-        )
+        try:
+            self._fw = WhisperModel(
+                str(self.model_path),
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=config.cpu_threads,
+                num_workers=config.num_workers,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            # CTranslate2 says ValueError for an unsupported compute type, RuntimeError when CUDA is
+            # asked for without a driver or a model file is broken: one documented error instead.
+            raise ModelError(f"model {config.model!r} could not be loaded on {device}/{compute_type}: {exc}") from None
         self._ct2 = self._fw.model
         self._features = self._fw.feature_extractor
         self._tokenizers: dict[tuple[str, str], object] = {}
