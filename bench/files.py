@@ -25,7 +25,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -33,14 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from common import DOC, REPO, TESTDATA, cpu_name, replace_block  # noqa: E402  (also puts src/ on sys.path)
 
 from malsori.engine import EngineConfig, Transcriber, TranscribeOptions, decode_audio, resolve_model  # noqa: E402
 from malsori.evaluation import TestClip, corpus_wer, load_manifest  # noqa: E402
 
-TESTDATA = Path(os.environ.get("MALSORI_TESTDATA", REPO.parent / "shared" / "testdata"))
-DOC = REPO / "docs" / "benchmarks.md"
 SECTION = "## File transcription"
 
 # The English sets: name -> predicate on a manifest clip.
@@ -106,16 +102,6 @@ def timed(system, audios, languages) -> Run:
     started = time.perf_counter()
     texts = system.run(audios, languages)
     return Run(system.name, texts, time.perf_counter() - started)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def concatenate(audios: list[np.ndarray], gap_s: float) -> np.ndarray:
@@ -236,34 +222,9 @@ def main() -> int:
     )
     print("\n" + meta)
     if args.write:
-        write_section(meta + "\n\n" + "\n".join(lines))
+        # Only the generated block: the tuning evidence written by hand in this section stays.
+        replace_block(SECTION, "bench/files.py", meta + "\n\n" + "\n".join(lines))
     return 0
-
-
-BEGIN, END = "<!-- bench/files.py: begin -->", "<!-- bench/files.py: end -->"
-
-
-def write_section(body: str) -> None:
-    """Replace this benchmark's generated block in docs/benchmarks.md, leaving everything else alone.
-
-    The block sits between two HTML comments inside the "File transcription" section, so notes written
-    by hand in that section (the tuning evidence) survive a rerun, and other engineers' sections too.
-    """
-    block = f"{BEGIN}\n{body}\n{END}"
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n\nMeasured figures, each with the command that produced them.\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    elif SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        nxt = re.search(r"^## ", rest, re.M)
-        cut = nxt.start() if nxt else len(rest)
-        text = head + SECTION + rest[:cut].rstrip() + "\n\n" + block + "\n\n" + rest[cut:].lstrip()
-    else:
-        text = text.rstrip() + f"\n\n{SECTION}\n\n" + block + "\n"
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(text.rstrip() + "\n", encoding="utf-8")
-    print(f"wrote {DOC.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

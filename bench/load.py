@@ -20,8 +20,6 @@ import asyncio
 import datetime as dt
 import os
 import platform
-import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,13 +30,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from common import DOC, REPO, TESTDATA, cpu_name, free_port, replace_section  # noqa: E402  (puts src/ on sys.path)
 
 from malsori.evaluation import corpus_wer, load_manifest  # noqa: E402
 
-TESTDATA = Path(os.environ.get("MALSORI_TESTDATA", REPO.parent / "shared" / "testdata"))
-DOC = REPO / "docs" / "benchmarks.md"
 SECTION = "## HTTP load"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -80,12 +75,6 @@ class Level:
             return float("nan")
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(data_dir: Path, model: str, log_path: Path) -> tuple[subprocess.Popen, str]:
@@ -159,16 +148,6 @@ async def run_level(url: str, clips: list[Clip], concurrency: int, requests: int
         batches1, windows1 = await scheduler_counts(client)
     level.batches, level.windows = batches1 - batches0, windows1 - windows0
     return level
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def table(levels: list[Level]) -> list[str]:
@@ -259,23 +238,9 @@ def main() -> int:
     print()
     print(body)
     if args.write:
-        write_section(body)
+        replace_section(SECTION, body)
     failed = widest.errors > 0 or (sequential is not None and widest.ok / widest.wall_s < sequential.ok / sequential.wall_s)
     return 1 if failed else 0
-
-
-def write_section(body: str) -> None:
-    """Replace this benchmark's section of docs/benchmarks.md, leaving the other sections alone."""
-    section = f"{SECTION}\n\n{body}\n"
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n\nMeasured figures, each with the command that produced them.\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(text, encoding="utf-8")
-    print(f"wrote {DOC.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -41,8 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from common import REPO, TESTDATA, free_port, machine_line, replace_section  # noqa: E402  (puts src/ on sys.path)
 
 from malsori.client import (  # noqa: E402
     AsyncStreamClient,
@@ -56,7 +54,6 @@ from malsori.client import (  # noqa: E402
 from malsori.engine import SAMPLE_RATE, decode_audio, float32_to_pcm16, resolve_model  # noqa: E402
 from malsori.evaluation import corpus_wer, load_manifest  # noqa: E402
 
-TESTDATA = Path(os.environ.get("MALSORI_TESTDATA", REPO.parent / "shared" / "testdata"))
 CHUNK = SAMPLE_RATE // 10  # 100 ms frames
 PAUSE_S = 0.6
 COVER_TOLERANCE_S = 0.3
@@ -286,10 +283,6 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 # -- servers ------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -505,30 +498,6 @@ def markdown(rows: list[Row], files: list[Audio], file_results: dict[str, tuple[
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the ``## Live streaming`` section, leaving the rest of the file as it is."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find("## Live streaming")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + 3)
-        text = text[:start] + section + (text[nxt + 1 :] if nxt >= 0 else "")
-    path.write_text(text)
-
-
-def machine_line() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="stream to this running malsori /v1/stream instead of starting a server")
@@ -599,7 +568,8 @@ def main() -> None:
     section = markdown(rows, files, file_results, command.strip(), machine_line(), talk)
     print(section)
     if args.write:
-        write_section(REPO / "docs" / "benchmarks.md", section)
+        title, _, body = section.partition("\n")
+        replace_section(title, body)
         log("wrote docs/benchmarks.md")
 
 

@@ -1,0 +1,76 @@
+"""What every benchmark script shares: where things are, what machine this is, and how a script
+replaces its own section of docs/benchmarks.md without touching the others."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "src") not in sys.path:
+    sys.path.insert(0, str(REPO / "src"))
+TESTDATA = Path(os.environ.get("MALSORI_TESTDATA", REPO.parent / "shared" / "testdata"))
+DOC = REPO / "docs" / "benchmarks.md"
+_NEW_DOC = "# Benchmarks\n\nMeasured figures, each with the command that produced them.\n"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_line() -> str:
+    return f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _section_span(text: str, title: str) -> tuple[int, int] | None:
+    """Start and end of the ``title`` section (up to the next ``## `` heading or the end)."""
+    match = re.search(rf"^{re.escape(title)}\n", text, re.M)
+    if match is None:
+        return None
+    nxt = re.search(r"^## ", text[match.end() :], re.M)
+    return match.start(), match.end() + nxt.start() if nxt else len(text)
+
+
+def replace_section(title: str, body: str, doc: Path = DOC) -> None:
+    """Replace (or append) the whole ``title`` section of ``doc`` with ``body``."""
+    text = doc.read_text(encoding="utf-8") if doc.exists() else _NEW_DOC
+    section = f"{title}\n\n{body.strip()}\n\n"
+    span = _section_span(text, title)
+    text = text[: span[0]] + section + text[span[1] :] if span else text.rstrip() + "\n\n" + section
+    doc.parent.mkdir(exist_ok=True)
+    doc.write_text(text.rstrip() + "\n", encoding="utf-8")
+    print(f"wrote {doc}")
+
+
+def replace_block(title: str, name: str, body: str, doc: Path = DOC) -> None:
+    """Replace only the generated block ``name`` inside the ``title`` section (between two HTML
+    comments), so notes written by hand in that section survive a rerun."""
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+    block = f"{begin}\n{body.strip()}\n{end}"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else _NEW_DOC
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    elif (span := _section_span(text, title)) is not None:
+        text = text[: span[1]].rstrip() + "\n\n" + block + "\n\n" + text[span[1] :].lstrip()
+    else:
+        text = text.rstrip() + f"\n\n{title}\n\n{block}\n"
+    doc.parent.mkdir(exist_ok=True)
+    doc.write_text(text.rstrip() + "\n", encoding="utf-8")
+    print(f"wrote {doc}")
