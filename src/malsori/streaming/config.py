@@ -26,7 +26,7 @@ class StreamConfig:
     """New audio between two partial decodes of the open phrase."""
     min_partial_s: float = 0.5
     """Speech needed before the first partial decode of a phrase."""
-    endpoint_s: float = 0.3
+    endpoint_s: float = 0.4
     """A pause this long ends the phrase: its text is finalized."""
     max_window_s: float = 12.0
     """A phrase longer than this is finalized in pieces, cut between words (a word-timestamped decode)."""
@@ -135,15 +135,15 @@ class StreamConfig:
 # - max_window_s 12: LJ Speech sentences run up to 10 s without a 0.5 s pause; at 8 s every long
 #   sentence took a word-timestamped cut decode (about twice a plain decode: alignment re-encodes),
 #   and one stream's final p95 went from 2.3 s to 4.5 s (bench/stream_latency.py, 10 clips).
-# - endpoint_s 0.3 in balanced: one real-time stream of 8 clips, final p50 0.88 s / p95 1.24 s
-#   against about 1.0 / 1.4 s with 0.5, the same WER (3.9%); phrases then also end at longer
-#   commas, which spreads the finals' decoding over the sentence.
+# - endpoint_s 0.4 in balanced: one real-time stream of the whole 32-clip talk (offline WER 4.2%):
+#   endpoint 0.3: final p50 0.91 s / p95 1.80 s, WER 5.8% (phrases end at commas and lose context);
+#   0.4: 1.01 / 1.87 s, WER 4.8%; 0.5: 1.17 / 1.90 s, WER 4.1%. low-latency keeps 0.3.
 PRESETS: dict[str, dict] = {
     "low-latency": dict(
         step_s=0.4, min_partial_s=0.4, endpoint_s=0.3, max_window_s=8.0, partial_beam_size=1, final_beam_size=1
     ),
     "balanced": dict(
-        step_s=0.6, min_partial_s=0.5, endpoint_s=0.3, max_window_s=12.0, partial_beam_size=1, final_beam_size=1
+        step_s=0.6, min_partial_s=0.5, endpoint_s=0.4, max_window_s=12.0, partial_beam_size=1, final_beam_size=1
     ),
     "accurate": dict(
         step_s=1.0, min_partial_s=0.8, endpoint_s=0.8, max_window_s=10.0, partial_beam_size=3, final_beam_size=5
