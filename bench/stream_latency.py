@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,13 +29,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from common import TESTDATA  # noqa: E402  (puts src/ on sys.path)
+from streaming import speech_bounds  # noqa: E402  (phrase bounds exactly as the official benchmark finds them)
 
 from malsori.engine import SAMPLE_RATE, decode_audio  # noqa: E402
 from malsori.evaluation import corpus_wer, load_manifest  # noqa: E402
 
-TESTDATA = Path(os.environ.get("MALSORI_TESTDATA", REPO.parent / "shared" / "testdata"))
 CHUNK = SAMPLE_RATE // 10
 COVER_TOLERANCE_S = 0.3
 
@@ -49,17 +46,6 @@ class Phrase:
     speech_start: float
     speech_end: float
     reference: str
-
-
-def speech_bounds(samples: np.ndarray) -> tuple[float, float]:
-    frame = SAMPLE_RATE // 50
-    n = max(1, len(samples) // frame)
-    rms = np.sqrt(np.mean(samples[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)
-    loud = rms > max(0.005, 0.1 * float(np.percentile(rms, 95)))
-    idx = np.flatnonzero(loud)
-    if idx.size == 0:
-        return 0.0, len(samples) / SAMPLE_RATE
-    return idx[0] * frame / SAMPLE_RATE, (idx[-1] + 1) * frame / SAMPLE_RATE
 
 
 def load_talk(clips: int | None, pause_s: float, first: int = 0) -> tuple[np.ndarray, list[Phrase]]:
