@@ -570,7 +570,6 @@ def main() -> None:
     if args.write:
         title, _, body = section.partition("\n")
         replace_section(title, body)
-        log("wrote docs/benchmarks.md")
 
 
 if __name__ == "__main__":
