@@ -136,6 +136,34 @@ def test_word_timestamps(transcriber, manifest):
 
 
 @pytest.mark.model
+def test_per_window_word_timings_in_one_batch(transcriber, manifest):
+    """A live batch mixes windows that want word timings (commits) with ones that do not (previews):
+    each gets what it asked for, and the same words as when decoded alone (batched int8 arithmetic
+    may move a comma)."""
+    from malsori.engine.transcriber import Window
+
+    jfk = decode_audio(_clip(manifest, "jfk.flac").path)
+    lj = _ljspeech_clip(manifest)
+    windows = [Window(jfk, words=True), Window(lj, fallback=False), Window(jfk[: 16000 * 5], fallback=False, words=True)]
+    options = TranscribeOptions(without_timestamps=True, temperatures=(0.0, 0.4), best_of=2)
+    together = transcriber.decode_windows(windows, options)
+    alone = [transcriber.decode_windows([w], options)[0] for w in windows]
+    for w, a, b in zip(windows, together, alone):
+        assert normalize("".join(s.text for s in a.segments)) == normalize("".join(s.text for s in b.segments))
+        words = [x for s in a.segments for x in (s.words or ())]
+        assert bool(words) == w.words
+        if words:
+            assert normalize("".join(x.word for x in words)) == normalize("".join(s.text for s in a.segments))
+            assert all(0.0 <= x.start <= x.end <= len(w.audio) / 16000 + 0.01 for x in words)
+    assert wer(_clip(manifest, "jfk.flac").reference, "".join(s.text for s in together[0].segments)) == 0.0
+
+
+def _ljspeech_clip(manifest):
+    clip = sorted((c for c in manifest if c.path.parent.name == "ljspeech"), key=lambda c: c.path.name)[0]
+    return decode_audio(clip.path)
+
+
+@pytest.mark.model
 def test_english_only_model(manifest):
     from malsori.engine import Transcriber
 

@@ -100,7 +100,7 @@ class FakeDecoder:
                 text = "".join(x.word for x in run).strip()
                 segments.append(
                     Segment(len(segments), round(run[0].start, 3), round(run[-1].end, 3), text, -0.2, 0.01, 1.2, 0.0,
-                            tuple(run) if options.word_timestamps else None)
+                            tuple(run) if options.word_timestamps or window.words else None)
                 )
                 run = []
             if w is not None:

@@ -21,7 +21,7 @@ import math
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -89,6 +89,11 @@ class Window:
     """Text said before this window (context for the decoder)."""
     language: str | None = None
     """Overrides the options' language for this window."""
+    words: bool = False
+    """Time this window's words even when the options do not ask for word timestamps."""
+    fallback: bool = True
+    """Apply the options' temperature fallback to this window; False keeps the first decode (a
+    live preview), so windows that differ only in this share a batch."""
 
 
 @dataclass(frozen=True)
@@ -349,6 +354,8 @@ class Transcriber:
         for _ in range(_MAX_RESUMES):
             follow: dict[int, Window] = {}
             for i, (w, r) in tails.items():
+                if not w.fallback:
+                    continue  # a preview: its end is decoded again soon anyway
                 at = _resume_at(r.tokens, self._tokenizer(r.language, options.task).timestamp_begin, len(w.audio) / SAMPLE_RATE)
                 if at is None:
                     continue
@@ -358,7 +365,7 @@ class Transcriber:
                 prompt = w.prompt
                 if options.condition_on_previous_text and r.text:
                     prompt = ((prompt + " ") if prompt else "") + r.text
-                follow[i] = Window(rest, offset=w.offset + at, prompt=prompt, language=r.language)
+                follow[i] = replace(w, audio=rest, offset=w.offset + at, prompt=prompt, language=r.language)
             if not follow:
                 break
             tails = {}
@@ -446,7 +453,7 @@ class Transcriber:
             if indices == list(range(len(windows))):
                 enc = encoded
             else:
-                enc = self._ct2.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[indices])), to_cpu=False)
+                enc = self._subset(encoded, feats, indices)
             if temperature > 0:
                 kwargs = dict(beam_size=1, num_hypotheses=options.best_of, sampling_topk=0, sampling_temperature=temperature)
             else:
@@ -491,6 +498,8 @@ class Transcriber:
                 silent = options.no_speech_threshold is not None and attempt[3] > options.no_speech_threshold and unlikely
                 if not (repetitive or unlikely) or silent:
                     best[i] = attempt
+                elif not windows[i].fallback:
+                    best[i] = attempt
                 elif last:
                     usable = [a for a in attempts[i] if not a[5] and (cr_limit is None or a[2] <= cr_limit)] or attempts[i]
                     best[i] = max(usable, key=lambda a: a[1])
@@ -510,7 +519,7 @@ class Transcriber:
                 tokens = []
             segments = self._split_segments(tokenizers[i], tokens, durations[i], w.offset, avg_logprob, no_speech, ratio, temperature)
             results.append(WindowResult(tuple(segments), languages[i], lang_probs[i], no_speech, avg_logprob, ratio, temperature, tuple(tokens)))
-            if options.word_timestamps and segments:
+            if (options.word_timestamps or w.words) and segments:
                 word_jobs.append((i, tokens))
         if word_jobs:
             results = self._add_words(results, word_jobs, windows, feats, n_frames, tokenizers, encoded)
@@ -549,6 +558,15 @@ class Transcriber:
             flush(duration)
         return [Segment(**{**s.__dict__, "id": n}) for n, s in enumerate(segments)]
 
+    def _subset(self, encoded, feats: np.ndarray, indices: list[int]):
+        """The encoder output of some windows of a batch: sliced on the CPU, encoded again on a GPU
+        (where the output stays in device memory)."""
+        import ctranslate2
+
+        if self.device == "cpu":
+            return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoded)[indices]))
+        return self._ct2.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[indices])), to_cpu=False)
+
     def _add_words(self, results, word_jobs, windows, feats, n_frames, tokenizers, encoded):
         import ctranslate2
         from faster_whisper.transcribe import merge_punctuations
@@ -563,7 +581,7 @@ class Transcriber:
             if idx == list(range(len(windows))):
                 enc = encoded  # every window wants words: reuse the encoder output instead of encoding again
             else:
-                enc = self._ct2.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[idx])), to_cpu=False)
+                enc = self._subset(encoded, feats, idx)
             alignments = self._fw.find_alignment(tokenizers[idx[0]], text_tokens, enc, [n_frames[i] for i in idx])
             for i, words in zip(idx, alignments):
                 merge_punctuations(words, _PREPEND_PUNCTUATION, _APPEND_PUNCTUATION)
