@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from malsori.engine.fake import FakeDecoder, tone_speech
+from malsori.engine.fake import VOCABULARY, FakeDecoder, tone_speech
 from malsori.errors import AuthError, InvalidOptionsError, NotFoundError, OverloadedError
 from malsori.streaming import EnergyVad, Final, Language, LoadSnapshot, Partial, SessionManager, StreamConfig, StreamingSession
 from malsori.streaming.agreement import LocalAgreement
@@ -91,7 +93,7 @@ def test_prompt_carries_settled_text_bounded():
         script += [word, word, 0.9]
     events, decoder = run(make_session(prompt_chars=30), tone_speech([0.3, *script]))
     assert len(finals(events)) == 8
-    final_windows = [w for batch, opts in decoder.calls for w in batch if not opts.without_timestamps]
+    final_windows = [w for w in decoder.windows if w.fallback]
     prompts = [w.prompt for w in final_windows]
     assert prompts[0] is None
     assert "alpha alpha" in prompts[1]
@@ -310,3 +312,137 @@ def test_scheduler_decodes_live_windows_in_half_batches_finals_first():
         scheduler.close()
     sizes = [(len(batch), opts == final) for batch, opts in decoder.calls[1:]]
     assert sizes == [(4, True), (4, True), (4, False), (4, False)]
+
+
+def test_agreed_words_are_finalized_before_the_pause_and_the_final_decodes_only_the_rest():
+    words = list(VOCABULARY[:20])  # distinct: the guard collapses a repeated run of words
+    audio = tone_speech([0.3, *words, 1.0])  # 7.6 s of speech without a pause
+    events, decoder = run(make_session(commit_after_s=2.0, commit_force_s=3.0), audio)
+    pieces = finals(events)
+    assert len(pieces) >= 3, "words were settled while the speech went on"
+    assert " ".join(pieces).split() == words, "nothing lost or repeated at the cuts"
+    # Each piece was final before the speech ended; the last decode covered only the tail.
+    speech_end = 0.3 + len(words) * 0.38
+    early = [e for e in events if isinstance(e, Final) and e.end < speech_end - 1.0]
+    assert len(early) >= 2
+    last_final_window = [w for w in decoder.windows if w.fallback][-1]
+    assert len(last_final_window.audio) / SR < 4.0
+    # The rest of the speech is decoded with the settled words as its context.
+    continued = [w for w in decoder.windows if w.offset > 1.0]
+    assert continued and all(w.prompt for w in continued)
+
+
+def test_commits_need_two_agreeing_hypotheses_and_cut_only_between_words():
+    from malsori.engine.types import Segment, Word
+
+    class Flaky(FakeDecoder):
+        """Every other partial hypothesis hears the first word differently: they never agree."""
+
+        n = 0
+
+        def _decode(self, window, options):
+            result = super()._decode(window, options)
+            self.n += 1
+            if window.fallback or self.n % 2 or not result.segments:
+                return result
+            first = result.segments[0]
+            words = (Word(first.words[0].start, first.words[0].end, " zulu", 0.5), *first.words[1:]) if first.words else None
+            text = " ".join(["zulu", *first.text.split()[1:]])
+            return replace(result, segments=(Segment(**{**first.__dict__, "text": text, "words": words}), *result.segments[1:]))
+
+    words = list(VOCABULARY[:20])  # distinct: the guard collapses a repeated run of words
+    audio = tone_speech([0.3, *words, 1.0])
+    events, _ = run(make_session(commit_after_s=2.0, commit_force_s=28.0), audio, decoder=Flaky())
+    assert finals(events) == [" ".join(words)], "without agreement nothing is settled early"
+
+    events, _ = run(make_session(commit_after_s=2.0, commit_force_s=3.0), audio)
+    cuts = [e.end for e in events if isinstance(e, Final)][:-1]
+    assert cuts, "agreed words were settled"
+    for cut in cuts:  # every cut lies in the silence between two tone bursts (word 0.3 s, gap 0.08 s)
+        into_word = (cut - 0.3) % 0.38
+        assert into_word >= 0.3 - 0.011, (cut, into_word)
+    assert " ".join(finals(events)).split() == words
+
+
+def test_a_final_overtakes_a_partial_still_decoding():
+    session = make_session()
+    audio = tone_speech([0.3, "alpha", "bravo", "charlie", 1.0])
+    decoder, partial = FakeDecoder(), None
+    n = SR // 10
+    events = []
+    for i in range(0, len(audio), n):
+        events += session.feed(audio[i : i + n])
+        request = session.next_window()
+        if request is not None and request.kind == "partial" and partial is None and i > SR:
+            partial = request  # held: its decode never returns in time
+            continue
+        if request is not None:
+            if request.kind == "final":
+                assert partial is not None and session.superseded() == [partial.id]
+            events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
+    assert finals(events) == ["alpha bravo charlie"]
+    late = session.apply(partial, decoder.decode_windows([partial.window], partial.options)[0])
+    assert late == [], "a superseded partial's result is ignored"
+
+
+def test_finals_only_when_the_transport_says_the_decoder_is_busy():
+    session = make_session()
+    audio = tone_speech([0.3, "alpha", "bravo", "charlie", "delta", 1.0, "echo", 1.0])
+    decoder, events, n = FakeDecoder(), [], SR // 10
+    for i in range(0, len(audio), n):
+        events += session.feed(audio[i : i + n])
+        if (request := session.next_window(partials=False)) is not None:
+            events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
+    assert finals(events) == ["alpha bravo charlie delta", "echo"]
+    assert all(w.fallback for w in decoder.windows), "no partial window was decoded"
+
+
+def test_a_speculative_final_is_kept_when_speech_resumes_in_a_long_phrase():
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]
+    # 3.7 s of speech, a 0.32 s pause (past pad_s 0.3, short of endpoint_s 0.4), then more speech.
+    audio = tone_speech([0.3, *words, 0.32, "juliett", "kilo", 1.0])
+    events, decoder = run(make_session(commit_after_s=0), audio)
+    assert finals(events) == [" ".join(words), "juliett kilo"]
+    final_windows = [w for w in decoder.windows if w.fallback]
+    assert len(final_windows) == 2, "the decode at the pause was not thrown away"
+
+
+def test_a_continuation_that_repeats_the_last_settled_words_drops_them():
+    from malsori.streaming.session import _repeated
+
+    assert _repeated(["of", "the", "true"], ["true", "printed", "book"]) == 1
+    assert _repeated(["printing", "beautiful", "letters"], ["creating", "beautiful", "letters", "then"]) == 3
+    assert _repeated(["the", "art", "of"], ["making", "books"]) == 0
+    assert _repeated(["so", "that"], ["that's", "it"]) == 0
+
+
+def test_scheduler_skips_windows_whose_caller_gave_up():
+    import threading
+
+    from malsori.engine.scheduler import DecodeScheduler, Priority
+    from malsori.engine.transcriber import Window
+
+    release, entered = threading.Event(), threading.Event()
+
+    class Held(FakeDecoder):
+        def decode_windows(self, windows, options=None):
+            entered.set()
+            release.wait(5)
+            return super().decode_windows(windows, options)
+
+    decoder = Held()
+    scheduler = DecodeScheduler(decoder, max_batch=8)
+    options = StreamConfig(language="en").final_options()
+    window = Window(tone_speech(["alpha"]))
+    try:
+        first = scheduler.submit(window, options, owner="a", priority=Priority.LIVE)
+        assert entered.wait(5)
+        gone = scheduler.submit(window, options, owner="b", priority=Priority.LIVE)
+        kept = scheduler.submit(window, options, owner="c", priority=Priority.LIVE)
+        assert gone.cancel()
+        release.set()
+        first.result(5), kept.result(5)
+        assert scheduler.pending() == 0
+    finally:
+        scheduler.close()
+    assert [len(batch) for batch, _ in decoder.calls] == [1, 1]

@@ -199,7 +199,8 @@ class DecodeScheduler:
         priority = next(p for p in Priority if self._counts[p])
         owners = self._queues[priority]
         # The batch takes the options of the first urgent window (else of the next owner in turn).
-        first_owner = next((o for o, q in owners.items() if q and q[0].urgent), next(iter(owners)))
+        urgent_owner = next((o for o, q in owners.items() if q and q[0].urgent), None)
+        first_owner = urgent_owner if urgent_owner is not None else next(iter(owners))
         options = owners[first_owner][0].options
         # Live windows go in half-size batches: a final that arrives while a batch of partials runs
         # waits half as long; on a CPU the encoder is compute-bound, so two half batches cost about
@@ -213,6 +214,9 @@ class DecodeScheduler:
             took = False
             for owner in list(owners):
                 queue = owners[owner]
+                while queue and queue[0].future.cancelled():  # its caller gave up on it
+                    queue.popleft()
+                    self._counts[priority] -= 1
                 if queue and queue[0].options == options and len(batch) < limit:
                     batch.append(queue.popleft())
                     took = True

@@ -30,6 +30,22 @@ class StreamConfig:
     """A pause this long ends the phrase: its text is finalized."""
     max_window_s: float = 12.0
     """A phrase longer than this is finalized in pieces, cut between words (a word-timestamped decode)."""
+    soft_after_s: float = 3.0
+    """Speech this long before a pause can be settled at the pause (``reuse_candidates``)."""
+    reuse_candidates: bool = True
+    """When speech resumes after a pause that already got its speculative final decode, a phrase of
+    ``soft_after_s`` or more keeps that decode as the final of the speech before the pause."""
+    context_chars: int = 200
+    """Text settled earlier in the same speech (before a short pause, or finalized early) is the prompt
+    of the decodes of the rest, up to this many characters (0: off)."""
+    commit_after_s: float = 3.0
+    """Once this much of a phrase is unsettled, partial decodes carry word timings and the words two
+    consecutive hypotheses agree on are finalized before the pause (0: only at pauses and cuts)."""
+    commit_holdback_s: float = 0.6
+    """Words ending this close to the newest audio are never finalized early (Whisper still revises them)."""
+    commit_force_s: float = 5.0
+    """Agreed words are finalized early after punctuation (a clause ends); without any, only once this
+    much of the phrase is unsettled."""
     partial_beam_size: int = 1
     final_beam_size: int = 1
     vad_threshold: float = 0.5
@@ -59,6 +75,11 @@ class StreamConfig:
             (0.1 <= self.min_partial_s <= 5.0, "min_partial_s must be between 0.1 and 5"),
             (0.1 <= self.endpoint_s <= 5.0, "endpoint_s must be between 0.1 and 5"),
             (2.0 <= self.max_window_s <= 28.0, "max_window_s must be between 2 and 28"),
+            (1.0 <= self.soft_after_s <= 28.0, "soft_after_s must be between 1 and 28"),
+            (0 <= self.context_chars <= 1000, "context_chars must be between 0 and 1000"),
+            (self.commit_after_s == 0 or 1.0 <= self.commit_after_s <= 28.0, "commit_after_s must be 0 (off) or between 1 and 28"),
+            (0.0 <= self.commit_holdback_s <= 5.0, "commit_holdback_s must be between 0 and 5"),
+            (1.0 <= self.commit_force_s <= 28.0, "commit_force_s must be between 1 and 28"),
             (1 <= self.partial_beam_size <= 10, "partial_beam_size must be between 1 and 10"),
             (1 <= self.final_beam_size <= 10, "final_beam_size must be between 1 and 10"),
             (0.1 <= self.vad_threshold <= 0.95, "vad_threshold must be between 0.1 and 0.95"),

@@ -11,25 +11,31 @@ The transport drives it::
 How speech becomes text:
 - The incremental Silero VAD marks speech per 32 ms. Silence opens nothing and costs no decode.
 - Speech opens a *phrase* (with ``pad_s`` of audio before the onset). While it is spoken, the whole
-  phrase so far is decoded greedily every ``step_s`` for ``partial`` events; LocalAgreement-2 marks
-  the prefix two consecutive hypotheses agree on as ``stable``.
+  phrase so far is decoded greedily every ``step_s`` for ``partial`` events (only while the shared
+  decoder has time to spare: the transport passes ``partials=False`` otherwise); LocalAgreement-2
+  marks the prefix two consecutive hypotheses agree on as ``stable``.
 - A window is always built from the newest audio when the previous decode returns, so a session that
   falls behind skips intermediate partials instead of queueing them: latency never accumulates.
-- As soon as the speaker pauses (``pad_s`` of silence), the phrase is decoded with the final beam,
-  speculatively. If the pause reaches ``endpoint_s`` with no new speech, that result becomes the
-  ``final`` at once, so a final arrives about ``endpoint_s`` after the phrase ends rather than
-  ``endpoint_s`` plus a decode. If speech resumes, the phrase simply continues.
-- A phrase reaching ``max_window_s`` is closed at its quietest 32 ms in the last third (a gap between
-  words) and speech continues in a new phrase, so windows stay short and cheap to decode.
-- Closed phrases wait in order for their final decode; none is ever dropped. Each final carries the
-  last ``prompt_chars`` of settled text as the prompt of the next decodes.
+- As soon as the speaker pauses (``pad_s`` of silence), the phrase is decoded speculatively. If the
+  pause reaches ``endpoint_s`` with no new speech, that result becomes the ``final`` at once, so a
+  final arrives about ``endpoint_s`` after the phrase ends rather than ``endpoint_s`` plus a decode.
+  If speech resumes, a phrase of ``soft_after_s`` or more keeps that decode as the final of the
+  speech before the pause (``reuse_candidates``); a shorter one simply continues.
+- Once ``commit_after_s`` of a phrase is unsettled, partial decodes carry word timings and the words
+  two consecutive hypotheses agree on (and that end ``commit_holdback_s`` before the newest audio)
+  are finalized before any pause, cut at a quiet gap between words, preferably after punctuation.
+  The rest of the phrase goes on as a *continued* phrase: only it is decoded from then on, so
+  windows stay short, and the text finalized since the last pause is its prompt (``context_chars``).
+- A phrase reaching ``max_window_s`` without a commit is split by a word-timestamped ``cut`` decode.
+- Closed phrases wait in order for their final decode; none is ever dropped. A final due while a
+  partial decodes overtakes it (the partial is superseded, see :meth:`superseded`).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -41,12 +47,33 @@ from ..engine.types import Segment
 from .agreement import LocalAgreement
 from .config import StreamConfig
 from .events import End, Error, Event, Final, Language, Partial, WordTiming
-from .guard import clean_text
+from .guard import clean_text, normalize_words
 from .vad import VAD_CHUNK, StreamingVad
 
 __all__ = ["StreamingSession", "DecodeRequest"]
 
 _SR = SAMPLE_RATE
+_CLAUSE_END = tuple(",.;:!?。，、！？")
+_MAX_REPEAT = 5  # longest run of finalized words a continuing hypothesis may repeat
+_COMMIT_MIN_WORDS = 2  # fewest agreed words finalized at once before a pause
+_CUT_SEARCH_S = 0.1  # an early cut goes at the quietest 10 ms this close to the gap between two words
+_QUIET = 0.1  # a gap is quiet below this share of the window's median energy
+
+
+def _key(word: str) -> str:
+    return " ".join(normalize_words(word))
+
+
+def _repeated(before: list[str], keys: list[str]) -> int:
+    """How many leading ``keys`` repeat the end of ``before`` (the words finalized just before).
+
+    Three or more words may differ in one (the cut word heard differently: "printing beautiful
+    letters" then "creating beautiful letters"); shorter runs must match exactly."""
+    for k in range(min(_MAX_REPEAT, len(before), len(keys)), 0, -1):
+        differ = sum(a != b for a, b in zip(keys[:k], before[-k:]))
+        if differ == 0 or (k >= 3 and differ == 1):
+            return k
+    return 0
 
 
 @dataclass(frozen=True)
@@ -60,6 +87,8 @@ class DecodeRequest:
     end: int
     window: Window
     options: TranscribeOptions
+    lagging: bool = False
+    """Asked while this session's decodes took longer than a step (a loaded decoder)."""
 
 
 @dataclass
@@ -75,6 +104,17 @@ class _Phrase:
     probs: list[float] = field(default_factory=list)
     agreement: LocalAgreement = field(default_factory=LocalAgreement)
     partial_text: str = ""
+    hypothesis: list[str] = field(default_factory=list)
+    """Word keys of the last word-timed hypothesis, to agree on with the next one."""
+    before: list[str] = field(default_factory=list)
+    """Keys of the last words finalized just before this phrase, when it continues the same speech:
+    a hypothesis that starts by repeating them heard the end of a word cut at the boundary."""
+    hard: bool = False
+    """Closed by a full pause (``endpoint_s``) or the end of the stream, not split off longer speech."""
+    seed: str = ""
+    """The words after those finalized early, shown as the partial until the next decode."""
+    continued: bool = False
+    """Starts where agreed words of the same speech were finalized (never dropped as a click)."""
 
 
 class _Buffer:
@@ -128,15 +168,21 @@ class StreamingSession:
         self._vad_pos = 0  # absolute sample where the next VAD probability starts
         self._last_end = 0  # end of the last closed phrase: phrases never overlap
         self._inflight: DecodeRequest | None = None
+        self._superseded: list[int] = []
         self._partial_lag = 0  # samples that arrived while the last partial decode ran
         self._settled = ""  # tail of the settled text, the prompt
+        self._utterance = ""  # text finalized since the last pause that ended a phrase (the context of the rest)
         self._language = config.language
         self._language_announced = config.language is not None
         self._stopping = False
         self._ended = False
-        self._partial_options = config.partial_options()
+        # Every window of a session is decoded with the same options when the beams agree (the
+        # default presets), so the scheduler batches finals, cuts and partials of all sessions
+        # together; what differs (word timings, temperature fallback, padding) is per window.
         self._final_options = config.final_options()
-        self._cut_options = self._final_options.with_(word_timestamps=True)
+        self._partial_options = (
+            self._final_options if config.partial_beam_size == config.final_beam_size else config.partial_options()
+        )
         self.finals = 0
         self.decodes = 0
 
@@ -210,6 +256,9 @@ class StreamingSession:
             else:
                 return events
         ph.probs.append(prob)
+        if speech and ph.candidate is not None and c.reuse_candidates:
+            events.extend(self._settle_candidate(ph))
+            ph = self._open  # type: ignore[assignment]
         if speech:
             ph.last_speech = chunk_end
             ph.speech += VAD_CHUNK
@@ -240,16 +289,18 @@ class StreamingSession:
         new.probs = list(tail_probs)
         new.speech = sum(VAD_CHUNK for p in tail_probs if p >= self.config.vad_threshold - 0.15)
         new.last_partial_end = cut
+        new.continued = True
         return events
 
     def _close(self, end: int, keep_open: bool = False) -> list[Event]:
         ph = self._open
         assert ph is not None
         self._open = None
+        ph.hard = not keep_open
         ph.end = max(end, ph.start)
         self._last_end = ph.end
         speech_in = ph.speech if not keep_open else sum(VAD_CHUNK for p in ph.probs[: (ph.end - ph.start) // VAD_CHUNK] if p >= self.config.vad_threshold - 0.15)
-        if speech_in < self.config.min_speech_s * _SR:
+        if speech_in < self.config.min_speech_s * _SR and not (ph.continued and ph.hypothesis):
             return []  # a click or a breath: no decode, no text
         if ph.candidate is not None and ph.candidate[0] == ph.end and not self._pending:
             # The speculative decode already covers the whole phrase: final now, no decode.
@@ -274,21 +325,40 @@ class StreamingSession:
         return events
 
     # -- decoding ----------------------------------------------------------------------------------
-    def _prompt(self) -> str | None:
+    def _prompt(self, ph: _Phrase) -> str | None:
+        chars = self.config.context_chars
+        if ph.continued and chars and self._utterance:
+            context = self._utterance[-chars:]
+            return context.split(" ", 1)[1] if len(self._utterance) > chars and " " in context else context
         return self._settled or None
 
-    def _request(self, kind: str, ph: _Phrase, end: int) -> DecodeRequest:
+    def _request(self, kind: str, ph: _Phrase, end: int, words: bool = False) -> DecodeRequest:
         audio = self._buffer.slice(ph.start, end)
-        window = Window(audio, offset=ph.start / _SR, prompt=self._prompt(), language=self._language)
-        options = {"final": self._final_options, "cut": self._cut_options}.get(kind, self._partial_options)
+        window = Window(
+            audio, offset=ph.start / _SR, prompt=self._prompt(ph), language=self._language,
+            words=words or kind == "cut", fallback=kind != "partial",
+        )
+        options = self._partial_options if kind == "partial" else self._final_options
         self._inflight = DecodeRequest(next(self._ids), kind, ph.id, ph.start, end, window, options)
         self.decodes += 1
         return self._inflight
 
-    def next_window(self) -> DecodeRequest | None:
-        """The window to decode now, or None (a decode is in flight, or nothing new to decode)."""
-        if self._inflight is not None or self._ended:
+    def next_window(self, partials: bool = True) -> DecodeRequest | None:
+        """The window to decode now, or None (a decode is in flight, or nothing new to decode).
+
+        ``partials=False`` asks for finals only: the transport says so while the shared decoder has
+        windows waiting, so partials only fill idle decoder time and never queue ahead of finals.
+
+        A final never waits for a partial: when one is due while a partial is still decoding, the
+        final is returned and the partial is superseded (its result will be ignored; the transport
+        may cancel it, see :meth:`superseded`)."""
+        if self._ended:
             return None
+        if self._inflight is not None:
+            if self._inflight.kind != "partial" or not self._final_due():
+                return None
+            self._superseded.append(self._inflight.id)
+            self._inflight = None
         c = self.config
         if self._pending:
             ph = self._pending[0]
@@ -297,8 +367,7 @@ class StreamingSession:
         if ph is None:
             return None
         now = self._buffer.end
-        pause = self._silence >= min(c.pad_s, c.endpoint_s) * _SR
-        if pause:
+        if self._paused():
             end = self._speech_end(ph)
             if ph.candidate_for != end and ph.speech >= c.min_speech_s * _SR:
                 ph.candidate_for = end
@@ -306,16 +375,44 @@ class StreamingSession:
             return None
         if now - ph.start >= c.max_window_s * _SR:
             return self._request("cut", ph, now)
+        if not partials:
+            return None
         # Under load a partial decode takes longer (a shared batch, other sessions' windows); waiting
         # twice its turnaround before the next keeps partials from filling the decoder so finals
         # find it free. Audio that arrived during a decode measures its turnaround, no clock needed.
-        # A phrase's first partial never waits: it is the one a reader waits for.
-        first = ph.last_partial_end == ph.start
+        # A phrase's first partial never waits (it is the one a reader waits for), unless the decoder
+        # is loaded: then a first decode that is too short to settle any word is not worth its cost.
+        lagging = self._partial_lag > c.step_s * _SR
+        first = ph.last_partial_end == ph.start and not (lagging and c.commit_after_s)
         step = c.step_s * _SR if first else max(c.step_s * _SR, c.partial_backoff * self._partial_lag)
-        if c.partials and ph.speech >= c.min_partial_s * _SR and now - ph.last_partial_end >= step:
+        if (c.partials or c.commit_after_s) and ph.speech >= c.min_partial_s * _SR and now - ph.last_partial_end >= step:
             ph.last_partial_end = now
-            return self._request("partial", ph, now)
+            # A session whose decodes take longer than a step gets few hypotheses: time every one's
+            # words, so each can settle some.
+            commit = c.commit_after_s and (now - ph.start >= c.commit_after_s * _SR or lagging)
+            request = self._request("partial", ph, now, words=bool(commit))
+            self._inflight = request = replace(request, lagging=lagging)
+            return request
         return None
+
+    def _paused(self) -> bool:
+        c = self.config
+        return self._silence >= min(c.pad_s, c.endpoint_s) * _SR
+
+    def _final_due(self) -> bool:
+        """A final decode would be asked for now (a closed phrase waits, or a pause began)."""
+        if self._pending:
+            return True
+        ph = self._open
+        return (
+            ph is not None and self._paused() and ph.candidate_for != self._speech_end(ph)
+            and ph.speech >= self.config.min_speech_s * _SR
+        )
+
+    def superseded(self) -> list[int]:
+        """Ids of decode requests whose results are no longer wanted (since the last call)."""
+        ids, self._superseded = self._superseded, []
+        return ids
 
     def abort(self, request: DecodeRequest) -> list[Event]:
         """The decode of ``request`` failed (overload, shutdown): forget it; finals are asked again."""
@@ -345,7 +442,18 @@ class StreamingSession:
             return self._apply_cut(ph, request, result)
         if request.kind == "final":
             ph.candidate = (request.end, result)
+            if not self._paused() and self.config.reuse_candidates:  # speech resumed while it decoded
+                settled = self._settle_candidate(ph)
+                if settled:
+                    return events + settled
         text = self._clean(result)
+        if text and request.kind == "partial" and request.window.words and not self._pending:
+            events.extend(self._commit(ph, request, result))
+            if self._open is not ph:  # words were finalized: the partial shows the words after them
+                ph = self._open
+                text = ph.seed
+        if ph.before and text:
+            text = " ".join(text.split()[_repeated(ph.before, [_key(t) for t in text.split()]) :])
         if text and self.config.partials:
             stable, unstable = ph.agreement.update(text)
             if text != ph.partial_text:
@@ -364,13 +472,94 @@ class StreamingSession:
             return ph_probs_cut
         following = words[len(keep)] if len(words) > len(keep) else None
         gap_end = following.start if following is not None else min(limit + 0.5, request.end / _SR)
-        cut = int(round((keep[-1].end + max(keep[-1].end, gap_end)) / 2 * _SR))
+        return self._split(ph, request, result, keep, gap_end)
+
+    def _commit(self, ph: _Phrase, request: DecodeRequest, result: WindowResult) -> list[Event]:
+        """Finalize the leading words this hypothesis and the previous one agree on, when they end at
+        least ``commit_holdback_s`` before the newest audio and another word follows them; the phrase
+        goes on from the gap after them, so its next decodes (and its final) cover only the rest."""
+        c = self.config
+        words = [w for seg in result.segments for w in (seg.words or ()) if w.word.strip()]
+        keys = [_key(w.word) for w in words]
+        repeated = _repeated(ph.before, keys)
+        words, keys = words[repeated:], keys[repeated:]
+        previous, ph.hypothesis = ph.hypothesis, keys
+        agreed = 0
+        while agreed < min(len(keys), len(previous)) and keys[agreed] == previous[agreed]:
+            agreed += 1
+        def timed(limit: float, most: int) -> int:
+            """How many leading words (at most ``most``, one always left after) end by ``limit``."""
+            n = 0
+            while n < most and n + 1 < len(words) and words[n].end <= limit:
+                n += 1
+            return n
+
+        end_s = request.end / _SR
+        long = request.end - ph.start >= c.commit_force_s * _SR
+        if request.lagging:
+            # A loaded decoder gives a session few hypotheses, too far apart to agree often: settle
+            # the words with a full second of audio after them, which Whisper no longer revises.
+            n = timed(end_s - max(1.0, 2 * c.commit_holdback_s), len(words))
+        else:
+            n = timed(end_s - c.commit_holdback_s, agreed)
+            if n < _COMMIT_MIN_WORDS and long:
+                n = timed(end_s - 2 * c.commit_holdback_s, len(words))
+        if n < _COMMIT_MIN_WORDS:
+            return []
+        # Where to cut: between two words, at the quietest 10 ms near their gap (word timings are
+        # off by tens of milliseconds). A cut where the audio is not quiet splits a word across two
+        # windows and both get it wrong, so prefer, in order: after punctuation with a quiet gap (a
+        # clause ends: a pause, little context lost), the latest quiet gap, and only in long speech
+        # the quietest gap.
+        audio = self._buffer.slice(ph.start, request.end)
+        frame = _SR // 100
+        energy = np.mean(audio[: len(audio) // frame * frame].reshape(-1, frame) ** 2, axis=1)
+        if energy.size < 2:
+            return []
+        quiet = _QUIET * float(np.median(energy))
+        gaps: dict[int, tuple[float, int]] = {}
+        for j in range(_COMMIT_MIN_WORDS, n + 1):
+            lo = max(1, int((words[j - 1].end - ph.start / _SR - _CUT_SEARCH_S) * 100))
+            hi = min(energy.size, max(lo + 1, int((max(words[j].start, words[j - 1].end) - ph.start / _SR + _CUT_SEARCH_S) * 100) + 1))
+            k = lo + int(np.argmin(energy[lo:hi]))
+            gaps[j] = (float(energy[k]), ph.start + k * frame + frame // 2)
+        marked = [j for j in gaps if words[j - 1].word.rstrip()[-1:] in _CLAUSE_END and gaps[j][0] <= quiet]
+        silent = [j for j in gaps if gaps[j][0] <= quiet]
+        if marked:
+            j = marked[-1]
+        elif silent and (long or request.lagging):
+            j = silent[-1]
+        elif long:
+            j = min(gaps, key=lambda j: gaps[j][0])
+        else:
+            return []
+        return self._split(ph, request, result, words[:j], words[j].start, rest=words[j:], cut=gaps[j][1])
+
+    def _split(
+        self, ph: _Phrase, request: DecodeRequest, result: WindowResult, keep: list, gap_end: float,
+        rest: list | None = None, cut: int | None = None,
+    ) -> list[Event]:
+        """Finalize ``keep`` (the leading words of the open phrase) and open the rest as a new phrase
+        from ``cut`` (default: the middle of the gap between the last kept word and ``gap_end``)."""
+        if cut is None:
+            cut = int(round((keep[-1].end + max(keep[-1].end, gap_end)) / 2 * _SR))
         cut = min(max(cut, ph.start + VAD_CHUNK), request.end)
         text = "".join(w.word for w in keep).strip()
         head = WindowResult(
             (Segment(0, keep[0].start, keep[-1].end, text, result.avg_logprob, result.no_speech_prob, result.compression_ratio, result.temperature, tuple(keep)),),
             result.language, result.language_probability, result.no_speech_prob, result.avg_logprob, result.compression_ratio, result.temperature,
         )
+        events, new = self._settle_head(ph, cut, head)
+        if rest is not None:
+            new.last_partial_end = max(cut, ph.last_partial_end)
+            new.hypothesis = [_key(w.word) for w in rest]
+            new.seed = "".join(w.word for w in rest).strip()
+            new.before = [_key(w.word) for w in keep][-_MAX_REPEAT:]
+        return events
+
+    def _settle_head(self, ph: _Phrase, cut: int, head: WindowResult) -> tuple[list[Event], _Phrase]:
+        """Finalize the open phrase up to ``cut`` with ``head``; the speech after it goes on as a new
+        open phrase that continues it (its decodes take the settled text as context)."""
         k = (cut - ph.start) // VAD_CHUNK
         tail_probs = ph.probs[k:]
         self._open = None
@@ -381,7 +570,18 @@ class StreamingSession:
         new.probs = list(tail_probs)
         new.speech = sum(VAD_CHUNK for p in tail_probs if p >= self.config.vad_threshold - 0.15)
         new.last_partial_end = cut
-        return events
+        new.continued = True
+        return events, new
+
+    def _settle_candidate(self, ph: _Phrase) -> list[Event]:
+        """Speech resumed after a pause long enough for a speculative final: in a long phrase, keep
+        that decode as the final of the speech before the pause instead of throwing it away."""
+        if ph.candidate is None or self._pending:
+            return []
+        cut, result = ph.candidate
+        if cut - ph.start < self.config.soft_after_s * _SR or not self._clean(result):
+            return []
+        return self._settle_head(ph, cut, result)[0]
 
     def _clean(self, result: WindowResult) -> str:
         c = self.config
@@ -401,6 +601,8 @@ class StreamingSession:
             self._pending.popleft()
         events: list[Event] = []
         text = self._clean(result)
+        repeated = _repeated(ph.before, [_key(t) for t in text.split()]) if text else 0
+        text = " ".join(text.split()[repeated:])
         if text:
             if not self._language_announced:
                 self._language = result.language
@@ -418,7 +620,7 @@ class StreamingSession:
                     for s in result.segments
                     for w in (s.words or ())
                     if w.word.strip()
-                )
+                )[repeated:]
             events.append(Final(self._next_seq(), text, start, end, result.language, words))
             self.finals += 1
             settled = (self._settled + " " + text).strip()
@@ -426,6 +628,9 @@ class StreamingSession:
                 settled = settled[-self.config.prompt_chars :]
                 settled = settled.split(" ", 1)[1] if " " in settled else settled
             self._settled = settled if self.config.prompt_chars else ""
+            self._utterance = "" if ph.hard else (self._utterance + " " + text).strip()
+        elif ph.hard:
+            self._utterance = ""
         # A phrase closed while its predecessor waited may already hold a matching candidate.
         while self._pending and self._pending[0].candidate is not None and self._pending[0].candidate[0] == self._pending[0].end:
             nxt = self._pending[0]
