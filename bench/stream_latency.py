@@ -77,10 +77,14 @@ class TimedDecoder:
         started = time.monotonic()
         out = self.inner.decode_windows(windows, options)
         ended = time.monotonic()
+        # Partials and finals share options (and batches); a window without temperature fallback
+        # is a partial preview.
+        previews = sum(not w.fallback for w in windows)
+        kind = "partial" if previews == len(windows) else "final" if not previews else "mixed"
         with self.lock:
-            self.log.append(dict(start=started, end=ended, n=len(windows), beam=options.beam_size,
-                                 kind="partial" if options.without_timestamps else "final",
-                                 words=options.word_timestamps, seconds=[round(len(w.audio) / SAMPLE_RATE, 2) for w in windows]))
+            self.log.append(dict(start=started, end=ended, n=len(windows), beam=options.beam_size, kind=kind,
+                                 words=options.word_timestamps or any(w.words for w in windows),
+                                 seconds=[round(len(w.audio) / SAMPLE_RATE, 2) for w in windows]))
         return out
 
 

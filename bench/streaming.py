@@ -96,8 +96,12 @@ def speech_bounds(samples: np.ndarray) -> tuple[float, float]:
     return idx[0] * frame / SAMPLE_RATE, (idx[-1] + 1) * frame / SAMPLE_RATE
 
 
-def load_talk(limit: int | None = None) -> Audio:
+def load_talk(limit: int | None = None, rotate: int = 0) -> Audio:
+    """The LJ Speech clips in order as one talk; ``rotate`` starts it at that clip (the ones before
+    it come at the end), so several streams can say the same sentences at different moments."""
     clips = [c for c in load_manifest(TESTDATA) if "/ljspeech/" in c.path.as_posix()][:limit]
+    k = rotate % len(clips)
+    clips = clips[k:] + clips[:k]
     pieces, phrases, t = [], [], 0.0
     pause = np.zeros(int(PAUSE_S * SAMPLE_RATE), np.float32)
     for i, clip in enumerate(clips):
@@ -110,7 +114,8 @@ def load_talk(limit: int | None = None) -> Audio:
         if i < len(clips) - 1:
             pieces.append(pause)
             t += PAUSE_S
-    return Audio(f"ljspeech talk ({len(clips)} clips)", np.concatenate(pieces), tuple(phrases))
+    name = f"ljspeech talk ({len(clips)} clips)" + (f", from clip {k + 1}" if k else "")
+    return Audio(name, np.concatenate(pieces), tuple(phrases))
 
 
 def load_files() -> list[Audio]:
@@ -390,33 +395,51 @@ class Row:
     rss_before: float
     rss_peak: float
     offline_wer: float | None = None
+    mix: str = "lockstep"
+    one_stream_peak: float | None = None
+    """Peak RSS of the same system's one-stream row, for the growth per extra session."""
 
     def cells(self) -> list[str]:
         s = self.scores
         growth = (self.rss_peak - self.rss_before) / self.streams
+        extra = "–"
+        if self.one_stream_peak is not None and self.streams > 1:
+            extra = f"{(self.rss_peak - self.one_stream_peak) / (self.streams - 1):.1f}"
         phrases = len(s.final_latency) + s.missed
         return [
-            self.system, str(self.streams),
+            self.system, str(self.streams), self.mix if self.streams > 1 else "–",
             fmt(pct(s.first_text, 50)), fmt(pct(s.first_text, 95)),
             fmt(pct(s.final_latency, 50)), fmt(pct(s.final_latency, 95)),
             f"{s.missed}/{phrases}",
             fmt(None if s.wer is None else 100 * s.wer, 1), fmt(None if self.offline_wer is None else 100 * self.offline_wer, 1),
-            f"{self.rss_before:.0f}", f"{growth:.1f}",
+            f"{self.rss_before:.0f}", f"{growth:.1f}", extra,
             str(len(s.errors)),
         ]
 
 
-HEADER = ["system", "streams", "first text p50 (s)", "first text p95 (s)", "final p50 (s)", "final p95 (s)",
+HEADER = ["system", "streams", "streams' audio", "first text p50 (s)", "first text p95 (s)", "final p50 (s)", "final p95 (s)",
           "missed phrases", "stream WER %", "offline WER %", "server RSS before (MB)", "RSS growth / stream (MB)",
-          "errors"]
+          "RSS growth / extra session (MB)", "errors"]
 
 
-async def run_concurrent(streamer, url: str, audio: Audio, n: int) -> list[Record]:
-    return list(await asyncio.gather(*(streamer(url, audio) for _ in range(n))))
+def stream_audios(talk: Audio, n: int, mix: str, clips: int | None) -> list[Audio]:
+    """What each of ``n`` simultaneous streams sends. ``lockstep``: the same talk, started together,
+    so every phrase of every stream ends at the same moment (the worst case for a shared decoder).
+    ``rotated``: stream k starts the talk at clip 1 + k * (clips / n), like n people each saying
+    their own sentences: the same amount of speech, pauses at different moments."""
+    if mix == "lockstep" or n == 1:
+        return [talk] * n
+    total = len(talk.phrases)
+    return [load_talk(clips, rotate=k * total // n) for k in range(n)]
+
+
+async def run_concurrent(streamer, url: str, audios: list[Audio]) -> list[Record]:
+    return list(await asyncio.gather(*(streamer(url, audio) for audio in audios)))
 
 
 def run_system(name: str, streamer, url: str, pid: int, talk: Audio, counts: list[int], files: list[Audio],
-               offline_wer: float | None, log, dump: dict) -> tuple[list[Row], Scores | None, dict[str, Record]]:
+               offline_wer: float | None, log, dump: dict, mixes: tuple[str, ...] = ("lockstep",),
+               clips: int | None = None) -> tuple[list[Row], Scores | None, dict[str, Record]]:
     # One unmeasured stream first, so neither system's first-request costs (a lazily loaded model,
     # first allocations) land in the figures.
     warm = Audio("warm-up", talk.samples[: int(talk.phrases[0].end * SAMPLE_RATE)], talk.phrases[:1])
@@ -431,17 +454,22 @@ def run_system(name: str, streamer, url: str, pid: int, talk: Audio, counts: lis
             per_file[audio.name] = record
             log(f"  {name} {audio.name}: {' '.join(e[2].strip() for e in record.events if e[1])!r}"
                 f"{' ERROR ' + record.error if record.error else ''}")
-    rows = []
+    rows: list[Row] = []
+    one_peak = None
     for n in counts:
-        with RssSampler(pid) as rss:
-            records = asyncio.run(run_concurrent(streamer, url, talk, n))
-        scores = Scores()
-        for record in records:
-            scores.add(talk, record)
-        dump[f"{name} x{n}"] = [{"t0": r.t0, "sent": r.sent, "events": r.events, "error": r.error} for r in records]
-        row = Row(name, n, scores, rss.before, rss.peak, offline_wer)
-        rows.append(row)
-        log("  " + " | ".join(row.cells()) + ("  errors: " + "; ".join(scores.errors[:3]) if scores.errors else ""))
+        for mix in mixes if n > 1 else ("lockstep",):
+            audios = stream_audios(talk, n, mix, clips)
+            with RssSampler(pid) as rss:
+                records = asyncio.run(run_concurrent(streamer, url, audios))
+            scores = Scores()
+            for audio, record in zip(audios, records):
+                scores.add(audio, record)
+            dump[f"{name} x{n} {mix}"] = [{"t0": r.t0, "sent": r.sent, "events": r.events, "error": r.error} for r in records]
+            row = Row(name, n, scores, rss.before, rss.peak, offline_wer, mix, one_peak)
+            if n == 1:
+                one_peak = rss.peak
+            rows.append(row)
+            log("  " + " | ".join(row.cells()) + ("  errors: " + "; ".join(scores.errors[:3]) if scores.errors else ""))
     return rows, file_scores, per_file
 
 
@@ -453,13 +481,16 @@ def markdown(rows: list[Row], files: list[Audio], file_results: dict[str, tuple[
         f"Command: `{command}`  ",
         f"Machine: {machine}  ",
         f"Audio: {talk.name}, {talk.duration:.0f} s, {PAUSE_S} s pauses between clips, sent at real-time pace in "
-        "100 ms frames; every stream of a row sends the whole talk at once with the others. Model: bundled "
-        "`base` (the same directory for both), language en, each system's default settings.",
+        "100 ms frames; every stream of a row sends the whole talk at once with the others: *lockstep*, the "
+        "same talk started together (every phrase of every stream ends at the same moment: the worst case), "
+        "or *rotated*, stream k starting the talk k/N of the way in (N people saying their own sentences). "
+        "Model: bundled `base` (the same directory for both), language en, each system's default settings.",
         "",
         "First text: first event with text for a phrase after its speech onset was sent. Final: the first final "
         "covering a phrase after the phrase's last sample was sent (p50/p95 over all phrases of all streams). "
         "Missed: phrases no final covered. WER: finals vs references (Whisper normalizer); offline: malsori "
-        "`Transcriber` on the same concatenated audio. RSS growth: (peak during the run - before) / streams.",
+        "`Transcriber` on the same concatenated audio. RSS growth: (peak during the run - before) / streams; "
+        "per extra session: (peak of the row - peak of the one-stream row) / (streams - 1).",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "|".join("---" for _ in HEADER) + "|",
@@ -507,11 +538,15 @@ def main() -> None:
     parser.add_argument("--wl-venv", type=Path, default=Path(os.environ.get("WL_VENV", "/tmp/wl-venv")))
     parser.add_argument("--no-files", action="store_true", help="skip streaming each test file on its own")
     parser.add_argument("--clips", type=int, help="use only the first N LJ Speech clips (quick runs)")
+    parser.add_argument("--mix", default="lockstep,rotated", help="rows with several streams: lockstep, rotated or both")
     parser.add_argument("--write", action="store_true", help="write the table to docs/benchmarks.md")
     args = parser.parse_args()
 
     log = lambda message: print(message, flush=True)  # noqa: E731
     counts = [int(n) for n in args.streams.split(",") if n.strip()]
+    mixes = tuple(m.strip() for m in args.mix.split(",") if m.strip())
+    if not mixes or set(mixes) - {"lockstep", "rotated"}:
+        sys.exit("--mix takes lockstep, rotated or both")
     wl_counts = [int(n) for n in args.wl_streams.split(",") if n.strip()]
     talk = load_talk(args.clips)
     files = [] if args.no_files else load_files()
@@ -541,7 +576,7 @@ def main() -> None:
             try:
                 log("malsori:")
                 got, file_scores, per_file = run_system("malsori", stream_malsori, url, pid, talk, counts, files,
-                                                        offline_wer, log, dump)
+                                                        offline_wer, log, dump, mixes, args.clips)
                 rows += got
                 file_results["malsori"] = (file_scores, per_file)
             finally:
@@ -554,7 +589,7 @@ def main() -> None:
             try:
                 log("WhisperLive:")
                 got, file_scores, per_file = run_system("WhisperLive 0.10.0", stream_whisperlive, url, server.pid,
-                                                        talk, wl_counts, files, offline_wer, log, dump)
+                                                        talk, wl_counts, files, offline_wer, log, dump, mixes, args.clips)
                 rows += got
                 file_results["WhisperLive 0.10.0"] = (file_scores, per_file)
             finally:
