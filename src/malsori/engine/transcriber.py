@@ -45,6 +45,7 @@ _PAD_FRAMES = 200  # two seconds of silence after the speech; see the module doc
 _FRAME_BUCKET = 50  # encoder lengths are rounded up to 0.5 s so batches share a shape
 _MIN_FRAMES = 500  # encoder inputs under about 4 s loop ("Gothic and Roman" x4 on LJ001-0032's last 1.4 s)
 _MAX_FRAMES = 3000
+_CPU_CHUNK = 1  # windows per encoder or alignment call on the CPU (see Transcriber._encode)
 _MAX_TEXT_TOKENS = 448
 _MAX_RESUMES = 3  # decodes again of one window's rest when Whisper stops early
 _MIN_RESUME_S = 0.5
@@ -414,7 +415,7 @@ class Transcriber:
         from faster_whisper.transcribe import get_suppressed_tokens
 
         feats, n_frames = self._features_for(windows)
-        encoded = self._ct2.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
+        encoded = self._encode(feats)
 
         languages: list[str] = []
         lang_probs: list[float] = []
@@ -558,6 +559,20 @@ class Transcriber:
             flush(duration)
         return [Segment(**{**s.__dict__, "id": n}) for n, s in enumerate(segments)]
 
+    def _encode(self, feats: np.ndarray):
+        """The encoder output of a batch. On the CPU the encoder is compute-bound (a batch costs its
+        windows' sum), so it runs a window at a time: its workspace (attention over every frame)
+        then grows with one window, not with the batch, while the decoder still gets the batch."""
+        import ctranslate2
+
+        if self.device != "cpu" or len(feats) <= _CPU_CHUNK:
+            return self._ct2.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
+        parts = [
+            np.asarray(self._ct2.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[i : i + _CPU_CHUNK])), to_cpu=True))
+            for i in range(0, len(feats), _CPU_CHUNK)
+        ]
+        return ctranslate2.StorageView.from_array(np.concatenate(parts))
+
     def _subset(self, encoded, feats: np.ndarray, indices: list[int]):
         """The encoder output of some windows of a batch: sliced on the CPU, encoded again on a GPU
         (where the output stays in device memory)."""
@@ -575,8 +590,11 @@ class Transcriber:
         for i, tokens in word_jobs:
             by_lang.setdefault(results[i].language, []).append((i, tokens))
         results = list(results)
-        for _, jobs in by_lang.items():
-            idx = [i for i, _ in jobs]
+        # On the CPU alignment runs a window at a time too (see _encode): one forward pass, so a
+        # batch saves little time, while its attention workspace grows with every window.
+        chunk = _CPU_CHUNK if self.device == "cpu" else len(windows)
+        groups = [[i for i, _ in jobs][k : k + chunk] for jobs in by_lang.values() for k in range(0, len(jobs), chunk)]
+        for idx in groups:
             text_tokens = [[t for seg in results[i].segments for t in seg.tokens] for i in idx]
             if idx == list(range(len(windows))):
                 enc = encoded  # every window wants words: reuse the encoder output instead of encoding again

@@ -468,8 +468,7 @@ class StreamingSession:
         limit = request.end / _SR - self.config.max_window_s / 3
         keep = [w for w in words if w.end <= limit]
         if not keep or not self._clean(result):
-            ph_probs_cut = self._cut(ph)  # no usable words: split at the quietest point instead
-            return ph_probs_cut
+            return self._cut(ph)  # no usable words: split at the quietest point instead
         following = words[len(keep)] if len(words) > len(keep) else None
         gap_end = following.start if following is not None else min(limit + 0.5, request.end / _SR)
         return self._split(ph, request, result, keep, gap_end)
@@ -628,7 +627,7 @@ class StreamingSession:
                 settled = settled[-self.config.prompt_chars :]
                 settled = settled.split(" ", 1)[1] if " " in settled else settled
             self._settled = settled if self.config.prompt_chars else ""
-            self._utterance = "" if ph.hard else (self._utterance + " " + text).strip()
+            self._utterance = "" if ph.hard else (self._utterance + " " + text).strip()[-1000:]
         elif ph.hard:
             self._utterance = ""
         # A phrase closed while its predecessor waited may already hold a matching candidate.
