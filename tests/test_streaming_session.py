@@ -397,6 +397,25 @@ def test_finals_only_when_the_transport_says_the_decoder_is_busy():
     assert all(w.fallback for w in decoder.windows), "no partial window was decoded"
 
 
+def test_a_loaded_decoder_still_settles_long_phrases_early():
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett", "kilo", "lima"]
+    audio = tone_speech([0.3, *words, 1.0])
+    for commits in (False, True):
+        session = make_session()
+        decoder, events, n = FakeDecoder(), [], SR // 10
+        for i in range(0, len(audio), n):
+            events += session.feed(audio[i : i + n])
+            if (request := session.next_window(partials=False, commits=commits)) is not None:
+                events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
+        assert " ".join(finals(events)) == " ".join(words)
+        previews = [w for w in decoder.windows if not w.fallback]
+        if commits:  # only word-timed decodes of the phrase's unsettled part past commit_force_s
+            assert previews and all(w.words and len(w.audio) >= 5.0 * SR for w in previews)
+            assert len(finals(events)) > 1, "words were finalized before the pause"
+        else:
+            assert not previews and len(finals(events)) == 1
+
+
 def test_a_speculative_final_is_kept_when_speech_resumes_in_a_long_phrase():
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]
     # 3.7 s of speech, a 0.32 s pause (past pad_s 0.3, short of endpoint_s 0.4), then more speech.

@@ -93,6 +93,11 @@ class LiveRunner:
             return True
         return scheduler.pending(Priority.LIVE) == 0 and scheduler.busy_fraction(5.0) < self.partial_load_limit
 
+    def _no_live_waiting(self) -> bool:
+        """No live window waits for the decoder: room for the decode that settles a long phrase."""
+        scheduler = self.services.scheduler
+        return scheduler is None or scheduler.pending(Priority.LIVE) == 0
+
     def start(self, live: LiveSession) -> None:
         self._wake[live.id] = asyncio.Event()
         self._tasks[live.id] = asyncio.create_task(self._drive(live), name=f"live-{live.id}")
@@ -141,7 +146,7 @@ class LiveRunner:
         state = {"warned": False}
         try:
             while True:
-                request = session.next_window(partials=self._decoder_idle())
+                request = session.next_window(partials=self._decoder_idle(), commits=self._no_live_waiting())
                 for stale in session.superseded():  # a final overtook it: free its place in the queue
                     task = decodes.pop(stale, None)
                     if task is not None:
