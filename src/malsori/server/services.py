@@ -1,13 +1,14 @@
 """What every route of one app shares: settings, the one model, its scheduler, metrics, services.
 
-``create_app`` builds one :class:`Services` per app and stores it on ``app.state.services``; routes
-reach it as ``request.app.state.services`` (HTTP) or ``websocket.app.state.services`` (WebSocket).
-Nothing here is global, so tests can build several apps in one process.
+``create_app`` builds one :class:`Services` per app and stores it on ``app.state.services``. HTTP
+routes take what they need from it as typed FastAPI dependencies (:mod:`malsori.server.deps`);
+WebSocket handlers read ``websocket.app.state.services``. Nothing here is global, so tests can
+build several apps in one process.
 
 The model loads in a worker thread after the app starts (so ``/health`` answers while it loads):
-until then ``transcriber``, ``scheduler`` and ``detectors`` are ``None``. Routes call
-:meth:`Services.require_ready` (raises :class:`NotReadyError`, mapped to 503 with Retry-After or close
-code 1013); background workers ``await services.wait_ready()``.
+until then ``transcriber``, ``scheduler`` and ``detectors`` are ``None``. :meth:`Services.require_ready`
+raises :class:`NotReadyError` (mapped to 503 with Retry-After or close code 1013) until it is loaded;
+background workers ``await services.wait_ready()``.
 """
 
 from __future__ import annotations
@@ -18,17 +19,24 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
-from ..errors import OverloadedError
+from ..errors import InvalidOptionsError, OverloadedError
 
 if TYPE_CHECKING:
     from ..detection import Detectors
     from ..engine.scheduler import DecodeScheduler
     from ..engine.transcriber import Transcriber
+    from ..jobs import JobService
+    from ..streaming.manager import SessionManager
+    from .live import LiveRunner
     from .metrics import Metrics
 
-__all__ = ["Services", "NotReadyError", "ROUTING_MODES", "active_count"]
+__all__ = ["Services", "NotReadyError", "ROUTING_MODES", "MODEL_ALIASES"]
 
 ROUTING_MODES = ("auto", "cpu", "gpu")
+
+MODEL_ALIASES = ("whisper-1",)
+"""Names a request may give as ``model`` besides the served model's own name (OpenAI's clients send
+``whisper-1``). The service has one shared model, and that is what answers to all of them."""
 
 
 class NotReadyError(OverloadedError):
@@ -51,28 +59,27 @@ class Services:
       ``None`` until the model is loaded.
     - ``detectors``: :class:`~malsori.detection.Detectors` (Silero VAD and the Whisper tiny.en
       no-speech detector) for ``POST /detect``; ``None`` until the model is loaded.
-    - ``jobs``: the job service, set by ``jobs_routes.startup``; ``None`` before. /stt/status and
-      /metrics show ``jobs.active_count()`` when it has that method.
-    - ``sessions``: the live-session registry, set by ``streaming_routes.startup``; ``None`` before.
-      /stt/status and /metrics show ``sessions.active_count()`` (or ``len(sessions)``).
-    - ``live_runner``: the streaming decode loops (``malsori.server.live.LiveRunner``), set by
+    - ``jobs``: the :class:`~malsori.jobs.JobService`, set by ``jobs_routes.startup``; ``None`` before.
+    - ``sessions``: the live :class:`~malsori.streaming.manager.SessionManager`, set by
+      ``streaming_routes.startup``; ``None`` before.
+    - ``live_runner``: the streaming decode loops (:class:`~malsori.server.live.LiveRunner`), set by
       ``streaming_routes.startup``; ``None`` before.
     - ``tasks``: background asyncio tasks a routes module started and must stop in its ``shutdown``,
       by name (e.g. ``jobs.start``), so no module keeps state of its own across apps.
-    - ``routing_mode``: ``auto``, ``cpu`` or ``gpu``: where new work should go, toggled by the
-      control panel (see ``set_routing_mode``).
+    - ``routing_mode``: ``auto``, ``cpu`` or ``gpu``, set from the control panel. Kept for when
+      scale-out workers exist; with one engine nothing routes by it (see :meth:`routing`).
     - ``load_error``: why the model failed to load, if it did (shown by /is_ready and /stt/status).
     """
 
     settings: Settings
-    metrics: "Metrics"
+    metrics: Metrics
     started_at: float = field(default_factory=time.time)
-    transcriber: "Transcriber | None" = None
-    scheduler: "DecodeScheduler | None" = None
-    detectors: "Detectors | None" = None
-    jobs: Any = None
-    sessions: Any = None
-    live_runner: Any = None
+    transcriber: Transcriber | None = None
+    scheduler: DecodeScheduler | None = None
+    detectors: Detectors | None = None
+    jobs: JobService | None = None
+    sessions: SessionManager | None = None
+    live_runner: LiveRunner | None = None
     tasks: dict[str, asyncio.Task] = field(default_factory=dict, repr=False)
     routing_mode: str = "auto"
     load_error: str | None = None
@@ -90,7 +97,7 @@ class Services:
         """Return once the model is loaded (for background workers started before that)."""
         await self._ready.wait()
 
-    def require_ready(self) -> tuple["Transcriber", "DecodeScheduler"]:
+    def require_ready(self) -> tuple[Transcriber, DecodeScheduler]:
         """The loaded transcriber and scheduler, or :class:`NotReadyError`."""
         if self.transcriber is None or self.scheduler is None:
             if self.load_error:
@@ -98,36 +105,54 @@ class Services:
             raise NotReadyError("the model is still loading; try again shortly", retry_after=2.0)
         return self.transcriber, self.scheduler
 
+    # -- the served model --------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        """The loaded model's name; while it loads, the name the settings ask for."""
+        return self.transcriber.model_name if self.transcriber is not None else self.settings.engine.model
+
+    def served_model_names(self) -> list[str]:
+        """Every name a request may give as ``model``: the served model's, then the aliases."""
+        return [self.model_name, *MODEL_ALIASES]
+
+    def check_model(self, model: str | None) -> None:
+        """InvalidOptionsError (code ``model_not_found``) unless ``model`` is empty or served here."""
+        if model and model not in self.served_model_names():
+            raise InvalidOptionsError(
+                f"model {model!r} is not served here; use one of {', '.join(self.served_model_names())}",
+                code="model_not_found",
+            )
+
     # -- facts -------------------------------------------------------------------------------------
     @property
     def uptime_s(self) -> float:
         return time.time() - self.started_at
 
     def active_jobs(self) -> int:
-        return active_count(self.jobs)
+        return 0 if self.jobs is None else self.jobs.active_count()
 
     def active_sessions(self) -> int:
-        return active_count(self.sessions)
+        return 0 if self.sessions is None else self.sessions.active_count()
+
+    def engines(self) -> list[dict[str, Any]]:
+        """The engines that can run work: this process's one model (its facts once loaded, what the
+        settings ask for while it loads). Scale-out workers will add theirs here."""
+        engine = self.settings.engine
+        if self.transcriber is None:
+            return [{"model": engine.model, "device": engine.device, "compute_type": engine.compute_type, "ready": False}]
+        t = self.transcriber
+        return [{"model": t.model_name, "device": t.device, "compute_type": t.compute_type, "ready": True}]
+
+    def routing(self) -> str:
+        """What ``routing_mode`` does now, in words, so no control claims to move work it does not.
+        Until scale-out workers add engines, there is one and nothing routes by the mode."""
+        device = self.engines()[0]["device"]
+        return f"single engine: every request runs on this process's model ({device})"
 
     def set_routing_mode(self, mode: str, *, gpu_available: bool) -> None:
-        """Change where new work goes; ``gpu`` is refused (InvalidOptionsError) when there is no GPU."""
-        from ..errors import InvalidOptionsError
-
+        """Record where new work should go; ``gpu`` is refused (InvalidOptionsError) when there is no GPU."""
         if mode not in ROUTING_MODES:
             raise InvalidOptionsError(f"routing mode must be one of {', '.join(ROUTING_MODES)}, not {mode!r}")
         if mode == "gpu" and not gpu_available:
             raise InvalidOptionsError("no GPU is available on this server, so work cannot be routed to one")
         self.routing_mode = mode
-
-
-def active_count(service: Any) -> int:
-    """``service.active_count()``, else ``len(service)``, else 0 (services are optional)."""
-    if service is None:
-        return 0
-    counter = getattr(service, "active_count", None)
-    if callable(counter):
-        return int(counter())
-    try:
-        return len(service)
-    except TypeError:
-        return 0

@@ -1,0 +1,101 @@
+"""What a route needs from the app, as typed FastAPI dependencies (``Annotated[..., Depends]``).
+
+Routes declare their needs as parameters (``services: ReadyDep``, ``jobs: JobsDep``) instead of
+reaching into ``request.app.state``; a need that cannot be met yet (model loading, job service not
+started) raises :class:`~malsori.server.services.NotReadyError` before the route body runs, which
+``server.errors`` maps to 503 with Retry-After like every other error. The connection parameter is
+an ``HTTPConnection``, so WebSocket handlers can take the same dependencies.
+
+- ``ServicesDep``: the app's :class:`Services`, whatever state it is in.
+- ``SettingsDep``: the app's :class:`~malsori.config.Settings`.
+- ``ReadyDep``: the :class:`Services` once the model and its scheduler are loaded (503 before).
+- ``DetectorsDep``: the speech detectors of ``POST /detect`` (503 until the model is loaded).
+- ``JobsDep``: the :class:`~malsori.jobs.JobService` (503 between app construction and startup).
+- ``AdminDep``: a check, for ``dependencies=[AdminDep]``: the ``X-Admin-Key`` header matches
+  ``auth.admin_key`` when one is configured (401 otherwise).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Header
+from starlette.requests import HTTPConnection
+
+from ..config import Settings
+from ..detection import Detectors
+from ..errors import AuthError
+from ..jobs import JobService
+from .services import NotReadyError, Services
+
+__all__ = [
+    "ServicesDep",
+    "SettingsDep",
+    "ReadyDep",
+    "DetectorsDep",
+    "JobsDep",
+    "AdminDep",
+    "get_services",
+    "get_settings",
+    "get_ready",
+    "get_detectors",
+    "get_jobs",
+    "require_admin",
+]
+
+
+def get_services(conn: HTTPConnection) -> Services:
+    services: Services = conn.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_settings(services: ServicesDep) -> Settings:
+    return services.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_ready(services: ServicesDep) -> Services:
+    """The services, once the model can take work; NotReadyError (503) until then."""
+    services.require_ready()
+    return services
+
+
+ReadyDep = Annotated[Services, Depends(get_ready)]
+
+
+def get_detectors(services: ReadyDep) -> Detectors:
+    if services.detectors is None:  # installed with the model, so only if a loader forgot them
+        raise NotReadyError("the speech detectors are not loaded yet; try again shortly", retry_after=2.0)
+    return services.detectors
+
+
+DetectorsDep = Annotated[Detectors, Depends(get_detectors)]
+
+
+def get_jobs(services: ServicesDep) -> JobService:
+    if services.jobs is None:  # only between app construction and startup
+        raise NotReadyError("the job service is starting; try again shortly", retry_after=2.0)
+    return services.jobs
+
+
+JobsDep = Annotated[JobService, Depends(get_jobs)]
+
+
+def require_admin(settings: SettingsDep, x_admin_key: Annotated[str | None, Header()] = None) -> None:
+    """AuthError (401) unless the admin key matches; no check when no key is configured."""
+    expected = settings.auth.admin_key
+    if not expected:
+        return
+    if x_admin_key is None:
+        raise AuthError("changing settings needs the admin key (X-Admin-Key header)")
+    if not secrets.compare_digest(x_admin_key.encode(), expected.encode()):
+        raise AuthError("the admin key is wrong")
+
+
+AdminDep = Depends(require_admin)
