@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-fast bench install clean
+.PHONY: run test test-fast lint typecheck format bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,5 +25,18 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not model and not e2e"
 
+# Static checks; settings in pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: $(STAMP)
+	$(PY) -m ruff check src
+	$(PY) -m ruff format --check src
+
+typecheck: $(STAMP)
+	$(PY) -m mypy src
+
+# Applies what `lint` asks for where it can be done mechanically: safe fixes, then formatting.
+format: $(STAMP)
+	$(PY) -m ruff check --fix src
+	$(PY) -m ruff format src
+
 clean:
-	rm -rf $(VENV) .pytest_cache build dist
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
