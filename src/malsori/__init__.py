@@ -7,6 +7,7 @@ The engine is imported lazily, so ``import malsori`` (and the client) works with
 from __future__ import annotations
 
 import importlib
+import typing  # the module, not its names: `from typing import Any` would make Any a public name of malsori
 
 __version__ = "0.1.0"
 
@@ -34,11 +35,11 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> typing.Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'malsori' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(__all__)

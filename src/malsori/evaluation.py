@@ -62,7 +62,4 @@ def load_manifest(testdata: Path) -> list[TestClip]:
     """The clips of ``shared/testdata/manifest.tsv``."""
     with open(testdata / "manifest.tsv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
-    return [
-        TestClip(testdata / r["path"], r["lang"], r["kind"], float(r["duration_s"]), r["reference"] or "")
-        for r in rows
-    ]
+    return [TestClip(testdata / r["path"], r["lang"], r["kind"], float(r["duration_s"]), r["reference"] or "") for r in rows]

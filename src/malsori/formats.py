@@ -13,7 +13,8 @@ This module needs nothing but the standard library: it reads a transcript's attr
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .errors import InvalidOptionsError
 
@@ -85,7 +86,7 @@ def _cue_text(text: str) -> str:
     return _one_line(text).replace("-->", "->")
 
 
-def _timed_segments(transcript: "Transcript") -> list[tuple[float, float, str]]:
+def _timed_segments(transcript: Transcript) -> list[tuple[float, float, str]]:
     """(start, end, text) of every segment with text, end never before start."""
     out = []
     for seg in transcript.segments:
@@ -96,21 +97,21 @@ def _timed_segments(transcript: "Transcript") -> list[tuple[float, float, str]]:
     return out
 
 
-def _txt(transcript: "Transcript") -> str:
+def _txt(transcript: Transcript) -> str:
     text = _one_line(transcript.text)
     return text + "\n" if text else ""
 
 
-def _json(transcript: "Transcript") -> str:
+def _json(transcript: Transcript) -> str:
     return json.dumps({"text": _one_line(transcript.text)}, ensure_ascii=False) + "\n"
 
 
-def _segment_json(seg: "Segment") -> dict:
+def _segment_json(seg: Segment) -> dict:
     return {
         "id": seg.id,
         # Whisper's `seek` is the mel frame (10 ms) its 30 s window started at; malsori's windows
         # follow the speech instead, so this is the frame the segment itself starts at.
-        "seek": int(round(seg.start * 100)),
+        "seek": round(seg.start * 100),
         "start": round(seg.start, 3),
         "end": round(seg.end, 3),
         "text": seg.text,
@@ -122,7 +123,7 @@ def _segment_json(seg: "Segment") -> dict:
     }
 
 
-def _verbose_json(transcript: "Transcript") -> str:
+def _verbose_json(transcript: Transcript) -> str:
     data: dict = {
         "task": transcript.task,
         "language": transcript.language,
@@ -144,7 +145,7 @@ def _verbose_json(transcript: "Transcript") -> str:
     return json.dumps(data, ensure_ascii=False) + "\n"
 
 
-def _srt(transcript: "Transcript") -> str:
+def _srt(transcript: Transcript) -> str:
     cues = [
         f"{n}\n{format_timestamp(start, ',')} --> {format_timestamp(end, ',')}\n{_cue_text(text)}\n"
         for n, (start, end, text) in enumerate(_timed_segments(transcript), start=1)
@@ -157,7 +158,7 @@ def _vtt_escape(text: str) -> str:
     return _cue_text(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _vtt(transcript: "Transcript") -> str:
+def _vtt(transcript: Transcript) -> str:
     cues = [
         f"{format_timestamp(start)} --> {format_timestamp(end)}\n{_vtt_escape(text)}\n"
         for start, end, text in _timed_segments(transcript)
@@ -165,14 +166,14 @@ def _vtt(transcript: "Transcript") -> str:
     return "WEBVTT\n\n" + "\n".join(cues)
 
 
-def _tsv(transcript: "Transcript") -> str:
+def _tsv(transcript: Transcript) -> str:
     rows = ["start\tend\ttext"]
     for start, end, text in _timed_segments(transcript):
         rows.append(f"{round(start * 1000)}\t{round(end * 1000)}\t{text}")  # text has no tab: _one_line
     return "\n".join(rows) + "\n"
 
 
-_WRITERS: dict[str, Callable[["Transcript"], str]] = {
+_WRITERS: dict[str, Callable[[Transcript], str]] = {
     "txt": _txt,
     "json": _json,
     "verbose_json": _verbose_json,
@@ -182,7 +183,7 @@ _WRITERS: dict[str, Callable[["Transcript"], str]] = {
 }
 
 
-def render(transcript: "Transcript", fmt: str) -> str:
+def render(transcript: Transcript, fmt: str) -> str:
     """``transcript`` written in format ``fmt`` (one of :data:`FORMATS`, or ``text`` for ``txt``).
 
     Raises :class:`InvalidOptionsError` for an unknown format.

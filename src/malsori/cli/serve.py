@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 __all__ = ["register", "serve", "build_settings"]
 
 
 def build_settings(
-    host: Optional[str] = None,
-    port: Optional[int] = None,
-    model: Optional[str] = None,
-    device: Optional[str] = None,
-    compute_type: Optional[str] = None,
-    data_dir: Optional[Path] = None,
-):
+    host: str | None = None,
+    port: int | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    compute_type: str | None = None,
+    data_dir: Path | None = None,
+) -> Settings:
     """Settings from the environment, then the flags that were given on top."""
     from ..config import Settings
 
@@ -38,12 +41,12 @@ def build_settings(
 
 
 def serve(
-    host: Optional[str] = typer.Option(None, help="Address to listen on (default 127.0.0.1)"),
-    port: Optional[int] = typer.Option(None, help="Port to listen on (default 8000)"),
-    model: Optional[str] = typer.Option(None, help="base, tiny.en, a faster-whisper model name or a model directory (default base)"),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default auto)"),
-    compute_type: Optional[str] = typer.Option(None, "--compute-type", help="auto, int8, float16, ... (default auto)"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the database and job files live (default ./data)"),
+    host: str | None = typer.Option(None, help="Address to listen on (default 127.0.0.1)"),
+    port: int | None = typer.Option(None, help="Port to listen on (default 8000)"),
+    model: str | None = typer.Option(None, help="base, tiny.en, a faster-whisper model name or a model directory (default base)"),
+    device: str | None = typer.Option(None, help="auto, cpu or cuda (default auto)"),
+    compute_type: str | None = typer.Option(None, "--compute-type", help="auto, int8, float16, ... (default auto)"),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Where the database and job files live (default ./data)"),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error"),
 ) -> None:
     """Serve the HTTP API, the live WebSocket endpoints and the web page."""

@@ -70,6 +70,6 @@ class JobOptions:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "JobOptions":
+    def from_dict(cls, data: dict) -> JobOptions:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in (data or {}).items() if k in known})

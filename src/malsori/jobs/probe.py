@@ -35,9 +35,7 @@ def probe_audio(path: str | os.PathLike, max_seconds: float) -> float | None:
             elif container.duration is not None:
                 duration = container.duration / av.time_base
             if duration is not None and duration > max_seconds:
-                raise AudioTooLongError(
-                    f"the audio is {duration:.0f} s long, over the limit of {max_seconds:g} s"
-                )
+                raise AudioTooLongError(f"the audio is {duration:.0f} s long, over the limit of {max_seconds:g} s")
             samples = 0
             for n, frame in enumerate(container.decode(stream)):
                 samples += frame.samples

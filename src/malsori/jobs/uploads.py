@@ -7,17 +7,18 @@ before it commits the job row: a job the API accepted always has its audio.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 from ..errors import AudioTooLargeError, EmptyAudioError, InvalidOptionsError
 
 __all__ = ["UploadStore", "UploadSource"]
 
-UploadSource = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
+UploadSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
 _BLOCK = 1 << 20
 
 
@@ -34,38 +35,26 @@ class UploadStore:
     def save(self, job_id: str, source: UploadSource, *, max_bytes: int) -> Path:
         """Write ``source`` (bytes, a path, or a binary file) atomically as the upload of ``job_id``."""
         target = self.path(job_id)
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            reader: BinaryIO = io.BytesIO(bytes(source))
-            close = False
-        elif isinstance(source, (str, os.PathLike)):
+        with contextlib.ExitStack() as stack:
+            reader = _open_source(source, stack)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{job_id}.", suffix=".part", dir=self.root)
             try:
-                reader = open(source, "rb")
-            except OSError as exc:
-                raise InvalidOptionsError(f"cannot read the audio file {os.fspath(source)!r}: {exc.strerror}") from None
-            close = True
-        else:
-            reader, close = source, False
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{job_id}.", suffix=".part", dir=self.root)
-        try:
-            written = 0
-            with os.fdopen(fd, "wb") as out:
-                while block := reader.read(_BLOCK):
-                    written += len(block)
-                    if written > max_bytes:
-                        raise AudioTooLargeError(f"the audio input is over the limit of {max_bytes / 1e6:.1f} MB")
-                    out.write(block)
-                if written == 0:
-                    raise EmptyAudioError("the audio input is empty (0 bytes)")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp_name, target)
-            _fsync_dir(self.root)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        finally:
-            if close:
-                reader.close()
+                written = 0
+                with os.fdopen(fd, "wb") as out:
+                    while block := reader.read(_BLOCK):
+                        written += len(block)
+                        if written > max_bytes:
+                            raise AudioTooLargeError(f"the audio input is over the limit of {max_bytes / 1e6:.1f} MB")
+                        out.write(block)
+                    if written == 0:
+                        raise EmptyAudioError("the audio input is empty (0 bytes)")
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp_name, target)
+                _fsync_dir(self.root)
+            except BaseException:
+                Path(tmp_name).unlink(missing_ok=True)
+                raise
         return target
 
     def delete(self, path: str | os.PathLike | None) -> None:
@@ -79,6 +68,18 @@ class UploadStore:
             leftover.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+def _open_source(source: UploadSource, stack: contextlib.ExitStack) -> BinaryIO:
+    """A binary reader over ``source``; a file opened here is closed when ``stack`` unwinds, a caller's is not."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(source))
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            return stack.enter_context(open(source, "rb"))
+        except OSError as exc:
+            raise InvalidOptionsError(f"cannot read the audio file {os.fspath(source)!r}: {exc.strerror}") from None
+    return source
 
 
 def _fsync_dir(path: Path) -> None:

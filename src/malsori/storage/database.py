@@ -16,7 +16,9 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import sessionmaker, Session
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import InvalidOptionsError
 from .models import Base
@@ -47,12 +49,10 @@ def _require_psycopg() -> None:
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        raise InvalidOptionsError(
-            "a PostgreSQL database needs the psycopg driver: pip install 'malsori[postgres]'"
-        ) from None
+        raise InvalidOptionsError("a PostgreSQL database needs the psycopg driver: pip install 'malsori[postgres]'") from None
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
@@ -64,5 +64,5 @@ def create_tables(engine: Engine) -> None:
     Base.metadata.create_all(engine)
 
 
-def session_factory(engine: Engine) -> "sessionmaker[Session]":
+def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)

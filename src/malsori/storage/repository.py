@@ -4,12 +4,14 @@ process or thread they run in."""
 
 from __future__ import annotations
 
+import builtins
 import enum
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable, Sequence
+from typing import Any, cast, overload
 
-from sqlalchemy import Engine, case, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, Engine, case, func, select, update
 
 from .database import session_factory
 from .models import JobRow
@@ -32,6 +34,10 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+@overload
+def _utc(value: datetime) -> datetime: ...
+@overload
+def _utc(value: None) -> None: ...
 def _utc(value: datetime | None) -> datetime | None:
     # SQLite keeps no time zone: every time we write is UTC, so read it back as UTC.
     if value is None or value.tzinfo is not None:
@@ -67,7 +73,7 @@ class JobRecord:
         return self.state in TERMINAL_STATES
 
     @classmethod
-    def from_row(cls, row: JobRow) -> "JobRecord":
+    def from_row(cls, row: JobRow) -> JobRecord:
         return cls(
             id=row.id,
             state=JobState(row.state),
@@ -111,7 +117,7 @@ class JobRepository:
         state: JobState | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> tuple[list[JobRecord], int]:
+    ) -> tuple[builtins.list[JobRecord], int]:  # builtins: inside the class, `list` is this method
         """Newest first, and the total number of jobs matching the filters."""
         conditions = []
         if tenant_id is not None:
@@ -122,13 +128,8 @@ class JobRepository:
             conditions.append(JobRow.state == JobState(state).value)
         with self._sessions() as session:
             total = session.scalar(select(func.count()).select_from(JobRow).where(*conditions)) or 0
-            rows = session.scalars(
-                select(JobRow)
-                .where(*conditions)
-                .order_by(JobRow.created_at.desc(), JobRow.id)
-                .limit(limit)
-                .offset(offset)
-            ).all()
+            newest_first = select(JobRow).where(*conditions).order_by(JobRow.created_at.desc(), JobRow.id)
+            rows = session.scalars(newest_first.limit(limit).offset(offset)).all()
             return [JobRecord.from_row(r) for r in rows], int(total)
 
     def count(self, *states: JobState) -> int:
@@ -138,7 +139,7 @@ class JobRepository:
                 query = query.where(JobRow.state.in_([JobState(s).value for s in states]))
             return int(session.scalar(query) or 0)
 
-    def unfinished(self) -> list[JobRecord]:
+    def unfinished(self) -> builtins.list[JobRecord]:
         """Queued and running jobs, oldest first (what a restart has to deal with)."""
         with self._sessions() as session:
             rows = session.scalars(
@@ -174,14 +175,20 @@ class JobRepository:
             session.add(row)
         return record
 
-    def _update(self, job_id: str, from_states: Iterable[JobState], extra_where: Sequence = (), **values) -> bool:
+    def _update(
+        self, job_id: str, from_states: Iterable[JobState], extra_where: Sequence[ColumnElement[bool]] = (), **values: Any
+    ) -> bool:
         states = [JobState(s).value for s in from_states]
         with self._sessions.begin() as session:
-            result = session.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.state.in_(states), *extra_where)
-                .values(**values)
-                .execution_options(synchronize_session=False)
+            # An UPDATE gives a CursorResult (it has rowcount); Session.execute is typed for any statement.
+            result = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(JobRow)
+                    .where(JobRow.id == job_id, JobRow.state.in_(states), *extra_where)
+                    .values(**values)
+                    .execution_options(synchronize_session=False)
+                ),
             )
             return result.rowcount == 1
 
@@ -239,7 +246,7 @@ class JobRepository:
 
     def requeue(self, job_id: str, *, from_states: Iterable[JobState] = (JobState.RUNNING,), uncount: bool = False) -> bool:
         """running -> queued; ``uncount`` takes back the attempt (a clean shutdown is not a failure)."""
-        values: dict = {"state": JobState.QUEUED.value, "progress": 0.0, "started_at": None}
+        values: dict[str, Any] = {"state": JobState.QUEUED.value, "progress": 0.0, "started_at": None}
         if uncount:
             values["attempts"] = case((JobRow.attempts > 0, JobRow.attempts - 1), else_=0)
         return self._update(job_id, from_states, **values)
