@@ -113,7 +113,7 @@ def main() -> None:
     tiny = Transcriber(EngineConfig(model="tiny.en"))
     detectors = {
         "silero": SileroDetector(),
-        "whisper": WhisperDetector(lambda window, options: tiny.decode_windows([window], options)[0]),
+        "whisper": WhisperDetector(lambda: tiny),
     }
     positives, negatives = speech(args.testdata), non_speech(args.testdata)
     jfk = decode_audio(args.testdata / "en" / "jfk.flac")

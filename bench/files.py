@@ -6,7 +6,7 @@ English sets of the test data for three ways of transcribing the same decoded ar
 
 - ``faster-whisper``: plain ``WhisperModel(model_dir, device="cpu", compute_type="int8")
   .transcribe(audio, beam_size=5, language=...)``, one file after another (its defaults otherwise);
-- ``malsori batched``: ``Transcriber.transcribe_many`` over all files of a set at once;
+- ``malsori batched``: ``Pipeline(transcriber).transcribe_many`` over all files of a set at once;
 - ``malsori one by one``: ``Transcriber.transcribe`` per file.
 
 Same model directory, beam size, language setting and CPU thread count for all; one warm-up file per
@@ -34,7 +34,7 @@ import numpy as np
 
 from common import DOC, REPO, TESTDATA, cpu_name, replace_block  # noqa: E402  (also puts src/ on sys.path)
 
-from malsori.engine import EngineConfig, Transcriber, TranscribeOptions, decode_audio, resolve_model  # noqa: E402
+from malsori.engine import EngineConfig, Pipeline, Transcriber, TranscribeOptions, decode_audio, resolve_model  # noqa: E402
 from malsori.evaluation import TestClip, corpus_wer, load_manifest  # noqa: E402
 
 SECTION = "## File transcription"
@@ -87,15 +87,15 @@ class Malsori:
 
     def run(self, audios, languages) -> list[str]:
         if self.batched and len(set(languages)) == 1:
-            return [t.text for t in self.t.transcribe_many(audios, self._opts(languages[0]))]
+            return [t.text for t in Pipeline(self.t).transcribe_many(audios, self._opts(languages[0]))]
         if self.batched:  # one batch per language
             out: list[str | None] = [None] * len(audios)
             for lang in dict.fromkeys(languages):
                 idx = [i for i, x in enumerate(languages) if x == lang]
-                for i, t in zip(idx, self.t.transcribe_many([audios[i] for i in idx], self._opts(lang))):
+                for i, t in zip(idx, Pipeline(self.t).transcribe_many([audios[i] for i in idx], self._opts(lang))):
                     out[i] = t.text
             return out  # type: ignore[return-value]
-        return [self.t.transcribe(a, self._opts(lang)).text for a, lang in zip(audios, languages)]
+        return [Pipeline(self.t).transcribe(a, self._opts(lang)).text for a, lang in zip(audios, languages)]
 
 
 def timed(system, audios, languages) -> Run:

@@ -203,10 +203,10 @@ def main() -> None:
     decoder = TimedDecoder(transcriber)
     scheduler = DecodeScheduler(decoder, max_batch=transcriber.config.max_batch_size)
     # Warm up: first calls allocate.
-    from malsori.engine.transcriber import Window
+    from malsori.engine.windows import Window
 
-    scheduler.decode_many([Window(audio[: 3 * SAMPLE_RATE])], config.final_options(), owner="warm")
-    scheduler.decode_many([Window(audio[: 3 * SAMPLE_RATE])], config.partial_options(), owner="warm")
+    scheduler.submit(Window(audio[: 3 * SAMPLE_RATE]), config.final_options(), owner="warm").result()
+    scheduler.submit(Window(audio[: 3 * SAMPLE_RATE]), config.partial_options(), owner="warm").result()
     decoder.log.clear()
 
     async def go():

@@ -553,10 +553,10 @@ def main() -> None:
     model_dir = Path(resolve_model("base"))
     log(f"talk: {talk.duration:.1f} s, {len(talk.phrases)} phrases; {len(files)} files; model {model_dir}")
 
-    from malsori.engine import EngineConfig, TranscribeOptions, Transcriber
+    from malsori.engine import EngineConfig, Pipeline, TranscribeOptions, Transcriber
 
     transcriber = Transcriber(EngineConfig(model="base"))
-    offline = transcriber.transcribe(talk.samples, TranscribeOptions(language="en"))
+    offline = Pipeline(transcriber).transcribe(talk.samples, TranscribeOptions(language="en"))
     offline_wer = corpus_wer([" ".join(p.reference for p in talk.phrases)], [offline.text])
     del transcriber
     log(f"offline WER {100 * offline_wer:.2f}%")

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from malsori.engine import SAMPLE_RATE, AudioLimits, decode_audio, float32_to_pcm16, pcm_to_float32
+from malsori.engine import SAMPLE_RATE, AudioLimits, Pipeline, decode_audio, float32_to_pcm16, pcm_to_float32
 from malsori.errors import (
     AudioError,
     AudioTooLargeError,
@@ -105,7 +105,7 @@ def test_bytes_and_file_objects_decode_like_paths(encoded):
 @pytest.mark.model
 def test_real_model_transcribes_a_compressed_container(encoded, transcriber, manifest):
     reference = next(c.reference for c in manifest if c.path.name == "jfk.flac")
-    transcript = transcriber.transcribe(decode_audio(encoded["ogg"]))  # opus at 48 kHz, resampled
+    transcript = Pipeline(transcriber).transcribe(decode_audio(encoded["ogg"]))  # opus at 48 kHz, resampled
     assert transcript.language == "en"
     assert wer(reference, transcript.text) <= 0.05, transcript.text
 

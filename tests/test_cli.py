@@ -93,13 +93,13 @@ def test_translate_gives_english(shared_model, manifest):
 def test_several_files_into_a_directory(shared_model, transcriber, manifest, jfk, tmp_path, monkeypatch):
     lj = next(c for c in manifest if c.path.name == "LJ001-0002.flac")
     batches = []
-    real = transcriber.transcribe_many
-    monkeypatch.setattr(transcriber, "transcribe_many", lambda audios, *a, **k: batches.append(len(audios)) or real(audios, *a, **k))
+    real = transcriber.decode_windows
+    monkeypatch.setattr(transcriber, "decode_windows", lambda windows, *a, **k: batches.append(len(windows)) or real(windows, *a, **k))
     monkeypatch.setattr(transcribe_cli, "_LONG_AUDIO_S", 0.0)  # show the progress bar even off a terminal
     out = tmp_path / "out"
     result = _cli("transcribe", jfk.path, lj.path, "--format", "vtt", "--output-dir", out, "--beam-size", "3")
     assert result.exit_code == 0, result.output
-    assert batches == [2]  # decoded together
+    assert batches == [2]  # both files' windows decoded in one call
     assert sorted(p.name for p in out.iterdir()) == ["LJ001-0002.vtt", "jfk.vtt"]
     for clip, name in ((jfk, "jfk.vtt"), (lj, "LJ001-0002.vtt")):
         captions = webvtt.read(str(out / name)).captions

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from malsori.engine import EngineConfig, Segment, TranscribeOptions, Transcript, Word, decode_audio
+from malsori.engine import EngineConfig, Pipeline, Segment, TranscribeOptions, Transcript, Word, decode_audio
 from malsori.errors import InvalidOptionsError
 from malsori.evaluation import corpus_wer, normalize, wer
 
@@ -66,7 +66,7 @@ def _clip(manifest, name):
 @pytest.mark.model
 def test_jfk(transcriber, manifest):
     clip = _clip(manifest, "jfk.flac")
-    t = transcriber.transcribe(decode_audio(clip.path))
+    t = Pipeline(transcriber).transcribe(decode_audio(clip.path))
     assert wer(clip.reference, t.text) == 0.0, t.text
     assert t.language == "en" and t.language_probability > 0.9
     assert t.duration == pytest.approx(11.0) and t.processing_time > 0
@@ -77,7 +77,7 @@ def test_jfk(transcriber, manifest):
 @pytest.mark.model
 def test_ljspeech_word_error_rate(transcriber, manifest):
     clips = sorted((c for c in manifest if c.path.parent.name == "ljspeech"), key=lambda c: c.path.name)[:8]
-    results = transcriber.transcribe_many([decode_audio(c.path) for c in clips])
+    results = Pipeline(transcriber).transcribe_many([decode_audio(c.path) for c in clips])
     rate = corpus_wer([c.reference for c in clips], [r.text for r in results])
     # Whisper base int8, beam 5 measured 5.5% on LJ001-0001..0008 (4.9% over all 32 for plain faster-whisper).
     assert rate <= 0.08, [r.text for r in results]
@@ -88,7 +88,7 @@ def test_ljspeech_word_error_rate(transcriber, manifest):
 def test_silence_yields_no_words(transcriber, testdata, vad):
     from malsori.engine import TranscribeOptions
 
-    t = transcriber.transcribe(
+    t = Pipeline(transcriber).transcribe(
         decode_audio(testdata / "silence" / "empty.wav"), TranscribeOptions(vad_filter=vad, word_timestamps=True)
     )
     assert t.segments == () and t.text == "" and t.words == []
@@ -98,7 +98,7 @@ def test_silence_yields_no_words(transcriber, testdata, vad):
 @pytest.mark.model
 def test_language_detection(transcriber, manifest):
     clips = [_clip(manifest, f"test_{lang}.wav") for lang in ("de", "es", "fr")]
-    results = transcriber.transcribe_many([decode_audio(c.path) for c in clips])
+    results = Pipeline(transcriber).transcribe_many([decode_audio(c.path) for c in clips])
     for clip, t in zip(clips, results):
         assert (clip.language, t.language) == (clip.language, clip.language)
         assert t.language_probability > 0.9
@@ -109,7 +109,7 @@ def test_language_detection(transcriber, manifest):
 @pytest.mark.model
 def test_translate_spanish_to_english(transcriber, manifest):
     clip = _clip(manifest, "test_es.wav")  # "Las arenas son blanquecinas de grano medio..."
-    t = transcriber.transcribe(decode_audio(clip.path), TranscribeOptions(task="translate"))
+    t = Pipeline(transcriber).transcribe(decode_audio(clip.path), TranscribeOptions(task="translate"))
     words = set(normalize(t.text).split())
     assert t.task == "translate" and t.language == "es"
     # Outputs seen: "The sand is white, with medium grain and has very little assistance." and, when the
@@ -122,7 +122,7 @@ def test_translate_spanish_to_english(transcriber, manifest):
 @pytest.mark.model
 def test_word_timestamps(transcriber, manifest):
     clip = _clip(manifest, "jfk.flac")
-    t = transcriber.transcribe(decode_audio(clip.path), TranscribeOptions(word_timestamps=True))
+    t = Pipeline(transcriber).transcribe(decode_audio(clip.path), TranscribeOptions(word_timestamps=True))
     words = t.words
     assert normalize("".join(w.word for w in words)) == normalize(clip.reference)
     for w in words:
@@ -140,7 +140,7 @@ def test_per_window_word_timings_in_one_batch(transcriber, manifest):
     """A live batch mixes windows that want word timings (commits) with ones that do not (previews):
     each gets what it asked for, and the same words as when decoded alone (batched int8 arithmetic
     may move a comma)."""
-    from malsori.engine.transcriber import Window
+    from malsori.engine.windows import Window
 
     jfk = decode_audio(_clip(manifest, "jfk.flac").path)
     lj = _ljspeech_clip(manifest)
@@ -170,12 +170,12 @@ def test_english_only_model(manifest):
     tiny = Transcriber(EngineConfig(model="tiny.en"))
     assert not tiny.multilingual
     clip = _clip(manifest, "jfk.flac")
-    t = tiny.transcribe(decode_audio(clip.path))
+    t = Pipeline(tiny).transcribe(decode_audio(clip.path))
     assert t.language == "en" and wer(clip.reference, t.text) <= 0.1, t.text
     with pytest.raises(InvalidOptionsError, match="English-only; it cannot translate"):
-        tiny.transcribe(decode_audio(clip.path), TranscribeOptions(task="translate"))
+        Pipeline(tiny).transcribe(decode_audio(clip.path), TranscribeOptions(task="translate"))
     with pytest.raises(InvalidOptionsError, match="English-only"):
-        tiny.transcribe(decode_audio(clip.path), TranscribeOptions(language="de"))
+        Pipeline(tiny).transcribe(decode_audio(clip.path), TranscribeOptions(language="de"))
 
 
 def test_a_model_that_cannot_load_is_a_model_error():

@@ -8,12 +8,14 @@ from fastapi.testclient import TestClient
 
 from malsori.config import Settings
 from malsori.server.app import create_app
-from test_jobs import FakeTranscriber, GatedDecoder, fake_text
+from test_jobs import GatedDecoder, fake_text
 
 
-class FakeModel(FakeTranscriber, GatedDecoder):
-    """Both halves the app needs: ``transcribe`` for jobs, ``decode_windows`` for the scheduler."""
+class FakeModel(GatedDecoder):
+    """What the app needs of a model: a decoder with the model's facts (jobs plan with the VAD, so jfk.flac
+    is one window whose seconds read "second N")."""
 
+    model_name = "fake-model"
     device = "cpu"
     compute_type = "int8"
     multilingual = True

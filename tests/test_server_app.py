@@ -12,8 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from malsori.config import Settings
-from malsori.engine.audio import SAMPLE_RATE
-from malsori.engine.transcriber import WindowResult
+from malsori.engine.audio import SAMPLE_RATE, decode_audio
+from malsori.engine.decoder import DirectDecoder
+from malsori.engine.windows import WindowResult
 from malsori.engine.types import Segment, Transcript
 from malsori.errors import (
     AudioTooLargeError,
@@ -31,7 +32,7 @@ from malsori.server.errors import http_status, ws_close_code
 from malsori.server.services import NotReadyError
 
 
-class FakeTranscriber:
+class FakeTranscriber(DirectDecoder):
     """Says how many samples each window had; can hold the decoder until released."""
 
     model_name = "fake"
@@ -57,11 +58,8 @@ class FakeTranscriber:
             out.append(WindowResult((seg,), "en", 1.0, 0.01, -0.1, 1.0, 0.0))
         return out
 
-    def transcribe(self, audio, options, progress=None, decode=None):
-        from malsori.engine.transcriber import Window
-
-        results = (decode or self.decode_windows)([Window(audio)], options)
-        return Transcript(results[0].segments, "en", 1.0, len(audio) / SAMPLE_RATE, 0.01, options.task)
+    def check_options(self, options) -> None:
+        pass
 
 
 def _wav(seconds: float = 1.0) -> bytes:
@@ -116,11 +114,16 @@ def test_error_mapping(exc, status, close):
     assert ws_close_code(exc) == close
 
 
-def test_requests_go_through_the_fake_model(client):
-    response = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", _wav(1.0))})
-    assert response.status_code == 200 and response.json() == {"text": "16000 samples"}
-    text = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", _wav(0.5))}, data={"response_format": "text"})
-    assert text.text == "8000 samples\n" and text.headers["content-type"].startswith("text/plain")
+def test_requests_go_through_the_fake_model(client, testdata):
+    # Real speech: the pipeline plans windows with the VAD, and a short clip with speech is one window.
+    path = testdata / "en" / "ljspeech" / "LJ001-0002.flac"
+    samples = len(decode_audio(path))
+    response = client.post("/v1/audio/transcriptions", files={"file": ("a.flac", path.read_bytes())})
+    assert response.status_code == 200 and response.json() == {"text": f"{samples} samples"}
+    text = client.post("/v1/audio/transcriptions", files={"file": ("a.flac", path.read_bytes())}, data={"response_format": "text"})
+    assert text.text == f"{samples} samples\n" and text.headers["content-type"].startswith("text/plain")
+    silence = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", _wav(1.0))})
+    assert silence.status_code == 200 and silence.json() == {"text": ""}  # a tone is no speech: nothing decoded
 
 
 def test_validation_errors_have_the_error_body(client):
@@ -134,7 +137,7 @@ def test_queue_full_is_429_with_retry_after(client, fake):
     services = client.app.state.services
     fake.gate.clear()  # hold the decoder so windows pile up
     from malsori.engine.scheduler import Priority
-    from malsori.engine.transcriber import Window
+    from malsori.engine.windows import Window
     from malsori.engine.options import TranscribeOptions
 
     def hold(i: int):
@@ -162,7 +165,7 @@ def test_concurrent_chunks_are_decoded_in_one_batch(client, fake):
     services = client.app.state.services
     from malsori.engine.options import TranscribeOptions
     from malsori.engine.scheduler import Priority
-    from malsori.engine.transcriber import Window
+    from malsori.engine.windows import Window
 
     # A first window occupies the decoder; three requests queue behind it and go in together.
     first = services.scheduler.submit(Window(np.zeros(1600, np.float32)), TranscribeOptions(beam_size=5, vad_filter=False), owner="first", priority=Priority.REQUEST)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from malsori.engine import MAX_WINDOW_S, SAMPLE_RATE, TranscribeOptions, decode_audio
-from malsori.engine import transcriber as engine
-from malsori.engine.transcriber import plan_windows
+from malsori.engine import MAX_WINDOW_S, SAMPLE_RATE, Pipeline, TranscribeOptions, decode_audio
+from malsori.engine import windows as engine_windows
+from malsori.engine.windows import plan_windows
 from malsori.evaluation import corpus_wer
 
 SR = SAMPLE_RATE
@@ -85,7 +85,7 @@ def test_small_window_limit_never_cuts_before_the_window_start():
 def test_vad_regions_are_merged_up_to_the_limit(monkeypatch):
     regions_s = [(1, 6), (7, 15), (16, 27), (28, 33), (40, 50), (52, 79), (85, 86)]
     regions = [(a * SR, b * SR) for a, b in regions_s]
-    monkeypatch.setattr(engine, "speech_regions", lambda audio: regions)
+    monkeypatch.setattr(engine_windows, "speech_regions", lambda audio: regions)
     windows = plan_windows(np.zeros(90 * SR, dtype=np.float32), vad_filter=True)
     assert [(s / SR, e / SR) for s, e in windows] == [(1, 27), (28, 50), (52, 79), (85, 86)]
     # Every region lies whole inside one window; silence before, between and after windows is dropped.
@@ -94,12 +94,12 @@ def test_vad_regions_are_merged_up_to_the_limit(monkeypatch):
 
 
 def test_vad_drops_an_input_without_speech(monkeypatch):
-    monkeypatch.setattr(engine, "speech_regions", lambda audio: [])
+    monkeypatch.setattr(engine_windows, "speech_regions", lambda audio: [])
     assert plan_windows(np.zeros(5 * SR, dtype=np.float32), vad_filter=True) == []
 
 
 def test_vad_keeps_a_short_input_with_speech_whole(monkeypatch):
-    monkeypatch.setattr(engine, "speech_regions", lambda audio: [(SR // 2, 2 * SR), (3 * SR, 4 * SR)])
+    monkeypatch.setattr(engine_windows, "speech_regions", lambda audio: [(SR // 2, 2 * SR), (3 * SR, 4 * SR)])
     assert plan_windows(np.zeros(5 * SR, dtype=np.float32), vad_filter=True) == [(0, 5 * SR)]
 
 
@@ -128,7 +128,7 @@ def test_vad_windows_on_real_speech_cut_at_pauses(manifest):
 def test_long_input_loses_no_words_at_window_cuts(transcriber, manifest, condition):
     clips = _ljspeech(manifest, 6)  # LJ001-0001..0006: 43 s, so at least two windows
     audio, _ = _concatenate([decode_audio(c.path) for c in clips])
-    t = transcriber.transcribe(audio, TranscribeOptions(language="en", condition_on_previous_text=condition))
+    t = Pipeline(transcriber).transcribe(audio, TranscribeOptions(language="en", condition_on_previous_text=condition))
     reference = " ".join(c.reference for c in clips)
     rate = corpus_wer([reference], [t.text])
     # Measured 2.8% (3 errors in 108 words: "wood cutters", "mentioning") with and without conditioning;

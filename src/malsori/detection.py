@@ -20,7 +20,8 @@ import numpy as np
 
 from .engine.audio import SAMPLE_RATE
 from .engine.options import TranscribeOptions
-from .engine.transcriber import Window, WindowResult
+from .engine.decoder import WindowDecoder, decode_now
+from .engine.windows import Window
 from .errors import EmptyAudioError, InvalidOptionsError
 
 __all__ = [
@@ -127,15 +128,13 @@ class SileroDetector:
         )
 
 
-WindowDecode = Callable[[Window, TranscribeOptions], WindowResult]
-
-
 class WhisperDetector:
     """Speech when Whisper's no-speech probability is under ``1 - threshold`` and it heard words.
 
     One greedy pass without temperature fallback or the engine's own silence filtering, so the raw
-    no-speech probability of the first decoding step decides. ``decode`` decodes one window (the
-    server passes a scheduler over the tiny.en model; tests may pass ``transcriber.decode_windows``).
+    no-speech probability of the first decoding step decides. ``decoder`` gives the
+    :class:`~malsori.engine.decoder.WindowDecoder` of one detection (the server: a lane of a scheduler over
+    the tiny.en model, one owner per call so concurrent calls are batched fairly; tests: the model).
     """
 
     name = "whisper"
@@ -151,15 +150,16 @@ class WhisperDetector:
         condition_on_previous_text=False,
     )
 
-    def __init__(self, decode: WindowDecode) -> None:
-        self._decode = decode
+    def __init__(self, decoder: Callable[[], WindowDecoder]) -> None:
+        self._decoder = decoder
 
     def detect(self, audio: np.ndarray, threshold: float | None = None) -> SpeechDecision:
         threshold = _check(audio, threshold, self.default_threshold)
         started = time.perf_counter()
         duration = len(audio) / SAMPLE_RATE
         # Whisper reads at most 30 s; a longer chunk is judged on its first 30 s.
-        result = self._decode(Window(np.asarray(audio[: 30 * SAMPLE_RATE], dtype=np.float32)), self.options)
+        window = Window(np.asarray(audio[: 30 * SAMPLE_RATE], dtype=np.float32))
+        (result,) = decode_now(self._decoder(), [window], self.options)
         probability = 1.0 - float(result.no_speech_prob)
         text = result.text.strip()
         is_speech = probability >= threshold and bool(text)

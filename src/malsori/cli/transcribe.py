@@ -166,12 +166,12 @@ def _run(config, options, audios):
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from ..engine import SAMPLE_RATE
+    from ..engine import SAMPLE_RATE, Pipeline
 
     console = Console(stderr=True)
     total = sum(len(a) for a in audios) / SAMPLE_RATE
     if not (console.is_terminal or total >= _LONG_AUDIO_S):
-        return _load(config).transcribe_many(audios, options)
+        return Pipeline(_load(config)).transcribe_many(audios, options)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -184,7 +184,7 @@ def _run(config, options, audios):
         job = bar.add_task(f"loading model {config.model}", total=total)
         transcriber = _load(config)
         bar.update(job, description="transcribing")
-        return transcriber.transcribe_many(audios, options, progress=lambda done, _: bar.update(job, completed=done))
+        return Pipeline(transcriber).transcribe_many(audios, options, progress=lambda done, _: bar.update(job, completed=done))
 
 
 def models() -> None:

@@ -1,9 +1,12 @@
 """The engine: audio arrays in, typed transcripts out. Knows Whisper; knows nothing of the web."""
 
+from .decoder import WindowDecoder, decode_async, decode_now
 from .audio import SAMPLE_RATE, AudioLimits, decode_audio, float32_to_pcm16, pcm_to_float32
 from .models import ModelInfo, list_models, resolve_model
 from .options import LANGUAGES, TranscribeOptions
-from .transcriber import MAX_WINDOW_S, EngineConfig, Transcriber, Window, WindowResult, speech_regions
+from .pipeline import Pipeline
+from .transcriber import EngineConfig, Transcriber
+from .windows import MAX_WINDOW_S, Window, WindowResult, speech_regions
 from .types import Segment, Transcript, Word
 
 __all__ = [
@@ -19,6 +22,10 @@ __all__ = [
     "TranscribeOptions",
     "EngineConfig",
     "Transcriber",
+    "WindowDecoder",
+    "decode_now",
+    "decode_async",
+    "Pipeline",
     "Window",
     "WindowResult",
     "MAX_WINDOW_S",

@@ -17,8 +17,9 @@ from typing import Sequence
 import numpy as np
 
 from .audio import SAMPLE_RATE
+from .decoder import DirectDecoder
 from .options import TranscribeOptions
-from .transcriber import Window, WindowResult
+from .windows import Window, WindowResult
 from .types import Segment, Word
 
 __all__ = ["FakeDecoder", "VOCABULARY", "tone_speech", "word_frequency"]
@@ -52,7 +53,7 @@ def tone_speech(script: Sequence[str | float], *, word_s: float = 0.3, gap_s: fl
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
-class FakeDecoder:
+class FakeDecoder(DirectDecoder):
     """``decode_windows`` over tone-burst audio; thread-safe; records the windows it decoded."""
 
     def __init__(self) -> None:

@@ -19,13 +19,14 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Protocol, Sequence
+from typing import Sequence
 
 from ..errors import OverloadedError
+from .decoder import WindowDecoder, decode_now
 from .options import TranscribeOptions
-from .transcriber import Window, WindowResult
+from .windows import Window, WindowResult
 
-__all__ = ["Priority", "WindowDecoder", "DecodeScheduler", "SchedulerStats"]
+__all__ = ["Priority", "DecodeScheduler", "SchedulerLane", "SchedulerStats"]
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,6 @@ class Priority(IntEnum):
     LIVE = 0
     REQUEST = 1
     JOB = 2
-
-
-class WindowDecoder(Protocol):
-    """What the scheduler needs of an engine: the real :class:`Transcriber`, or a fake in tests."""
-
-    def decode_windows(self, windows: Sequence[Window], options: TranscribeOptions) -> list[WindowResult]: ...
 
 
 @dataclass
@@ -66,7 +61,10 @@ class SchedulerStats:
 
 
 class DecodeScheduler:
-    """Thread-safe. ``submit`` from any thread; ``decode`` from asyncio code."""
+    """Thread-safe. ``submit`` from any thread; ``decode`` from asyncio code; ``lane`` for the pipeline.
+
+    ``decoder`` is what does the work (the model, a fake): any :class:`WindowDecoder`.
+    """
 
     def __init__(
         self,
@@ -136,12 +134,31 @@ class DecodeScheduler:
         """Submit and await one window from asyncio code without blocking the event loop."""
         return await asyncio.wrap_future(self.submit(window, options, owner=owner, priority=priority, urgent=urgent))
 
-    def decode_many(
-        self, windows: Sequence[Window], options: TranscribeOptions, *, owner: str, priority: Priority = Priority.JOB
-    ) -> list[WindowResult]:
-        """Blocking: submit several windows and wait for all (what file transcription passes as ``decode``)."""
-        futures = [self.submit(w, options, owner=owner, priority=priority) for w in windows]
-        return [f.result() for f in futures]
+    def submit_all(
+        self, windows: Sequence[Window], options: TranscribeOptions, *, owner: str, priority: Priority = Priority.REQUEST
+    ) -> "list[Future[WindowResult]]":
+        """Queue all windows or none: a caller that does not fit gets OverloadedError before any of its
+        windows is decoded."""
+        with self._cond:
+            room = self.max_pending[priority] - self._counts[priority]
+            if len(windows) > room and not self._closed:
+                raise OverloadedError(
+                    f"the decode queue is full ({self._counts[priority]} {priority.name.lower()} windows waiting)",
+                    retry_after=self.retry_after(),
+                )
+        futures: list[Future] = []
+        try:
+            for window in windows:
+                futures.append(self.submit(window, options, owner=owner, priority=priority))
+        except OverloadedError:
+            for future in futures:
+                future.cancel()
+            raise
+        return futures
+
+    def lane(self, owner: str, priority: Priority = Priority.REQUEST) -> "SchedulerLane":
+        """A :class:`~malsori.engine.decoder.WindowDecoder` whose windows queue here as ``owner``."""
+        return SchedulerLane(self, owner, priority)
 
     # -- facts -------------------------------------------------------------------------------------
     def pending(self, priority: Priority | None = None) -> int:
@@ -241,7 +258,7 @@ class DecodeScheduler:
                 continue
             started = time.perf_counter()
             try:
-                results = self.decoder.decode_windows([item.window for item in batch], batch[0].options)
+                results = decode_now(self.decoder, [item.window for item in batch], batch[0].options)
             except BaseException as exc:  # the error belongs to the callers, not to the worker
                 log.exception("batched decode failed")
                 for item in batch:
@@ -257,3 +274,16 @@ class DecodeScheduler:
                     self._waits.extend((started - item.enqueued) * 1000 for item in batch)
             for item, result in zip(batch, results):
                 item.future.set_result(result)
+
+
+@dataclass(frozen=True)
+class SchedulerLane:
+    """One caller's way into the scheduler: a :class:`WindowDecoder` that queues its windows as
+    ``owner`` at ``priority``, all or none (OverloadedError when they do not fit)."""
+
+    scheduler: DecodeScheduler
+    owner: str
+    priority: Priority = Priority.REQUEST
+
+    def submit(self, windows: Sequence[Window], options: TranscribeOptions) -> "list[Future[WindowResult]]":
+        return self.scheduler.submit_all(windows, options, owner=self.owner, priority=self.priority)

@@ -1,4 +1,8 @@
-"""The Whisper engine: one model per process, many windows per decode.
+"""The Whisper model: one per process, many windows per decode (the engine's :class:`WindowDecoder`).
+
+It decodes windows and nothing else; cutting whole inputs into windows and assembling transcripts is
+the pipeline's work (:mod:`malsori.engine.pipeline`), and sharing the model between callers the
+scheduler's (:mod:`malsori.engine.scheduler`).
 
 faster-whisper's ``transcribe()`` pads every window to Whisper's 30 s and decodes one window at a time.
 Two measured changes make malsori faster on a CPU without losing accuracy (docs/benchmarks.md):
@@ -10,8 +14,6 @@ Two measured changes make malsori faster on a CPU without losing accuracy (docs/
   padded 30 s decode on the test data while the encoder costs a fraction (docs/benchmarks.md).
 - **Batched decoding.** Windows from different inputs (or different streams) are encoded and decoded
   together in one ``generate`` call with a prompt per item, which keeps both CPU cores busy.
-
-Long inputs are cut at pauses found by the Silero VAD into windows of at most ``MAX_WINDOW_S``.
 """
 
 from __future__ import annotations
@@ -23,23 +25,22 @@ import time
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..errors import InvalidOptionsError, ModelError
 from .audio import SAMPLE_RATE
+from .decoder import DirectDecoder
 from .models import resolve_model
 from .options import TranscribeOptions
-from .types import Segment, Transcript, Word
+from .types import Segment, Word
+from .windows import Window, WindowResult, speech_regions
 
-WindowDecode = Callable[[Sequence["Window"], TranscribeOptions], "list[WindowResult]"]
-
-__all__ = ["EngineConfig", "Window", "WindowResult", "Transcriber", "MAX_WINDOW_S", "speech_regions"]
+__all__ = ["EngineConfig", "Transcriber"]
 
 log = logging.getLogger(__name__)
 
-MAX_WINDOW_S = 28.0
 _HOP = 160  # samples per mel frame (10 ms)
 _PAD_FRAMES = 200  # two seconds of silence after the speech; see the module docstring
 _FRAME_BUCKET = 50  # encoder lengths are rounded up to 0.5 s so batches share a shape
@@ -79,88 +80,9 @@ class EngineConfig:
             raise InvalidOptionsError("cpu_threads must be >= 0, num_workers and max_batch_size >= 1")
 
 
-@dataclass(frozen=True)
-class Window:
-    """Up to ``MAX_WINDOW_S`` of 16 kHz mono audio to decode as one piece."""
-
-    audio: np.ndarray
-    offset: float = 0.0
-    """Seconds added to every timestamp of the result."""
-    prompt: str | None = None
-    """Text said before this window (context for the decoder)."""
-    language: str | None = None
-    """Overrides the options' language for this window."""
-    words: bool = False
-    """Time this window's words even when the options do not ask for word timestamps."""
-    fallback: bool = True
-    """Apply the options' temperature fallback to this window; False keeps the first decode (a
-    live preview), so windows that differ only in this share a batch."""
-
-
-@dataclass(frozen=True)
-class WindowResult:
-    segments: tuple[Segment, ...]
-    language: str
-    language_probability: float
-    no_speech_prob: float
-    avg_logprob: float
-    compression_ratio: float
-    temperature: float
-    tokens: tuple[int, ...] = field(default=(), repr=False)
-
-    @property
-    def text(self) -> str:
-        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
-
-
 def compression_ratio(text: str) -> float:
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
-
-
-def speech_regions(audio: np.ndarray, *, min_silence_ms: int = 500, pad_ms: int = 200) -> list[tuple[int, int]]:
-    """Speech regions (start, end sample) by the Silero VAD that faster-whisper ships as ONNX."""
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-    opts = VadOptions(min_silence_duration_ms=min_silence_ms, speech_pad_ms=pad_ms, max_speech_duration_s=MAX_WINDOW_S)
-    return [(r["start"], r["end"]) for r in get_speech_timestamps(audio, opts)]
-
-
-def plan_windows(audio: np.ndarray, vad_filter: bool, max_window_s: float = MAX_WINDOW_S) -> list[tuple[int, int]]:
-    """Cut an input into (start, end) sample ranges of at most ``max_window_s``.
-
-    With the VAD, an input without speech has no windows; a short one with speech is one window; a long
-    one has windows holding speech regions merged up to the limit (the pauses inside a window are kept,
-    so timestamps stay simple offsets) and pure silence between them is dropped. Without it, the whole input
-    is covered and long inputs are cut at the quietest 100 ms in the last five seconds of each window
-    (the last half, for limits under ten seconds).
-    """
-    limit = int(max_window_s * SAMPLE_RATE)
-    if vad_filter:
-        regions = speech_regions(audio)
-        if regions and len(audio) <= limit:
-            # A short input with speech is decoded whole: trimming it to the VAD's regions clipped word
-            # edges ("10 of clubs" became "10 of clothes" on cards_001) and raised WER on the test data.
-            return [(0, len(audio))]
-        windows: list[tuple[int, int]] = []
-        for start, end in regions:
-            if windows and end - windows[-1][0] <= limit:
-                windows[-1] = (windows[-1][0], end)
-            else:
-                windows.append((start, end))
-        return windows
-    windows, start, n = [], 0, len(audio)
-    while n - start > limit:
-        search_from = start + max(limit - 5 * SAMPLE_RATE, limit // 2)
-        frame = SAMPLE_RATE // 10
-        tail = audio[search_from : start + limit]
-        energies = [float(np.mean(tail[i : i + frame] ** 2)) for i in range(0, len(tail) - frame + 1, frame)]
-        cut = search_from + int(np.argmin(energies)) * frame + frame // 2
-        windows.append((start, cut))
-        start = cut
-    if n - start > 0:
-        windows.append((start, n))
-    return windows
 
 
 def _resume_at(tokens: Sequence[int], timestamp_begin: int, duration: float) -> float | None:
@@ -196,8 +118,8 @@ def _token_cap(duration: float) -> int:
     return int(14 * duration + 24)
 
 
-class Transcriber:
-    """One loaded Whisper model, shared by every request and stream of the process.
+class Transcriber(DirectDecoder):
+    """One loaded Whisper model, shared by every request and stream of the process (through the scheduler).
 
     Thread-safe: CTranslate2 runs concurrent calls on its own workers (``num_workers``).
     """
@@ -248,92 +170,8 @@ class Transcriber:
     def languages(self) -> list[str]:
         return list(self._fw.supported_languages)
 
-    # -- whole inputs ------------------------------------------------------------------------------
-    def transcribe(
-        self,
-        audio: np.ndarray,
-        options: TranscribeOptions = TranscribeOptions(),
-        progress: Callable[[float, float], None] | None = None,
-        decode: "WindowDecode | None" = None,
-    ) -> Transcript:
-        """Transcribe one input (any length up to the configured limit)."""
-        return self.transcribe_many([audio], options, progress, decode)[0]
-
-    def transcribe_many(
-        self,
-        audios: Sequence[np.ndarray],
-        options: TranscribeOptions = TranscribeOptions(),
-        progress: Callable[[float, float], None] | None = None,
-        decode: "WindowDecode | None" = None,
-    ) -> list[Transcript]:
-        """Transcribe several inputs, decoding their windows together in batches.
-
-        ``progress(done_seconds, total_seconds)`` is called after each batch. ``decode`` replaces
-        :meth:`decode_windows` (a server passes its shared scheduler's ``decode_many`` so file work
-        queues behind live streams instead of racing them for the CPU).
-        """
-        decode = decode or self.decode_windows
-        started = time.perf_counter()
-        self._check_options(options)
-        plans = [plan_windows(a, options.vad_filter) for a in audios]
-        total = sum(len(a) for a in audios) / SAMPLE_RATE
-        results: list[list[WindowResult | None]] = [[None] * len(p) for p in plans]
-        # Input i's window k may only be decoded after window k-1 when it carries that window's text.
-        sequential = options.condition_on_previous_text
-        cursor = [0] * len(audios)
-        done_s = 0.0
-        while True:
-            batch: list[tuple[int, int]] = []
-            for i, plan in enumerate(plans):
-                ks = [cursor[i]] if sequential else range(cursor[i], len(plan))
-                batch.extend((i, k) for k in ks if k < len(plan))
-            if not batch:
-                break
-            windows = []
-            for i, k in batch:
-                start, end = plans[i][k]
-                prompt = options.initial_prompt
-                if sequential and k > 0:
-                    prev = results[i][k - 1]
-                    if prev is not None and prev.temperature <= 0.5 and prev.text:
-                        prompt = ((prompt + " ") if prompt else "") + prev.text
-                windows.append(Window(audios[i][start:end], offset=start / SAMPLE_RATE, prompt=prompt))
-            decoded = decode(windows, options)
-            for (i, k), result in zip(batch, decoded):
-                results[i][k] = result
-                cursor[i] = max(cursor[i], k + 1)
-            done_s += sum(len(w.audio) for w in windows) / SAMPLE_RATE
-            if progress is not None:
-                progress(min(done_s, total), total)
-        elapsed = time.perf_counter() - started
-        transcripts = []
-        for audio, plan, window_results in zip(audios, plans, results):
-            transcripts.append(self._assemble(audio, plan, window_results, options, elapsed))
-        return transcripts
-
-    def _assemble(self, audio, plan, window_results, options, elapsed) -> Transcript:
-        segments: list[Segment] = []
-        for result in window_results:
-            for seg in result.segments:
-                segments.append(Segment(**{**seg.__dict__, "id": len(segments)}))
-        if window_results:
-            # The language of the window with the most speech stands for the input.
-            best = max(range(len(plan)), key=lambda k: plan[k][1] - plan[k][0])
-            language = window_results[best].language
-            probability = window_results[best].language_probability
-        else:
-            language, probability = options.language or "en", 0.0
-        return Transcript(
-            segments=tuple(segments),
-            language=language,
-            language_probability=probability,
-            duration=len(audio) / SAMPLE_RATE,
-            processing_time=elapsed,
-            task=options.task,
-            duration_after_vad=sum(e - s for s, e in plan) / SAMPLE_RATE,
-        )
-
-    def _check_options(self, options: TranscribeOptions) -> None:
+    def check_options(self, options: TranscribeOptions) -> None:
+        """InvalidOptionsError for what this model cannot do (an English-only model: other languages, translation)."""
         if not self.multilingual:
             if options.language not in (None, "en"):
                 raise InvalidOptionsError(f"model {self.model_name} is English-only; it cannot transcribe {options.language!r}")
@@ -349,7 +187,7 @@ class Transcriber:
         faster-whisper's ``transcribe()`` then decodes again from that timestamp; so does this, for the
         rest of the window when the VAD hears speech in it, and appends what it finds.
         """
-        self._check_options(options)
+        self.check_options(options)
         out = self._decode_sorted(windows, options)
         tails = {i: (w, r) for i, (w, r) in enumerate(zip(windows, out))}
         for _ in range(_MAX_RESUMES):

@@ -6,9 +6,9 @@ Transport-free: the HTTP routes (``malsori.server.jobs_routes``) parse and seria
   (atomically) and checked to be audio before the job row is committed as ``queued``, so an accepted
   job always has its audio. More than ``max_pending`` queued jobs: OverloadedError (429).
 - **Running**: ``workers`` threads (default 1) take jobs in order. Each decodes its audio, then runs
-  ``transcriber.transcribe`` with the shared scheduler's ``decode_many`` at JOB priority, so file work
-  waits behind live streams and short requests instead of racing them for the CPU. Progress is
-  written at most every ``progress_interval_s``. The upload is deleted once the job is finished
+  the engine's pipeline over a JOB lane of the shared scheduler (when the JOB queue is full, it waits
+  for room), so file work waits behind live streams and short requests instead of racing them for the
+  CPU. Progress (each decoded window) is written at most every ``progress_interval_s``. The upload is deleted once the job is finished
   (succeeded, failed or cancelled): the transcript is in the database, and disk use stays bounded.
 - **Cancelling**: a queued job is cancelled at once; a running one at its next progress report (its
   windows already queued are decoded and dropped).
@@ -27,10 +27,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..engine.audio import SAMPLE_RATE, AudioLimits, decode_audio
-from ..engine.scheduler import Priority
+from ..engine.pipeline import Pipeline, Planner
+from ..engine.scheduler import DecodeScheduler, Priority
 from ..errors import ConflictError, MalsoriError, NotFoundError, OverloadedError
 from ..storage import JobRecord, JobRepository, JobState, open_engine, utcnow
 from .options import JobIds, JobOptions
@@ -40,8 +42,8 @@ from .uploads import UploadSource, UploadStore
 if TYPE_CHECKING:
     from ..config import Settings
     from ..engine.options import TranscribeOptions
-    from ..engine.transcriber import Window, WindowResult
     from ..engine.types import Transcript
+    from ..engine.windows import Window, WindowResult
 
 __all__ = ["JobService", "RecoveryReport", "MAX_ATTEMPTS"]
 
@@ -49,16 +51,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 """Starts a job gets before a restart gives up on it."""
-
-
-class JobTranscriber(Protocol):
-    """What a job needs of the engine: the real :class:`~malsori.engine.Transcriber`, or a fake."""
-
-    def transcribe(self, audio, options, progress=None, decode=None) -> "Transcript": ...
-
-
-class WindowScheduler(Protocol):
-    def decode_many(self, windows, options, *, owner: str, priority: Priority = Priority.JOB) -> list: ...
 
 
 @dataclass(frozen=True)
@@ -104,8 +96,8 @@ class JobService:
         self._running: set[str] = set()
         self._admit = threading.Lock()
         self._changed = threading.Condition()
-        self._transcriber: JobTranscriber | None = None
-        self._scheduler: WindowScheduler | None = None
+        self._scheduler: DecodeScheduler | None = None
+        self._plan: Planner | None = None
 
     @classmethod
     def from_settings(cls, settings: "Settings", **overrides) -> "JobService":
@@ -158,11 +150,12 @@ class JobService:
             log.info("job recovery: %d requeued, %d failed, %d cancelled", len(requeued), len(failed), len(cancelled))
         return RecoveryReport(tuple(requeued), tuple(failed), tuple(cancelled))
 
-    def start(self, transcriber: JobTranscriber, scheduler: WindowScheduler) -> None:
-        """Start running queued jobs on ``transcriber`` through ``scheduler`` (once the model is ready)."""
+    def start(self, scheduler: DecodeScheduler, *, plan: Planner | None = None) -> None:
+        """Start running queued jobs through ``scheduler`` (once the model is ready). ``plan`` replaces
+        the pipeline's window planning (tests cut audio into small windows to watch a job step by step)."""
         if self._threads:
             return
-        self._transcriber, self._scheduler = transcriber, scheduler
+        self._scheduler, self._plan = scheduler, plan
         self._threads = [
             threading.Thread(target=self._work, name=f"malsori-job-{n}", daemon=True) for n in range(self.workers)
         ]
@@ -349,7 +342,7 @@ class JobService:
         log.info("job %s %s in %.1f s", job_id, final.state.value if final else "vanished", time.perf_counter() - started)
 
     def _transcribe(self, job: JobRecord) -> "Transcript":
-        assert self._transcriber is not None and self._scheduler is not None
+        assert self._scheduler is not None
         audio = decode_audio(job.upload_path, self.limits)
         self.repository.set_audio_seconds(job.id, len(audio) / SAMPLE_RATE)
         options = JobOptions.from_dict(job.options).transcribe_options()
@@ -365,15 +358,34 @@ class JobService:
                 if not self.repository.set_progress(job.id, done_s / total_s if total_s else 1.0):
                     raise _Stop()  # cancel requested through the database (maybe by another process)
 
-        def decode(windows: "Sequence[Window]", opts: "TranscribeOptions") -> "list[WindowResult]":
-            if job.id in self._cancel or self._stopping.is_set():
-                raise _Stop()
-            while True:
-                try:
-                    return self._scheduler.decode_many(windows, opts, owner=f"job-{job.id}", priority=Priority.JOB)
-                except OverloadedError as exc:
-                    # The JOB queue is full of other jobs' windows: wait for room rather than fail.
-                    if self._stopping.wait(exc.retry_after):
-                        raise _Stop() from None
+        lane = _JobLane(self, self._scheduler, f"job-{job.id}", job.id)
+        pipeline = Pipeline(lane) if self._plan is None else Pipeline(lane, plan=self._plan)
+        return pipeline.transcribe(audio, options, progress)
 
-        return self._transcriber.transcribe(audio, options, progress=progress, decode=decode)
+
+class _JobLane:
+    """A job's :class:`~malsori.engine.decoder.WindowDecoder`: JOB priority, and a full queue is waited
+    out (one window at a time) rather than failing the job; a cancelled or stopping job stops here."""
+
+    def __init__(self, service: JobService, scheduler: DecodeScheduler, owner: str, job_id: str) -> None:
+        self.service, self.scheduler, self.owner, self.job_id = service, scheduler, owner, job_id
+
+    def submit(self, windows: "Sequence[Window]", options: "TranscribeOptions") -> "list[Future[WindowResult]]":
+        futures: list[Future[WindowResult]] = []
+        try:
+            for window in windows:
+                while True:
+                    if self.job_id in self.service._cancel or self.service._stopping.is_set():
+                        raise _Stop()
+                    try:
+                        futures.append(self.scheduler.submit(window, options, owner=self.owner, priority=Priority.JOB))
+                        break
+                    except OverloadedError as exc:
+                        # The JOB queue is full of other jobs' windows: wait for room rather than fail.
+                        if self.service._stopping.wait(exc.retry_after):
+                            raise _Stop() from None
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return futures

@@ -66,12 +66,7 @@ def _build_detectors(services: Services, closers: list):
             max_pending={Priority.REQUEST: settings.limits.max_pending_requests},
         )
         closers.append(scheduler.close)
-
-        def decode(window, options):
-            owner = uuid.uuid4().hex
-            return scheduler.decode_many([window], options, owner=owner, priority=Priority.REQUEST)[0]
-
-        return WhisperDetector(decode)
+        return WhisperDetector(lambda: scheduler.lane(f"detect-{uuid.uuid4().hex[:12]}", Priority.REQUEST))
 
     return Detectors(whisper_factory)
 

@@ -1,27 +1,27 @@
 """What HTTP routes share between parsing and serializing: audio in, model work through the scheduler.
 
-Everything that takes CPU (decoding containers, VAD, the model) runs in worker threads, so the event
-loop keeps answering. Every decode goes through the app's one :class:`DecodeScheduler` at REQUEST
-priority, so concurrent small requests are decoded together in one batch and a full queue turns into
-429 with Retry-After before any work is queued.
+Container decoding and planning (the VAD) run in worker threads; decodes are awaited on the event
+loop, so a request holds no thread while its windows wait. Data flows one way: route → pipeline →
+a REQUEST lane of the app's one :class:`~malsori.engine.scheduler.DecodeScheduler` → model, so
+concurrent small requests are decoded together in one batch and a full queue turns into 429 with
+Retry-After before any work is queued.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from concurrent.futures import Future
-from typing import Sequence
 
 import numpy as np
 from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from ..engine.audio import PCM_ENCODINGS, SAMPLE_RATE, AudioLimits, decode_audio, pcm_to_float32
+from ..engine.decoder import decode_async
 from ..engine.options import TranscribeOptions
-from ..engine.scheduler import DecodeScheduler, Priority
-from ..engine.transcriber import Window, WindowResult
+from ..engine.pipeline import Pipeline
+from ..engine.scheduler import Priority
+from ..engine.windows import Window, WindowResult
 from ..engine.types import Transcript
 from ..errors import AudioTooLongError, EmptyAudioError, InvalidOptionsError, OverloadedError
 from .services import Services
@@ -98,38 +98,15 @@ async def chunk_audio(
     return samples
 
 
-def _submit_all(
-    scheduler: DecodeScheduler, windows: Sequence[Window], options: TranscribeOptions, owner: str
-) -> list[Future]:
-    """Queue all windows or none: a request that does not fit gets 429 before any of it is decoded."""
-    room = scheduler.max_pending[Priority.REQUEST] - scheduler.pending(Priority.REQUEST)
-    if len(windows) > room:
-        raise OverloadedError(
-            f"the request queue is full ({scheduler.pending(Priority.REQUEST)} windows waiting)",
-            retry_after=scheduler.retry_after(),
-        )
-    futures: list[Future] = []
-    try:
-        for window in windows:
-            futures.append(scheduler.submit(window, options, owner=owner, priority=Priority.REQUEST))
-    except OverloadedError:
-        for future in futures:
-            future.cancel()
-        raise
-    return futures
-
-
 async def transcribe(services: Services, audio: np.ndarray, options: TranscribeOptions, *, route: str) -> Transcript:
-    """A whole input (cut at pauses) through the shared scheduler, in a worker thread."""
+    """A whole input through the pipeline over a lane of the shared scheduler: awaited, not blocking a
+    thread; the request's windows are queued all or none (429 before any work when they do not fit)."""
     transcriber, scheduler = services.require_ready()
-    owner = f"request-{uuid.uuid4().hex[:12]}"
-
-    def decode(windows: Sequence[Window], opts: TranscribeOptions) -> list[WindowResult]:
-        return [f.result() for f in _submit_all(scheduler, windows, opts, owner)]
-
+    transcriber.check_options(options)
+    lane = scheduler.lane(_owner(), Priority.REQUEST)
     started = time.perf_counter()
     try:
-        transcript = await run_in_threadpool(transcriber.transcribe, audio, options, None, decode)
+        transcript = await Pipeline(lane).atranscribe(audio, options)
     except OverloadedError:
         services.metrics.rejected.labels("queue_full").inc()
         raise
@@ -142,10 +119,13 @@ async def decode_window(services: Services, window: Window, options: TranscribeO
     _, scheduler = services.require_ready()
     started = time.perf_counter()
     try:
-        futures = _submit_all(scheduler, [window], options, f"request-{uuid.uuid4().hex[:12]}")
+        (result,) = await decode_async(scheduler.lane(_owner(), Priority.REQUEST), [window], options)
     except OverloadedError:
         services.metrics.rejected.labels("queue_full").inc()
         raise
-    result = await asyncio.wrap_future(futures[0])
     services.metrics.observe_inference(route, len(window.audio) / SAMPLE_RATE, time.perf_counter() - started)
     return result
+
+
+def _owner() -> str:
+    return f"request-{uuid.uuid4().hex[:12]}"

@@ -306,7 +306,7 @@ async def startup(services: Services) -> None:
 
     async def start_when_ready() -> None:
         await services.wait_ready()
-        jobs.start(services.transcriber, services.scheduler)
+        jobs.start(services.scheduler)
 
     services.tasks["jobs.start"] = asyncio.create_task(start_when_ready())
 

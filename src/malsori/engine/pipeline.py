@@ -1,0 +1,179 @@
+"""Whole inputs to transcripts: plan windows, decode them through any decoder, assemble the result.
+
+Data flows one way: a caller (the CLI, an HTTP route, a job) builds a :class:`Pipeline` over a
+:class:`~malsori.engine.decoder.WindowDecoder` (the model itself, a lane of the shared scheduler, a
+queue worker) and asks it for transcripts. The pipeline never knows which decoder it has:
+
+1. **plan**: each input is cut into windows (:func:`~malsori.engine.windows.plan_windows`: speech
+   regions by the Silero VAD, merged up to ``MAX_WINDOW_S``);
+2. **decode**: every window of every input is submitted at once, so they share batches (with
+   ``condition_on_previous_text`` an input's windows go one after another, each carrying the text
+   before it); progress is reported as each window completes;
+3. **assemble**: segments renumbered in order, the language of the longest window stands for the input.
+
+``transcribe``/``transcribe_many`` block the calling thread; ``atranscribe``/``atranscribe_many``
+await the decoder's futures on the event loop (planning, which runs the VAD, goes to a thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import replace
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .audio import SAMPLE_RATE
+from .decoder import WindowDecoder
+from .options import TranscribeOptions
+from .types import Segment, Transcript
+from .windows import Window, WindowResult, plan_windows
+
+__all__ = ["Pipeline", "Planner", "Progress"]
+
+Planner = Callable[[np.ndarray, TranscribeOptions], "list[tuple[int, int]]"]
+"""Cuts one input into (start, end) sample ranges to decode."""
+Progress = Callable[[float, float], None]
+"""``progress(done_seconds, total_seconds)``; it may raise to stop the work (its windows are cancelled)."""
+
+
+def _default_plan(audio: np.ndarray, options: TranscribeOptions) -> list[tuple[int, int]]:
+    return plan_windows(audio, options.vad_filter)
+
+
+class _Run:
+    """The planned windows of some inputs, their results so far, and what to submit next."""
+
+    def __init__(self, audios: Sequence[np.ndarray], options: TranscribeOptions, plan: Planner) -> None:
+        self.started = time.perf_counter()
+        self.audios = audios
+        self.options = options
+        self.plans = [plan(a, options) for a in audios]
+        self.results: list[list[WindowResult | None]] = [[None] * len(p) for p in self.plans]
+        self.total_s = sum(len(a) for a in audios) / SAMPLE_RATE
+        self.done_s = 0.0
+        # Input i's window k may only be decoded after window k-1 when it carries that window's text.
+        self.sequential = options.condition_on_previous_text
+        self._next = [0] * len(audios)
+
+    def ready(self) -> list[tuple[tuple[int, int], Window]]:
+        """Windows that can be submitted now (every one, unless each needs the text before it)."""
+        out = []
+        for i, plan in enumerate(self.plans):
+            k = self._next[i]
+            last = k + 1 if self.sequential else len(plan)
+            if k < len(plan) and (not self.sequential or k == 0 or self.results[i][k - 1] is not None):
+                out.extend(((i, j), self._window(i, j)) for j in range(k, min(last, len(plan))))
+                self._next[i] = min(last, len(plan))
+        return out
+
+    def _window(self, i: int, k: int) -> Window:
+        start, end = self.plans[i][k]
+        prompt = self.options.initial_prompt
+        if self.sequential and k > 0:
+            prev = self.results[i][k - 1]
+            if prev is not None and prev.temperature <= 0.5 and prev.text:
+                prompt = ((prompt + " ") if prompt else "") + prev.text
+        return Window(self.audios[i][start:end], offset=start / SAMPLE_RATE, prompt=prompt)
+
+    def accept(self, key: tuple[int, int], window: Window, result: WindowResult) -> None:
+        self.results[key[0]][key[1]] = result
+        self.done_s = min(self.total_s, self.done_s + len(window.audio) / SAMPLE_RATE)
+
+    def assemble(self) -> list[Transcript]:
+        elapsed = time.perf_counter() - self.started
+        return [_assemble(a, p, r, self.options, elapsed) for a, p, r in zip(self.audios, self.plans, self.results)]
+
+
+def _assemble(
+    audio: np.ndarray, plan: list[tuple[int, int]], results: list[WindowResult | None], options: TranscribeOptions, elapsed: float
+) -> Transcript:
+    done = [r for r in results if r is not None]
+    segments: list[Segment] = [replace(seg, id=n) for n, seg in enumerate(s for r in done for s in r.segments)]
+    if done:
+        # The language of the window with the most speech stands for the input.
+        best = results[max(range(len(plan)), key=lambda k: plan[k][1] - plan[k][0])] or done[0]
+        language, probability = best.language, best.language_probability
+    else:
+        language, probability = options.language or "en", 0.0
+    return Transcript(
+        segments=tuple(segments),
+        language=language,
+        language_probability=probability,
+        duration=len(audio) / SAMPLE_RATE,
+        processing_time=elapsed,
+        task=options.task,
+        duration_after_vad=sum(e - s for s, e in plan) / SAMPLE_RATE,
+    )
+
+
+class Pipeline:
+    """Plan, decode through ``decoder``, assemble. Cheap: build one per caller."""
+
+    def __init__(self, decoder: WindowDecoder, *, plan: Planner = _default_plan) -> None:
+        self.decoder = decoder
+        self.plan = plan
+
+    # -- blocking ----------------------------------------------------------------------------------
+    def transcribe(self, audio: np.ndarray, options: TranscribeOptions = TranscribeOptions(), progress: Progress | None = None) -> Transcript:
+        return self.transcribe_many([audio], options, progress)[0]
+
+    def transcribe_many(
+        self, audios: Sequence[np.ndarray], options: TranscribeOptions = TranscribeOptions(), progress: Progress | None = None
+    ) -> list[Transcript]:
+        """Transcribe several inputs whose windows share batches; ``progress`` after each window."""
+        run = _Run(audios, options, self.plan)
+        pending: dict[Future[WindowResult], tuple[tuple[int, int], Window]] = {}
+        try:
+            while True:
+                pending.update(self._submit(run))
+                if not pending:
+                    return run.assemble()
+                finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    key, window = pending.pop(future)
+                    run.accept(key, window, future.result())
+                if progress is not None:
+                    progress(run.done_s, run.total_s)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+    # -- asyncio -----------------------------------------------------------------------------------
+    async def atranscribe(
+        self, audio: np.ndarray, options: TranscribeOptions = TranscribeOptions(), progress: Progress | None = None
+    ) -> Transcript:
+        return (await self.atranscribe_many([audio], options, progress))[0]
+
+    async def atranscribe_many(
+        self, audios: Sequence[np.ndarray], options: TranscribeOptions = TranscribeOptions(), progress: Progress | None = None
+    ) -> list[Transcript]:
+        """As :meth:`transcribe_many`, awaiting the decoder instead of blocking a thread."""
+        run = await asyncio.to_thread(_Run, audios, options, self.plan)
+        pending: dict[asyncio.Future[WindowResult], tuple[Future[WindowResult], tuple[int, int], Window]] = {}
+        try:
+            while True:
+                for future, item in self._submit(run).items():
+                    pending[asyncio.wrap_future(future)] = (future, *item)
+                if not pending:
+                    return run.assemble()
+                finished, _ = await asyncio.wait(list(pending), return_when=asyncio.FIRST_COMPLETED)
+                for waiter in finished:
+                    _, key, window = pending.pop(waiter)
+                    run.accept(key, window, waiter.result())
+                if progress is not None:
+                    progress(run.done_s, run.total_s)
+        except BaseException:
+            for _waiter, (future, _key, _window) in pending.items():
+                future.cancel()
+            raise
+
+    def _submit(self, run: _Run) -> dict[Future[WindowResult], tuple[tuple[int, int], Window]]:
+        ready = run.ready()
+        if not ready:
+            return {}
+        futures = self.decoder.submit([w for _, w in ready], run.options)
+        return {future: item for future, item in zip(futures, ready)}
