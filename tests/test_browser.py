@@ -229,7 +229,7 @@ def test_upload_of_a_non_audio_file_shows_the_servers_reason(page, live_server, 
 
 
 # -- the control panel ----------------------------------------------------------------------------
-def test_panel_shows_the_model_and_refuses_gpu_without_one(page, live_server, artifacts):
+def test_panel_shows_the_model_and_hides_routing_with_one_engine(page, live_server, artifacts):
     from playwright.sync_api import expect
 
     from malsori.server.web_routes import cuda_device_count
@@ -238,20 +238,45 @@ def test_panel_shows_the_model_and_refuses_gpu_without_one(page, live_server, ar
     expect(page.locator("#model")).to_have_text("base", timeout=15_000)
     expect(page.locator("#device")).to_have_text("cpu" if cuda_device_count() == 0 else "cuda")
     expect(page.locator("#compute-type")).not_to_have_text("–")
+    # One process, one model: the panel says so instead of offering a toggle that moves no work.
+    expect(page.locator("#routing")).to_have_text(re.compile(r"^single engine: every request runs on this process's model"))
+    expect(page.locator("#routing-card")).to_be_hidden()
+    expect(page.locator("#mode-auto")).to_be_hidden()
+    page.screenshot(path=str(artifacts / "browser-panel.png"), full_page=True)
+
+
+def test_panel_routing_toggle_once_there_are_two_engines(page, live_server, artifacts):
+    """The toggle is for scale-out: with a status that lists two engines (stubbed in the browser; the
+    server still has one) it appears, and every answer it shows is the real server's."""
+    import json
+
+    from playwright.sync_api import expect
+
+    from malsori.server.web_routes import cuda_device_count
+
+    def two_engines(route):
+        status = route.fetch().json()
+        status["engines"] = [*status["engines"], {**status["engines"][0], "device": "cuda"}]
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(status))
+
+    page.route("**/v1/admin/status", two_engines)
+    page.goto(f"{live_server.url}/panel")
+    expect(page.locator("#routing-card")).to_be_visible(timeout=15_000)
     expect(page.locator("#mode-auto")).to_be_checked()
 
     page.click('label[for="mode-cpu"]')
-    expect(page.locator("#routing-message")).to_contain_text("CPU")
+    message = page.locator("#routing-message")
+    expect(message).to_contain_text("Routing mode set to CPU")
+    expect(message).to_contain_text("single engine")  # the server's own account of what changed
     expect(page.locator("#mode-cpu")).to_be_checked()
 
     page.keyboard.press("ArrowRight")  # keyboard use: the focused radio group moves to GPU
-    message = page.locator("#routing-message")
     if cuda_device_count() == 0:
         expect(message).to_contain_text("no CUDA device")
         expect(page.locator("#mode-cpu")).to_be_checked()  # the toggle shows what is really in force
     else:
         expect(message).to_contain_text("GPU")
-    page.screenshot(path=str(artifacts / "browser-panel.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "browser-panel-routing.png"), full_page=True)
 
     page.click('label[for="mode-auto"]')
     expect(page.locator("#mode-auto")).to_be_checked()

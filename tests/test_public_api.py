@@ -7,7 +7,10 @@ import inspect
 import subprocess
 import sys
 
+import pytest
+
 import malsori
+import malsori.audio_limits
 import malsori.engine
 import malsori.errors
 import malsori.formats
@@ -58,10 +61,25 @@ def test_formats_all():
     assert malsori.formats.InvalidOptionsError is malsori.errors.InvalidOptionsError
 
 
+def test_audio_limits_all():
+    assert _public(malsori.audio_limits) - {"InvalidOptionsError"} == set(malsori.audio_limits.__all__)
+
+
+@pytest.mark.parametrize("rate", [8_000, 16_000, 44_100, 48_000])
+def test_accepted_sample_rates(rate):
+    assert malsori.audio_limits.check_sample_rate(rate) == rate
+
+
+@pytest.mark.parametrize("rate", [7_999, 48_001, 96_000, 192_000, 0, -16_000, 16_000.0, "16000", True, None])
+def test_refused_sample_rates_say_the_range(rate):
+    with pytest.raises(malsori.errors.InvalidOptionsError, match="from 8000 to 48000 Hz"):
+        malsori.audio_limits.check_sample_rate(rate)
+
+
 def test_import_malsori_stays_light():
     """The client and remote commands install without the engine: ``import malsori`` must not load it."""
     code = (
-        "import sys, malsori, malsori.errors, malsori.formats; "
+        "import sys, malsori, malsori.errors, malsori.formats, malsori.audio_limits; "
         "heavy = [m for m in ('malsori.engine', 'faster_whisper', 'ctranslate2', 'av', 'numpy') if m in sys.modules]; "
         "print(','.join(heavy))"
     )

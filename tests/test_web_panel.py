@@ -1,5 +1,6 @@
 """The web routes in-process with a fake model: pages and static files, the panel's status API, the
-routing toggle (admin key, no-GPU refusal). The browser itself is driven in test_browser.py."""
+routing API (admin key, no-GPU refusal, and its honest answer that one engine routes nothing). The
+browser itself is driven in test_browser.py."""
 
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from malsori.config import AuthSettings, Settings
+from malsori.engine.decoder import DirectDecoder
 from malsori.engine.options import TranscribeOptions
 from malsori.engine.scheduler import Priority
-from malsori.engine.transcriber import Window, WindowResult
+from malsori.engine.windows import Window, WindowResult
 from malsori.server import web_routes
 from malsori.server.app import create_app
 
 ADMIN_KEY = "s3cret-admin-key"
 
 
-class HeldDecoder:
+class HeldDecoder(DirectDecoder):
     """A fake model whose decodes wait until the test releases them, so queue depth can be seen."""
 
     model_name = "fake-model"
@@ -111,6 +113,8 @@ def test_status_reports_the_model_and_routing(client, no_gpu):
     assert (status["model"], status["device"], status["compute_type"]) == ("fake-model", "cpu", "int8")
     assert status["ready"] is True
     assert status["routing_mode"] == "auto"
+    assert status["engines"] == [{"model": "fake-model", "device": "cpu", "compute_type": "int8", "ready": True}]
+    assert status["routing"] == "single engine: every request runs on this process's model (cpu)"
     assert status["gpu_available"] is False and status["gpu_count"] == 0
     assert status["admin_key_required"] is False
     assert status["sessions"] == []
@@ -139,8 +143,23 @@ def test_status_shows_queue_depth_while_the_model_is_busy(client, decoder):
 def test_routing_changes_without_a_configured_key(client, no_gpu):
     response = client.put("/v1/admin/routing", json={"mode": "cpu"})
     assert response.status_code == 200
-    assert response.json() == {"routing_mode": "cpu"}
+    assert response.json() == {
+        "routing_mode": "cpu",
+        "engines": [{"model": "fake-model", "device": "cpu", "compute_type": "int8", "ready": True}],
+        # the mode is recorded, and the answer says it moves no work while there is one engine
+        "routing": "single engine: every request runs on this process's model (cpu)",
+    }
     assert client.get("/v1/admin/status").json()["routing_mode"] == "cpu"
+
+
+def test_status_while_the_model_loads_names_the_configured_engine(tmp_path):
+    settings = Settings().model_copy(update={"engine": Settings().engine.model_copy(update={"model": str(tmp_path / "none")})})
+    with TestClient(create_app(settings)) as client:
+        status = client.get("/v1/admin/status").json()
+    (engine,) = status["engines"]
+    assert engine["model"] == str(tmp_path / "none") and engine["ready"] is False
+    assert status["ready"] is False
+    assert status["routing"].startswith("single engine:")
 
 
 def test_gpu_is_refused_with_a_reason_when_no_gpu_is_present(client, no_gpu):

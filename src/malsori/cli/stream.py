@@ -17,6 +17,7 @@ from typing import AsyncIterator, Optional, TextIO
 
 import typer
 
+from ..audio_limits import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from ..client import AsyncStreamClient, ENCODINGS, ErrorEvent, FinalEvent, LanguageEvent, PartialEvent, StreamOptions
 from ..errors import MalsoriError
 
@@ -171,7 +172,8 @@ def stream(
     preset: Optional[str] = typer.Option(None, "--preset", help="low-latency, balanced or accurate"),
     realtime: bool = typer.Option(False, "--realtime", help="Send at real-time pace, as if spoken live"),
     encoding: str = typer.Option("pcm_s16le", "--encoding", help="pcm_s16le or pcm_f32le (stdin and mic)"),
-    sample_rate: int = typer.Option(16000, "--sample-rate", help="Sample rate of stdin or mic audio (Hz)"),
+    sample_rate: int = typer.Option(16000, "--sample-rate", min=MIN_SAMPLE_RATE, max=MAX_SAMPLE_RATE,
+                                    help="Sample rate of stdin or mic audio (Hz)"),
     timestamps: bool = typer.Option(False, "--timestamps", help="Print each final line with its times"),
 ) -> None:
     """Stream audio to a malsori server and print the words as they are recognized."""

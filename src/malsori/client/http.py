@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Mapping, Union
+from typing import IO, Any
 
 import httpx
 
@@ -21,7 +22,7 @@ from .errors import ConnectionFailedError, error_for_code
 
 __all__ = ["Transcription", "TranscriptionSegment", "Job", "HttpClient", "FileInput"]
 
-FileInput = Union[str, os.PathLike, bytes, IO[bytes]]
+FileInput = str | os.PathLike | bytes | IO[bytes]
 
 #: Job states after which a job never changes again (queued and running are the others).
 FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled"})
@@ -43,7 +44,7 @@ class Transcription:
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> "Transcription":
+    def from_json(cls, body: Mapping[str, Any]) -> Transcription:
         segments = tuple(
             TranscriptionSegment(float(s["start"]), float(s["end"]), str(s["text"])) for s in body.get("segments") or ()
         )
@@ -72,7 +73,7 @@ class Job:
         return self.state in FINISHED_STATES
 
     @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> "Job":
+    def from_json(cls, body: Mapping[str, Any]) -> Job:
         result = body.get("result")
         error = body.get("error") or {}
         progress = body.get("progress")
@@ -90,16 +91,35 @@ class Job:
 class HttpClient:
     """``HttpClient("http://127.0.0.1:8000")``; use as a context manager or call :meth:`close`."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, timeout: float = 600.0,
-                 headers: Mapping[str, str] | None = None, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        timeout: float = 600.0,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=dict(headers or {}), transport=transport)
 
-    def transcribe(self, file: FileInput, *, language: str | None = None, task: str = "transcribe",
-                   prompt: str | None = None, model: str = "base", temperature: float | None = None) -> Transcription:
-        """Transcribe (or, with ``task="translate"``, translate to English) one audio file."""
+    def transcribe(
+        self,
+        file: FileInput,
+        *,
+        language: str | None = None,
+        task: str = "transcribe",
+        prompt: str | None = None,
+        model: str | None = None,
+        temperature: float | None = None,
+    ) -> Transcription:
+        """Transcribe (or, with ``task="translate"``, translate to English) one audio file.
+
+        ``model``: leave it out for the model the server serves (whatever its name); a name the
+        server does not serve is refused (``model_not_found``)."""
         if task not in ("transcribe", "translate"):
             raise InvalidOptionsError(f"task must be transcribe or translate, not {task!r}")
-        data: dict[str, Any] = {"model": model, "response_format": "verbose_json"}
+        data: dict[str, Any] = {"response_format": "verbose_json"}
+        if model:
+            data["model"] = model
         if language and task == "transcribe":
             data["language"] = language
         if prompt:
@@ -111,8 +131,15 @@ class HttpClient:
             body = self._request("POST", path, data=data, files={"file": (name, handle)})
         return Transcription.from_json(body)
 
-    def submit_job(self, file: FileInput | None = None, *, audio_url: str | None = None,
-                   language: str | None = None, task: str = "transcribe", **fields: str) -> Job:
+    def submit_job(
+        self,
+        file: FileInput | None = None,
+        *,
+        audio_url: str | None = None,
+        language: str | None = None,
+        task: str = "transcribe",
+        **fields: str,
+    ) -> Job:
         """Queue a long file (or an ``audio_url`` the server may fetch) as a job; returns at once.
 
         ``fields``: tenant_id, meeting_id, user_id, model, prompt, response_format, word_timestamps.
@@ -120,7 +147,7 @@ class HttpClient:
         if (file is None) == (audio_url is None):
             raise InvalidOptionsError("give either a file or an audio_url")
         data = {k: v for k, v in {"language": language, "task": task, **fields}.items() if v is not None}
-        if audio_url is not None:
+        if file is None:
             return Job.from_json(self._request("POST", "/v1/jobs", json={"audio_url": audio_url, **data}))
         with _opened(file) as (name, handle):
             body = self._request("POST", "/v1/jobs", data=data, files={"file": (name, handle)})
@@ -146,7 +173,7 @@ class HttpClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "HttpClient":
+    def __enter__(self) -> HttpClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -178,7 +205,8 @@ class _opened:
     """(name, binary handle) for a path, bytes or an open file; closes only what it opened."""
 
     def __init__(self, file: FileInput) -> None:
-        self._file, self._own = file, None
+        self._file = file
+        self._own: IO[bytes] | None = None
 
     def __enter__(self) -> tuple[str, Any]:
         if isinstance(self._file, (bytes, bytearray)):

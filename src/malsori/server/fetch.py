@@ -1,4 +1,5 @@
-"""Read the audio that /stt/process names: an http(s) URL or a path inside the media directory.
+"""Read the audio an ``audio_url`` names (/stt/process, /v1/jobs): an http(s) URL or a path inside
+the media directory. :func:`load_audio_url` is the one entry point both routes use.
 
 Against server-side request forgery, a URL's host is resolved here and every address it resolves to
 must be public (no private, loopback, link-local, multicast or reserved address) unless
@@ -19,12 +20,26 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import httpx
 
+from ..config import Settings
 from ..errors import AudioTooLargeError, EmptyAudioError, InvalidOptionsError, NotFoundError
 
-__all__ = ["fetch_audio", "read_media_path", "check_address"]
+__all__ = ["load_audio_url", "fetch_audio", "read_media_path", "check_address"]
 
 _MAX_REDIRECTS = 3
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+async def load_audio_url(audio_url: str, settings: Settings) -> bytes | Path:
+    """The bytes an http(s) URL serves (at most the upload limit, public addresses only unless
+    ``server.allow_private_urls``), or else the path of the file it names in ``server.media_dir``.
+    A path is not read here: the decoder (or the job store) reads it and enforces the size limit."""
+    if audio_url.lower().startswith(("http://", "https://")):
+        return await fetch_audio(
+            audio_url,
+            max_bytes=settings.limits.max_upload_bytes,
+            allow_private=settings.server.allow_private_urls,
+        )
+    return read_media_path(audio_url, settings.server.media_dir)
 
 
 def check_address(address: str) -> None:
@@ -73,25 +88,25 @@ async def fetch_audio(url: str, *, max_bytes: int, allow_private: bool) -> bytes
             netloc = f"[{target}]:{port}" if ":" in target else f"{target}:{port}"
             pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
             host_header = host if parts.port is None else f"{host}:{parts.port}"
-            request = client.build_request(
-                "GET", pinned, headers={"Host": host_header}, extensions={"sni_hostname": host}
-            )
+            request = client.build_request("GET", pinned, headers={"Host": host_header}, extensions={"sni_hostname": host})
             try:
                 response = await client.send(request, stream=True)
             except httpx.HTTPError as exc:
-                raise InvalidOptionsError(f"audio_url could not be fetched: {exc.__class__.__name__}: {exc}", code="fetch_failed") from None
+                raise InvalidOptionsError(
+                    f"audio_url could not be fetched: {exc.__class__.__name__}: {exc}", code="fetch_failed"
+                ) from None
             try:
                 if response.is_redirect:
                     location = response.headers.get("location", "")
                     url = str(httpx.URL(url).join(location))
                     continue
                 if response.status_code >= 400:
-                    raise InvalidOptionsError(
-                        f"audio_url answered HTTP {response.status_code}", code="fetch_failed"
-                    )
+                    raise InvalidOptionsError(f"audio_url answered HTTP {response.status_code}", code="fetch_failed")
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise AudioTooLargeError(f"audio_url's file is {int(declared) / 1e6:.1f} MB, over the limit of {max_bytes / 1e6:.1f} MB")
+                    raise AudioTooLargeError(
+                        f"audio_url's file is {int(declared) / 1e6:.1f} MB, over the limit of {max_bytes / 1e6:.1f} MB"
+                    )
                 body = bytearray()
                 try:
                     async for block in response.aiter_bytes():
@@ -99,7 +114,9 @@ async def fetch_audio(url: str, *, max_bytes: int, allow_private: bool) -> bytes
                         if len(body) > max_bytes:
                             raise AudioTooLargeError(f"audio_url's file is over the limit of {max_bytes / 1e6:.1f} MB")
                 except httpx.HTTPError as exc:
-                    raise InvalidOptionsError(f"audio_url could not be read: {exc.__class__.__name__}", code="fetch_failed") from None
+                    raise InvalidOptionsError(
+                        f"audio_url could not be read: {exc.__class__.__name__}", code="fetch_failed"
+                    ) from None
                 if not body:
                     raise EmptyAudioError("audio_url returned an empty body")
                 return bytes(body)

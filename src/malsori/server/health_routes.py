@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from .. import __version__
-from .services import Services
+from .deps import ServicesDep
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["health"])
 
 
-def _services(request: Request) -> Services:
-    return request.app.state.services
-
-
 @router.get("/health", summary="The process is alive (answers while the model loads)")
-async def health(request: Request) -> dict:
-    services = _services(request)
+async def health(services: ServicesDep) -> dict:
     return {"status": "ok", "version": __version__, "uptime_s": round(services.uptime_s, 1)}
 
 
@@ -28,29 +23,29 @@ async def health(request: Request) -> dict:
     summary="The model is loaded and can take work (503 until then)",
     responses={503: {"description": "Not ready yet (model loading) or the model failed to load"}},
 )
-async def is_ready(request: Request) -> JSONResponse:
-    services = _services(request)
+async def is_ready(services: ServicesDep) -> JSONResponse:
     if services.ready:
-        return JSONResponse({"ready": True, "model": services.transcriber.model_name})
+        return JSONResponse({"ready": True, "model": services.model_name})
     reason = f"model failed to load: {services.load_error}" if services.load_error else "model loading"
     return JSONResponse({"ready": False, "reason": reason}, status_code=503, headers={"Retry-After": "2"})
 
 
 @router.get("/stt/status", summary="Model, device, queue depth, active jobs and sessions, uptime")
-async def stt_status(request: Request) -> dict:
-    services = _services(request)
+async def stt_status(services: ServicesDep) -> dict:
     settings = services.settings
     transcriber = services.transcriber
+    engine = services.engines()[0]  # this process's own model comes first
     status: dict = {
         "ready": services.ready,
         "version": __version__,
-        "model": transcriber.model_name if transcriber else settings.engine.model,
-        "device": transcriber.device if transcriber else settings.engine.device,
-        "compute_type": transcriber.compute_type if transcriber else settings.engine.compute_type,
+        "model": engine["model"],
+        "device": engine["device"],
+        "compute_type": engine["compute_type"],
         "multilingual": transcriber.multilingual if transcriber else None,
         "model_load_seconds": round(getattr(transcriber, "load_seconds", 0.0), 3) if transcriber else None,
         "load_error": services.load_error,
         "routing_mode": services.routing_mode,
+        "routing": services.routing(),
         "active_jobs": services.active_jobs(),
         "active_sessions": services.active_sessions(),
         "uptime_s": round(services.uptime_s, 1),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -28,8 +29,10 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import ConflictError, EmptyAudioError, InvalidOptionsError
 from ..formats import CONTENT_TYPES, normalize_format, render
 from ..jobs import JobIds, JobOptions, JobService, transcript_from_dict
+from ..jobs.uploads import UploadSource
 from ..storage import JobRecord, JobState
-from .fetch import fetch_audio, read_media_path
+from .deps import JobsDep, ServicesDep
+from .fetch import load_audio_url
 from .services import Services
 
 __all__ = ["router", "startup", "shutdown", "JobOut", "JobList"]
@@ -41,7 +44,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 StateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ResultFormat = Literal["json", "text", "txt", "srt", "vtt", "verbose_json", "tsv"]
 _ID_PATH = Path(min_length=1, max_length=64, description="The job id")
-_ID_FIELD = dict(default=None, max_length=200)
 
 
 # -- wire shapes -----------------------------------------------------------------------------------
@@ -95,9 +97,9 @@ class JobUrlRequest(BaseModel):
     prompt: str | None = Field(default=None, max_length=2000)
     response_format: ResultFormat = "json"
     word_timestamps: bool = False
-    tenant_id: str | None = Field(**_ID_FIELD)
-    meeting_id: str | None = Field(**_ID_FIELD)
-    user_id: str | None = Field(**_ID_FIELD)
+    tenant_id: str | None = Field(default=None, max_length=200)
+    meeting_id: str | None = Field(default=None, max_length=200)
+    user_id: str | None = Field(default=None, max_length=200)
 
 
 def _job_out(job: JobRecord, *, with_result: bool) -> JobOut:
@@ -123,28 +125,17 @@ def _job_out(job: JobRecord, *, with_result: bool) -> JobOut:
     )
 
 
-def _jobs(request: Request) -> JobService:
-    services: Services = request.app.state.services
-    if services.jobs is None:  # only between app construction and startup
-        from .services import NotReadyError
-
-        raise NotReadyError("the job service is starting; try again shortly", retry_after=2.0)
-    return services.jobs
-
-
-def _served_model_names(services: Services) -> list[str]:
-    from .openai_routes import MODEL_ALIASES
-
-    name = services.transcriber.model_name if services.transcriber else services.settings.engine.model
-    return [name, *MODEL_ALIASES]
-
-
-def _job_options(services: Services, *, language, task, model, prompt, response_format, word_timestamps) -> JobOptions:
-    if model and model not in _served_model_names(services):
-        raise InvalidOptionsError(
-            f"model {model!r} is not served here; use one of {', '.join(_served_model_names(services))}",
-            code="model_not_found",
-        )
+def _job_options(
+    services: Services,
+    *,
+    language: str | None,
+    task: str,
+    model: str | None,
+    prompt: str | None,
+    response_format: str,
+    word_timestamps: bool,
+) -> JobOptions:
+    services.check_model(model)
     return JobOptions(
         language=language,
         task=task,
@@ -156,18 +147,9 @@ def _job_options(services: Services, *, language, task, model, prompt, response_
     )
 
 
-async def _audio_from_url(services: Services, audio_url: str):
-    """Bytes fetched from an http(s) URL, or the path of a file in the media directory."""
-    settings = services.settings
-    if audio_url.lower().startswith(("http://", "https://")):
-        return await fetch_audio(
-            audio_url, max_bytes=settings.limits.max_upload_bytes, allow_private=settings.server.allow_private_urls
-        )
-    return read_media_path(audio_url, settings.server.media_dir)
-
-
-async def _submit(request: Request, source, *, filename: str | None, options: JobOptions, ids: JobIds) -> JSONResponse:
-    jobs = _jobs(request)
+async def _submit(
+    jobs: JobService, source: UploadSource, *, filename: str | None, options: JobOptions, ids: JobIds
+) -> JSONResponse:
     job = await run_in_threadpool(lambda: jobs.submit(source, filename=filename, options=options, ids=ids))
     body = _job_out(job, with_result=False)
     return JSONResponse(body.model_dump(mode="json"), status_code=202, headers={"Location": body.links.self})
@@ -181,14 +163,20 @@ async def _submit(request: Request, source, *, filename: str | None, options: Jo
     summary="Submit a file as a background job",
     openapi_extra={
         "requestBody": {
-            "content": {"application/json": {"schema": JobUrlRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}
+            "content": {
+                "application/json": {"schema": JobUrlRequest.model_json_schema(ref_template="#/components/schemas/{model}")}
+            }
         }
     },
 )
 async def create_job(
     request: Request,
+    services: ServicesDep,
+    jobs: JobsDep,
     file: Annotated[UploadFile | None, File(description="The audio file (any format ffmpeg reads)")] = None,
-    audio_url: Annotated[str | None, Form(max_length=4096, description="Instead of a file: an http(s) URL or a media-directory path")] = None,
+    audio_url: Annotated[
+        str | None, Form(max_length=4096, description="Instead of a file: an http(s) URL or a media-directory path")
+    ] = None,
     language: Annotated[str | None, Form(max_length=16, description="Language code; empty to detect")] = None,
     task: Annotated[Literal["transcribe", "translate"], Form()] = "transcribe",
     model: Annotated[str | None, Form(max_length=200)] = None,
@@ -199,9 +187,8 @@ async def create_job(
     meeting_id: Annotated[str | None, Form(max_length=200)] = None,
     user_id: Annotated[str | None, Form(max_length=200)] = None,
 ) -> JSONResponse:
-    services: Services = request.app.state.services
     if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
-        return await _create_from_json(request, services)
+        return await _create_from_json(request, services, jobs)
     options = _job_options(
         services,
         language=language,
@@ -215,20 +202,22 @@ async def create_job(
     if file is not None and audio_url:
         raise InvalidOptionsError("send either a file or an audio_url, not both")
     if audio_url:
-        source = await _audio_from_url(services, audio_url)
-        return await _submit(request, source, filename=audio_url.rsplit("/", 1)[-1][:200] or None, options=options, ids=ids)
+        source = await load_audio_url(audio_url, services.settings)
+        return await _submit(jobs, source, filename=audio_url.rsplit("/", 1)[-1][:200] or None, options=options, ids=ids)
     if file is None:
         raise EmptyAudioError("no audio was sent: send the file as the multipart field 'file' (or give an audio_url)")
-    return await _submit(request, file.file, filename=file.filename, options=options, ids=ids)
+    return await _submit(jobs, file.file, filename=file.filename, options=options, ids=ids)
 
 
-async def _create_from_json(request: Request, services: Services) -> JSONResponse:
+async def _create_from_json(request: Request, services: Services, jobs: JobService) -> JSONResponse:
     try:
         body = JobUrlRequest.model_validate_json(await request.body())
     except ValidationError as exc:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise InvalidOptionsError(f"invalid JSON body: {where + ': ' if where else ''}{first.get('msg', 'invalid')}") from None
+        errors = exc.errors()
+        if not errors:
+            raise InvalidOptionsError("invalid JSON body") from None
+        where = ".".join(str(p) for p in errors[0]["loc"])
+        raise InvalidOptionsError(f"invalid JSON body: {where + ': ' if where else ''}{errors[0]['msg']}") from None
     options = _job_options(
         services,
         language=body.language,
@@ -238,21 +227,20 @@ async def _create_from_json(request: Request, services: Services) -> JSONRespons
         response_format=body.response_format,
         word_timestamps=body.word_timestamps,
     )
-    source = await _audio_from_url(services, body.audio_url)
+    source = await load_audio_url(body.audio_url, services.settings)
     ids = JobIds(tenant_id=body.tenant_id, meeting_id=body.meeting_id, user_id=body.user_id)
-    return await _submit(request, source, filename=body.audio_url.rsplit("/", 1)[-1][:200] or None, options=options, ids=ids)
+    return await _submit(jobs, source, filename=body.audio_url.rsplit("/", 1)[-1][:200] or None, options=options, ids=ids)
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first")
 async def list_jobs(
-    request: Request,
+    jobs: JobsDep,
     tenant_id: Annotated[str | None, Query(max_length=200)] = None,
     meeting_id: Annotated[str | None, Query(max_length=200)] = None,
     state: Annotated[StateName | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> JobList:
-    jobs = _jobs(request)
     records, total = await run_in_threadpool(
         lambda: jobs.list(tenant_id=tenant_id, meeting_id=meeting_id, state=state, limit=limit, offset=offset)
     )
@@ -260,8 +248,7 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job: state, progress, and its transcript once done")
-async def get_job(request: Request, job_id: Annotated[str, _ID_PATH]) -> JobOut:
-    jobs = _jobs(request)
+async def get_job(jobs: JobsDep, job_id: Annotated[str, _ID_PATH]) -> JobOut:
     return _job_out(await run_in_threadpool(jobs.get, job_id), with_result=True)
 
 
@@ -271,11 +258,10 @@ async def get_job(request: Request, job_id: Annotated[str, _ID_PATH]) -> JobOut:
     responses={200: {"content": {t: {} for t in sorted(set(CONTENT_TYPES.values()))}}, 409: {"description": "Not finished"}},
 )
 async def get_result(
-    request: Request,
+    jobs: JobsDep,
     job_id: Annotated[str, _ID_PATH],
     format: Annotated[ResultFormat | None, Query(description="Default: the job's response_format")] = None,
 ) -> Response:
-    jobs = _jobs(request)
     job = await run_in_threadpool(jobs.get, job_id)
     if job.state is not JobState.SUCCEEDED or job.result is None:
         detail = f": {job.error_message}" if job.state is JobState.FAILED and job.error_message else ""
@@ -290,8 +276,7 @@ async def get_result(
     summary="Cancel a job",
     responses={202: {"description": "Running: it stops at its next progress report"}, 409: {"description": "Already finished"}},
 )
-async def cancel_job(request: Request, job_id: Annotated[str, _ID_PATH]) -> JSONResponse:
-    jobs = _jobs(request)
+async def cancel_job(jobs: JobsDep, job_id: Annotated[str, _ID_PATH]) -> JSONResponse:
     job = await run_in_threadpool(jobs.cancel, job_id)
     status = 200 if job.state is JobState.CANCELLED else 202
     return JSONResponse(_job_out(job, with_result=False).model_dump(mode="json"), status_code=status)
@@ -306,7 +291,8 @@ async def startup(services: Services) -> None:
 
     async def start_when_ready() -> None:
         await services.wait_ready()
-        jobs.start(services.scheduler)
+        _, scheduler = services.require_ready()
+        jobs.start(scheduler)
 
     services.tasks["jobs.start"] = asyncio.create_task(start_when_ready())
 
@@ -323,7 +309,7 @@ async def shutdown(services: Services) -> None:
         jobs.close()
 
 
-def _observer(services: Services):
+def _observer(services: Services) -> Callable[[JobRecord], None]:
     """Count finished jobs' audio and processing time in /metrics, like the request routes do."""
 
     def on_finished(job: JobRecord) -> None:

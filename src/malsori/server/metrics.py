@@ -8,13 +8,16 @@ are read from :class:`~malsori.server.services.Services` when /metrics is scrape
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from .deps import ServicesDep
 
 if TYPE_CHECKING:
     from .services import Services
@@ -62,7 +65,7 @@ class Metrics:
             registry=self.registry,
         )
 
-    def bind(self, services: "Services") -> None:
+    def bind(self, services: Services) -> None:
         """Export the gauges read from ``services`` at scrape time."""
         self.registry.register(_ServiceGauges(services))
 
@@ -75,7 +78,7 @@ class Metrics:
 
 
 class _ServiceGauges(Collector):
-    def __init__(self, services: "Services") -> None:
+    def __init__(self, services: Services) -> None:
         self.services = services
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
@@ -140,6 +143,5 @@ router = APIRouter()
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    services: "Services" = request.app.state.services
+async def metrics(services: ServicesDep) -> Response:
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -7,23 +7,22 @@ service has one shared model, and that is what answers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
 from ..engine.options import TranscribeOptions
-from ..errors import InvalidOptionsError, NotFoundError
+from ..errors import NotFoundError
 from ..formats import render
+from .deps import ReadyDep, ServicesDep
 from .inference import decode_bytes, read_upload, transcribe
 from .services import Services
 
-__all__ = ["router", "MODEL_ALIASES"]
+__all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["openai"])
-
-MODEL_ALIASES = ("whisper-1",)
-"""Names accepted in ``model`` besides the served model's own name."""
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 Granularity = Literal["word", "segment"]
@@ -38,21 +37,8 @@ _MEDIA_TYPES = {
 }
 
 
-def _served_names(services: Services) -> list[str]:
-    name = services.transcriber.model_name if services.transcriber else services.settings.engine.model
-    return [name, *MODEL_ALIASES]
-
-
-def _check_model(services: Services, model: str | None) -> None:
-    if model and model not in _served_names(services):
-        raise InvalidOptionsError(
-            f"model {model!r} is not served here; use one of {', '.join(_served_names(services))}",
-            code="model_not_found",
-        )
-
-
 async def _run(
-    request: Request,
+    services: Services,
     *,
     file: UploadFile,
     model: str | None,
@@ -60,12 +46,11 @@ async def _run(
     prompt: str | None,
     response_format: str,
     temperature: float,
-    granularities: list[str] | None,
+    granularities: Sequence[str] | None,
     task: str,
     route: str,
 ) -> Response:
-    services: Services = request.app.state.services
-    _check_model(services, model)
+    services.check_model(model)
     engine = services.settings.engine
     # temperature 0 means OpenAI's default: start greedy and raise the temperature when a decode
     # looks wrong; a positive value is used as it is.
@@ -78,7 +63,6 @@ async def _run(
         temperatures=temperatures,
         word_timestamps="word" in (granularities or ()),
     )
-    services.require_ready()
     audio = await decode_bytes(services, await read_upload(file))
     transcript = await transcribe(services, audio, options, route=route)
     return Response(render(transcript, response_format), media_type=_MEDIA_TYPES[response_format])
@@ -86,7 +70,7 @@ async def _run(
 
 @router.post("/audio/transcriptions", summary="Transcribe audio (OpenAI-compatible)")
 async def transcriptions(
-    request: Request,
+    services: ReadyDep,
     file: Annotated[UploadFile, File(description="The audio file (any format ffmpeg reads)")],
     model: Annotated[str | None, Form()] = None,
     language: Annotated[str | None, Form(description="ISO-639-1 code; empty to detect")] = None,
@@ -96,7 +80,7 @@ async def transcriptions(
     timestamp_granularities: Annotated[list[Granularity] | None, Form(alias="timestamp_granularities[]")] = None,
 ) -> Response:
     return await _run(
-        request,
+        services,
         file=file,
         model=model,
         language=language,
@@ -111,7 +95,7 @@ async def transcriptions(
 
 @router.post("/audio/translations", summary="Translate audio to English text (OpenAI-compatible)")
 async def translations(
-    request: Request,
+    services: ReadyDep,
     file: Annotated[UploadFile, File(description="The audio file (any format ffmpeg reads)")],
     model: Annotated[str | None, Form()] = None,
     prompt: Annotated[str | None, Form(max_length=2000)] = None,
@@ -119,7 +103,7 @@ async def translations(
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
 ) -> Response:
     return await _run(
-        request,
+        services,
         file=file,
         model=model,
         language=None,
@@ -137,14 +121,12 @@ def _model_card(name: str, started_at: float) -> dict:
 
 
 @router.get("/models", summary="Models this server answers to (OpenAI-compatible)")
-async def models(request: Request) -> dict:
-    services: Services = request.app.state.services
-    return {"object": "list", "data": [_model_card(n, services.started_at) for n in _served_names(services)]}
+async def models(services: ServicesDep) -> dict:
+    return {"object": "list", "data": [_model_card(n, services.started_at) for n in services.served_model_names()]}
 
 
 @router.get("/models/{model_id}", summary="One model (OpenAI-compatible)")
-async def model(request: Request, model_id: str) -> dict:
-    services: Services = request.app.state.services
-    if model_id not in _served_names(services):
+async def model(services: ServicesDep, model_id: str) -> dict:
+    if model_id not in services.served_model_names():
         raise NotFoundError(f"model {model_id!r} is not served here")
     return _model_card(model_id, services.started_at)

@@ -135,8 +135,8 @@ class Services:
         return 0 if self.sessions is None else self.sessions.active_count()
 
     def engines(self) -> list[dict[str, Any]]:
-        """The engines that can run work: this process's one model (its facts once loaded, what the
-        settings ask for while it loads). Scale-out workers will add theirs here."""
+        """The engines that can run work, this process's own model first (its facts once loaded, what
+        the settings ask for while it loads). Scale-out workers will add theirs after it."""
         engine = self.settings.engine
         if self.transcriber is None:
             return [{"model": engine.model, "device": engine.device, "compute_type": engine.compute_type, "ready": False}]

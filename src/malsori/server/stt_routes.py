@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from ..engine.options import TranscribeOptions
 from ..engine.types import Transcript
-from .fetch import fetch_audio, read_media_path
+from .deps import ReadyDep
+from .fetch import load_audio_url
 from .inference import decode_bytes, read_upload, transcribe
 from .services import Services
 
@@ -61,7 +61,9 @@ class ProcessRequest(BaseModel):
     language: str | None = Field(default=None, max_length=16)
 
 
-def _result(transcript: Transcript, *, meeting_id, tenant_id, user_id, started: float) -> SttResult:
+def _result(
+    transcript: Transcript, *, meeting_id: str | None, tenant_id: str | None, user_id: str | None, started: float
+) -> SttResult:
     segments = [
         SttSegment(start=s.start, end=s.end, text=s.text.strip(), speaker=None, confidence=round(s.confidence, 4))
         for s in transcript.segments
@@ -90,7 +92,7 @@ def _options(services: Services, language: str | None) -> TranscribeOptions:
 
 @router.post("/upload", response_model=SttResult, summary="Transcribe an uploaded file (seed-compatible)")
 async def upload(
-    request: Request,
+    services: ReadyDep,
     file: Annotated[UploadFile, File(description="The audio file")],
     meeting_id: Annotated[str | None, Form(max_length=200)] = None,
     tenant_id: Annotated[str | None, Form(max_length=200)] = None,
@@ -98,30 +100,16 @@ async def upload(
     language: Annotated[str | None, Form(max_length=16)] = None,
 ) -> SttResult:
     started = time.perf_counter()
-    services: Services = request.app.state.services
     options = _options(services, language)
-    services.require_ready()
     audio = await decode_bytes(services, await read_upload(file))
     transcript = await transcribe(services, audio, options, route="/stt/upload")
     return _result(transcript, meeting_id=meeting_id, tenant_id=tenant_id, user_id=user_id, started=started)
 
 
 @router.post("/process", response_model=SttResult, summary="Transcribe audio from a URL or media path (seed-compatible)")
-async def process(request: Request, body: ProcessRequest) -> SttResult:
+async def process(services: ReadyDep, body: ProcessRequest) -> SttResult:
     started = time.perf_counter()
-    services: Services = request.app.state.services
-    settings = services.settings
     options = _options(services, body.language)
-    services.require_ready()
-    if body.audio_url.lower().startswith(("http://", "https://")):
-        data = await fetch_audio(
-            body.audio_url,
-            max_bytes=settings.limits.max_upload_bytes,
-            allow_private=settings.server.allow_private_urls,
-        )
-    else:
-        path = read_media_path(body.audio_url, settings.server.media_dir)
-        data = await run_in_threadpool(path.read_bytes) if path.stat().st_size <= settings.limits.max_upload_bytes else path
-    audio = await decode_bytes(services, data)
+    audio = await decode_bytes(services, await load_audio_url(body.audio_url, services.settings))
     transcript = await transcribe(services, audio, options, route="/stt/process")
     return _result(transcript, meeting_id=body.meeting_id, tenant_id=body.tenant_id, user_id=body.user_id, started=started)

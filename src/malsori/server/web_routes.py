@@ -3,27 +3,30 @@
 - ``GET /`` is the live page (microphone captions and file uploads), ``GET /panel`` the control panel;
   both are plain HTML/CSS/JS modules under ``malsori/web/static`` (no build step), served from
   ``/static``.
-- ``GET /v1/admin/status``: model, device, compute type, routing mode, GPU presence, live sessions,
-  queue depth and recent latency, polled by the panel every ~2 s.
-- ``PUT /v1/admin/routing`` ``{"mode": "auto" | "cpu" | "gpu"}``: where new work goes. Needs the
-  ``X-Admin-Key`` header when ``auth.admin_key`` is configured; ``gpu`` is refused when this machine has
-  no CUDA device, with the reason, rather than silently running on the CPU.
+- ``GET /v1/admin/status``: model, device, compute type, the engines and what routing does with them,
+  GPU presence, live sessions, queue depth and recent latency, polled by the panel every ~2 s.
+- ``PUT /v1/admin/routing`` ``{"mode": "auto" | "cpu" | "gpu"}``: records where new work should go.
+  Needs the ``X-Admin-Key`` header when ``auth.admin_key`` is configured; ``gpu`` is refused when this
+  machine has no CUDA device, with the reason. With one engine (this process's model, until scale-out
+  workers exist) nothing routes by the mode: both endpoints say so in ``routing``, and the panel
+  hides the toggle rather than show a control that moves no work.
 
 Errors are raised as :mod:`malsori.errors` classes; the server maps them to statuses in one place.
 """
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from ..errors import AuthError, ConflictError
+from ..errors import ConflictError
+from .deps import AdminDep, ServicesDep
+from .services import Services
 
 __all__ = ["router", "startup", "shutdown", "STATIC_DIR", "RoutingChange", "cuda_device_count"]
 
@@ -37,7 +40,7 @@ router.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 class RoutingChange(BaseModel):
     mode: RoutingMode
-    """auto: GPU when present, else CPU; cpu or gpu: always there."""
+    """auto: GPU when present, else CPU; cpu or gpu: always there (once there is more than one engine)."""
 
 
 def cuda_device_count() -> int:
@@ -45,7 +48,7 @@ def cuda_device_count() -> int:
     import ctranslate2
 
     try:
-        return ctranslate2.get_cuda_device_count()
+        return int(ctranslate2.get_cuda_device_count())
     except RuntimeError:  # a CUDA build on a machine without the driver
         return 0
 
@@ -62,38 +65,7 @@ async def panel_page() -> FileResponse:
 
 
 # -- the panel API --------------------------------------------------------------------------------
-def _check_admin(services: Any, key: str | None) -> None:
-    expected = services.settings.auth.admin_key
-    if not expected:
-        return
-    if key is None:
-        raise AuthError("changing settings needs the admin key (X-Admin-Key header)")
-    if not secrets.compare_digest(key.encode(), expected.encode()):
-        raise AuthError("the admin key is wrong")
-
-
-def _engine_facts(services: Any) -> dict[str, Any]:
-    """The loaded model's facts; while it loads, what the settings ask for."""
-    engine = services.settings.engine
-    transcriber = services.transcriber
-    if transcriber is None:
-        return {
-            "model": engine.model,
-            "device": engine.device,
-            "compute_type": engine.compute_type,
-            "ready": False,
-            "load_error": services.load_error,
-        }
-    return {
-        "model": transcriber.model_name,
-        "device": transcriber.device,
-        "compute_type": transcriber.compute_type,
-        "ready": True,
-        "load_error": None,
-    }
-
-
-def _queue_facts(services: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def _queue_facts(services: Services) -> tuple[dict[str, Any], dict[str, Any]]:
     if services.scheduler is None:
         return {"depth": 0, "pending": {}}, {}
     stats = services.scheduler.stats()
@@ -109,19 +81,22 @@ def _queue_facts(services: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return queue, latency
 
 
-def _session_rows(services: Any) -> list[dict[str, Any]]:
+def _session_rows(services: Services) -> list[dict[str, Any]]:
     """One dict per live session (SessionManager.list(): id, state, language, audio seconds, ...)."""
     return [] if services.sessions is None else list(services.sessions.list())
 
 
 @router.get("/v1/admin/status", tags=["admin"])
-async def admin_status(request: Request) -> dict[str, Any]:
+async def admin_status(services: ServicesDep) -> dict[str, Any]:
     """What the control panel shows; cheap enough to poll every couple of seconds."""
-    services = request.app.state.services
     gpus = cuda_device_count()
     queue, latency = _queue_facts(services)
+    engines = services.engines()
     return {
-        **_engine_facts(services),
+        **engines[0],  # this process's model: model, device, compute_type, ready
+        "load_error": services.load_error,
+        "engines": engines,
+        "routing": services.routing(),
         "routing_mode": services.routing_mode,
         "gpu_available": gpus > 0,
         "gpu_count": gpus,
@@ -135,15 +110,10 @@ async def admin_status(request: Request) -> dict[str, Any]:
     }
 
 
-@router.put("/v1/admin/routing", tags=["admin"])
-async def set_routing(
-    change: RoutingChange,
-    request: Request,
-    x_admin_key: str | None = Header(default=None),
-) -> dict[str, Any]:
-    """Choose where new work goes. Work already running stays where it is."""
-    services = request.app.state.services
-    _check_admin(services, x_admin_key)
+@router.put("/v1/admin/routing", tags=["admin"], dependencies=[AdminDep])
+async def set_routing(change: RoutingChange, services: ServicesDep) -> dict[str, Any]:
+    """Record where new work should go (work already running stays where it is). The answer's
+    ``routing`` says what that changes now: nothing while this process's model is the one engine."""
     gpu_available = cuda_device_count() > 0
     # 409 with the reason (the panel shows it); Services.set_routing_mode keeps the same rule.
     if change.mode == "gpu" and not gpu_available:
@@ -152,14 +122,14 @@ async def set_routing(
             code="gpu_unavailable",
         )
     services.set_routing_mode(change.mode, gpu_available=gpu_available)
-    return {"routing_mode": services.routing_mode}
+    return {"routing_mode": services.routing_mode, "engines": services.engines(), "routing": services.routing()}
 
 
 # -- lifecycle ------------------------------------------------------------------------------------
-async def startup(services: Any) -> None:
+async def startup(services: Services) -> None:
     if not (STATIC_DIR / "index.html").is_file():
         raise RuntimeError(f"the web page files are missing from {STATIC_DIR} (broken install?)")
 
 
-async def shutdown(services: Any) -> None:
+async def shutdown(services: Services) -> None:
     return None

@@ -1,4 +1,6 @@
-// The control panel: polls GET /v1/admin/status every 2 s; the routing toggle calls
+// The control panel: polls GET /v1/admin/status every 2 s and shows what routing does in the
+// server's own words. The routing toggle appears only when the status lists more than one engine
+// (a single process has one model, so there is nothing to route between); it calls
 // PUT /v1/admin/routing and shows the server's reason when it refuses (no GPU, wrong admin key).
 
 const POLL_MS = 2000;
@@ -84,6 +86,8 @@ function render(data) {
   $("compute-type").textContent = data.compute_type;
   $("gpu").textContent = data.gpu_available ? `${data.gpu_count} CUDA device${data.gpu_count === 1 ? "" : "s"}` : "none present";
   $("uptime").textContent = formatDuration(data.uptime_s);
+  $("routing").textContent = data.routing || "–";
+  $("routing-card").hidden = (data.engines || []).length < 2;
   $("admin-key-box").hidden = !data.admin_key_required;
   if (!changing) {
     const radio = $(`mode-${data.routing_mode}`);
@@ -144,7 +148,9 @@ async function changeRouting(mode) {
       return;
     }
     if (status) status.routing_mode = body.routing_mode;
-    showRoutingMessage(`New work now goes to: ${body.routing_mode.toUpperCase()}`, "ok");
+    $("routing").textContent = body.routing;
+    // The server's own words say what the mode changes (nothing while one engine does all the work).
+    showRoutingMessage(`Routing mode set to ${body.routing_mode.toUpperCase()}. ${body.routing}`, "ok");
   } catch (err) {
     showRoutingMessage(`Not changed: ${err.message}`, "bad");
   } finally {
