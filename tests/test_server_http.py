@@ -340,6 +340,7 @@ def test_stt_status_fields(http):
     assert set(status["queue_depth"]) == {"live", "request", "job"}
     assert status["uptime_s"] > 0 and status["model_load_seconds"] > 0
     assert status["routing_mode"] == "auto"
+    assert status["routing"] == "single engine: every request runs on this process's model (cpu)"
 
 
 def test_metrics_count_requests_audio_and_queue(http, testdata):
