@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from .engine.audio import SAMPLE_RATE
-from .engine.options import TranscribeOptions
 from .engine.decoder import WindowDecoder, decode_now
+from .engine.options import TranscribeOptions
 from .engine.windows import Window
 from .errors import EmptyAudioError, InvalidOptionsError
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -58,27 +57,31 @@ def _limit_hint(exc: MalsoriError) -> str:
 def _output_paths(files: list[Path], output_dir: Path, fmt: str) -> list[Path]:
     paths = [output_dir / f"{f.stem}.{EXTENSIONS[fmt]}" for f in files]
     seen: dict[Path, Path] = {}
-    for source, target in zip(files, paths):
+    for source, target in zip(files, paths, strict=True):
         if target in seen:
-            raise typer.BadParameter(
-                f"{seen[target]} and {source} would both be written to {target}", param_hint="FILE"
-            )
+            raise typer.BadParameter(f"{seen[target]} and {source} would both be written to {target}", param_hint="FILE")
         seen[target] = source
     return paths
 
 
 def transcribe(
-    files: List[Path] = typer.Argument(..., metavar="FILE", help="Audio or video files (WAV, MP3, M4A, FLAC, OGG, WebM, MP4...).", show_default=False),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="base, tiny.en, a faster-whisper model name or a local CTranslate2 directory. Default: base."),
-    language: Optional[str] = typer.Option(None, "--language", "-l", help="Spoken language code (en, de, ...). Default: detect."),
+    files: list[Path] = typer.Argument(
+        ..., metavar="FILE", help="Audio or video files (WAV, MP3, M4A, FLAC, OGG, WebM, MP4...).", show_default=False
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="base, tiny.en, a faster-whisper model name or a local CTranslate2 directory. Default: base."
+    ),
+    language: str | None = typer.Option(None, "--language", "-l", help="Spoken language code (en, de, ...). Default: detect."),
     task: str = typer.Option("transcribe", "--task", callback=_check_task, help="transcribe, or translate to English."),
     fmt: str = typer.Option("txt", "--format", "-f", callback=_check_format, help=f"Output format: {', '.join(FORMATS)}."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", file_okay=False, help="Write FILE-stem.EXT here instead of printing to stdout."),
+    output_dir: Path | None = typer.Option(
+        None, "--output-dir", "-o", file_okay=False, help="Write FILE-stem.EXT here instead of printing to stdout."
+    ),
     word_timestamps: bool = typer.Option(False, "--word-timestamps", help="Time every word (verbose_json lists them)."),
-    beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, max=20, help="Beam width. Default: 5."),
+    beam_size: int | None = typer.Option(None, "--beam-size", min=1, max=20, help="Beam width. Default: 5."),
     vad: bool = typer.Option(True, "--vad/--no-vad", help="Skip non-speech with the Silero VAD."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda. Default: auto."),
-    compute_type: Optional[str] = typer.Option(None, "--compute-type", help="auto, int8, float16, ... Default: auto."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda. Default: auto."),
+    compute_type: str | None = typer.Option(None, "--compute-type", help="auto, int8, float16, ... Default: auto."),
 ) -> None:
     """Transcribe audio files with the local Whisper engine."""
     try:
@@ -127,15 +130,15 @@ def transcribe(
         raise _engine_missing(exc) from None
 
     if targets is None:
-        for path, transcript in zip(files, transcripts):
+        for path, transcript in zip(files, transcripts, strict=True):
             if len(files) > 1:  # the `head` convention, so several transcripts stay apart
                 sys.stdout.write(f"==> {path} <==\n")
             sys.stdout.write(render(transcript, fmt))
         sys.stdout.flush()
         return
-    for target, transcript in zip(targets, transcripts):
+    for target, transcript in zip(targets, transcripts, strict=True):
         try:
-            output_dir.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(render(transcript, fmt), encoding="utf-8")
         except OSError as exc:
             raise _fail(f"cannot write {target}: {exc.strerror or exc}") from None
@@ -149,9 +152,7 @@ def _settings(settings_class):
     try:
         return settings_class()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"MALSORI__{'__'.join(str(part) for part in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"MALSORI__{'__'.join(str(part) for part in e['loc']).upper()}: {e['msg']}" for e in exc.errors())
         raise _fail(f"invalid setting {problems}") from None
 
 

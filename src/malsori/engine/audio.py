@@ -10,7 +10,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 
@@ -35,7 +35,7 @@ __all__ = [
 SAMPLE_RATE = 16_000
 PCM_ENCODINGS = ("pcm_s16le", "pcm_f32le")
 
-AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+AudioSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,7 @@ def decode_audio(source: AudioSource, limits: AudioLimits = AudioLimits()) -> np
     if size == 0:
         raise EmptyAudioError("the audio input is empty (0 bytes)")
     if size is not None and size > limits.max_bytes:
-        raise AudioTooLargeError(
-            f"the audio input is {size / 1e6:.1f} MB, over the limit of {limits.max_bytes / 1e6:.1f} MB"
-        )
+        raise AudioTooLargeError(f"the audio input is {size / 1e6:.1f} MB, over the limit of {limits.max_bytes / 1e6:.1f} MB")
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
     elif isinstance(source, os.PathLike):
@@ -98,9 +96,7 @@ def decode_audio(source: AudioSource, limits: AudioLimits = AudioLimits()) -> np
                     chunks.append(chunk)
                     total += chunk.size
                 if total > max_samples:
-                    raise AudioTooLongError(
-                        f"the audio is longer than the limit of {limits.max_seconds:g} s"
-                    )
+                    raise AudioTooLongError(f"the audio is longer than the limit of {limits.max_seconds:g} s")
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
     except (AudioTooLongError, UnsupportedAudioError):

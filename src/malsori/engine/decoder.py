@@ -15,8 +15,9 @@ the futures (:func:`decode_now`), asyncio code awaits them without holding a thr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from .options import TranscribeOptions
 from .windows import Window, WindowResult
@@ -46,7 +47,7 @@ class DirectDecoder:
             for future in futures:
                 future.set_exception(exc)
         else:
-            for future, result in zip(futures, results):
+            for future, result in zip(futures, results, strict=True):
                 future.set_result(result)
         return futures
 

@@ -12,22 +12,45 @@ no-speech probability. It records every window it was given so tests can check w
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from .audio import SAMPLE_RATE
 from .decoder import DirectDecoder
 from .options import TranscribeOptions
-from .windows import Window, WindowResult
 from .types import Segment, Word
+from .windows import Window, WindowResult
 
 __all__ = ["FakeDecoder", "VOCABULARY", "tone_speech", "word_frequency"]
 
 VOCABULARY: tuple[str, ...] = (
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett",
-    "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
-    "uniform", "victor", "whiskey", "xray", "yankee", "zulu",
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliett",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
 )
 _BASE_HZ, _STEP_HZ = 400.0, 100.0
 _FRAME = SAMPLE_RATE // 100  # 10 ms
@@ -91,17 +114,26 @@ class FakeDecoder(DirectDecoder):
             piece = audio[a * _FRAME : b * _FRAME]
             spectrum = np.abs(np.fft.rfft(piece * np.hanning(len(piece))))
             hz = float(np.argmax(spectrum)) * SAMPLE_RATE / len(piece)
-            index = int(round((hz - _BASE_HZ) / _STEP_HZ))
+            index = round((hz - _BASE_HZ) / _STEP_HZ)
             if 0 <= index < len(VOCABULARY):
                 words.append(Word(window.offset + a / 100, window.offset + b / 100, " " + VOCABULARY[index], 0.9))
         segments: list[Segment] = []
         run: list[Word] = []
-        for w in words + [None]:  # type: ignore[list-item]
+        for w in [*words, None]:
             if run and (w is None or (w.start - run[-1].end) * 100 > _GAP_FRAMES):
                 text = "".join(x.word for x in run).strip()
                 segments.append(
-                    Segment(len(segments), round(run[0].start, 3), round(run[-1].end, 3), text, -0.2, 0.01, 1.2, 0.0,
-                            tuple(run) if options.word_timestamps or window.words else None)
+                    Segment(
+                        len(segments),
+                        round(run[0].start, 3),
+                        round(run[-1].end, 3),
+                        text,
+                        -0.2,
+                        0.01,
+                        1.2,
+                        0.0,
+                        tuple(run) if options.word_timestamps or window.words else None,
+                    )
                 )
                 run = []
             if w is not None:

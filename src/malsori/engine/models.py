@@ -124,9 +124,7 @@ def _materialize_base(cache_dir: Path) -> Path:
     """Join the two halves of the bundled base model into ``cache_dir`` once, verified."""
     parts = _base_parts()
     if parts is None:
-        raise ModelNotFoundError(
-            "the bundled 'base' model is not installed: " + BUNDLED_MODELS["base"].install_hint
-        )
+        raise ModelNotFoundError("the bundled 'base' model is not installed: " + BUNDLED_MODELS["base"].install_hint)
     target = cache_dir / "models" / f"base-{_BASE_SHA256[:12]}"
     if _base_ready(target):
         return target
@@ -142,8 +140,7 @@ def _materialize_base(cache_dir: Path) -> Path:
             if size != _BASE_SIZE or digest != _BASE_SHA256:
                 raise ModelNotFoundError(
                     f"the bundled 'base' model parts do not join into the expected file "
-                    f"(size {size}, sha256 {digest[:12]}...); reinstall them: "
-                    + BUNDLED_MODELS["base"].install_hint
+                    f"(size {size}, sha256 {digest[:12]}...); reinstall them: " + BUNDLED_MODELS["base"].install_hint
                 )
             source_dir = parts[0].parent
             for name in _MODEL_FILES:
@@ -175,9 +172,7 @@ def resolve_model(name: str, cache_dir: Path | None = None, *, allow_download: b
     if name == "tiny.en":
         path = _tiny_en_dir()
         if path is None:
-            raise ModelNotFoundError(
-                "the bundled 'tiny.en' model is not installed: " + BUNDLED_MODELS["tiny.en"].install_hint
-            )
+            raise ModelNotFoundError("the bundled 'tiny.en' model is not installed: " + BUNDLED_MODELS["tiny.en"].install_hint)
         return path
     candidate = Path(name).expanduser()
     if _is_model_dir(candidate):

@@ -80,6 +80,6 @@ class TranscribeOptions:
             if value is not None and len(value) > 2000:
                 raise InvalidOptionsError(f"{name} is too long ({len(value)} characters, at most 2000)")
 
-    def with_(self, **changes) -> "TranscribeOptions":
+    def with_(self, **changes) -> TranscribeOptions:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import replace
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class _Run:
 
     def ready(self) -> list[tuple[tuple[int, int], Window]]:
         """Windows that can be submitted now (every one, unless each needs the text before it)."""
-        out = []
+        out: list[tuple[tuple[int, int], Window]] = []
         for i, plan in enumerate(self.plans):
             k = self._next[i]
             last = k + 1 if self.sequential else len(plan)
@@ -84,7 +84,7 @@ class _Run:
 
     def assemble(self) -> list[Transcript]:
         elapsed = time.perf_counter() - self.started
-        return [_assemble(a, p, r, self.options, elapsed) for a, p, r in zip(self.audios, self.plans, self.results)]
+        return [_assemble(a, p, r, self.options, elapsed) for a, p, r in zip(self.audios, self.plans, self.results, strict=True)]
 
 
 def _assemble(
@@ -117,7 +117,9 @@ class Pipeline:
         self.plan = plan
 
     # -- blocking ----------------------------------------------------------------------------------
-    def transcribe(self, audio: np.ndarray, options: TranscribeOptions = TranscribeOptions(), progress: Progress | None = None) -> Transcript:
+    def transcribe(
+        self, audio: np.ndarray, options: TranscribeOptions = TranscribeOptions(), progress: Progress | None = None
+    ) -> Transcript:
         return self.transcribe_many([audio], options, progress)[0]
 
     def transcribe_many(
@@ -176,4 +178,4 @@ class Pipeline:
         if not ready:
             return {}
         futures = self.decoder.submit([w for _, w in ready], run.options)
-        return {future: item for future, item in zip(futures, ready)}
+        return dict(zip(futures, ready, strict=True))

@@ -16,10 +16,10 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Sequence
 
 from ..errors import OverloadedError
 from .decoder import WindowDecoder, decode_now
@@ -81,7 +81,7 @@ class DecodeScheduler:
         self._queues: dict[Priority, collections.OrderedDict[str, collections.deque[_Item]]] = {
             p: collections.OrderedDict() for p in Priority
         }
-        self._counts = {p: 0 for p in Priority}
+        self._counts = dict.fromkeys(Priority, 0)
         self._cond = threading.Condition()
         self._closed = False
         self._batches = 0
@@ -89,9 +89,7 @@ class DecodeScheduler:
         self._busy: collections.deque[tuple[float, float]] = collections.deque(maxlen=512)
         self._waits: collections.deque[float] = collections.deque(maxlen=256)
         self._decodes: collections.deque[float] = collections.deque(maxlen=256)
-        self._threads = [
-            threading.Thread(target=self._run, name=f"malsori-decode-{n}", daemon=True) for n in range(workers)
-        ]
+        self._threads = [threading.Thread(target=self._run, name=f"malsori-decode-{n}", daemon=True) for n in range(workers)]
         for thread in self._threads:
             thread.start()
 
@@ -104,7 +102,7 @@ class DecodeScheduler:
         owner: str,
         priority: Priority = Priority.REQUEST,
         urgent: bool = False,
-    ) -> "Future[WindowResult]":
+    ) -> Future[WindowResult]:
         """Queue one window. ``urgent`` windows (a live stream's final) are batched before the others
         of their priority class, so a final never waits behind queued partials."""
         future: Future = Future()
@@ -136,7 +134,7 @@ class DecodeScheduler:
 
     def submit_all(
         self, windows: Sequence[Window], options: TranscribeOptions, *, owner: str, priority: Priority = Priority.REQUEST
-    ) -> "list[Future[WindowResult]]":
+    ) -> list[Future[WindowResult]]:
         """Queue all windows or none: a caller that does not fit gets OverloadedError before any of its
         windows is decoded."""
         with self._cond:
@@ -156,7 +154,7 @@ class DecodeScheduler:
             raise
         return futures
 
-    def lane(self, owner: str, priority: Priority = Priority.REQUEST) -> "SchedulerLane":
+    def lane(self, owner: str, priority: Priority = Priority.REQUEST) -> SchedulerLane:
         """A :class:`~malsori.engine.decoder.WindowDecoder` whose windows queue here as ``owner``."""
         return SchedulerLane(self, owner, priority)
 
@@ -272,7 +270,7 @@ class DecodeScheduler:
                     self._windows += len(batch)
                     self._decodes.append((ended - started) * 1000)
                     self._waits.extend((started - item.enqueued) * 1000 for item in batch)
-            for item, result in zip(batch, results):
+            for item, result in zip(batch, results, strict=True):
                 item.future.set_result(result)
 
 
@@ -285,5 +283,5 @@ class SchedulerLane:
     owner: str
     priority: Priority = Priority.REQUEST
 
-    def submit(self, windows: Sequence[Window], options: TranscribeOptions) -> "list[Future[WindowResult]]":
+    def submit(self, windows: Sequence[Window], options: TranscribeOptions) -> list[Future[WindowResult]]:
         return self.scheduler.submit_all(windows, options, owner=self.owner, priority=self.priority)

@@ -23,9 +23,9 @@ import math
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -94,7 +94,7 @@ def _resume_at(tokens: Sequence[int], timestamp_begin: int, duration: float) -> 
     if len(tokens) < 2 or tokens[-1] < timestamp_begin or tokens[-2] < timestamp_begin:
         return None
     at = (tokens[-1] - timestamp_begin) * 0.02
-    return at if 0.0 < at and duration - at >= _MIN_RESUME_S else None
+    return at if at > 0.0 and duration - at >= _MIN_RESUME_S else None
 
 
 def _joined(first: WindowResult, rest: WindowResult) -> WindowResult:
@@ -155,7 +155,9 @@ class Transcriber(DirectDecoder):
         self._tokenizers: dict[tuple[str, str], object] = {}
         self._tokenizer_lock = threading.Lock()
         self.load_seconds = time.perf_counter() - started
-        log.info("loaded model %s from %s on %s/%s in %.2fs", config.model, self.model_path, device, compute_type, self.load_seconds)
+        log.info(
+            "loaded model %s from %s on %s/%s in %.2fs", config.model, self.model_path, device, compute_type, self.load_seconds
+        )
 
     # -- facts -------------------------------------------------------------------------------------
     @property
@@ -189,7 +191,7 @@ class Transcriber(DirectDecoder):
         """
         self.check_options(options)
         out = self._decode_sorted(windows, options)
-        tails = {i: (w, r) for i, (w, r) in enumerate(zip(windows, out))}
+        tails = {i: (w, r) for i, (w, r) in enumerate(zip(windows, out, strict=True))}
         for _ in range(_MAX_RESUMES):
             follow: dict[int, Window] = {}
             for i, (w, r) in tails.items():
@@ -208,7 +210,7 @@ class Transcriber(DirectDecoder):
             if not follow:
                 break
             tails = {}
-            for (i, w), r in zip(follow.items(), self._decode_sorted(list(follow.values()), options)):
+            for (i, w), r in zip(follow.items(), self._decode_sorted(list(follow.values()), options), strict=True):
                 out[i] = _joined(out[i], r)
                 tails[i] = (w, r)
         return out
@@ -222,7 +224,7 @@ class Transcriber(DirectDecoder):
             order = sorted((i for i, w in enumerate(windows) if _has_prompt(w) == prompted), key=lambda i: len(windows[i].audio))
             for begin in range(0, len(order), size):
                 group = order[begin : begin + size]
-                for i, result in zip(group, self._decode_batch([windows[i] for i in group], options)):
+                for i, result in zip(group, self._decode_batch([windows[i] for i in group], options), strict=True):
                     out[i] = result
         return out  # type: ignore[return-value]
 
@@ -248,7 +250,6 @@ class Transcriber(DirectDecoder):
         return feats, [min(n, target) for n in n_frames]
 
     def _decode_batch(self, windows: Sequence[Window], options: TranscribeOptions) -> list[WindowResult]:
-        import ctranslate2
 
         from faster_whisper.transcribe import get_suppressed_tokens
 
@@ -263,21 +264,29 @@ class Transcriber(DirectDecoder):
             detected = self._ct2.detect_language(encoded)
         for i, lang in enumerate(need_detect):
             if not self.multilingual:
-                languages.append("en"), lang_probs.append(1.0)
+                lang, prob = "en", 1.0
             elif lang is not None:
-                languages.append(lang), lang_probs.append(1.0)
+                prob = 1.0
             else:
+                assert detected is not None
                 token, prob = detected[i][0]
-                languages.append(token[2:-2]), lang_probs.append(float(prob))
+                lang = token[2:-2]
+            languages.append(lang)
+            lang_probs.append(float(prob))
 
         tokenizers = [self._tokenizer(lang, options.task) for lang in languages]
-        previous = [tok.encode(" " + w.prompt.strip())[-(_MAX_TEXT_TOKENS // 2 - 1) :] if _has_prompt(w) else [] for w, tok in zip(windows, tokenizers)]
+        previous = [
+            tok.encode(" " + (w.prompt or "").strip())[-(_MAX_TEXT_TOKENS // 2 - 1) :] if _has_prompt(w) else []
+            for w, tok in zip(windows, tokenizers, strict=True)
+        ]
         # Every prompt of a batch keeps as many previous-text tokens as the shortest (the last ones, which
         # matter most), so <|startoftranscript|> sits at the same position, as CTranslate2 requires.
         keep = min(len(p) for p in previous)
         prompts = [
-            self._fw.get_prompt(tok, prev[len(prev) - keep :] if keep else [], options.without_timestamps, hotwords=options.hotwords)
-            for tok, prev in zip(tokenizers, previous)
+            self._fw.get_prompt(
+                tok, prev[len(prev) - keep :] if keep else [], options.without_timestamps, hotwords=options.hotwords
+            )
+            for tok, prev in zip(tokenizers, previous, strict=True)
         ]
         durations = [len(w.audio) / SAMPLE_RATE for w in windows]
         # Bound the output by the audio's length: about 14 tokens a second covers fast speech and
@@ -285,14 +294,11 @@ class Transcriber(DirectDecoder):
         # shares one bound, so each window's own bound is checked on its result below.
         caps = [_token_cap(d) for d in durations]
         max_length = min(_MAX_TEXT_TOKENS, max(len(p) for p in prompts) + max(caps))
-        caps = [min(cap, max_length - len(p)) for cap, p in zip(caps, prompts)]
+        caps = [min(cap, max_length - len(p)) for cap, p in zip(caps, prompts, strict=True)]
         suppress = get_suppressed_tokens(tokenizers[0], [-1])
 
         def generate(indices: list[int], temperature: float):
-            if indices == list(range(len(windows))):
-                enc = encoded
-            else:
-                enc = self._subset(encoded, feats, indices)
+            enc = encoded if indices == list(range(len(windows))) else self._subset(encoded, feats, indices)
             if temperature > 0:
                 kwargs = dict(beam_size=1, num_hypotheses=options.best_of, sampling_topk=0, sampling_temperature=temperature)
             else:
@@ -322,7 +328,7 @@ class Transcriber(DirectDecoder):
                 break
             last = t_index + 1 == len(options.temperatures)
             still = []
-            for i, res in zip(pending, generate(pending, temperature)):
+            for i, res in zip(pending, generate(pending, temperature), strict=True):
                 tokens = list(res.sequences_ids[0])
                 score = res.scores[0] if res.scores else 0.0
                 avg_logprob = score * len(tokens) / (len(tokens) + 1)  # length_penalty 1
@@ -335,9 +341,7 @@ class Transcriber(DirectDecoder):
                 repetitive = looped or (cr_limit is not None and ratio > cr_limit)
                 unlikely = lp_limit is not None and avg_logprob < lp_limit
                 silent = options.no_speech_threshold is not None and attempt[3] > options.no_speech_threshold and unlikely
-                if not (repetitive or unlikely) or silent:
-                    best[i] = attempt
-                elif not windows[i].fallback:
+                if not (repetitive or unlikely) or silent or not windows[i].fallback:
                     best[i] = attempt
                 elif last:
                     usable = [a for a in attempts[i] if not a[5] and (cr_limit is None or a[2] <= cr_limit)] or attempts[i]
@@ -356,8 +360,14 @@ class Transcriber(DirectDecoder):
                 and (options.log_prob_threshold is None or avg_logprob < options.log_prob_threshold)
             ):
                 tokens = []
-            segments = self._split_segments(tokenizers[i], tokens, durations[i], w.offset, avg_logprob, no_speech, ratio, temperature)
-            results.append(WindowResult(tuple(segments), languages[i], lang_probs[i], no_speech, avg_logprob, ratio, temperature, tuple(tokens)))
+            segments = self._split_segments(
+                tokenizers[i], tokens, durations[i], w.offset, avg_logprob, no_speech, ratio, temperature
+            )
+            results.append(
+                WindowResult(
+                    tuple(segments), languages[i], lang_probs[i], no_speech, avg_logprob, ratio, temperature, tuple(tokens)
+                )
+            )
             if (options.word_timestamps or w.words) and segments:
                 word_jobs.append((i, tokens))
         if word_jobs:
@@ -378,7 +388,18 @@ class Transcriber(DirectDecoder):
             if text and s < duration + 0.1:
                 e = min(max(end_t, s), duration)
                 segments.append(
-                    Segment(0, round(offset + s, 3), round(offset + e, 3), text, avg_logprob, no_speech, ratio, temperature, None, tuple(text_run))
+                    Segment(
+                        0,
+                        round(offset + s, 3),
+                        round(offset + e, 3),
+                        text,
+                        avg_logprob,
+                        no_speech,
+                        ratio,
+                        temperature,
+                        None,
+                        tuple(text_run),
+                    )
                 )
             text_run, start_t = [], None
 
@@ -406,7 +427,9 @@ class Transcriber(DirectDecoder):
         if self.device != "cpu" or len(feats) <= _CPU_CHUNK:
             return self._ct2.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
         parts = [
-            np.asarray(self._ct2.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[i : i + _CPU_CHUNK])), to_cpu=True))
+            np.asarray(
+                self._ct2.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[i : i + _CPU_CHUNK])), to_cpu=True)
+            )
             for i in range(0, len(feats), _CPU_CHUNK)
         ]
         return ctranslate2.StorageView.from_array(np.concatenate(parts))
@@ -421,7 +444,6 @@ class Transcriber(DirectDecoder):
         return self._ct2.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[indices])), to_cpu=False)
 
     def _add_words(self, results, word_jobs, windows, feats, n_frames, tokenizers, encoded):
-        import ctranslate2
         from faster_whisper.transcribe import merge_punctuations
 
         by_lang: dict[str, list[tuple[int, list[int]]]] = {}
@@ -434,12 +456,10 @@ class Transcriber(DirectDecoder):
         groups = [[i for i, _ in jobs][k : k + chunk] for jobs in by_lang.values() for k in range(0, len(jobs), chunk)]
         for idx in groups:
             text_tokens = [[t for seg in results[i].segments for t in seg.tokens] for i in idx]
-            if idx == list(range(len(windows))):
-                enc = encoded  # every window wants words: reuse the encoder output instead of encoding again
-            else:
-                enc = self._subset(encoded, feats, idx)
+            # When every window wants words, the encoder output is reused instead of encoding again.
+            enc = encoded if idx == list(range(len(windows))) else self._subset(encoded, feats, idx)
             alignments = self._fw.find_alignment(tokenizers[idx[0]], text_tokens, enc, [n_frames[i] for i in idx])
-            for i, words in zip(idx, alignments):
+            for i, words in zip(idx, alignments, strict=True):
                 merge_punctuations(words, _PREPEND_PUNCTUATION, _APPEND_PUNCTUATION)
                 offset = windows[i].offset
                 new_segments, cursor = [], 0
@@ -450,7 +470,14 @@ class Transcriber(DirectDecoder):
                         used += len(w["tokens"])
                         cursor += 1
                         if w["word"].strip():
-                            seg_words.append(Word(round(offset + float(w["start"]), 3), round(offset + float(w["end"]), 3), w["word"], float(w["probability"])))
+                            seg_words.append(
+                                Word(
+                                    round(offset + float(w["start"]), 3),
+                                    round(offset + float(w["end"]), 3),
+                                    w["word"],
+                                    float(w["probability"]),
+                                )
+                            )
                     new_segments.append(Segment(**{**seg.__dict__, "words": tuple(seg_words)}))
                 results[i] = WindowResult(**{**results[i].__dict__, "segments": tuple(new_segments)})
         return results

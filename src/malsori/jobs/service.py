@@ -8,8 +8,9 @@ Transport-free: the HTTP routes (``malsori.server.jobs_routes``) parse and seria
 - **Running**: ``workers`` threads (default 1) take jobs in order. Each decodes its audio, then runs
   the engine's pipeline over a JOB lane of the shared scheduler (when the JOB queue is full, it waits
   for room), so file work waits behind live streams and short requests instead of racing them for the
-  CPU. Progress (each decoded window) is written at most every ``progress_interval_s``. The upload is deleted once the job is finished
-  (succeeded, failed or cancelled): the transcript is in the database, and disk use stays bounded.
+  CPU. Progress (each decoded window) is written at most every ``progress_interval_s``. The upload
+  is deleted once the job is finished (succeeded, failed or cancelled): the transcript is in the
+  database, and disk use stays bounded.
 - **Cancelling**: a queued job is cancelled at once; a running one at its next progress report (its
   windows already queued are decoded and dropped).
 - **Restarting** (:meth:`JobService.recover`, before :meth:`start`): every job left queued or running
@@ -25,10 +26,11 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from concurrent.futures import Future
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..engine.audio import SAMPLE_RATE, AudioLimits, decode_audio
 from ..engine.pipeline import Pipeline, Planner
@@ -89,7 +91,7 @@ class JobService:
         self.progress_interval_s = progress_interval_s
         self.max_attempts = max_attempts
         self.on_finished = on_finished
-        self._queue: "queue.Queue[str | None]" = queue.Queue()
+        self._queue: queue.Queue[str | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._cancel: set[str] = set()
@@ -100,16 +102,16 @@ class JobService:
         self._plan: Planner | None = None
 
     @classmethod
-    def from_settings(cls, settings: "Settings", **overrides) -> "JobService":
+    def from_settings(cls, settings: Settings, **overrides) -> JobService:
         """Storage from ``settings.database_url()``, uploads under ``data_dir/uploads``."""
         limits = settings.limits
-        kwargs = dict(
-            limits=AudioLimits(max_bytes=limits.max_upload_bytes, max_seconds=limits.max_audio_seconds),
-            max_pending=limits.max_pending_jobs,
-            workers=limits.job_workers,
-            beam_size=settings.engine.beam_size,
-        )
-        kwargs.update(overrides)
+        kwargs: dict[str, Any] = {
+            "limits": AudioLimits(max_bytes=limits.max_upload_bytes, max_seconds=limits.max_audio_seconds),
+            "max_pending": limits.max_pending_jobs,
+            "workers": limits.job_workers,
+            "beam_size": settings.engine.beam_size,
+            **overrides,
+        }
         repository = JobRepository(open_engine(settings.database_url()))
         return cls(repository, UploadStore(Path(settings.server.data_dir) / "uploads"), **kwargs)
 
@@ -120,7 +122,7 @@ class JobService:
         requeued, failed, cancelled = [], [], []
         for job in self.repository.unfinished():
             unfinished = (JobState.QUEUED, JobState.RUNNING)
-            has_upload = bool(job.upload_path) and Path(job.upload_path).is_file()
+            has_upload = job.upload_path is not None and Path(job.upload_path).is_file()
             if job.cancel_requested:
                 if self.repository.cancel(job.id, from_states=unfinished):
                     cancelled.append(job.id)
@@ -129,7 +131,8 @@ class JobService:
                 if self.repository.fail(
                     job.id,
                     "upload_lost",
-                    "upload lost: the server restarted and this job's audio file was not found, so it cannot run; submit it again",
+                    "upload lost: the server restarted and this job's audio file was not found, so it cannot run; "
+                    "submit it again",
                     from_states=unfinished,
                 ):
                     failed.append(job.id)
@@ -156,9 +159,7 @@ class JobService:
         if self._threads:
             return
         self._scheduler, self._plan = scheduler, plan
-        self._threads = [
-            threading.Thread(target=self._work, name=f"malsori-job-{n}", daemon=True) for n in range(self.workers)
-        ]
+        self._threads = [threading.Thread(target=self._work, name=f"malsori-job-{n}", daemon=True) for n in range(self.workers)]
         for thread in self._threads:
             thread.start()
 
@@ -341,8 +342,8 @@ class JobService:
                     log.exception("on_finished hook failed for job %s", job_id)
         log.info("job %s %s in %.1f s", job_id, final.state.value if final else "vanished", time.perf_counter() - started)
 
-    def _transcribe(self, job: JobRecord) -> "Transcript":
-        assert self._scheduler is not None
+    def _transcribe(self, job: JobRecord) -> Transcript:
+        assert self._scheduler is not None and job.upload_path is not None
         audio = decode_audio(job.upload_path, self.limits)
         self.repository.set_audio_seconds(job.id, len(audio) / SAMPLE_RATE)
         options = JobOptions.from_dict(job.options).transcribe_options()
@@ -370,7 +371,7 @@ class _JobLane:
     def __init__(self, service: JobService, scheduler: DecodeScheduler, owner: str, job_id: str) -> None:
         self.service, self.scheduler, self.owner, self.job_id = service, scheduler, owner, job_id
 
-    def submit(self, windows: "Sequence[Window]", options: "TranscribeOptions") -> "list[Future[WindowResult]]":
+    def submit(self, windows: Sequence[Window], options: TranscribeOptions) -> list[Future[WindowResult]]:
         futures: list[Future[WindowResult]] = []
         try:
             for window in windows:

@@ -21,8 +21,8 @@ from ..engine.decoder import decode_async
 from ..engine.options import TranscribeOptions
 from ..engine.pipeline import Pipeline
 from ..engine.scheduler import Priority
-from ..engine.windows import Window, WindowResult
 from ..engine.types import Transcript
+from ..engine.windows import Window, WindowResult
 from ..errors import AudioTooLongError, EmptyAudioError, InvalidOptionsError, OverloadedError
 from .services import Services
 
@@ -61,7 +61,9 @@ async def decode_bytes(services: Services, data: bytes, *, max_seconds: float | 
     try:
         return await run_in_threadpool(decode_audio, data, _limits(services, limit))
     except AudioTooLongError:
-        hint = " (submit longer files as a job: POST /v1/jobs)" if max_seconds is None and limit < limits.max_audio_seconds else ""
+        hint = (
+            " (submit longer files as a job: POST /v1/jobs)" if max_seconds is None and limit < limits.max_audio_seconds else ""
+        )
         raise AudioTooLongError(f"the audio is longer than the limit of {limit:g} s for this endpoint{hint}") from None
 
 
