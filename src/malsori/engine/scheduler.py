@@ -37,7 +37,7 @@ class Priority(IntEnum):
     JOB = 2
 
 
-@dataclass
+@dataclass(eq=False)  # identity: an item is removed from its queue by identity (see _forget)
 class _Item:
     window: Window
     options: TranscribeOptions
@@ -115,10 +115,26 @@ class DecodeScheduler:
                     retry_after=self.retry_after(),
                 )
             queue = self._queues[priority].setdefault(owner, collections.deque())
-            queue.append(_Item(window, options, owner, priority, future, urgent))
+            item = _Item(window, options, owner, priority, future, urgent)
+            queue.append(item)
             self._counts[priority] += 1
             self._cond.notify()
+        future.add_done_callback(lambda f: self._forget(item) if f.cancelled() else None)
         return future
+
+    def _forget(self, item: _Item) -> None:
+        """A window its caller cancelled leaves the queue at once, so it no longer takes room."""
+        with self._cond:
+            queue = self._queues[item.priority].get(item.owner)
+            if queue is None:
+                return
+            try:
+                queue.remove(item)
+            except ValueError:  # already taken (the worker skips it) or cleared by close()
+                return
+            self._counts[item.priority] -= 1
+            if not queue:
+                del self._queues[item.priority][item.owner]
 
     async def decode(
         self,
@@ -204,7 +220,8 @@ class DecodeScheduler:
                 self._counts[p] = 0
             self._cond.notify_all()
         for item in leftovers:
-            item.future.set_exception(OverloadedError("the decoder shut down before this window", retry_after=5.0))
+            if item.future.set_running_or_notify_cancel():  # a cancelled window has no one to tell
+                item.future.set_exception(OverloadedError("the decoder shut down before this window", retry_after=5.0))
         for thread in self._threads:
             thread.join(timeout)
 

@@ -16,7 +16,8 @@ import numpy as np
 from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from ..engine.audio import PCM_ENCODINGS, SAMPLE_RATE, AudioLimits, decode_audio, pcm_to_float32
+from ..audio_limits import check_sample_rate
+from ..engine.audio import PCM_ENCODINGS, SAMPLE_RATE, AudioLimits, AudioSource, decode_audio, pcm_to_float32
 from ..engine.decoder import decode_async
 from ..engine.options import TranscribeOptions
 from ..engine.pipeline import Pipeline
@@ -37,7 +38,6 @@ __all__ = [
 
 CHUNK_MAX_SECONDS = 30.0
 """Longest audio /detect, /transcribe-chunk and /transcribe take (one Whisper window)."""
-_PCM_RATES = (8_000, 96_000)
 
 
 async def read_upload(upload: UploadFile | None) -> bytes:
@@ -53,8 +53,8 @@ def _limits(services: Services, max_seconds: float) -> AudioLimits:
     return AudioLimits(max_bytes=services.settings.limits.max_upload_bytes, max_seconds=max_seconds)
 
 
-async def decode_bytes(services: Services, data: bytes, *, max_seconds: float | None = None) -> np.ndarray:
-    """Any container to 16 kHz mono float32, in a worker thread, within the size and sync limits."""
+async def decode_bytes(services: Services, data: AudioSource, *, max_seconds: float | None = None) -> np.ndarray:
+    """Any container (bytes, or a path) to 16 kHz mono float32, in a worker thread, within the size and sync limits."""
     limits = services.settings.limits
     sync_limit = min(limits.max_audio_seconds, limits.sync_max_seconds)
     limit = sync_limit if max_seconds is None else min(max_seconds, limits.max_audio_seconds)
@@ -87,9 +87,7 @@ async def chunk_audio(
         return await decode_bytes(services, data, max_seconds=max_seconds)
     if encoding not in PCM_ENCODINGS:
         raise InvalidOptionsError(f"encoding must be one of {', '.join(PCM_ENCODINGS)}, not {encoding!r}")
-    rate = sample_rate or SAMPLE_RATE
-    if not _PCM_RATES[0] <= rate <= _PCM_RATES[1]:
-        raise InvalidOptionsError(f"sample_rate must be between {_PCM_RATES[0]} and {_PCM_RATES[1]} Hz, not {rate}")
+    rate = check_sample_rate(sample_rate or SAMPLE_RATE)
     samples = pcm_to_float32(data, encoding)
     if samples.size == 0:
         raise EmptyAudioError("the PCM chunk holds no samples")

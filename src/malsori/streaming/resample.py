@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..audio_limits import check_sample_rate
 from ..engine.audio import SAMPLE_RATE
-from ..errors import InvalidOptionsError
 
-__all__ = ["StreamResampler", "MIN_RATE", "MAX_RATE"]
-
-MIN_RATE, MAX_RATE = 8_000, 48_000
+__all__ = ["StreamResampler"]
 
 
 class StreamResampler:
     """float32 mono at ``rate`` in, float32 mono at 16 kHz out; a pass-through at 16 kHz."""
 
     def __init__(self, rate: int) -> None:
-        if not isinstance(rate, int) or not MIN_RATE <= rate <= MAX_RATE:
-            raise InvalidOptionsError(f"sample_rate must be an integer from {MIN_RATE} to {MAX_RATE} Hz, not {rate!r}")
-        self.rate = rate
+        self.rate = check_sample_rate(rate)
         self._resampler = None
         if rate != SAMPLE_RATE:
             import av

@@ -1,0 +1,162 @@
+"""The pipeline over the one decoder seam, with the fake decoder: plan → decode → assemble.
+
+Fast (no model): what the pipeline submits, in what order, with what prompts; progress per window;
+a progress callback that raises cancels what is still queued; the async path awaits the same results;
+and the layering rule (engine and streaming never import the server or the web framework).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+
+from malsori.engine import Pipeline, TranscribeOptions, decode_async, decode_now
+from malsori.engine.audio import SAMPLE_RATE
+from malsori.engine.fake import FakeDecoder, tone_speech
+from malsori.engine.scheduler import DecodeScheduler, Priority
+from malsori.engine.windows import Window
+
+SCRIPT = ["alpha", "bravo", 1.0, "charlie", "delta", 1.0, "echo"]
+
+
+def three_windows(audio, options) -> list[tuple[int, int]]:
+    """Cut at the two 1 s pauses of SCRIPT (the fake's tone bursts are no speech to Silero)."""
+    third = len(audio) // 3
+    return [(0, third), (third, 2 * third), (2 * third, len(audio))]
+
+
+def test_windows_of_several_inputs_share_one_submission_and_assemble_in_order():
+    decoder = FakeDecoder()
+    audios = [tone_speech(SCRIPT), tone_speech(["foxtrot", 1.0, "golf"])]
+    transcripts = Pipeline(decoder, plan=three_windows).transcribe_many(audios, TranscribeOptions(language="en"))
+    assert len(decoder.calls) == 1 and len(decoder.calls[0][0]) == 6  # every window in one call
+    assert [t.text for t in transcripts] == ["alpha bravo charlie delta echo", "foxtrot golf"]
+    first = transcripts[0]
+    assert [s.id for s in first.segments] == list(range(len(first.segments)))
+    assert all(a.end <= b.start for a, b in zip(first.segments, first.segments[1:], strict=False))
+    assert first.duration == pytest.approx(len(audios[0]) / SAMPLE_RATE)
+    assert first.language == "en"
+
+
+def test_condition_on_previous_text_submits_one_window_at_a_time_with_the_text_before_it():
+    decoder = FakeDecoder()
+    options = TranscribeOptions(language="en", condition_on_previous_text=True, initial_prompt="Names:")
+    transcript = Pipeline(decoder, plan=three_windows).transcribe(tone_speech(SCRIPT), options)
+    assert [len(batch) for batch, _ in decoder.calls] == [1, 1, 1]
+    prompts = [w.prompt for w in decoder.windows]
+    assert prompts[0] == "Names:"
+    assert prompts[1].startswith("Names: ") and "bravo" in prompts[1]
+    assert "delta" in prompts[2]
+    assert transcript.text == "alpha bravo charlie delta echo"
+
+
+def test_an_input_without_windows_is_an_empty_transcript():
+    decoder = FakeDecoder()
+    silence = np.zeros(2 * SAMPLE_RATE, dtype=np.float32)
+    transcript = Pipeline(decoder).transcribe(silence, TranscribeOptions(language="de"))
+    assert decoder.calls == [] and transcript.segments == () and transcript.language == "de"
+    assert transcript.duration_after_vad == 0.0
+
+
+class Stop(Exception):
+    pass
+
+
+def test_progress_is_reported_per_window_and_a_raising_callback_cancels_the_rest():
+    decoder = FakeDecoder()
+    scheduler = DecodeScheduler(decoder, max_batch=1)
+    permits = threading.Semaphore(1)  # the decoder may finish one window; the next ones wait
+    real = decoder.decode_windows
+    decoder.decode_windows = lambda windows, options: permits.acquire(timeout=10) and real(windows, options)  # type: ignore[method-assign]
+    seen: list[float] = []
+
+    def progress(done: float, total: float) -> None:
+        seen.append(done / total)
+        raise Stop  # e.g. a job cancelled: the caller stops at its first report
+
+    try:
+        pipeline = Pipeline(scheduler.lane("job-1", Priority.JOB), plan=three_windows)
+        with pytest.raises(Stop):
+            pipeline.transcribe(tone_speech(SCRIPT), TranscribeOptions(language="en"), progress)
+        assert seen == [pytest.approx(1 / 3, abs=0.01)]
+        assert scheduler.pending() == 0  # the window still queued was dropped
+        permits.release(2)
+        assert len(decoder.calls) <= 2  # the first window, and at most the one already started
+    finally:
+        permits.release(2)
+        scheduler.close()
+
+
+def test_the_async_path_awaits_the_same_result_through_a_scheduler_lane():
+    decoder = FakeDecoder()
+    scheduler = DecodeScheduler(decoder, max_batch=8)
+    try:
+        audio = tone_speech(SCRIPT)
+        lane = scheduler.lane("request-1", Priority.REQUEST)
+        blocking = Pipeline(lane, plan=three_windows).transcribe(audio, TranscribeOptions(language="en"))
+        awaited = asyncio.run(Pipeline(lane, plan=three_windows).atranscribe(audio, TranscribeOptions(language="en")))
+        assert awaited.text == blocking.text == "alpha bravo charlie delta echo"
+        assert [s.start for s in awaited.segments] == [s.start for s in blocking.segments]
+    finally:
+        scheduler.close()
+
+
+def test_a_lane_queues_all_windows_or_none():
+    from malsori.errors import OverloadedError
+
+    gate = threading.Event()
+    decoder = FakeDecoder()
+    real = decoder.decode_windows
+    decoder.decode_windows = lambda windows, options: gate.wait(10) and real(windows, options)  # type: ignore[method-assign]
+    scheduler = DecodeScheduler(decoder, max_batch=1, max_pending={Priority.REQUEST: 3})
+    try:
+        window = Window(tone_speech(["alpha"]))
+        held = scheduler.submit(window, TranscribeOptions(), owner="first")  # taken by the worker, held
+        while scheduler.pending(Priority.REQUEST):
+            pass
+        two = scheduler.lane("a").submit([window, window], TranscribeOptions())
+        with pytest.raises(OverloadedError):
+            scheduler.lane("b").submit([window, window], TranscribeOptions())
+        assert scheduler.pending(Priority.REQUEST) == 2  # nothing of "b" was queued
+        gate.set()
+        assert [r.text for r in [held.result(10), *(f.result(10) for f in two)]] == ["alpha"] * 3
+    finally:
+        gate.set()
+        scheduler.close()
+
+
+def test_decode_helpers_over_a_direct_decoder_and_its_errors():
+    decoder = FakeDecoder()
+    windows = [Window(tone_speech(["kilo"])), Window(tone_speech(["lima"]), offset=5.0)]
+    assert [r.text for r in decode_now(decoder, windows, TranscribeOptions())] == ["kilo", "lima"]
+    assert [r.text for r in asyncio.run(decode_async(decoder, windows, TranscribeOptions()))] == ["kilo", "lima"]
+    assert decode_now(decoder, [], TranscribeOptions()) == []
+
+    class Broken(FakeDecoder):
+        def decode_windows(self, windows, options=TranscribeOptions()):
+            raise RuntimeError("device lost")
+
+    futures = Broken().submit(windows, TranscribeOptions())
+    assert all(isinstance(f, Future) and isinstance(f.exception(), RuntimeError) for f in futures)
+    with pytest.raises(RuntimeError, match="device lost"):
+        decode_now(Broken(), windows, TranscribeOptions())
+
+
+def test_engine_and_streaming_never_import_the_server_or_the_web_framework():
+    code = (
+        "import pkgutil, importlib, sys\n"
+        "import malsori.engine, malsori.streaming\n"
+        "for pkg in (malsori.engine, malsori.streaming):\n"
+        "    for m in pkgutil.iter_modules(pkg.__path__):\n"
+        "        importlib.import_module(f'{pkg.__name__}.{m.name}')\n"
+        "bad = sorted(n for n in sys.modules if n.startswith(('malsori.server', 'fastapi', 'starlette', 'sqlalchemy')))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"imported: {out}"
