@@ -1,16 +1,17 @@
-"""Turning what the server says (error codes, WebSocket close codes, HTTP bodies) into malsori's errors.
+"""Turning what the server says (error codes, HTTP bodies) into malsori's errors.
 
 The client raises the same :mod:`malsori.errors` classes the server raised, found by their stable
 ``code``; only failures that exist on the client's side alone (the server cannot be reached, a session
-could not be resumed in time) get classes of their own here.
+could not be resumed in time) get classes of their own here. A WebSocket close without an error
+event is mapped by :func:`malsori.protocol.error_for_close_code`, from the table the server closes by.
 """
 
 from __future__ import annotations
 
 from .. import errors as _errors
-from ..errors import MalsoriError, OverloadedError, ProtocolError
+from ..errors import MalsoriError, OverloadedError
 
-__all__ = ["ConnectionFailedError", "error_for_code", "error_for_close"]
+__all__ = ["ConnectionFailedError", "error_for_code"]
 
 
 class ConnectionFailedError(MalsoriError):
@@ -30,15 +31,6 @@ def _classes_by_code() -> dict[str, type[MalsoriError]]:
 
 _BY_CODE = _classes_by_code()
 
-# RFC 6455 / IANA close codes the server uses, for when no error event said more.
-_BY_CLOSE = {
-    1003: ProtocolError,  # unsupported data (text where audio was expected, wrong sample format)
-    1007: ProtocolError,  # invalid payload (bad JSON)
-    1008: ProtocolError,  # policy violation (bad resume token, broken protocol)
-    1009: ProtocolError,  # frame too big
-    1013: OverloadedError,  # try again later: the server refuses new sessions when saturated
-}
-
 
 def error_for_code(code: str, message: str) -> MalsoriError:
     """The malsori error class whose ``code`` is ``code`` (MalsoriError when unknown), instantiated."""
@@ -47,13 +39,4 @@ def error_for_code(code: str, message: str) -> MalsoriError:
     cls = _BY_CODE.get(code, MalsoriError)
     if cls is MalsoriError:
         return MalsoriError(message, code=code)
-    return cls(message)
-
-
-def error_for_close(close_code: int | None, reason: str) -> MalsoriError:
-    """An error for a connection the server closed with ``close_code`` and no error event before it."""
-    message = reason or f"the server closed the connection (code {close_code})"
-    cls = _BY_CLOSE.get(close_code or 0)
-    if cls is None:
-        return MalsoriError(message, code="server_closed")
     return cls(message)

@@ -8,8 +8,9 @@ so an older client keeps working against a newer server.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Union
+from typing import Any
 
 from ..errors import ProtocolError
 
@@ -103,7 +104,7 @@ class EndEvent:
     type: str = "end"
 
 
-StreamEvent = Union[ReadyEvent, PartialEvent, FinalEvent, LanguageEvent, ErrorEvent, EndEvent]
+StreamEvent = ReadyEvent | PartialEvent | FinalEvent | LanguageEvent | ErrorEvent | EndEvent
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -113,10 +114,7 @@ def _float_or_none(value: Any) -> float | None:
 def _words(raw: Any) -> tuple[Word, ...]:
     if not raw:
         return ()
-    return tuple(
-        Word(str(w["word"]), float(w["start"]), float(w["end"]), _float_or_none(w.get("probability")))
-        for w in raw
-    )
+    return tuple(Word(str(w["word"]), float(w["start"]), float(w["end"]), _float_or_none(w.get("probability"))) for w in raw)
 
 
 def _rest(message: Mapping[str, Any], known: set[str]) -> dict[str, Any]:
@@ -171,9 +169,7 @@ def parse_event(message: Mapping[str, Any]) -> StreamEvent:
             )
         if kind == "language":
             known = {"type", "seq", "language", "probability"}
-            return LanguageEvent(
-                seq, str(message["language"]), _float_or_none(message.get("probability")), _rest(message, known)
-            )
+            return LanguageEvent(seq, str(message["language"]), _float_or_none(message.get("probability")), _rest(message, known))
         if kind == "end":
             return EndEvent(seq, _rest(message, {"type", "seq"}))
     except (KeyError, TypeError, ValueError) as exc:

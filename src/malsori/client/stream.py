@@ -11,16 +11,19 @@ from the byte the server says it has, so no speech is lost either.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterable, AsyncIterator, Iterable, Mapping
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from ..errors import AuthError, InvalidOptionsError, MalsoriError, NotFoundError, OverloadedError, ProtocolError
-from .errors import ConnectionFailedError, error_for_close, error_for_code
+from ..protocol import RESUMABLE_CLOSE_CODES, CloseCode, error_for_close_code
+from .errors import ConnectionFailedError, error_for_code
 from .events import EndEvent, ErrorEvent, ReadyEvent, StreamEvent, parse_event
 
 __all__ = ["ENCODINGS", "StreamOptions", "ReconnectPolicy", "AsyncStreamClient"]
@@ -29,9 +32,6 @@ __all__ = ["ENCODINGS", "StreamOptions", "ReconnectPolicy", "AsyncStreamClient"]
 ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4}
 TASKS = ("transcribe", "translate")
 
-# Close codes that mean the link broke, not that the server ended the session: worth resuming.
-# 1006 is what a client sees when the TCP connection dies without a close frame.
-_RESUMABLE_CLOSE = {None, 1001, 1006, 1012, 1014}
 # Errors on resume that no retry will fix.
 _FATAL_ON_RESUME = (AuthError, NotFoundError, ProtocolError, InvalidOptionsError)
 
@@ -61,8 +61,9 @@ class StreamOptions:
     def bytes_per_second(self) -> int:
         return int(self.sample_rate) * ENCODINGS[self.encoding]
 
-    def start_message(self, *, session_id: str | None = None, resume_token: str | None = None,
-                      last_seq: int | None = None) -> dict[str, Any]:
+    def start_message(
+        self, *, session_id: str | None = None, resume_token: str | None = None, last_seq: int | None = None
+    ) -> dict[str, Any]:
         message: dict[str, Any] = {
             "type": "start",
             "sample_rate": int(self.sample_rate),
@@ -117,7 +118,7 @@ class _AudioLog:
         out, position = [], self._start
         for chunk in self._chunks:
             if position + len(chunk) > offset:
-                out.append(chunk[max(0, offset - position):])
+                out.append(chunk[max(0, offset - position) :])
             position += len(chunk)
         return out
 
@@ -217,7 +218,7 @@ class AsyncStreamClient:
             self._audio.append(data)
             if self._connected.is_set():
                 try:
-                    await self._ws.send(data)
+                    await self._link.send(data)
                 except ConnectionClosed:
                     self._connected.clear()  # the reader sees the same close and resumes
 
@@ -231,7 +232,7 @@ class AsyncStreamClient:
             self._stop_requested = True
             if self._connected.is_set():
                 try:
-                    await self._ws.send(json.dumps({"type": "stop"}))
+                    await self._link.send(json.dumps({"type": "stop"}))
                 except ConnectionClosed:
                     self._connected.clear()
 
@@ -244,10 +245,8 @@ class AsyncStreamClient:
         self._closing = True
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
-            except (asyncio.CancelledError, Exception):
-                pass
         if self._ws is not None:
             await self._ws.close()
 
@@ -287,19 +286,15 @@ class AsyncStreamClient:
         try:
             async for event in self.events():
                 yield event
-                if sender.done() and sender.exception() is not None:
-                    raise sender.exception()
-            if sender.done() and sender.exception() is not None:
-                raise sender.exception()
+                _raise_if_failed(sender)
+            _raise_if_failed(sender)
         finally:
             if not sender.done():
                 sender.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await sender
-                except (asyncio.CancelledError, Exception):
-                    pass
 
-    async def __aenter__(self) -> "AsyncStreamClient":
+    async def __aenter__(self) -> AsyncStreamClient:
         await self.connect()
         return self
 
@@ -307,6 +302,13 @@ class AsyncStreamClient:
         await self.close()
 
     # -- internals -------------------------------------------------------------------------------
+
+    @property
+    def _link(self) -> ClientConnection:
+        """The connection in use; set by :meth:`connect` before anything sends or reads."""
+        if self._ws is None:
+            raise ProtocolError("connect() first")
+        return self._ws
 
     async def _open(self) -> ClientConnection:
         try:
@@ -337,7 +339,7 @@ class AsyncStreamClient:
             try:
                 raw = await asyncio.wait_for(ws.recv(), self.open_timeout)
             except ConnectionClosed as exc:
-                raise self._pending_error or error_for_close(_close_code(exc), _close_reason(exc)) from exc
+                raise self._pending_error or error_for_close_code(_close_code(exc), _close_reason(exc)) from exc
             except asyncio.TimeoutError as exc:
                 raise ConnectionFailedError(f"no ready event from {self.url} within {self.open_timeout} s") from exc
             event = self._parse(raw)
@@ -380,7 +382,7 @@ class AsyncStreamClient:
     async def _read_loop(self) -> None:
         try:
             while True:
-                ws = self._ws
+                ws = self._link
                 try:
                     async for raw in ws:
                         event = self._parse(raw)
@@ -400,12 +402,12 @@ class AsyncStreamClient:
                 self._connected.clear()
                 if self._closing:
                     return
-                if code in _RESUMABLE_CLOSE and self._pending_error is None and self.reconnect.max_attempts > 0:
+                if code in RESUMABLE_CLOSE_CODES and self._pending_error is None and self.reconnect.max_attempts > 0:
                     await self._resume()
                     continue
-                if code == 1000 and self._pending_error is None:
+                if code == CloseCode.NORMAL and self._pending_error is None:
                     raise ConnectionFailedError("the server closed the session before its end event")
-                raise self._pending_error or error_for_close(code, reason)
+                raise self._pending_error or error_for_close_code(code, reason)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -416,7 +418,8 @@ class AsyncStreamClient:
             self._events.put_nowait(_DONE)
 
     async def _resume(self) -> None:
-        delay, last_error = self.reconnect.initial_delay_s, None
+        delay = self.reconnect.initial_delay_s
+        last_error: Exception | None = None
         for _attempt in range(self.reconnect.max_attempts):
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.reconnect.max_delay_s)
@@ -456,6 +459,12 @@ def _resume_offset(ready: ReadyEvent, sent: int, sample_bytes: int) -> int:
     """The byte of our audio the server wants next: ``ready.received_samples`` says what arrived."""
     received = ready.extra.get("received_samples")
     return sent if received is None else int(received) * sample_bytes
+
+
+def _raise_if_failed(task: asyncio.Task) -> None:
+    error = task.exception() if task.done() else None
+    if error is not None:
+        raise error
 
 
 def _close_code(exc: ConnectionClosed) -> int | None:

@@ -2,7 +2,8 @@
 
 Every error response has the body ``{"error": {"code": ..., "message": ...}}``. Bad input is a 4xx,
 never a 500: FastAPI's own validation errors (422) and HTTP exceptions (404, 405, ...) are re-shaped to
-the same body. Streaming handlers use :func:`ws_close_code` to close a socket with the right code.
+the same body. Streaming handlers use :func:`ws_close_code` to close a socket with the right code, from
+the close-code table the client reads too (:mod:`malsori.protocol`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..errors import (
     ProtocolError,
     UnsupportedAudioError,
 )
+from ..protocol import close_code
 from .services import NotReadyError
 
 __all__ = [
@@ -39,21 +41,9 @@ __all__ = [
     "error_body",
     "error_response",
     "install_error_handlers",
-    "WS_UNSUPPORTED_DATA",
-    "WS_POLICY_VIOLATION",
-    "WS_MESSAGE_TOO_BIG",
-    "WS_INTERNAL_ERROR",
-    "WS_TRY_AGAIN_LATER",
 ]
 
 log = logging.getLogger(__name__)
-
-# RFC 6455 close codes (starlette.status names them too).
-WS_UNSUPPORTED_DATA = 1003
-WS_POLICY_VIOLATION = 1008
-WS_MESSAGE_TOO_BIG = 1009
-WS_INTERNAL_ERROR = 1011
-WS_TRY_AGAIN_LATER = 1013
 
 # Most specific class first: the first isinstance match wins.
 _HTTP_STATUS: tuple[tuple[type[MalsoriError], int], ...] = (
@@ -73,20 +63,6 @@ _HTTP_STATUS: tuple[tuple[type[MalsoriError], int], ...] = (
     (ProtocolError, 400),
 )
 
-_WS_CLOSE: tuple[tuple[type[MalsoriError], int], ...] = (
-    (OverloadedError, WS_TRY_AGAIN_LATER),  # NotReadyError included: try again later
-    (AudioTooLargeError, WS_MESSAGE_TOO_BIG),
-    (UnsupportedAudioError, WS_UNSUPPORTED_DATA),
-    (AudioError, WS_UNSUPPORTED_DATA),
-    (ProtocolError, WS_POLICY_VIOLATION),
-    (InvalidOptionsError, WS_POLICY_VIOLATION),
-    (AuthError, WS_POLICY_VIOLATION),
-    (NotFoundError, WS_POLICY_VIOLATION),
-    (ConflictError, WS_POLICY_VIOLATION),
-    (ModelError, WS_TRY_AGAIN_LATER),
-)
-
-
 def http_status(exc: BaseException) -> int:
     """HTTP status for an exception: 4xx for anything a caller caused, 500 only for our own bugs."""
     for cls, status in _HTTP_STATUS:
@@ -97,10 +73,7 @@ def http_status(exc: BaseException) -> int:
 
 def ws_close_code(exc: BaseException) -> int:
     """WebSocket close code for an exception (1003, 1008, 1009, 1011 or 1013)."""
-    for cls, code in _WS_CLOSE:
-        if isinstance(exc, cls):
-            return code
-    return WS_POLICY_VIOLATION if isinstance(exc, MalsoriError) else WS_INTERNAL_ERROR
+    return int(close_code(exc))
 
 
 def error_body(code: str, message: str) -> dict:
