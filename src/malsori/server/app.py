@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..config import Settings
 from ..errors import AudioTooLargeError
+from ..streaming.manager import VadFactory
 from . import http_routes, jobs_routes, streaming_routes, web_routes
 from .errors import error_response, install_error_handlers
 from .metrics import Metrics, MetricsMiddleware
@@ -148,14 +149,18 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, guarded_send)
 
 
-def create_app(settings: Settings | None = None, *, transcriber=None) -> FastAPI:
-    """The service. ``transcriber`` injects a ready model (tests); otherwise the configured one loads
-    in the background after startup."""
+def create_app(settings: Settings | None = None, *, transcriber=None, live_vad: VadFactory | None = None) -> FastAPI:
+    """The service. ``transcriber`` injects a ready model (tests: ``engine.fake.FakeDecoder``);
+    otherwise the configured one loads in the background after startup. ``live_vad`` makes each live
+    session's voice activity detector instead of Silero (tests: ``streaming.vad.EnergyVad``, which
+    hears the fake decoder's tone bursts)."""
     settings = settings or Settings()
     metrics = Metrics()
     services = Services(settings=settings, metrics=metrics)
     metrics.bind(services)
     closers: list = []
+    # What a routes module's startup takes beyond ``services``, only where something was injected.
+    startup_options = {streaming_routes: {"vad_factory": live_vad}} if live_vad is not None else {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -167,7 +172,7 @@ def create_app(settings: Settings | None = None, *, transcriber=None) -> FastAPI
         started = []
         try:
             for module in _ROUTE_MODULES:
-                await module.startup(services)
+                await module.startup(services, **startup_options.get(module, {}))
                 started.append(module)
             yield
         finally:

@@ -2,7 +2,9 @@
 outbound queue of each connection, and the grace-period sweeper.
 
 Each session has at most one window in the scheduler (``StreamingSession.next_window`` enforces it),
-so a slow decoder makes sessions skip stale partials instead of piling up windows.
+so a slow decoder makes sessions skip stale partials instead of piling up windows. Every way a
+session ends (stopped and finalized, a fatal error, its grace period over, shutdown) goes through
+:meth:`LiveRunner.end`.
 """
 
 from __future__ import annotations
@@ -11,12 +13,20 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..engine.scheduler import Priority
 from ..errors import MalsoriError, OverloadedError
-from ..streaming.events import End, Event
+from ..protocol import CloseCode
+from ..streaming.events import End, Error, Event
 from ..streaming.manager import LiveSession, LoadSnapshot, SessionManager
+from ..streaming.session import DecodeRequest
+
+if TYPE_CHECKING:
+    from .services import Services
 
 __all__ = ["LiveRunner", "Outbox"]
 
@@ -26,7 +36,7 @@ log = logging.getLogger(__name__)
 class Outbox:
     """Serializes one connection's outgoing frames in order; ``deliver`` never blocks the caller."""
 
-    def __init__(self, ws, render: Callable[[Event], dict | None]) -> None:
+    def __init__(self, ws, render: Callable[[Event], dict[str, Any] | None]) -> None:
         self.ws = ws
         self.render = render
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -36,10 +46,10 @@ class Outbox:
     def deliver(self, event: Event) -> None:
         self.queue.put_nowait(("event", event))
 
-    def send_raw(self, data: dict) -> None:
+    def send_raw(self, data: dict[str, Any]) -> None:
         self.queue.put_nowait(("raw", data))
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         self.queue.put_nowait(("close", code, reason[:120]))
 
     async def _run(self) -> None:
@@ -55,7 +65,7 @@ class Outbox:
                     await self.ws.send_text(json.dumps(data, ensure_ascii=False))
                 if item[0] == "event" and isinstance(item[1], End):
                     with contextlib.suppress(Exception):
-                        await self.ws.close(1000)
+                        await self.ws.close(CloseCode.NORMAL)
                     return
         except Exception:  # the peer went away; the receive side sees the disconnect
             return
@@ -71,7 +81,7 @@ class LiveRunner:
     A partial costs as much as a final; past this load they delay finals (8 real-time streams on
     2 cores, bench/stream_latency.py: limit 0.6 gave final p95 2.4 s, 0.75 gave 2.6 s)."""
 
-    def __init__(self, services, manager: SessionManager, sweep_s: float = 0.5) -> None:
+    def __init__(self, services: Services, manager: SessionManager, sweep_s: float = 0.5) -> None:
         self.services = services
         self.manager = manager
         self._wake: dict[str, asyncio.Event] = {}
@@ -107,37 +117,37 @@ class LiveRunner:
         if event is not None:
             event.set()
 
-    def feed(self, live: LiveSession, pcm) -> None:
+    def feed(self, live: LiveSession, pcm: np.ndarray) -> None:
         live.publish(live.session.feed(pcm))
         self.wake(live)
 
     def finish(self, live: LiveSession, reason: str = "stopped") -> None:
         """No more audio: finalize what was said, then end the session with ``reason``."""
+        if live.ended:
+            return
         self._reasons.setdefault(live.id, reason)
         live.publish(live.session.finish())
         self.wake(live)
 
-    def kill(self, live: LiveSession, code: str, message: str) -> Event | None:
+    def kill(self, live: LiveSession, code: str, message: str) -> Error | None:
         """End a session at once after a fatal error (its remaining speech is not decoded).
 
         Returns the fatal error event (also kept in the session's log), or None if it had ended."""
         if live.ended:
             return None
         error = live.session.error(code, message, fatal=True)
-        live.publish([error, live.session.end("error")])
-        live.ended = True
-        self._stop(live)
-        self.manager.remove(live)
+        self.end(live, "error", before=[error])
         return error
 
-    def _stop(self, live: LiveSession) -> None:
+    def end(self, live: LiveSession, reason: str, *, before: Sequence[Event] = ()) -> None:
+        """End ``live`` now (``SessionManager.end``: its last events, then ``end``) and stop its loop."""
+        if not self.manager.end(live, reason, before=before):
+            return
         task = self._tasks.pop(live.id, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
         self._wake.pop(live.id, None)
         self._reasons.pop(live.id, None)
-        if live.attached or live.ended and live.detached_at is None:
-            self.manager.remove(live)
 
     async def _drive(self, live: LiveSession) -> None:
         session = live.session
@@ -155,9 +165,7 @@ class LiveRunner:
                     decodes[request.id] = asyncio.create_task(self._decode(live, request, state, decodes))
                     continue
                 if session.done and not any(t for t in decodes.values() if not t.done()):
-                    live.publish([session.end(self._reasons.get(live.id, "stopped"))])
-                    live.ended = True
-                    self._stop(live)
+                    self.end(live, self._reasons.get(live.id, "stopped"))
                     return
                 if live.ended:
                     return
@@ -171,7 +179,9 @@ class LiveRunner:
             log.exception("live session %s failed", live.id)
             self.kill(live, "internal_error", "the server failed while decoding this session")
 
-    async def _decode(self, live: LiveSession, request, state: dict, decodes: dict) -> None:
+    async def _decode(
+        self, live: LiveSession, request: DecodeRequest, state: dict[str, bool], decodes: dict[int, asyncio.Task]
+    ) -> None:
         """One decode of a session's window; its events are published and the session's loop woken."""
         session = live.session
         try:
@@ -180,7 +190,10 @@ class LiveRunner:
                 if scheduler is None:
                     raise OverloadedError("the model is not loaded yet", retry_after=1.0)
                 result = await scheduler.decode(
-                    request.window, request.options, owner=live.id, priority=Priority.LIVE,
+                    request.window,
+                    request.options,
+                    owner=live.id,
+                    priority=Priority.LIVE,
                     urgent=request.kind != "partial",
                 )
             except OverloadedError as exc:
@@ -211,22 +224,17 @@ class LiveRunner:
         while True:
             await asyncio.sleep(every_s)
             for live in self.manager.expired():
-                if live.ended:
+                if live.ended:  # kept only for its client to fetch its last events
                     self.manager.remove(live)
-                elif live.id in self._tasks:
+                else:
                     log.info("live session %s: no reconnect within the grace period; finalizing", live.id)
-                    live.detached_at = None  # finishing now; removed when its end is published
+                    live.detached_at = None  # nobody will resume it now: it leaves when it ends (detach(grace=False))
                     self.finish(live, "expired")
 
     async def close(self) -> None:
         self._sweeper.cancel()
         for live in self.manager.all():
-            if not live.ended:
-                live.publish([live.session.end("shutdown")])
-                live.ended = True
-            task = self._tasks.pop(live.id, None)
-            if task is not None:
-                task.cancel()
-            self.manager.remove(live)
+            self.end(live, "shutdown")
+            self.manager.remove(live)  # also those kept for a resume: there is no server to resume on
         with contextlib.suppress(asyncio.CancelledError):
             await self._sweeper

@@ -1,5 +1,6 @@
 """Typed events of a live session. ``seq`` numbers a session's events from 1 without gaps;
-:class:`Ready` is about one connection, not the session, and always has ``seq`` 0."""
+:class:`Ready` is about one connection, not the session: it always has ``seq`` 0, is never kept
+for replay, and each wire protocol renders it its own way (``ready``, ``session_started``, nothing)."""
 
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ class Final(Event):
     words: tuple[WordTiming, ...] | None = None
 
     def to_dict(self) -> dict:
-        data = {"type": self.type, "seq": self.seq, "text": self.text, "start": self.start, "end": self.end, "language": self.language}
+        data = {"type": self.type, "seq": self.seq, "text": self.text, "start": self.start, "end": self.end}
+        data["language"] = self.language
         if self.words is not None:
             data["words"] = [asdict(w) for w in self.words]
         return data

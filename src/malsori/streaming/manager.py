@@ -2,26 +2,34 @@
 
 Pure bookkeeping (no sockets, no asyncio): the transport attaches a connection by giving a
 ``deliver`` callback, and asks :meth:`SessionManager.expired` which detached sessions ran out of
-grace. Everything here is called from one thread (the server's event loop).
+grace. A session ends in one place, :meth:`SessionManager.end`. Everything here is called from one
+thread (the server's event loop).
 """
 
 from __future__ import annotations
 
+import builtins
 import collections
 import secrets
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable
+
+import numpy as np
 
 from ..errors import AuthError, InvalidOptionsError, NotFoundError, OverloadedError
 from .config import StreamConfig
-from .events import Event
+from .events import Event, Ready
 from .session import StreamingSession
 
-__all__ = ["SessionManager", "LiveSession", "LoadSnapshot"]
+__all__ = ["SessionManager", "LiveSession", "LoadSnapshot", "VadFactory"]
 
 Deliver = Callable[[Event], None]
+
+VadFactory = Callable[[], Callable[[np.ndarray], np.ndarray]]
+"""Makes one session's voice activity detector (they keep state, so one each): ``StreamingVad``
+(Silero) by default; ``EnergyVad`` where tests speak in tone bursts."""
 
 
 @dataclass(frozen=True)
@@ -42,8 +50,9 @@ class LiveSession:
     session: StreamingSession
     sample_rate: int
     encoding: str
-    labels: dict = field(default_factory=dict)
+    labels: dict[str, str | None] = field(default_factory=dict)
     protocol: str = "v1"
+    """The name of the wire protocol that opened it (``v1``, ``stt``, ``raw``), for the session list."""
     created: float = field(default_factory=time.monotonic)
     log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=4096))
     deliver: Deliver | None = None
@@ -51,6 +60,7 @@ class LiveSession:
     detached_at: float | None = None
     received_samples: int = 0
     ended: bool = False
+    """Set by :meth:`SessionManager.end` only."""
 
     def publish(self, events: list[Event]) -> None:
         """Keep events for replay and hand them to the attached connection, if any."""
@@ -61,6 +71,24 @@ class LiveSession:
 
     def events_after(self, last_seq: int) -> list[Event]:
         return [e for e in self.log if e.seq > last_seq]
+
+    def ready(self, *, resumed: bool) -> Ready:
+        """What a connection is told when it opens (or resumes) this session; not part of its log."""
+        s = self.session
+        return Ready(
+            0,
+            session_id=self.id,
+            resume_token=self.token,
+            resumed=resumed,
+            received_samples=self.received_samples,
+            last_seq=s.seq,
+            sample_rate=self.sample_rate,
+            encoding=self.encoding,
+            language=s.config.language,
+            task=s.config.task,
+            preset=s.config.preset,
+            config=s.config.to_dict(),
+        )
 
     @property
     def attached(self) -> bool:
@@ -97,7 +125,7 @@ class SessionManager:
         max_wait_ms: float = 1500.0,
         max_busy: float = 0.97,
         clock: Callable[[], float] = time.monotonic,
-        vad_factory: Callable[[], Callable] | None = None,
+        vad_factory: VadFactory | None = None,
     ) -> None:
         self.max_sessions = max_sessions
         self.resume_grace_s = resume_grace_s
@@ -108,22 +136,21 @@ class SessionManager:
         self._vad_factory = vad_factory
         self._sessions: dict[str, LiveSession] = {}
 
-    def __len__(self) -> int:
-        return len(self._sessions)
-
     def active_count(self) -> int:
-        return len(self._sessions)
+        """Sessions not ended yet (an ended one stays listed while its client may resume to fetch its
+        last events, but takes no capacity)."""
+        return sum(1 for s in self._sessions.values() if not s.ended)
 
     def get(self, session_id: str) -> LiveSession | None:
         return self._sessions.get(session_id)
 
-    def list(self) -> list[dict]:
+    def list(self) -> builtins.list[dict]:
         return [s.describe() for s in self._sessions.values()]
 
     # -- admission ---------------------------------------------------------------------------------
     def check_admission(self, load: LoadSnapshot) -> None:
         """Raise :class:`OverloadedError` (close code 1013) when a new session would slow all others."""
-        if len(self._sessions) >= self.max_sessions:
+        if self.active_count() >= self.max_sessions:
             raise OverloadedError(
                 f"the server is at its limit of {self.max_sessions} live sessions; try again later",
                 retry_after=5.0,
@@ -144,7 +171,7 @@ class SessionManager:
         sample_rate: int,
         encoding: str,
         load: LoadSnapshot = LoadSnapshot(),
-        labels: dict | None = None,
+        labels: dict[str, str | None] | None = None,
         protocol: str = "v1",
         session_id: str | None = None,
     ) -> LiveSession:
@@ -170,9 +197,12 @@ class SessionManager:
 
     # -- connections -------------------------------------------------------------------------------
     def resume(self, session_id: str, token: str | None) -> LiveSession:
-        """The session to resume; :class:`NotFoundError` or :class:`AuthError` (nothing changes then)."""
+        """The session to resume; :class:`NotFoundError` or :class:`AuthError` (nothing changes then).
+
+        It may have ended while its client was away: then there is nothing to attach to, only its
+        last events to replay (it is kept for that until its grace period runs out)."""
         live = self._sessions.get(session_id)
-        if live is None or live.ended:
+        if live is None:
             raise NotFoundError(f"no live session {session_id!r} (it ended, or its grace period ran out)")
         if not token or not secrets.compare_digest(token, live.token):
             raise AuthError("wrong resume token for this session")
@@ -184,24 +214,36 @@ class SessionManager:
         live.deliver, live.connection, live.detached_at = deliver, connection, None
         return previous
 
-    def detach(self, live: LiveSession, connection: object = None) -> None:
-        """The connection dropped: keep the session for the grace period (unless another took over)."""
+    def detach(self, live: LiveSession, connection: object = None, *, grace: bool = True) -> None:
+        """The connection is gone (unless another took over): keep the session for the grace period,
+        for its client to resume. ``grace=False``: nobody will come back for it (its protocol cannot
+        resume, or the connection failed), so it leaves the registry as soon as it ends."""
         if connection is not None and live.connection is not connection:
             return
         live.deliver, live.connection = None, None
-        live.detached_at = self._clock()
+        live.detached_at = self._clock() if grace else None
 
-    def expired(self) -> list[LiveSession]:
+    def expired(self) -> builtins.list[LiveSession]:
         now = self._clock()
-        return [
-            s for s in self._sessions.values()
-            if s.detached_at is not None and now - s.detached_at >= self.resume_grace_s
-        ]
+        return [s for s in self._sessions.values() if s.detached_at is not None and now - s.detached_at >= self.resume_grace_s]
+
+    def end(self, live: LiveSession, reason: str, *, before: Sequence[Event] = ()) -> bool:
+        """End ``live``: publish ``before`` and its ``end`` event; False if it had ended already.
+
+        The one place a session ends. A session whose client is away (detached, in its grace period)
+        stays listed so that client can resume and fetch these last events; any other leaves now."""
+        if live.ended:
+            return False
+        live.publish([*before, live.session.end(reason)])
+        live.ended = True
+        if live.detached_at is None:
+            self.remove(live)
+        return True
 
     def remove(self, live: LiveSession) -> None:
-        live.ended = True
-        live.deliver = None
+        """Forget ``live`` (ended, or the server is shutting down); its events go nowhere from now."""
+        live.deliver, live.connection = None, None
         self._sessions.pop(live.id, None)
 
-    def all(self) -> list[LiveSession]:
+    def all(self) -> builtins.list[LiveSession]:
         return list(self._sessions.values())
