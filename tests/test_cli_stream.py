@@ -25,8 +25,9 @@ def _jfk(manifest):
 @pytest.mark.e2e
 def test_stream_file_prints_final_text(live_server, manifest):
     clip = _jfk(manifest)
-    done = subprocess.run([*MALSORI, str(clip.path), "--url", _ws_url(live_server), "--language", "en"],
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [*MALSORI, str(clip.path), "--url", _ws_url(live_server), "--language", "en"], capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, done.stderr
     assert wer(clip.reference, done.stdout) <= 0.1, done.stdout
 
@@ -38,9 +39,12 @@ def test_stream_raw_pcm_from_stdin(live_server, manifest):
 
     clip = _jfk(manifest)
     pcm_f32 = decode_audio(clip.path).astype("<f4").tobytes()  # what `ffmpeg -f f32le -ar 16000 -ac 1 -` gives
-    done = subprocess.run([*MALSORI, "-", "--url", _ws_url(live_server), "--language", "en",
-                           "--encoding", "pcm_f32le", "--timestamps"],
-                          input=pcm_f32, capture_output=True, timeout=180)
+    done = subprocess.run(
+        [*MALSORI, "-", "--url", _ws_url(live_server), "--language", "en", "--encoding", "pcm_f32le", "--timestamps"],
+        input=pcm_f32,
+        capture_output=True,
+        timeout=180,
+    )
     stdout = done.stdout.decode()
     assert done.returncode == 0, done.stderr.decode()
     lines = [line for line in stdout.splitlines() if line.strip()]
@@ -52,8 +56,9 @@ def test_stream_raw_pcm_from_stdin(live_server, manifest):
 def test_unreachable_server_is_one_clear_line():
     from malsori.client.http import HttpClient  # noqa: F401  (the client imports without a server)
 
-    done = subprocess.run([*MALSORI, "-", "--url", "ws://127.0.0.1:9/v1/stream"], input=b"\0\0" * 1600,
-                          capture_output=True, timeout=60)
+    done = subprocess.run(
+        [*MALSORI, "-", "--url", "ws://127.0.0.1:9/v1/stream"], input=b"\0\0" * 1600, capture_output=True, timeout=60
+    )
     err = done.stderr.decode().strip().splitlines()
     assert done.returncode == 1
     assert len(err) == 1 and err[0].startswith("error: cannot connect to ws://127.0.0.1:9/v1/stream"), err
@@ -75,8 +80,7 @@ def test_mic_without_sounddevice_names_the_extra():
         pass
     else:
         pytest.skip("sounddevice is installed here; the missing-extra message cannot be shown")
-    done = subprocess.run([*MALSORI, "--mic", "--url", "ws://127.0.0.1:9/v1/stream"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run([*MALSORI, "--mic", "--url", "ws://127.0.0.1:9/v1/stream"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "pip install 'malsori[mic]'" in done.stderr
     assert "cannot connect" not in done.stderr  # refused before touching the network
@@ -116,9 +120,17 @@ def test_mic_streams_until_ctrl_c_and_prints_the_last_finals(live_server, manife
     clip = _jfk(manifest)
     (tmp_path / "sounddevice.py").write_text(FAKE_SOUNDDEVICE)
     (tmp_path / "mic.pcm").write_bytes(float32_to_pcm16(decode_audio(clip.path)))
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "FAKE_MIC_PCM": str(tmp_path / "mic.pcm")}
-    done = subprocess.run([*MALSORI, "--mic", "--url", _ws_url(live_server), "--language", "en"],
-                          capture_output=True, text=True, timeout=180, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "FAKE_MIC_PCM": str(tmp_path / "mic.pcm"),
+    }
+    done = subprocess.run(
+        [*MALSORI, "--mic", "--url", _ws_url(live_server), "--language", "en"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert wer(clip.reference, done.stdout) <= 0.1, done.stdout

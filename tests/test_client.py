@@ -7,6 +7,7 @@ recognition and a real resume run against a real server process with the real mo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import struct
 import subprocess
@@ -28,7 +29,14 @@ from malsori.client import (
     StreamOptions,
     parse_event,
 )
-from malsori.errors import InvalidOptionsError, MalsoriError, OverloadedError, ProtocolError
+from malsori.errors import (
+    AudioTooLargeError,
+    InvalidOptionsError,
+    MalsoriError,
+    OverloadedError,
+    ProtocolError,
+    UnsupportedAudioError,
+)
 
 FRAME = 3200  # 100 ms of 16 kHz int16
 
@@ -63,8 +71,15 @@ def test_client_imports_without_the_engine():
 
 def test_events_are_typed():
     final = parse_event(
-        {"type": "final", "seq": 3, "text": "And so", "start": 0.3, "end": 1.5, "language": "en",
-         "words": [{"word": "And", "start": 0.3, "end": 0.5, "probability": 0.9}]}
+        {
+            "type": "final",
+            "seq": 3,
+            "text": "And so",
+            "start": 0.3,
+            "end": 1.5,
+            "language": "en",
+            "words": [{"word": "And", "start": 0.3, "end": 0.5, "probability": 0.9}],
+        }
     )
     assert isinstance(final, FinalEvent)
     assert (final.seq, final.text, final.start, final.end) == (3, "And so", 0.3, 1.5)
@@ -90,9 +105,16 @@ def test_options_are_validated_and_start_message_follows_the_protocol():
         session_id="s1", resume_token="t", last_seq=7
     )
     assert message == {
-        "type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "task": "transcribe",
-        "language": "en", "preset": "low-latency", "options": {"endpoint_s": 0.4},
-        "session_id": "s1", "resume_token": "t", "last_seq": 7,
+        "type": "start",
+        "sample_rate": 16000,
+        "encoding": "pcm_s16le",
+        "task": "transcribe",
+        "language": "en",
+        "preset": "low-latency",
+        "options": {"endpoint_s": 0.4},
+        "session_id": "s1",
+        "resume_token": "t",
+        "last_seq": 7,
     }
 
 
@@ -112,25 +134,42 @@ class FakeStreamServer:
         self.connections += 1
         start = json.loads(await ws.recv())
         if self.refuse_with:
-            await ws.send(json.dumps({"type": "error", "seq": 0, "code": "overloaded",
-                                      "message": "at capacity", "fatal": True}))
+            await ws.send(json.dumps({"type": "error", "seq": 0, "code": "overloaded", "message": "at capacity", "fatal": True}))
             await ws.close(self.refuse_with, "overloaded")
             return
         if "session_id" in start:
             session = self.sessions[start["session_id"]]
             assert start["resume_token"] == session["token"]
-            await ws.send(json.dumps({"type": "ready", "seq": 0, "session_id": start["session_id"],
-                                      "resume_token": session["token"], "resumed": True,
-                                      "received_samples": len(session["audio"]) // 2}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "ready",
+                        "seq": 0,
+                        "session_id": start["session_id"],
+                        "resume_token": session["token"],
+                        "resumed": True,
+                        "received_samples": len(session["audio"]) // 2,
+                    }
+                )
+            )
             for event in session["events"]:
                 if event["seq"] > start["last_seq"] - 2:
                     await ws.send(json.dumps(event))
         else:
             sid = f"s{len(self.sessions) + 1}"
             session = self.sessions[sid] = {"token": "tok-" + sid, "audio": bytearray(), "events": []}
-            await ws.send(json.dumps({"type": "ready", "seq": 0, "session_id": sid,
-                                      "resume_token": session["token"], "resumed": False,
-                                      "received_samples": 0}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "ready",
+                        "seq": 0,
+                        "session_id": sid,
+                        "resume_token": session["token"],
+                        "resumed": False,
+                        "received_samples": 0,
+                    }
+                )
+            )
 
         async def emit(event: dict) -> None:
             event["seq"] = len(session["events"]) + 1
@@ -169,7 +208,8 @@ def test_async_client_resumes_after_a_dropped_connection_without_loss_or_duplica
         async with AsyncStreamClient(url, reconnect=ReconnectPolicy(initial_delay_s=0.05)) as stream:
 
             async def resumed(count: int) -> None:
-                while stream.resumes < count:  # polling the client's own state, bounded by wait_for
+                # The client has no event for a resume; its own counter is polled, bounded by wait_for.
+                while stream.resumes < count:  # noqa: ASYNC110
                     await asyncio.sleep(0.005)
 
             async def send():
@@ -230,6 +270,28 @@ def test_refusal_with_1013_raises_overloaded():
     asyncio.run(_run_fake(server, body))
 
 
+@pytest.mark.parametrize(
+    "close, raised",
+    [(1003, UnsupportedAudioError), (1008, ProtocolError), (1009, AudioTooLargeError), (1013, OverloadedError)],
+)
+def test_a_bare_close_raises_the_error_the_server_closes_with(close, raised):
+    """No error event before the close: the client reads the close code by malsori.protocol's table."""
+
+    async def handler(ws):
+        await ws.recv()
+        await ws.close(close, "refused")
+
+    async def body():
+        async with serve(handler, "127.0.0.1", 0) as ws_server:
+            url = f"ws://127.0.0.1:{ws_server.sockets[0].getsockname()[1]}/v1/stream"
+            with pytest.raises(MalsoriError) as info:
+                await AsyncStreamClient(url).connect()
+            return info.value
+
+    error = asyncio.run(asyncio.wait_for(body(), 30))
+    assert type(error) is raised and str(error) == "refused"
+
+
 # -- against a real server with the real model ---------------------------------------------------------
 def _pcm16(path) -> bytes:
     from malsori.engine import decode_audio, float32_to_pcm16
@@ -243,7 +305,7 @@ def _ws_url(live_server) -> str:
 
 def _frames(pcm: bytes, ms: int = 100) -> list[bytes]:
     size = 32 * ms  # 16 kHz int16: 32 bytes per ms
-    return [pcm[i:i + size] for i in range(0, len(pcm), size)]
+    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
 
 
 @pytest.mark.model
@@ -261,7 +323,7 @@ def test_sync_client_transcribes_jfk_over_a_real_socket(live_server, manifest, t
     assert seqs == sorted(set(seqs))
     finals = [e for e in events if isinstance(e, FinalEvent)]
     assert finals, [e.type for e in events]
-    for before, after in zip(finals, finals[1:]):
+    for before, after in itertools.pairwise(finals):
         assert before.end <= after.start + 1e-6  # finals never overlap
     text = " ".join(f.text for f in finals)
     assert wer(clip.reference, text) <= 0.1, text
@@ -280,8 +342,9 @@ def test_dropped_connection_resumes_without_losing_or_repeating_finals(live_serv
 
     async def run():
         events = []
-        client = AsyncStreamClient(_ws_url(live_server), StreamOptions(language="en"),
-                                   reconnect=ReconnectPolicy(initial_delay_s=0.05))
+        client = AsyncStreamClient(
+            _ws_url(live_server), StreamOptions(language="en"), reconnect=ReconnectPolicy(initial_delay_s=0.05)
+        )
         await client.connect()
 
         async def send():
@@ -306,7 +369,7 @@ def test_dropped_connection_resumes_without_losing_or_repeating_finals(live_serv
     seqs = [e.seq for e in events]
     assert seqs == sorted(set(seqs))
     finals = [e for e in events if isinstance(e, FinalEvent)]
-    for before, after in zip(finals, finals[1:]):
+    for before, after in itertools.pairwise(finals):
         assert before.end <= after.start + 1e-6
     text = " ".join(f.text for f in finals)
     reference = " ".join(c.reference for c in clips)
@@ -342,8 +405,9 @@ def test_a_fatal_error_before_end_raises_after_the_end_event():
     async def handler(ws):
         await ws.recv()
         await ws.send(json.dumps({"type": "ready", "seq": 0, "session_id": "s1", "resume_token": "t"}))
-        await ws.send(json.dumps({"type": "error", "seq": 1, "code": "internal_error",
-                                  "message": "decoder failed", "fatal": True}))
+        await ws.send(
+            json.dumps({"type": "error", "seq": 1, "code": "internal_error", "message": "decoder failed", "fatal": True})
+        )
         await ws.send(json.dumps({"type": "end", "seq": 2, "reason": "error"}))
         await ws.close()
 

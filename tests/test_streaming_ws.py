@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 
 import numpy as np
@@ -94,7 +95,7 @@ def test_real_speech_stream_gives_finals_matching_the_reference(live_server, tes
     assert events[-1]["type"] == "end"
     assert any(e["type"] == "partial" for e in events)
     finals = [e for e in events if e["type"] == "final"]
-    assert all(a["end"] <= b["start"] + 1e-6 for a, b in zip(finals, finals[1:]))
+    assert all(a["end"] <= b["start"] + 1e-6 for a, b in itertools.pairwise(finals))
     error = score(reference(manifest, *LJ), final_text(events))
     assert error <= 0.10, (error, final_text(events))
 
@@ -175,7 +176,9 @@ START = json.dumps({"type": "start", "sample_rate": SR, "encoding": "pcm_s16le",
     ],
     ids=["bad-json", "unknown-type", "unknown-field", "wrong-encoding", "audio-before-start", "odd-bytes", "oversized"],
 )
-def test_malformed_input_gets_an_error_and_close_code_while_another_session_runs(live_server, testdata, manifest, messages, code, error_code):
+def test_malformed_input_gets_an_error_and_close_code_while_another_session_runs(
+    live_server, testdata, manifest, messages, code, error_code
+):
     url = ws_url(live_server, "/v1/stream")
     audio = load(testdata, LJ[0])
 
@@ -223,7 +226,8 @@ def test_stt_realtime_and_raw_endpoints_transcribe(live_server, testdata, manife
 
     async def stt():
         async with websockets.connect(ws_url(live_server, "/stt/realtime"), max_size=None) as ws:
-            await ws.send(json.dumps({"type": "start_session", "session_id": "call-1", "tenant_id": "acme", "meeting_id": "m1", "language": "en"}))
+            start = {"type": "start_session", "session_id": "call-1", "tenant_id": "acme", "meeting_id": "m1", "language": "en"}
+            await ws.send(json.dumps(start))
             started = json.loads(await ws.recv())
             for i in range(0, len(audio), SR):
                 await ws.send(json.dumps({"type": "audio_chunk", "audio": base64.b64encode(pcm16(audio[i : i + SR])).decode()}))
