@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
+from itertools import pairwise
 
 import numpy as np
 import pytest
 
 from malsori.engine.fake import VOCABULARY, FakeDecoder, tone_speech
 from malsori.errors import AuthError, InvalidOptionsError, NotFoundError, OverloadedError
-from malsori.streaming import EnergyVad, Final, Language, LoadSnapshot, Partial, SessionManager, StreamConfig, StreamingSession
-from malsori.streaming.agreement import LocalAgreement
+from malsori.streaming import (
+    PRESETS,
+    AdvancedStreamConfig,
+    EnergyVad,
+    Final,
+    Language,
+    LoadSnapshot,
+    Partial,
+    SessionManager,
+    StreamConfig,
+    StreamingSession,
+)
 from malsori.streaming.guard import clean_text, collapse_repetitions
 
 SR = 16000
@@ -61,17 +72,9 @@ def test_partials_show_the_open_phrase_with_an_agreed_stable_prefix():
         assert p.text == " ".join(x for x in (p.stable, p.unstable) if x)
         assert "alpha bravo charlie delta echo foxtrot".startswith(p.text)
     stables = [p.stable.split() for p in partials]
-    assert all(a == b[: len(a)] for a, b in zip(stables, stables[1:])), "stable text never shrinks or changes"
+    assert all(a == b[: len(a)] for a, b in pairwise(stables)), "stable text never shrinks or changes"
     assert stables[-1], "LocalAgreement settled some words before the end"
     assert finals(events) == ["alpha bravo charlie delta echo foxtrot"]
-
-
-def test_local_agreement_commits_the_common_prefix_only():
-    agreement = LocalAgreement()
-    assert agreement.update("the quick brown") == ("", "the quick brown")
-    assert agreement.update("The quick, brown fox") == ("The quick, brown", "fox")
-    assert agreement.update("the quick brown box jumps") == ("The quick, brown", "box jumps")
-    assert agreement.update("the quick brown box jumps over")[0] == "The quick, brown box jumps"
 
 
 def test_silence_costs_no_decode_and_yields_nothing():
@@ -126,7 +129,7 @@ def test_speculative_final_makes_the_final_arrive_at_the_endpoint():
     session = make_session(endpoint_s=0.6)
     decoder, arrival = FakeDecoder(), None
     n = SR // 10
-    for k, i in enumerate(range(0, len(audio), n)):
+    for i in range(0, len(audio), n):
         for event in session.feed(audio[i : i + n]):
             if isinstance(event, Final):
                 arrival = (i + n) / SR
@@ -172,6 +175,43 @@ def test_presets_and_overrides_are_validated():
         StreamConfig.from_preset("balanced", language="klingon")
     with pytest.raises(InvalidOptionsError, match="endpoint_s"):
         StreamConfig.from_preset("balanced", endpoint_s=0.0)
+
+
+def test_advanced_knobs_are_overridden_by_their_flat_names_and_shown_flat():
+    config = StreamConfig.from_preset("accurate", commit_holdback_s=0.8, vad_threshold=0.6, endpoint_s=0.5)
+    assert config.advanced.commit_holdback_s == 0.8 and config.endpoint_s == 0.5 and config.final_beam_size == 5
+    assert config.advanced.vad_release == pytest.approx(0.45)
+    assert config.advanced.unagreed_holdback_s == pytest.approx(1.6) and config.advanced.lagging_holdback_s == pytest.approx(1.6)
+    assert StreamConfig().advanced.lagging_holdback_s == 1.2
+    assert replace(StreamConfig().advanced, commit_holdback_s=0.2).lagging_holdback_s == 1.0
+    # The ready event's config: the same flat keys start.options takes, no nested group.
+    shown = config.to_dict()
+    assert shown["commit_holdback_s"] == 0.8 and shown["endpoint_s"] == 0.5 and "advanced" not in shown
+    assert StreamConfig.from_preset("accurate", **{k: v for k, v in shown.items() if k != "preset"}) == config
+    with pytest.raises(InvalidOptionsError, match="unknown stream option"):
+        StreamConfig.from_preset("balanced", advanced={"pad_s": 0.1})
+    with pytest.raises(InvalidOptionsError, match="commit_holdback_s"):
+        StreamConfig.from_preset("balanced", commit_holdback_s=9.0)
+    with pytest.raises(InvalidOptionsError, match="invalid stream options"):
+        StreamConfig.from_preset("balanced", pad_s="wide")
+
+
+def test_only_knobs_the_presets_set_differently_are_top_level():
+    advanced = {f.name for f in fields(AdvancedStreamConfig)}
+    top = {f.name for f in fields(StreamConfig)} - {"advanced", "language", "task", "word_timestamps", "preset", "partials"}
+    for name in top:
+        assert len({StreamConfig.from_preset(p).to_dict()[name] for p in PRESETS}) > 1, name
+    for name in advanced:
+        assert len({StreamConfig.from_preset(p).to_dict()[name] for p in PRESETS}) == 1, name
+
+
+def test_streaming_package_exports_what_all_says():
+    import inspect
+
+    import malsori.streaming
+
+    public = {n for n, v in vars(malsori.streaming).items() if not n.startswith("_") and not inspect.ismodule(v)}
+    assert public == set(malsori.streaming.__all__)
 
 
 def test_streaming_vad_matches_the_one_shot_silero_model(testdata):
@@ -240,20 +280,20 @@ def _partial_ends(backoff: float, lag_frames: int) -> list[float]:
 def test_partials_back_off_when_decodes_are_slow():
     # A partial that took 0.5 s (5 frames of audio arrived meanwhile) delays the next by 2 x 0.5 s.
     slow = _partial_ends(2.0, 5)
-    assert len(slow) >= 3 and all(b - a >= 1.0 - 1e-6 for a, b in zip(slow[1:], slow[2:]))
+    assert len(slow) >= 3 and all(b - a >= 1.0 - 1e-6 for a, b in pairwise(slow[1:]))
     # Without backoff the next partial goes out as soon as the previous returns.
     eager = _partial_ends(0.0, 5)
-    assert len(eager) > len(slow) and min(b - a for a, b in zip(eager, eager[1:])) < 0.7
+    assert len(eager) > len(slow) and min(b - a for a, b in pairwise(eager)) < 0.7
     # A fast decoder keeps the configured step.
     fast = _partial_ends(2.0, 0)
-    assert min(b - a for a, b in zip(fast, fast[1:])) < 0.5
+    assert min(b - a for a, b in pairwise(fast)) < 0.5
 
 
 def test_scheduler_batches_an_urgent_final_before_queued_partials():
     import threading
 
     from malsori.engine.scheduler import DecodeScheduler, Priority
-    from malsori.engine.transcriber import Window
+    from malsori.engine.windows import Window
 
     release, entered = threading.Event(), threading.Event()
 
@@ -286,7 +326,7 @@ def test_scheduler_decodes_live_windows_in_half_batches_finals_first():
     import threading
 
     from malsori.engine.scheduler import DecodeScheduler, Priority
-    from malsori.engine.transcriber import Window
+    from malsori.engine.windows import Window
 
     release, entered = threading.Event(), threading.Event()
 
@@ -426,20 +466,11 @@ def test_a_speculative_final_is_kept_when_speech_resumes_in_a_long_phrase():
     assert len(final_windows) == 2, "the decode at the pause was not thrown away"
 
 
-def test_a_continuation_that_repeats_the_last_settled_words_drops_them():
-    from malsori.streaming.session import _repeated
-
-    assert _repeated(["of", "the", "true"], ["true", "printed", "book"]) == 1
-    assert _repeated(["printing", "beautiful", "letters"], ["creating", "beautiful", "letters", "then"]) == 3
-    assert _repeated(["the", "art", "of"], ["making", "books"]) == 0
-    assert _repeated(["so", "that"], ["that's", "it"]) == 0
-
-
 def test_scheduler_skips_windows_whose_caller_gave_up():
     import threading
 
     from malsori.engine.scheduler import DecodeScheduler, Priority
-    from malsori.engine.transcriber import Window
+    from malsori.engine.windows import Window
 
     release, entered = threading.Event(), threading.Event()
 

@@ -1,35 +1,39 @@
 """How a live session cuts speech into windows and when it settles text: presets and overrides.
 
-Every preset value can be overridden (``StreamConfig.from_preset("balanced", endpoint_s=0.4)``);
-the whole set is validated once, here, with messages a person understands.
+A preset sets the values that trade latency against accuracy (:data:`PRESETS`); every other knob has
+one value for all presets and sits in :class:`AdvancedStreamConfig` (``StreamConfig.advanced``).
+Both kinds are overridden by name, flat, as the ``start`` message's ``options`` carries them:
+``StreamConfig.from_preset("balanced", endpoint_s=0.4, commit_holdback_s=0.8)``. The whole set is
+validated once, here, with messages a person understands.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 
 from ..engine.options import TASKS, TranscribeOptions, normalize_language
 from ..errors import InvalidOptionsError
 
-__all__ = ["StreamConfig", "PRESETS", "TUNABLE_KEYS"]
+__all__ = ["StreamConfig", "AdvancedStreamConfig", "PRESETS"]
+
+VAD_HYSTERESIS = 0.15
+"""Speech goes on while the Silero probability stays above ``vad_threshold`` less this: one low
+32 ms chunk inside a word does not end the speech."""
+LAGGING_HOLDBACK_MIN_S = 1.0
+"""A lagging session finalizes words with at least this much audio after them (Whisper no longer
+revises those); see :attr:`AdvancedStreamConfig.lagging_holdback_s`."""
+
+
+def _check(*checks: tuple[bool, str]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise InvalidOptionsError(message)
 
 
 @dataclass(frozen=True)
-class StreamConfig:
-    language: str | None = None
-    """Whisper language code, or None to detect it from the first phrase."""
-    task: str = "transcribe"
-    word_timestamps: bool = False
-    preset: str = "balanced"
+class AdvancedStreamConfig:
+    """Knobs with one value for every preset: overridable like the others, rarely worth it."""
 
-    step_s: float = 0.6
-    """New audio between two partial decodes of the open phrase."""
-    min_partial_s: float = 0.5
-    """Speech needed before the first partial decode of a phrase."""
-    endpoint_s: float = 0.4
-    """A pause this long ends the phrase: its text is finalized."""
-    max_window_s: float = 12.0
-    """A phrase longer than this is finalized in pieces, cut between words (a word-timestamped decode)."""
     soft_after_s: float = 3.0
     """Speech this long before a pause can be settled at the pause (``reuse_candidates``)."""
     reuse_candidates: bool = True
@@ -46,16 +50,13 @@ class StreamConfig:
     commit_force_s: float = 5.0
     """Agreed words are finalized early after punctuation (a clause ends); without any, only once this
     much of the phrase is unsettled."""
-    partial_beam_size: int = 1
-    final_beam_size: int = 1
     vad_threshold: float = 0.5
-    """Silero probability that starts speech; speech continues while above threshold - 0.15."""
+    """Silero probability that starts speech; speech continues while above :attr:`vad_release`."""
     pad_s: float = 0.3
     """Audio kept before the detected onset and after the detected end of speech."""
     prompt_chars: int = 0
     """Settled text carried into the next decode as the prompt (the original design's prefix).
     Off by default: on short windows the prompt makes Whisper loop (see ``PRESETS``)."""
-    partials: bool = True
     partial_backoff: float = 2.0
     """Under load, the next partial waits this many times the last partial's turnaround (0: off)."""
     min_speech_s: float = 0.25
@@ -65,58 +66,115 @@ class StreamConfig:
     compression_ratio_threshold: float = 2.4
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "language", normalize_language(self.language))
-        if self.task not in TASKS:
-            raise InvalidOptionsError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
-        if self.preset not in PRESETS:
-            raise InvalidOptionsError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
-        checks = (
-            (0.1 <= self.step_s <= 5.0, "step_s must be between 0.1 and 5"),
-            (0.1 <= self.min_partial_s <= 5.0, "min_partial_s must be between 0.1 and 5"),
-            (0.1 <= self.endpoint_s <= 5.0, "endpoint_s must be between 0.1 and 5"),
-            (2.0 <= self.max_window_s <= 28.0, "max_window_s must be between 2 and 28"),
+        _check(
             (1.0 <= self.soft_after_s <= 28.0, "soft_after_s must be between 1 and 28"),
             (0 <= self.context_chars <= 1000, "context_chars must be between 0 and 1000"),
-            (self.commit_after_s == 0 or 1.0 <= self.commit_after_s <= 28.0, "commit_after_s must be 0 (off) or between 1 and 28"),
+            (
+                self.commit_after_s == 0 or 1.0 <= self.commit_after_s <= 28.0,
+                "commit_after_s must be 0 (off) or between 1 and 28",
+            ),
             (0.0 <= self.commit_holdback_s <= 5.0, "commit_holdback_s must be between 0 and 5"),
             (1.0 <= self.commit_force_s <= 28.0, "commit_force_s must be between 1 and 28"),
-            (1 <= self.partial_beam_size <= 10, "partial_beam_size must be between 1 and 10"),
-            (1 <= self.final_beam_size <= 10, "final_beam_size must be between 1 and 10"),
             (0.1 <= self.vad_threshold <= 0.95, "vad_threshold must be between 0.1 and 0.95"),
             (0.0 <= self.pad_s <= 1.0, "pad_s must be between 0 and 1"),
             (0 <= self.prompt_chars <= 1000, "prompt_chars must be between 0 and 1000"),
             (0.0 <= self.min_speech_s <= 2.0, "min_speech_s must be between 0 and 2"),
             (0.0 <= self.partial_backoff <= 10.0, "partial_backoff must be between 0 and 10"),
         )
-        for ok, message in checks:
-            if not ok:
-                raise InvalidOptionsError(message)
+
+    @property
+    def vad_release(self) -> float:
+        """Silero probability below which speech that has started ends (hysteresis)."""
+        return self.vad_threshold - VAD_HYSTERESIS
+
+    @property
+    def unagreed_holdback_s(self) -> float:
+        """In long speech (``commit_force_s``) without agreement, words ending this far before the newest
+        audio are finalized anyway: twice the holdback, so Whisper has heard what follows them."""
+        return 2 * self.commit_holdback_s
+
+    @property
+    def lagging_holdback_s(self) -> float:
+        """A loaded decoder gives a session few hypotheses, too far apart to agree often: words ending
+        this far before the newest audio are finalized without agreement."""
+        return max(LAGGING_HOLDBACK_MIN_S, self.unagreed_holdback_s)
+
+
+_ADVANCED = tuple(f.name for f in fields(AdvancedStreamConfig))
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    language: str | None = None
+    """Whisper language code, or None to detect it from the first phrase."""
+    task: str = "transcribe"
+    word_timestamps: bool = False
+    preset: str = "balanced"
+    partials: bool = True
+    """Send partial events at all (an output choice, like ``word_timestamps``, not a preset value)."""
+
+    step_s: float = 0.6
+    """New audio between two partial decodes of the open phrase."""
+    min_partial_s: float = 0.5
+    """Speech needed before the first partial decode of a phrase."""
+    endpoint_s: float = 0.4
+    """A pause this long ends the phrase: its text is finalized."""
+    max_window_s: float = 12.0
+    """A phrase longer than this is finalized in pieces, cut between words (a word-timestamped decode)."""
+    partial_beam_size: int = 1
+    final_beam_size: int = 1
+
+    advanced: AdvancedStreamConfig = field(default_factory=AdvancedStreamConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "language", normalize_language(self.language))
+        if self.task not in TASKS:
+            raise InvalidOptionsError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        if self.preset not in PRESETS:
+            raise InvalidOptionsError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
+        _check(
+            (0.1 <= self.step_s <= 5.0, "step_s must be between 0.1 and 5"),
+            (0.1 <= self.min_partial_s <= 5.0, "min_partial_s must be between 0.1 and 5"),
+            (0.1 <= self.endpoint_s <= 5.0, "endpoint_s must be between 0.1 and 5"),
+            (2.0 <= self.max_window_s <= 28.0, "max_window_s must be between 2 and 28"),
+            (1 <= self.partial_beam_size <= 10, "partial_beam_size must be between 1 and 10"),
+            (1 <= self.final_beam_size <= 10, "final_beam_size must be between 1 and 10"),
+        )
 
     @classmethod
-    def from_preset(cls, preset: str | None = None, **overrides) -> "StreamConfig":
-        """The preset's values with ``overrides`` applied; unknown keys raise InvalidOptionsError."""
+    def from_preset(cls, preset: str | None = None, **overrides) -> StreamConfig:
+        """The preset's values with ``overrides`` (flat names, advanced ones too) applied; unknown
+        keys raise InvalidOptionsError."""
         preset = preset or "balanced"
         if preset not in PRESETS:
             raise InvalidOptionsError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls) if f.name != "advanced"} | set(_ADVANCED)
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise InvalidOptionsError(f"unknown stream option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values = {**PRESETS[preset], **overrides, "preset": preset}
+        advanced = {k: values.pop(k) for k in _ADVANCED if k in values}
         try:
-            return cls(**{**PRESETS[preset], **overrides, "preset": preset})
+            return cls(**values, advanced=AdvancedStreamConfig(**advanced))
         except TypeError as exc:
             raise InvalidOptionsError(f"invalid stream options: {exc}") from None
 
-    def with_(self, **changes) -> "StreamConfig":
-        return replace(self, **changes)
+    @property
+    def cut_reserve_s(self) -> float:
+        """A window cut finalizes only words ending before the window's last third: the rest keeps
+        context for the next window."""
+        return self.max_window_s / 3
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The effective values, flat: the names ``start.options`` takes (the ``ready`` event's ``config``)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "advanced"}
+        return {**data, **asdict(self.advanced)}
 
     # -- decoding options: equal across sessions so the scheduler batches their windows together --
     def partial_options(self) -> TranscribeOptions:
         # Greedy, no timestamps, no temperature fallback: partials are previews, and a fallback
         # (several extra decodes) would delay the final behind them.
+        a = self.advanced
         return TranscribeOptions(
             task=self.task,
             beam_size=self.partial_beam_size,
@@ -124,12 +182,13 @@ class StreamConfig:
             temperatures=(0.0,),
             without_timestamps=True,
             vad_filter=False,
-            no_speech_threshold=self.no_speech_threshold,
-            log_prob_threshold=self.log_prob_threshold,
-            compression_ratio_threshold=self.compression_ratio_threshold,
+            no_speech_threshold=a.no_speech_threshold,
+            log_prob_threshold=a.log_prob_threshold,
+            compression_ratio_threshold=a.compression_ratio_threshold,
         )
 
     def final_options(self) -> TranscribeOptions:
+        a = self.advanced
         return TranscribeOptions(
             task=self.task,
             beam_size=self.final_beam_size,
@@ -137,9 +196,9 @@ class StreamConfig:
             temperatures=(0.0, 0.4),
             word_timestamps=self.word_timestamps,
             vad_filter=False,
-            no_speech_threshold=self.no_speech_threshold,
-            log_prob_threshold=self.log_prob_threshold,
-            compression_ratio_threshold=self.compression_ratio_threshold,
+            no_speech_threshold=a.no_speech_threshold,
+            log_prob_threshold=a.log_prob_threshold,
+            compression_ratio_threshold=a.compression_ratio_threshold,
         )
 
 
@@ -160,17 +219,7 @@ class StreamConfig:
 #   endpoint 0.3: final p50 0.91 s / p95 1.80 s, WER 5.8% (phrases end at commas and lose context);
 #   0.4: 1.01 / 1.87 s, WER 4.8%; 0.5: 1.17 / 1.90 s, WER 4.1%. low-latency keeps 0.3.
 PRESETS: dict[str, dict] = {
-    "low-latency": dict(
-        step_s=0.4, min_partial_s=0.4, endpoint_s=0.3, max_window_s=8.0, partial_beam_size=1, final_beam_size=1
-    ),
-    "balanced": dict(
-        step_s=0.6, min_partial_s=0.5, endpoint_s=0.4, max_window_s=12.0, partial_beam_size=1, final_beam_size=1
-    ),
-    "accurate": dict(
-        step_s=1.0, min_partial_s=0.8, endpoint_s=0.8, max_window_s=10.0, partial_beam_size=3, final_beam_size=5
-    ),
+    "low-latency": dict(step_s=0.4, min_partial_s=0.4, endpoint_s=0.3, max_window_s=8.0, partial_beam_size=1, final_beam_size=1),
+    "balanced": dict(step_s=0.6, min_partial_s=0.5, endpoint_s=0.4, max_window_s=12.0, partial_beam_size=1, final_beam_size=1),
+    "accurate": dict(step_s=1.0, min_partial_s=0.8, endpoint_s=0.8, max_window_s=10.0, partial_beam_size=3, final_beam_size=5),
 }
-
-TUNABLE_KEYS: tuple[str, ...] = tuple(
-    f.name for f in fields(StreamConfig) if f.name not in ("language", "task", "word_timestamps", "preset")
-)

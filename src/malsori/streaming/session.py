@@ -27,6 +27,8 @@ How speech becomes text:
   The rest of the phrase goes on as a *continued* phrase: only it is decoded from then on, so
   windows stay short, and the text finalized since the last pause is its prompt (``context_chars``).
 - A phrase reaching ``max_window_s`` without a commit is split by a word-timestamped ``cut`` decode.
+- Which words those two settle, and where the cut goes, is decided in ``commit.py`` (pure functions
+  with decision tables); this class keeps the phrases and applies the decisions.
 - Closed phrases wait in order for their final decode; none is ever dropped. A final due while a
   partial decodes overtakes it (the partial is superseded, see :meth:`superseded`).
 """
@@ -35,45 +37,34 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 
 from ..engine.audio import SAMPLE_RATE
 from ..engine.options import TranscribeOptions
-from ..engine.transcriber import Window, WindowResult
 from ..engine.types import Segment
-from .agreement import LocalAgreement
+from ..engine.windows import Window, WindowResult
+from .commit import MAX_REPEAT, Decision, LocalAgreement, early_commit, repeated_prefix, window_cut, word_key
 from .config import StreamConfig
 from .events import End, Error, Event, Final, Language, Partial, WordTiming
-from .guard import clean_text, normalize_words
+from .guard import clean_text
 from .vad import VAD_CHUNK, StreamingVad
 
 __all__ = ["StreamingSession", "DecodeRequest"]
 
 _SR = SAMPLE_RATE
-_CLAUSE_END = tuple(",.;:!?。，、！？")
-_MAX_REPEAT = 5  # longest run of finalized words a continuing hypothesis may repeat
-_COMMIT_MIN_WORDS = 2  # fewest agreed words finalized at once before a pause
-_CUT_SEARCH_S = 0.1  # an early cut goes at the quietest 10 ms this close to the gap between two words
-_QUIET = 0.1  # a gap is quiet below this share of the window's median energy
+# Past the window limit a "cut" decode splits a phrase between words; a VAD cut at this much past it
+# is the fallback when decodes lag far behind, so no window reaches Whisper's 30 s (28 s with margin).
+_VAD_CUT_AFTER_S = 6.0
+_VAD_CUT_MAX_S = 27.0
+_UTTERANCE_CHARS = 1000  # text kept of the speech since the last pause: the most ``context_chars`` takes
 
 
-def _key(word: str) -> str:
-    return " ".join(normalize_words(word))
-
-
-def _repeated(before: list[str], keys: list[str]) -> int:
-    """How many leading ``keys`` repeat the end of ``before`` (the words finalized just before).
-
-    Three or more words may differ in one (the cut word heard differently: "printing beautiful
-    letters" then "creating beautiful letters"); shorter runs must match exactly."""
-    for k in range(min(_MAX_REPEAT, len(before), len(keys)), 0, -1):
-        differ = sum(a != b for a, b in zip(keys[:k], before[-k:]))
-        if differ == 0 or (k >= 3 and differ == 1):
-            return k
-    return 0
+def _repeated_words(before: list[str], text: str) -> int:
+    """How many leading words of ``text`` repeat the words finalized just before (see ``repeated_prefix``)."""
+    return repeated_prefix(before, [word_key(t) for t in text.split()])
 
 
 @dataclass(frozen=True)
@@ -239,26 +230,26 @@ class StreamingSession:
         return events
 
     def _step(self, prob: float) -> list[Event]:
-        c = self.config
+        c, a = self.config, self.config.advanced
         chunk_start, chunk_end = self._vad_pos, self._vad_pos + VAD_CHUNK
         self._vad_pos = chunk_end
-        threshold = c.vad_threshold if not self._in_speech else c.vad_threshold - 0.15
-        speech = prob >= threshold
+        speech = prob >= (a.vad_release if self._in_speech else a.vad_threshold)
         self._in_speech = speech
         events: list[Event] = []
         ph = self._open
         if ph is None:
             if speech:
-                start = max(chunk_start - int(c.pad_s * _SR), self._last_end, self._buffer.base)
+                start = max(chunk_start - int(a.pad_s * _SR), self._last_end, self._buffer.base)
                 ph = self._open = _Phrase(next(self._phrase_ids), start, chunk_end)
                 ph.probs.extend([0.0] * ((chunk_start - start) // VAD_CHUNK))
                 ph.last_partial_end = start
             else:
                 return events
         ph.probs.append(prob)
-        if speech and ph.candidate is not None and c.reuse_candidates:
+        if speech and ph.candidate is not None and a.reuse_candidates:
             events.extend(self._settle_candidate(ph))
-            ph = self._open  # type: ignore[assignment]
+            ph = self._open
+            assert ph is not None  # settling opened the phrase that continues the speech
         if speech:
             ph.last_speech = chunk_end
             ph.speech += VAD_CHUNK
@@ -268,14 +259,17 @@ class StreamingSession:
             if self._silence >= c.endpoint_s * _SR:
                 events.extend(self._close(self._speech_end(ph)))
                 return events
-        # Past the window limit a "cut" decode (word timestamps) splits the phrase between words;
-        # this VAD cut is only the fallback when decodes lag far behind (windows must stay < 28 s).
-        if chunk_end - ph.start >= min(c.max_window_s + 6.0, 27.0) * _SR:
+        if chunk_end - ph.start >= min(c.max_window_s + _VAD_CUT_AFTER_S, _VAD_CUT_MAX_S) * _SR:
             events.extend(self._cut(ph))
         return events
 
     def _speech_end(self, ph: _Phrase) -> int:
-        return min(ph.last_speech + int(self.config.pad_s * _SR), self._buffer.end)
+        return min(ph.last_speech + int(self.config.advanced.pad_s * _SR), self._buffer.end)
+
+    def _speech_in(self, probs: Sequence[float]) -> int:
+        """Samples of speech in these VAD chunks."""
+        release = self.config.advanced.vad_release
+        return sum(VAD_CHUNK for p in probs if p >= release)
 
     def _cut(self, ph: _Phrase) -> list[Event]:
         """Close a too-long phrase at its quietest chunk in the last third; speech goes on in a new one."""
@@ -283,14 +277,20 @@ class StreamingSession:
         first = max(1, len(probs) * 2 // 3)
         k = first + int(np.argmin(probs[first:])) if len(probs) > first else len(probs)
         cut = ph.start + k * VAD_CHUNK
-        tail_probs = probs[k:]
         events = self._close(cut, keep_open=True)
+        self._continue(ph, cut)
+        return events
+
+    def _continue(self, ph: _Phrase, cut: int) -> _Phrase:
+        """Open the speech of ``ph`` after ``cut`` (just closed or finalized) as a new phrase that
+        continues it: never dropped as a click, and its decodes take the settled text as context."""
+        tail_probs = ph.probs[(cut - ph.start) // VAD_CHUNK :]
         new = self._open = _Phrase(next(self._phrase_ids), cut, max(cut, ph.last_speech))
         new.probs = list(tail_probs)
-        new.speech = sum(VAD_CHUNK for p in tail_probs if p >= self.config.vad_threshold - 0.15)
+        new.speech = self._speech_in(tail_probs)
         new.last_partial_end = cut
         new.continued = True
-        return events
+        return new
 
     def _close(self, end: int, keep_open: bool = False) -> list[Event]:
         ph = self._open
@@ -299,8 +299,8 @@ class StreamingSession:
         ph.hard = not keep_open
         ph.end = max(end, ph.start)
         self._last_end = ph.end
-        speech_in = ph.speech if not keep_open else sum(VAD_CHUNK for p in ph.probs[: (ph.end - ph.start) // VAD_CHUNK] if p >= self.config.vad_threshold - 0.15)
-        if speech_in < self.config.min_speech_s * _SR and not (ph.continued and ph.hypothesis):
+        speech_in = ph.speech if not keep_open else self._speech_in(ph.probs[: (ph.end - ph.start) // VAD_CHUNK])
+        if speech_in < self.config.advanced.min_speech_s * _SR and not (ph.continued and ph.hypothesis):
             return []  # a click or a breath: no decode, no text
         if ph.candidate is not None and ph.candidate[0] == ph.end and not self._pending:
             # The speculative decode already covers the whole phrase: final now, no decode.
@@ -309,7 +309,7 @@ class StreamingSession:
         return []
 
     def _trim(self) -> None:
-        keep = self._buffer.end - int(self.config.pad_s * _SR) - VAD_CHUNK
+        keep = self._buffer.end - int(self.config.advanced.pad_s * _SR) - VAD_CHUNK
         for ph in itertools.chain(self._pending, [self._open] if self._open else []):
             keep = min(keep, ph.start)
         self._buffer.trim_before(keep)
@@ -326,7 +326,7 @@ class StreamingSession:
 
     # -- decoding ----------------------------------------------------------------------------------
     def _prompt(self, ph: _Phrase) -> str | None:
-        chars = self.config.context_chars
+        chars = self.config.advanced.context_chars
         if ph.continued and chars and self._utterance:
             context = self._utterance[-chars:]
             return context.split(" ", 1)[1] if len(self._utterance) > chars and " " in context else context
@@ -335,8 +335,12 @@ class StreamingSession:
     def _request(self, kind: str, ph: _Phrase, end: int, words: bool = False) -> DecodeRequest:
         audio = self._buffer.slice(ph.start, end)
         window = Window(
-            audio, offset=ph.start / _SR, prompt=self._prompt(ph), language=self._language,
-            words=words or kind == "cut", fallback=kind != "partial",
+            audio,
+            offset=ph.start / _SR,
+            prompt=self._prompt(ph),
+            language=self._language,
+            words=words or kind == "cut",
+            fallback=kind != "partial",
         )
         options = self._partial_options if kind == "partial" else self._final_options
         self._inflight = DecodeRequest(next(self._ids), kind, ph.id, ph.start, end, window, options)
@@ -363,24 +367,24 @@ class StreamingSession:
                 return None
             self._superseded.append(self._inflight.id)
             self._inflight = None
-        c = self.config
+        c, a = self.config, self.config.advanced
         if self._pending:
-            ph = self._pending[0]
-            return self._request("final", ph, ph.end)  # type: ignore[arg-type]
+            closed = self._pending[0]
+            return self._request("final", closed, closed.end)  # type: ignore[arg-type]
         ph = self._open
         if ph is None:
             return None
         now = self._buffer.end
         if self._paused():
             end = self._speech_end(ph)
-            if ph.candidate_for != end and ph.speech >= c.min_speech_s * _SR:
+            if ph.candidate_for != end and ph.speech >= a.min_speech_s * _SR:
                 ph.candidate_for = end
                 return self._request("final", ph, end)
             return None
         if now - ph.start >= c.max_window_s * _SR:
             return self._request("cut", ph, now)
-        long = now - ph.start >= c.commit_force_s * _SR
-        if not partials and not (commits and c.commit_after_s and long):
+        long = now - ph.start >= a.commit_force_s * _SR
+        if not partials and not (commits and a.commit_after_s and long):
             return None
         # Under load a partial decode takes longer (a shared batch, other sessions' windows); waiting
         # twice its turnaround before the next keeps partials from filling the decoder so finals
@@ -388,13 +392,13 @@ class StreamingSession:
         # A phrase's first partial never waits (it is the one a reader waits for), unless the decoder
         # is loaded: then a first decode that is too short to settle any word is not worth its cost.
         lagging = self._partial_lag > c.step_s * _SR
-        first = ph.last_partial_end == ph.start and not (lagging and c.commit_after_s)
-        step = c.step_s * _SR if first else max(c.step_s * _SR, c.partial_backoff * self._partial_lag)
-        if (c.partials or c.commit_after_s) and ph.speech >= c.min_partial_s * _SR and now - ph.last_partial_end >= step:
+        first = ph.last_partial_end == ph.start and not (lagging and a.commit_after_s)
+        step = c.step_s * _SR if first else max(c.step_s * _SR, a.partial_backoff * self._partial_lag)
+        if (c.partials or a.commit_after_s) and ph.speech >= c.min_partial_s * _SR and now - ph.last_partial_end >= step:
             ph.last_partial_end = now
             # A session whose decodes take longer than a step gets few hypotheses: time every one's
             # words, so each can settle some.
-            commit = c.commit_after_s and (now - ph.start >= c.commit_after_s * _SR or lagging)
+            commit = a.commit_after_s and (now - ph.start >= a.commit_after_s * _SR or lagging)
             request = self._request("partial", ph, now, words=bool(commit))
             self._inflight = request = replace(request, lagging=lagging)
             return request
@@ -402,7 +406,7 @@ class StreamingSession:
 
     def _paused(self) -> bool:
         c = self.config
-        return self._silence >= min(c.pad_s, c.endpoint_s) * _SR
+        return self._silence >= min(c.advanced.pad_s, c.endpoint_s) * _SR
 
     def _final_due(self) -> bool:
         """A final decode would be asked for now (a closed phrase waits, or a pause began)."""
@@ -410,8 +414,10 @@ class StreamingSession:
             return True
         ph = self._open
         return (
-            ph is not None and self._paused() and ph.candidate_for != self._speech_end(ph)
-            and ph.speech >= self.config.min_speech_s * _SR
+            ph is not None
+            and self._paused()
+            and ph.candidate_for != self._speech_end(ph)
+            and ph.speech >= self.config.advanced.min_speech_s * _SR
         )
 
     def superseded(self) -> list[int]:
@@ -436,9 +442,9 @@ class StreamingSession:
             self._partial_lag = max(0, self._buffer.end - request.end)
         events: list[Event] = []
         if self._pending and self._pending[0].id == request.phrase:
-            ph = self._pending[0]
-            if request.kind == "final" and request.end == ph.end:
-                events.extend(self._finalize(ph, result))
+            closed = self._pending[0]
+            if request.kind == "final" and request.end == closed.end:
+                events.extend(self._finalize(closed, result))
             return events
         ph = self._open
         if ph is None or ph.id != request.phrase:
@@ -447,135 +453,86 @@ class StreamingSession:
             return self._apply_cut(ph, request, result)
         if request.kind == "final":
             ph.candidate = (request.end, result)
-            if not self._paused() and self.config.reuse_candidates:  # speech resumed while it decoded
+            if not self._paused() and self.config.advanced.reuse_candidates:  # speech resumed while it decoded
                 settled = self._settle_candidate(ph)
                 if settled:
                     return events + settled
         text = self._clean(result)
         if text and request.kind == "partial" and request.window.words and not self._pending:
             events.extend(self._commit(ph, request, result))
-            if self._open is not ph:  # words were finalized: the partial shows the words after them
+            if self._open is not ph and self._open is not None:  # words were finalized: show the words after them
                 ph = self._open
                 text = ph.seed
         if ph.before and text:
-            text = " ".join(text.split()[_repeated(ph.before, [_key(t) for t in text.split()]) :])
+            text = " ".join(text.split()[_repeated_words(ph.before, text) :])
         if text and self.config.partials:
             stable, unstable = ph.agreement.update(text)
             if text != ph.partial_text:
                 ph.partial_text = text
-                events.append(Partial(self._next_seq(), text, stable, unstable, round(ph.start / _SR, 3), round(request.end / _SR, 3)))
+                start, end = round(ph.start / _SR, 3), round(request.end / _SR, 3)
+                events.append(Partial(self._next_seq(), text, stable, unstable, start, end))
         return events
 
+    # -- settling text before the pause (the decisions are in commit.py) -----------------------------
     def _apply_cut(self, ph: _Phrase, request: DecodeRequest, result: WindowResult) -> list[Event]:
-        """Finalize the words of a too-long phrase that end before its last ``max_window_s / 3``;
-        the rest (and the audio from the gap after the last finalized word) stays open."""
+        """Finalize the words of a too-long phrase that end before its last ``cut_reserve_s``; the rest
+        (and the audio from the gap after the last finalized word) stays open."""
         words = [w for seg in result.segments for w in (seg.words or ())]
-        limit = request.end / _SR - self.config.max_window_s / 3
-        keep = [w for w in words if w.end <= limit]
-        if not keep or not self._clean(result):
+        decision = window_cut(words, start=ph.start, end=request.end, reserve_s=self.config.cut_reserve_s)
+        if not decision.commits or not self._clean(result):
             return self._cut(ph)  # no usable words: split at the quietest point instead
-        following = words[len(keep)] if len(words) > len(keep) else None
-        gap_end = following.start if following is not None else min(limit + 0.5, request.end / _SR)
-        return self._split(ph, request, result, keep, gap_end)
+        return self._settle_words(ph, result, decision)
 
     def _commit(self, ph: _Phrase, request: DecodeRequest, result: WindowResult) -> list[Event]:
-        """Finalize the leading words this hypothesis and the previous one agree on, when they end at
-        least ``commit_holdback_s`` before the newest audio and another word follows them; the phrase
-        goes on from the gap after them, so its next decodes (and its final) cover only the rest."""
-        c = self.config
+        """Finalize the leading words this word-timed hypothesis and the previous one agree on, when
+        :func:`~.commit.early_commit` says so; the phrase goes on from the cut after them, so its next
+        decodes (and its final) cover only the rest."""
+        a = self.config.advanced
         words = [w for seg in result.segments for w in (seg.words or ()) if w.word.strip()]
-        keys = [_key(w.word) for w in words]
-        repeated = _repeated(ph.before, keys)
+        keys = [word_key(w.word) for w in words]
+        repeated = repeated_prefix(ph.before, keys)
         words, keys = words[repeated:], keys[repeated:]
         previous, ph.hypothesis = ph.hypothesis, keys
-        agreed = 0
-        while agreed < min(len(keys), len(previous)) and keys[agreed] == previous[agreed]:
-            agreed += 1
-        def timed(limit: float, most: int) -> int:
-            """How many leading words (at most ``most``, one always left after) end by ``limit``."""
-            n = 0
-            while n < most and n + 1 < len(words) and words[n].end <= limit:
-                n += 1
-            return n
-
-        end_s = request.end / _SR
-        long = request.end - ph.start >= c.commit_force_s * _SR
-        if request.lagging:
-            # A loaded decoder gives a session few hypotheses, too far apart to agree often: settle
-            # the words with a full second of audio after them, which Whisper no longer revises.
-            n = timed(end_s - max(1.0, 2 * c.commit_holdback_s), len(words))
-        else:
-            n = timed(end_s - c.commit_holdback_s, agreed)
-            if n < _COMMIT_MIN_WORDS and long:
-                n = timed(end_s - 2 * c.commit_holdback_s, len(words))
-        if n < _COMMIT_MIN_WORDS:
-            return []
-        # Where to cut: between two words, at the quietest 10 ms near their gap (word timings are
-        # off by tens of milliseconds). A cut where the audio is not quiet splits a word across two
-        # windows and both get it wrong, so prefer, in order: after punctuation with a quiet gap (a
-        # clause ends: a pause, little context lost), the latest quiet gap, and only in long speech
-        # the quietest gap.
-        audio = self._buffer.slice(ph.start, request.end)
-        frame = _SR // 100
-        energy = np.mean(audio[: len(audio) // frame * frame].reshape(-1, frame) ** 2, axis=1)
-        if energy.size < 2:
-            return []
-        quiet = _QUIET * float(np.median(energy))
-        gaps: dict[int, tuple[float, int]] = {}
-        for j in range(_COMMIT_MIN_WORDS, n + 1):
-            lo = max(1, int((words[j - 1].end - ph.start / _SR - _CUT_SEARCH_S) * 100))
-            hi = min(energy.size, max(lo + 1, int((max(words[j].start, words[j - 1].end) - ph.start / _SR + _CUT_SEARCH_S) * 100) + 1))
-            k = lo + int(np.argmin(energy[lo:hi]))
-            gaps[j] = (float(energy[k]), ph.start + k * frame + frame // 2)
-        marked = [j for j in gaps if words[j - 1].word.rstrip()[-1:] in _CLAUSE_END and gaps[j][0] <= quiet]
-        silent = [j for j in gaps if gaps[j][0] <= quiet]
-        if marked:
-            j = marked[-1]
-        elif silent and (long or request.lagging):
-            j = silent[-1]
-        elif long:
-            j = min(gaps, key=lambda j: gaps[j][0])
-        else:
-            return []
-        return self._split(ph, request, result, words[:j], words[j].start, rest=words[j:], cut=gaps[j][1])
-
-    def _split(
-        self, ph: _Phrase, request: DecodeRequest, result: WindowResult, keep: list, gap_end: float,
-        rest: list | None = None, cut: int | None = None,
-    ) -> list[Event]:
-        """Finalize ``keep`` (the leading words of the open phrase) and open the rest as a new phrase
-        from ``cut`` (default: the middle of the gap between the last kept word and ``gap_end``)."""
-        if cut is None:
-            cut = int(round((keep[-1].end + max(keep[-1].end, gap_end)) / 2 * _SR))
-        cut = min(max(cut, ph.start + VAD_CHUNK), request.end)
-        text = "".join(w.word for w in keep).strip()
-        head = WindowResult(
-            (Segment(0, keep[0].start, keep[-1].end, text, result.avg_logprob, result.no_speech_prob, result.compression_ratio, result.temperature, tuple(keep)),),
-            result.language, result.language_probability, result.no_speech_prob, result.avg_logprob, result.compression_ratio, result.temperature,
+        decision = early_commit(
+            words,
+            previous,
+            audio=self._buffer.slice(ph.start, request.end),
+            start=ph.start,
+            end=request.end,
+            holdback_s=a.commit_holdback_s,
+            unagreed_holdback_s=a.unagreed_holdback_s,
+            lagging_holdback_s=a.lagging_holdback_s,
+            long=request.end - ph.start >= a.commit_force_s * _SR,
+            lagging=request.lagging,
         )
-        events, new = self._settle_head(ph, cut, head)
-        if rest is not None:
-            new.last_partial_end = max(cut, ph.last_partial_end)
-            new.hypothesis = [_key(w.word) for w in rest]
-            new.seed = "".join(w.word for w in rest).strip()
-            new.before = [_key(w.word) for w in keep][-_MAX_REPEAT:]
+        return self._settle_words(ph, result, decision) if decision.commits else []
+
+    def _settle_words(self, ph: _Phrase, result: WindowResult, decision: Decision) -> list[Event]:
+        """Finalize the decision's words (the leading words of the open phrase) as the phrase's text up
+        to its cut; the rest goes on as a new phrase, showing the decision's ``rest`` as its partial."""
+        keep, r = decision.words, result
+        text = "".join(w.word for w in keep).strip()
+        scores = (r.avg_logprob, r.no_speech_prob, r.compression_ratio, r.temperature)
+        segment = Segment(0, keep[0].start, keep[-1].end, text, *scores, keep)
+        head = WindowResult(
+            (segment,), r.language, r.language_probability, r.no_speech_prob, r.avg_logprob, r.compression_ratio, r.temperature
+        )
+        assert decision.cut is not None
+        events, new = self._settle(ph, decision.cut, head)
+        if decision.rest is not None:
+            new.last_partial_end = max(decision.cut, ph.last_partial_end)
+            new.hypothesis = [word_key(w.word) for w in decision.rest]
+            new.seed = "".join(w.word for w in decision.rest).strip()
+            new.before = [word_key(w.word) for w in keep][-MAX_REPEAT:]
         return events
 
-    def _settle_head(self, ph: _Phrase, cut: int, head: WindowResult) -> tuple[list[Event], _Phrase]:
-        """Finalize the open phrase up to ``cut`` with ``head``; the speech after it goes on as a new
-        open phrase that continues it (its decodes take the settled text as context)."""
-        k = (cut - ph.start) // VAD_CHUNK
-        tail_probs = ph.probs[k:]
+    def _settle(self, ph: _Phrase, cut: int, head: WindowResult) -> tuple[list[Event], _Phrase]:
+        """Finalize the open phrase up to ``cut`` with ``head``; the speech after it continues."""
         self._open = None
         ph.end = cut
         self._last_end = cut
         events = self._finalize(ph, head)
-        new = self._open = _Phrase(next(self._phrase_ids), cut, max(cut, ph.last_speech))
-        new.probs = list(tail_probs)
-        new.speech = sum(VAD_CHUNK for p in tail_probs if p >= self.config.vad_threshold - 0.15)
-        new.last_partial_end = cut
-        new.continued = True
-        return events, new
+        return events, self._continue(ph, cut)
 
     def _settle_candidate(self, ph: _Phrase) -> list[Event]:
         """Speech resumed after a pause long enough for a speculative final: in a long phrase, keep
@@ -583,19 +540,19 @@ class StreamingSession:
         if ph.candidate is None or self._pending:
             return []
         cut, result = ph.candidate
-        if cut - ph.start < self.config.soft_after_s * _SR or not self._clean(result):
+        if cut - ph.start < self.config.advanced.soft_after_s * _SR or not self._clean(result):
             return []
-        return self._settle_head(ph, cut, result)[0]
+        return self._settle(ph, cut, result)[0]
 
     def _clean(self, result: WindowResult) -> str:
-        c = self.config
+        a = self.config.advanced
         text, _ = clean_text(
             result.text,
             no_speech_prob=result.no_speech_prob,
             avg_logprob=result.avg_logprob,
-            no_speech_threshold=c.no_speech_threshold,
-            log_prob_threshold=c.log_prob_threshold,
-            compression_ratio_threshold=c.compression_ratio_threshold,
+            no_speech_threshold=a.no_speech_threshold,
+            log_prob_threshold=a.log_prob_threshold,
+            compression_ratio_threshold=a.compression_ratio_threshold,
         )
         return text
 
@@ -605,7 +562,7 @@ class StreamingSession:
             self._pending.popleft()
         events: list[Event] = []
         text = self._clean(result)
-        repeated = _repeated(ph.before, [_key(t) for t in text.split()]) if text else 0
+        repeated = _repeated_words(ph.before, text) if text else 0
         text = " ".join(text.split()[repeated:])
         if text:
             if not self._language_announced:
@@ -627,12 +584,13 @@ class StreamingSession:
                 )[repeated:]
             events.append(Final(self._next_seq(), text, start, end, result.language, words))
             self.finals += 1
+            prompt_chars = self.config.advanced.prompt_chars
             settled = (self._settled + " " + text).strip()
-            if len(settled) > self.config.prompt_chars:
-                settled = settled[-self.config.prompt_chars :]
+            if len(settled) > prompt_chars:
+                settled = settled[-prompt_chars:]
                 settled = settled.split(" ", 1)[1] if " " in settled else settled
-            self._settled = settled if self.config.prompt_chars else ""
-            self._utterance = "" if ph.hard else (self._utterance + " " + text).strip()[-1000:]
+            self._settled = settled if prompt_chars else ""
+            self._utterance = "" if ph.hard else (self._utterance + " " + text).strip()[-_UTTERANCE_CHARS:]
         elif ph.hard:
             self._utterance = ""
         # A phrase closed while its predecessor waited may already hold a matching candidate.
