@@ -558,3 +558,38 @@ def test_a_final_overtakes_a_partial_in_flight_and_the_partial_is_never_sent(tmp
     assert [e["type"] for e in events] == ["final", "end"] and code == 1000
     assert events[0]["text"] == "alpha bravo charlie" and events[0]["seq"] == 1
     assert len(decoder.windows) == 2  # the partial was decoded, and its result dropped
+
+
+# -- the Python client against the real server ---------------------------------------------------------
+def test_the_client_fetches_the_end_of_a_session_that_ended_while_it_was_away(tmp_path):
+    from malsori.client import AsyncStreamClient, EndEvent, FinalEvent, ReconnectPolicy, StreamOptions
+
+    decoder = GatedDecoder()
+    with serve(tmp_path, decoder) as server:
+
+        async def scenario():
+            # One resume, after 1 s: time enough for the session to end before it (checked below).
+            client = AsyncStreamClient(
+                server.url + "/v1/stream",
+                StreamOptions(language="en"),
+                reconnect=ReconnectPolicy(initial_delay_s=1.0, max_attempts=1),
+            )
+            ready = await client.connect()
+            for frame in frames(s16(tone_speech([0.3, "alpha", "bravo"]))):
+                await client.send_audio(frame)
+            await client.stop()
+            live = server.services.sessions.get(ready.session_id)
+            await server.wait_for(lambda: live.session.state == "finishing", "the stop")
+            client.connection.transport.abort()
+            await server.wait_for(lambda: live.detached_at is not None, "the server to see the drop")
+            decoder.gate.set()
+            await server.wait_for(lambda: live.ended, "the session to end")
+            assert client.resumes == 0, "the client resumed before the session ended: this test proves nothing"
+            events = [event async for event in client]
+            await client.close()
+            return events, client.resumes
+
+        events, resumes = run(scenario())
+    assert resumes == 1
+    assert [e.type for e in events] == ["ready", "final", "end"]
+    assert isinstance(events[1], FinalEvent) and events[1].text == "alpha bravo" and isinstance(events[-1], EndEvent)

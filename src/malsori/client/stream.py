@@ -435,13 +435,19 @@ class AsyncStreamClient:
                 async with self._send_lock:
                     ready = await self._handshake(ws, start)
                     self._ws = ws
+                    self.resumes += 1
                     offset = _resume_offset(ready, self._audio.end, ENCODINGS[self.options.encoding])
-                    for chunk in self._audio.since(offset):
-                        await ws.send(chunk)
-                    if self._stop_requested:
-                        await ws.send(json.dumps({"type": "stop"}))
+                    try:
+                        for chunk in self._audio.since(offset):
+                            await ws.send(chunk)
+                        if self._stop_requested:
+                            await ws.send(json.dumps({"type": "stop"}))
+                    except ConnectionClosed:
+                        # Closed right after ready: the session had ended while we were away (the
+                        # server replays its last events, then closes) or the link broke again. The
+                        # reader reads what arrived and decides, as after any close.
+                        return
                     self._connected.set()
-                self.resumes += 1
                 return
             except _FATAL_ON_RESUME:
                 await ws.close()

@@ -210,10 +210,7 @@ async def raw_stream(ws: WebSocket, services: ServicesDep, runner: LiveRunnerDep
 async def startup(services: Services, *, vad_factory: VadFactory | None = None) -> None:
     """Build the session registry and the decode loops; ``vad_factory`` replaces Silero (tests)."""
     s = services.settings.streaming
-    services.sessions = SessionManager(
-        max_sessions=s.max_sessions, resume_grace_s=s.resume_grace_s, default_preset=s.default_preset,
-        vad_factory=vad_factory,
-    )  # fmt: skip
+    services.sessions = SessionManager(max_sessions=s.max_sessions, resume_grace_s=s.resume_grace_s, vad_factory=vad_factory)
     services.live_runner = LiveRunner(services, services.sessions)
 
 

@@ -121,7 +121,6 @@ class SessionManager:
         *,
         max_sessions: int = 16,
         resume_grace_s: float = 30.0,
-        default_preset: str = "balanced",
         max_wait_ms: float = 1500.0,
         max_busy: float = 0.97,
         clock: Callable[[], float] = time.monotonic,
@@ -129,7 +128,6 @@ class SessionManager:
     ) -> None:
         self.max_sessions = max_sessions
         self.resume_grace_s = resume_grace_s
-        self.default_preset = default_preset
         self.max_wait_ms = max_wait_ms
         self.max_busy = max_busy
         self._clock = clock
