@@ -21,6 +21,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from ..audio_limits import check_sample_rate
 from ..errors import AuthError, InvalidOptionsError, MalsoriError, NotFoundError, OverloadedError, ProtocolError
 from ..protocol import RESUMABLE_CLOSE_CODES, CloseCode, error_for_close_code
 from .errors import ConnectionFailedError, error_for_code
@@ -52,8 +53,7 @@ class StreamOptions:
     def __post_init__(self) -> None:
         if self.encoding not in ENCODINGS:
             raise InvalidOptionsError(f"encoding must be one of {', '.join(ENCODINGS)}, not {self.encoding!r}")
-        if not 8_000 <= int(self.sample_rate) <= 192_000:
-            raise InvalidOptionsError(f"sample_rate must be between 8000 and 192000 Hz, not {self.sample_rate}")
+        check_sample_rate(self.sample_rate)  # the server's range: a rate it would refuse fails here
         if self.task not in TASKS:
             raise InvalidOptionsError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
 

@@ -1,9 +1,8 @@
 """What every route of one app shares: settings, the one model, its scheduler, metrics, services.
 
 ``create_app`` builds one :class:`Services` per app and stores it on ``app.state.services``. HTTP
-routes take what they need from it as typed FastAPI dependencies (:mod:`malsori.server.deps`);
-WebSocket handlers read ``websocket.app.state.services``. Nothing here is global, so tests can
-build several apps in one process.
+routes and WebSocket handlers take what they need from it as typed FastAPI dependencies
+(:mod:`malsori.server.deps`). Nothing here is global, so tests can build several apps in one process.
 
 The model loads in a worker thread after the app starts (so ``/health`` answers while it loads):
 until then ``transcriber``, ``scheduler`` and ``detectors`` are ``None``. :meth:`Services.require_ready`
