@@ -249,7 +249,7 @@ class StreamingSession:
         if speech and ph.candidate is not None and a.reuse_candidates:
             events.extend(self._settle_candidate(ph))
             ph = self._open
-            assert ph is not None  # settling opened the phrase that continues the speech
+            assert ph is not None  # still ph, or the phrase that continues it
         if speech:
             ph.last_speech = chunk_end
             ph.speech += VAD_CHUNK
@@ -282,8 +282,8 @@ class StreamingSession:
         return events
 
     def _continue(self, ph: _Phrase, cut: int) -> _Phrase:
-        """Open the speech of ``ph`` after ``cut`` (just closed or finalized) as a new phrase that
-        continues it: never dropped as a click, and its decodes take the settled text as context."""
+        """Open the speech of ``ph`` after ``cut`` (``ph`` was just closed or finalized there) as a new
+        phrase that continues it: its decodes take the text settled since the last pause as context."""
         tail_probs = ph.probs[(cut - ph.start) // VAD_CHUNK :]
         new = self._open = _Phrase(next(self._phrase_ids), cut, max(cut, ph.last_speech))
         new.probs = list(tail_probs)
@@ -484,9 +484,9 @@ class StreamingSession:
         return self._settle_words(ph, result, decision)
 
     def _commit(self, ph: _Phrase, request: DecodeRequest, result: WindowResult) -> list[Event]:
-        """Finalize the leading words this word-timed hypothesis and the previous one agree on, when
-        :func:`~.commit.early_commit` says so; the phrase goes on from the cut after them, so its next
-        decodes (and its final) cover only the rest."""
+        """Finalize the leading words of this word-timed hypothesis that :func:`~.commit.early_commit`
+        settles (mostly those the previous hypothesis agrees on); the phrase goes on from the cut after
+        them, so its next decodes (and its final) cover only the rest."""
         a = self.config.advanced
         words = [w for seg in result.segments for w in (seg.words or ()) if w.word.strip()]
         keys = [word_key(w.word) for w in words]
