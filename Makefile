@@ -19,7 +19,8 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/malsori serve
 
-test: $(STAMP)
+# The static checks run first (seconds), so a lint or type error fails before the long test run.
+test: $(STAMP) lint typecheck
 	$(PY) -m pytest -q -rs
 
 test-fast: $(STAMP)

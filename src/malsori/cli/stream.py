@@ -12,13 +12,14 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator, Optional, TextIO
+from typing import TextIO
 
 import typer
 
 from ..audio_limits import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
-from ..client import AsyncStreamClient, ENCODINGS, ErrorEvent, FinalEvent, LanguageEvent, PartialEvent, StreamOptions
+from ..client import ENCODINGS, AsyncStreamClient, ErrorEvent, FinalEvent, LanguageEvent, PartialEvent, StreamOptions
 from ..errors import MalsoriError
 
 __all__ = ["register", "stream"]
@@ -53,11 +54,10 @@ async def _chunks_of(pcm: bytes, chunk_bytes: int, bytes_per_second: int, realti
         if realtime:  # pace against the clock, not by sleeping a fixed step, so delays do not add up
             due = started + offset / bytes_per_second
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-        yield pcm[offset:offset + chunk_bytes]
+        yield pcm[offset : offset + chunk_bytes]
 
 
-async def _stdin_chunks(chunk_bytes: int, bytes_per_second: int, realtime: bool,
-                        sample_bytes: int) -> AsyncIterator[bytes]:
+async def _stdin_chunks(chunk_bytes: int, bytes_per_second: int, realtime: bool, sample_bytes: int) -> AsyncIterator[bytes]:
     reader = sys.stdin.buffer
     started, sent, carry = time.monotonic(), 0, b""
     while True:
@@ -94,8 +94,9 @@ async def _mic_chunks(sounddevice, sample_rate: int, encoding: str, chunk_frames
     loop.add_signal_handler(signal.SIGINT, stopped.set)
     dtype = "int16" if encoding == "pcm_s16le" else "float32"
     try:
-        with sounddevice.RawInputStream(samplerate=sample_rate, channels=1, dtype=dtype,
-                                        blocksize=chunk_frames, callback=on_audio):
+        with sounddevice.RawInputStream(
+            samplerate=sample_rate, channels=1, dtype=dtype, blocksize=chunk_frames, callback=on_audio
+        ):
             typer.echo("listening; Ctrl-C to stop", err=True)
             stop_wait = asyncio.ensure_future(stopped.wait())
             while True:
@@ -123,7 +124,7 @@ class _Printer:
         width = shutil.get_terminal_size().columns - 1
         shown = text.strip()
         if len(shown) > width:  # keep the end in view: wrapping would break the in-place redraw
-            shown = "…" + shown[-(width - 1):]
+            shown = "…" + shown[-(width - 1) :]
         self.out.write("\r\x1b[K\x1b[2m" + shown + "\x1b[0m")
         self.out.flush()
         self._partial_shown = True
@@ -163,17 +164,19 @@ async def _run(url: str, options: StreamOptions, chunks: AsyncIterator[bytes], t
 
 
 def stream(
-    source: Optional[str] = typer.Argument(None, help="Audio file to stream, or - for raw PCM on stdin"),
+    source: str | None = typer.Argument(None, help="Audio file to stream, or - for raw PCM on stdin"),
     mic: bool = typer.Option(False, "--mic", help="Stream the microphone (needs the mic extra)"),
-    url: str = typer.Option("ws://127.0.0.1:8000/v1/stream", "--url", envvar="MALSORI_STREAM_URL",
-                            help="The server's /v1/stream WebSocket"),
-    language: Optional[str] = typer.Option(None, "--language", "-l", help="Language code (default: detect)"),
+    url: str = typer.Option(
+        "ws://127.0.0.1:8000/v1/stream", "--url", envvar="MALSORI_STREAM_URL", help="The server's /v1/stream WebSocket"
+    ),
+    language: str | None = typer.Option(None, "--language", "-l", help="Language code (default: detect)"),
     task: str = typer.Option("transcribe", "--task", help="transcribe or translate (to English)"),
-    preset: Optional[str] = typer.Option(None, "--preset", help="low-latency, balanced or accurate"),
+    preset: str | None = typer.Option(None, "--preset", help="low-latency, balanced or accurate"),
     realtime: bool = typer.Option(False, "--realtime", help="Send at real-time pace, as if spoken live"),
     encoding: str = typer.Option("pcm_s16le", "--encoding", help="pcm_s16le or pcm_f32le (stdin and mic)"),
-    sample_rate: int = typer.Option(16000, "--sample-rate", min=MIN_SAMPLE_RATE, max=MAX_SAMPLE_RATE,
-                                    help="Sample rate of stdin or mic audio (Hz)"),
+    sample_rate: int = typer.Option(
+        16000, "--sample-rate", min=MIN_SAMPLE_RATE, max=MAX_SAMPLE_RATE, help="Sample rate of stdin or mic audio (Hz)"
+    ),
     timestamps: bool = typer.Option(False, "--timestamps", help="Print each final line with its times"),
 ) -> None:
     """Stream audio to a malsori server and print the words as they are recognized."""
@@ -187,8 +190,7 @@ def stream(
             if not path.is_file():
                 raise _fail(f"no such file: {source}")
             sample_rate = 16_000  # decoded files are always 16 kHz mono
-        options = StreamOptions(sample_rate=sample_rate, encoding=encoding, language=language, task=task,
-                                preset=preset)
+        options = StreamOptions(sample_rate=sample_rate, encoding=encoding, language=language, task=task, preset=preset)
         bytes_per_second = options.bytes_per_second
         chunk_bytes = int(CHUNK_S * sample_rate) * ENCODINGS[encoding]
         if mic:

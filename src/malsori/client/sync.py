@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Coroutine, Iterable, Iterator, Mapping, TypeVar
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from .events import ReadyEvent, StreamEvent
 from .stream import AsyncStreamClient, ReconnectPolicy, StreamOptions
@@ -21,9 +22,9 @@ T = TypeVar("T")
 class StreamClient:
     """One live session over ``/v1/stream``, blocking calls::
 
-        with StreamClient("ws://127.0.0.1:8000/v1/stream", StreamOptions(language="en")) as s:
-            for event in s.stream(chunks):
-                print(event)
+    with StreamClient("ws://127.0.0.1:8000/v1/stream", StreamOptions(language="en")) as s:
+        for event in s.stream(chunks):
+            print(event)
     """
 
     def __init__(
@@ -124,7 +125,7 @@ class StreamClient:
             if not self._thread.is_alive():
                 self._loop.close()
 
-    def __enter__(self) -> "StreamClient":
+    def __enter__(self) -> StreamClient:
         self.connect()
         return self
 

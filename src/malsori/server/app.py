@@ -100,7 +100,9 @@ async def _load_model(services: Services, closers: list) -> None:
         log.error("the model could not be loaded: %s", services.load_error)
         return
     _install_model(services, transcriber, closers)
-    log.info("model %s ready on %s/%s (%.2f s)", config.model, transcriber.device, transcriber.compute_type, transcriber.load_seconds)
+    log.info(
+        "model %s ready on %s/%s (%.2f s)", config.model, transcriber.device, transcriber.compute_type, transcriber.load_seconds
+    )
 
 
 class BodyLimitMiddleware:

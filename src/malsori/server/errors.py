@@ -63,6 +63,7 @@ _HTTP_STATUS: tuple[tuple[type[MalsoriError], int], ...] = (
     (ProtocolError, 400),
 )
 
+
 def http_status(exc: BaseException) -> int:
     """HTTP status for an exception: 4xx for anything a caller caused, 500 only for our own bugs."""
     for cls, status in _HTTP_STATUS:
@@ -128,5 +129,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse(error_body("internal_error", "the server failed to handle this request"), status_code=500)

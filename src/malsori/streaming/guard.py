@@ -19,6 +19,8 @@ import zlib
 
 __all__ = ["GuardVerdict", "clean_text", "collapse_repetitions", "is_invented_phrase", "normalize_words"]
 
+# A word list reads best grouped by language, several to a line: the formatter leaves it so.
+# fmt: off
 _INVENTED = {
     # English
     "thank you", "thank you very much", "thanks", "thanks for watching", "thank you for watching",
@@ -37,6 +39,7 @@ _INVENTED = {
     "谢谢观看", "谢谢", "謝謝觀看", "请不吝点赞 订阅 转发 打赏支持明镜与点点栏目", "продолжение следует",
     "спасибо", "спасибо за просмотр",
 }
+# fmt: on
 # Credits lines Whisper learned from subtitle files; no one says these in a live stream.
 _CREDITS = re.compile(
     r"(amara\.org|subtitles? (by|created|made)|captions? by|transcribed by|translated by|"
