@@ -278,7 +278,7 @@ class JobService:
             while True:
                 job = self.get(job_id)
                 left = deadline - time.monotonic()
-                if job.finished or left <= 0:
+                if (job.finished and job_id not in self._running) or left <= 0:
                     return job
                 # Finishing in this process notifies; the timeout covers changes made elsewhere.
                 self._changed.wait(min(left, 1.0))
@@ -304,7 +304,17 @@ class JobService:
         job = self.repository.claim(job_id)
         if job is None:  # cancelled (or taken by another process) while it waited
             return
+        # Running until its upload is gone and its hook has run: wait() returns only after that.
         self._running.add(job_id)
+        try:
+            self._finish(job_id, self._outcome(job))
+        finally:
+            self._running.discard(job_id)
+            self._cancel.discard(job_id)
+
+    def _outcome(self, job: JobRecord) -> float:
+        """Run a claimed job and record how it ended; the seconds it took."""
+        job_id = job.id
         started = time.perf_counter()
         try:
             transcript = self._transcribe(job)
@@ -312,26 +322,23 @@ class JobService:
             if self._stopping.is_set() and job_id not in self._cancel:
                 self.repository.requeue(job_id, uncount=True)
                 log.info("job %s goes back to the queue (shutdown)", job_id)
-                return
-            self.repository.cancel(job_id, from_states=(JobState.RUNNING,))
-        except MalsoriError as exc:
-            if self._stopping.is_set():
-                self.repository.requeue(job_id, uncount=True)
-                return
-            self.repository.fail(job_id, exc.code, exc.message)
+            else:
+                self.repository.cancel(job_id, from_states=(JobState.RUNNING,))
         except Exception as exc:
-            log.exception("job %s failed", job_id)
             if self._stopping.is_set():
                 self.repository.requeue(job_id, uncount=True)
-                return
-            self.repository.fail(job_id, "internal_error", f"the job failed unexpectedly ({exc.__class__.__name__}: {exc})")
+            elif isinstance(exc, MalsoriError):
+                self.repository.fail(job_id, exc.code, exc.message)
+            else:
+                log.exception("job %s failed", job_id)
+                self.repository.fail(job_id, "internal_error", f"the job failed unexpectedly ({exc.__class__.__name__}: {exc})")
         else:
             if not self.repository.succeed(job_id, transcript.to_dict()):
                 # A cancel request arrived after the last progress report: cancelling wins.
                 self.repository.cancel(job_id, from_states=(JobState.RUNNING,))
-        finally:
-            self._running.discard(job_id)
-        self._cancel.discard(job_id)
+        return time.perf_counter() - started
+
+    def _finish(self, job_id: str, seconds: float) -> None:
         final = self.repository.get(job_id)
         if final is not None and final.finished:
             self.uploads.delete(final.upload_path)
@@ -340,7 +347,7 @@ class JobService:
                     self.on_finished(final)
                 except Exception:
                     log.exception("on_finished hook failed for job %s", job_id)
-        log.info("job %s %s in %.1f s", job_id, final.state.value if final else "vanished", time.perf_counter() - started)
+        log.info("job %s %s in %.1f s", job_id, final.state.value if final else "vanished", seconds)
 
     def _transcribe(self, job: JobRecord) -> Transcript:
         assert self._scheduler is not None and job.upload_path is not None
