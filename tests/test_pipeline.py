@@ -160,3 +160,101 @@ def test_engine_and_streaming_never_import_the_server_or_the_web_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"imported: {out}"
+
+
+# -- streamed results (Pipeline.astream) -------------------------------------------------------------
+class HeldDecoder(FakeDecoder):
+    """Submissions are recorded and held; the test finishes each window when it chooses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[Window, Future]] = []
+        self.submitted: list[int] = []
+
+    def submit(self, windows, options):
+        futures = [Future() for _ in windows]
+        self.submitted.append(len(windows))
+        self.held.extend(zip(windows, futures, strict=True))
+        self.options = options
+        return futures
+
+    def finish(self, k: int) -> None:
+        window, future = self.held[k]
+        future.set_result(self._decode(window, self.options))
+
+
+def test_astream_yields_window_results_in_order_and_they_join_to_the_transcript():
+    decoder = FakeDecoder()
+    audio = tone_speech(SCRIPT)
+
+    async def collect():
+        return [r async for r in Pipeline(decoder, plan=three_windows).astream(audio, TranscribeOptions(language="en"))]
+
+    results = asyncio.run(collect())
+    assert [len(batch) for batch, _ in decoder.calls] == [1, 2]  # the first window alone, then the rest
+    whole = Pipeline(FakeDecoder(), plan=three_windows).transcribe(audio, TranscribeOptions(language="en"))
+    assert " ".join(r.text for r in results if r.text) == whole.text == "alpha bravo charlie delta echo"
+    assert [s.start for r in results for s in r.segments] == [s.start for s in whole.segments]
+
+
+def test_astream_yields_only_the_contiguous_prefix_and_all_at_once_without_first_alone():
+    decoder = HeldDecoder()
+
+    async def scenario():
+        stream = Pipeline(decoder, plan=three_windows).astream(tone_speech(SCRIPT), TranscribeOptions(language="en"))
+        first = asyncio.ensure_future(anext(stream))
+        while not decoder.held:
+            await asyncio.sleep(0)  # planning runs in a thread
+        assert decoder.submitted == [1]  # nothing else is queued before the first window is back
+        decoder.finish(0)
+        assert (await first).text == "alpha bravo"
+        second = asyncio.ensure_future(anext(stream))
+        while len(decoder.held) < 3:
+            await asyncio.sleep(0)
+        assert decoder.submitted == [1, 2]
+        decoder.finish(2)  # the last window first: nothing may be yielded before the middle one
+        await asyncio.sleep(0.05)
+        assert not second.done()
+        decoder.finish(1)
+        assert (await second).text == "charlie delta"
+        assert (await anext(stream)).text == "echo"
+        with pytest.raises(StopAsyncIteration):
+            await anext(stream)
+
+    asyncio.run(scenario())
+
+    batched = HeldDecoder()
+
+    async def all_at_once():
+        stream = Pipeline(batched, plan=three_windows).astream(tone_speech(SCRIPT), TranscribeOptions(), first_alone=False)
+        task = asyncio.ensure_future(anext(stream))
+        while not batched.held:
+            await asyncio.sleep(0)
+        assert batched.submitted == [3]
+        for k in range(3):
+            batched.finish(k)
+        assert (await task).text == "alpha bravo"
+        await stream.aclose()
+
+    asyncio.run(all_at_once())
+
+
+def test_closing_a_stream_early_cancels_the_windows_still_queued():
+    decoder = HeldDecoder()
+
+    async def scenario():
+        stream = Pipeline(decoder, plan=three_windows).astream(tone_speech(SCRIPT), TranscribeOptions())
+        task = asyncio.ensure_future(anext(stream))
+        while not decoder.held:
+            await asyncio.sleep(0)
+        decoder.finish(0)
+        await task
+        pending = asyncio.ensure_future(anext(stream))  # submits the other two windows
+        while len(decoder.held) < 3:
+            await asyncio.sleep(0)
+        pending.cancel()  # the consumer goes away (a client disconnects)
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        assert [f.cancelled() for _, f in decoder.held] == [False, True, True]
+
+    asyncio.run(scenario())

@@ -13,14 +13,17 @@ queue worker) and asks it for transcripts. The pipeline never knows which decode
 
 ``transcribe``/``transcribe_many`` block the calling thread; ``atranscribe``/``atranscribe_many``
 await the decoder's futures on the event loop (planning, which runs the VAD, goes to a thread).
+``astream`` awaits the same way but yields each window's result, in order, as soon as every window
+before it is done, so a caller can show text while the rest decodes (streamed HTTP transcription).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import aclosing
 from dataclasses import replace
 
 import numpy as np
@@ -46,7 +49,9 @@ def _default_plan(audio: np.ndarray, options: TranscribeOptions) -> list[tuple[i
 class _Run:
     """The planned windows of some inputs, their results so far, and what to submit next."""
 
-    def __init__(self, audios: Sequence[np.ndarray], options: TranscribeOptions, plan: Planner) -> None:
+    def __init__(
+        self, audios: Sequence[np.ndarray], options: TranscribeOptions, plan: Planner, *, first_alone: bool = False
+    ) -> None:
         self.started = time.perf_counter()
         self.audios = audios
         self.options = options
@@ -56,15 +61,21 @@ class _Run:
         self.done_s = 0.0
         # Input i's window k may only be decoded after window k-1 when it carries that window's text.
         self.sequential = options.condition_on_previous_text
+        # Each input's first window goes alone and the rest once it is done, so its text is back after
+        # one window's decode instead of a whole batch's (streamed results; see Pipeline.astream).
+        self.first_alone = first_alone
         self._next = [0] * len(audios)
 
     def ready(self) -> list[tuple[tuple[int, int], Window]]:
-        """Windows that can be submitted now (every one, unless each needs the text before it)."""
+        """Windows that can be submitted now (every one, unless each needs the text before it, or the
+        first goes alone)."""
         out: list[tuple[tuple[int, int], Window]] = []
         for i, plan in enumerate(self.plans):
             k = self._next[i]
-            last = k + 1 if self.sequential else len(plan)
-            if k < len(plan) and (not self.sequential or k == 0 or self.results[i][k - 1] is not None):
+            one = self.sequential or (self.first_alone and k == 0)
+            waits = self.sequential or (self.first_alone and k == 1)  # on the window before it
+            last = k + 1 if one else len(plan)
+            if k < len(plan) and (not waits or k == 0 or self.results[i][k - 1] is not None):
                 out.extend(((i, j), self._window(i, j)) for j in range(k, min(last, len(plan))))
                 self._next[i] = min(last, len(plan))
         return out
@@ -155,19 +166,47 @@ class Pipeline:
     ) -> list[Transcript]:
         """As :meth:`transcribe_many`, awaiting the decoder instead of blocking a thread."""
         run = await asyncio.to_thread(_Run, audios, options, self.plan)
+        async with aclosing(self._adecode(run)) as rounds:
+            async for _ in rounds:
+                if progress is not None:
+                    progress(run.done_s, run.total_s)
+        return run.assemble()
+
+    async def astream(
+        self, audio: np.ndarray, options: TranscribeOptions = TranscribeOptions(), *, first_alone: bool = True
+    ) -> AsyncGenerator[WindowResult, None]:
+        """Decode one input and yield its windows' results in order, each as soon as it and every
+        window before it are done (the contiguous prefix); the segments of the results, in order, are
+        those :meth:`atranscribe` assembles (same plan, same windows, same options).
+
+        ``first_alone`` submits the first window by itself and the rest once it is done, so the first
+        text does not wait for a whole batch: on a 2-core CPU (Whisper base int8, beam 5) a 62 s input's
+        first 22 s window took 1.4 s alone against 3.5 s for its batch of three. Closing the iterator
+        early (or cancelling its consumer) cancels the windows still queued.
+        """
+        run = await asyncio.to_thread(_Run, [audio], options, self.plan, first_alone=first_alone)
+        results, sent = run.results[0], 0
+        async with aclosing(self._adecode(run)) as rounds:
+            async for _ in rounds:
+                while sent < len(results) and (result := results[sent]) is not None:
+                    yield result
+                    sent += 1
+
+    async def _adecode(self, run: _Run) -> AsyncGenerator[None, None]:
+        """Submit what is ready, await, accept what finished; yields after each round. Leaving early
+        (an exception, ``aclose``, a cancelled caller) cancels the windows still pending."""
         pending: dict[asyncio.Future[WindowResult], tuple[Future[WindowResult], tuple[int, int], Window]] = {}
         try:
             while True:
                 for future, item in self._submit(run).items():
                     pending[asyncio.wrap_future(future)] = (future, *item)
                 if not pending:
-                    return run.assemble()
+                    return
                 finished, _ = await asyncio.wait(list(pending), return_when=asyncio.FIRST_COMPLETED)
                 for waiter in finished:
                     _, key, window = pending.pop(waiter)
                     run.accept(key, window, waiter.result())
-                if progress is not None:
-                    progress(run.done_s, run.total_s)
+                yield
         except BaseException:
             for _waiter, (future, _key, _window) in pending.items():
                 future.cancel()
