@@ -170,13 +170,21 @@ class HeldDecoder(FakeDecoder):
         super().__init__()
         self.held: list[tuple[Window, Future]] = []
         self.submitted: list[int] = []
+        self.changed = asyncio.Event()  # the pipeline submits from the event loop's thread
 
     def submit(self, windows, options):
         futures = [Future() for _ in windows]
         self.submitted.append(len(windows))
         self.held.extend(zip(windows, futures, strict=True))
         self.options = options
+        self.changed.set()
         return futures
+
+    async def holding(self, n: int) -> None:
+        """Until ``n`` windows have been submitted (planning runs in a thread first)."""
+        while len(self.held) < n:
+            self.changed.clear()
+            await self.changed.wait()
 
     def finish(self, k: int) -> None:
         window, future = self.held[k]
@@ -203,14 +211,12 @@ def test_astream_yields_only_the_contiguous_prefix_and_all_at_once_without_first
     async def scenario():
         stream = Pipeline(decoder, plan=three_windows).astream(tone_speech(SCRIPT), TranscribeOptions(language="en"))
         first = asyncio.ensure_future(anext(stream))
-        while not decoder.held:
-            await asyncio.sleep(0)  # planning runs in a thread
+        await decoder.holding(1)
         assert decoder.submitted == [1]  # nothing else is queued before the first window is back
         decoder.finish(0)
         assert (await first).text == "alpha bravo"
         second = asyncio.ensure_future(anext(stream))
-        while len(decoder.held) < 3:
-            await asyncio.sleep(0)
+        await decoder.holding(3)
         assert decoder.submitted == [1, 2]
         decoder.finish(2)  # the last window first: nothing may be yielded before the middle one
         await asyncio.sleep(0.05)
@@ -228,8 +234,7 @@ def test_astream_yields_only_the_contiguous_prefix_and_all_at_once_without_first
     async def all_at_once():
         stream = Pipeline(batched, plan=three_windows).astream(tone_speech(SCRIPT), TranscribeOptions(), first_alone=False)
         task = asyncio.ensure_future(anext(stream))
-        while not batched.held:
-            await asyncio.sleep(0)
+        await batched.holding(1)
         assert batched.submitted == [3]
         for k in range(3):
             batched.finish(k)
@@ -245,13 +250,11 @@ def test_closing_a_stream_early_cancels_the_windows_still_queued():
     async def scenario():
         stream = Pipeline(decoder, plan=three_windows).astream(tone_speech(SCRIPT), TranscribeOptions())
         task = asyncio.ensure_future(anext(stream))
-        while not decoder.held:
-            await asyncio.sleep(0)
+        await decoder.holding(1)
         decoder.finish(0)
         await task
         pending = asyncio.ensure_future(anext(stream))  # submits the other two windows
-        while len(decoder.held) < 3:
-            await asyncio.sleep(0)
+        await decoder.holding(3)
         pending.cancel()  # the consumer goes away (a client disconnects)
         with pytest.raises(asyncio.CancelledError):
             await pending
