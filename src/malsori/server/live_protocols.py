@@ -3,7 +3,8 @@ render what the session says, and say what the endpoint supports.
 
 - :class:`V1Protocol`, ``/v1/stream``: JSON ``start``, binary audio, ``stop``; typed events with ``seq``;
   resumable.
-- :class:`SttProtocol`, ``/stt/realtime``: the original design's JSON messages (base64 ``audio_chunk``).
+- :class:`SttProtocol`, ``/stt/realtime``: the original design's JSON messages (base64 ``audio_data``
+  in ``audio_chunk``).
 - :class:`RawProtocol`, ``/v1/stream/raw``: binary PCM in (format in the query string), ``{"text",
   "final"}`` out.
 
@@ -253,17 +254,22 @@ class SttProtocol(LiveProtocol):
         return StartSpec(config, rate, encoding, session_id=labels["session_id"], labels=labels)
 
     def _audio(self, data: Mapping[str, Any]) -> bytes:
-        _unknown(data, {"type", "audio", "session_id"}, "field(s) in audio_chunk")
-        audio = data.get("audio")
+        # The original design's example names the field audio_data; "audio" (ours before issue 16)
+        # stays as an alias.
+        _unknown(data, {"type", "audio_data", "audio", "session_id"}, "field(s) in audio_chunk")
+        if "audio_data" in data and "audio" in data:
+            raise ProtocolError("audio_chunk takes 'audio_data' (or its alias 'audio'), not both")
+        name = "audio" if "audio" in data else "audio_data"
+        audio = data.get(name)
         if not isinstance(audio, str):
-            raise ProtocolError("audio_chunk needs 'audio': base64 of raw PCM")
+            raise ProtocolError("audio_chunk needs 'audio_data': base64 of raw PCM")
         limit = self.settings.max_frame_bytes
         if len(audio) > limit * 4 // 3 + 4:  # refuse before decoding: base64 is 4 characters per 3 bytes
             raise AudioTooLargeError(f"audio chunk over the limit of {limit} bytes")
         try:
             return base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError):
-            raise ProtocolError("audio_chunk 'audio' is not valid base64") from None
+            raise ProtocolError(f"audio_chunk '{name}' is not valid base64") from None
 
     def _echo(self, labels: Mapping[str, str | None]) -> None:
         self._ids = {k: labels.get(k) for k in ("session_id", "tenant_id", "meeting_id")}
