@@ -157,15 +157,30 @@ class Pipeline:
 
     # -- asyncio -----------------------------------------------------------------------------------
     async def atranscribe(
-        self, audio: np.ndarray, options: TranscribeOptions = TranscribeOptions(), progress: Progress | None = None
+        self,
+        audio: np.ndarray,
+        options: TranscribeOptions = TranscribeOptions(),
+        progress: Progress | None = None,
+        *,
+        first_alone: bool = False,
     ) -> Transcript:
-        return (await self.atranscribe_many([audio], options, progress))[0]
+        return (await self.atranscribe_many([audio], options, progress, first_alone=first_alone))[0]
 
     async def atranscribe_many(
-        self, audios: Sequence[np.ndarray], options: TranscribeOptions = TranscribeOptions(), progress: Progress | None = None
+        self,
+        audios: Sequence[np.ndarray],
+        options: TranscribeOptions = TranscribeOptions(),
+        progress: Progress | None = None,
+        *,
+        first_alone: bool = False,
     ) -> list[Transcript]:
-        """As :meth:`transcribe_many`, awaiting the decoder instead of blocking a thread."""
-        run = await asyncio.to_thread(_Run, audios, options, self.plan)
+        """As :meth:`transcribe_many`, awaiting the decoder instead of blocking a thread.
+
+        ``first_alone`` submits each input's first window by itself, as :meth:`astream` does. A window's
+        text depends on what it is batched with (the model pads a batch to its longest window: "15th"
+        alone was "fifteenth" in a batch of three), so a caller whose text must match a streamed
+        one's decodes the same batches."""
+        run = await asyncio.to_thread(_Run, audios, options, self.plan, first_alone=first_alone)
         async with aclosing(self._adecode(run)) as rounds:
             async for _ in rounds:
                 if progress is not None:

@@ -3,24 +3,37 @@
 Same fields and response shapes as OpenAI's API, so the official ``openai`` package works unchanged
 (``OpenAI(base_url=".../v1")``). ``model`` may be ``whisper-1`` or the served model's name: the
 service has one shared model, and that is what answers.
+
+``stream=true`` on transcriptions answers server-sent events as OpenAI does for its streaming
+transcription models (``data: {"type": "transcript.text.delta", "delta": ...}`` per decoded window,
+in text order, then ``transcript.text.done`` with the whole text), for every model name here (OpenAI
+ignores ``stream`` for ``whisper-1``; the text is the one a plain request gets). Errors before the
+first event keep their status codes; an error after it is one last event,
+``{"type": "error", "error": {"code", "message"}}``, which the ``openai`` package raises as ``APIError``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from ..engine.options import TranscribeOptions
-from ..errors import NotFoundError
+from ..engine.windows import WindowResult
+from ..errors import InvalidOptionsError, MalsoriError, NotFoundError
 from ..formats import render
 from .deps import ReadyDep, ServicesDep
-from .inference import decode_bytes, read_upload, transcribe
+from .errors import error_body
+from .inference import decode_bytes, read_upload, transcribe, transcribe_stream
 from .services import Services
 
 __all__ = ["router"]
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -49,8 +62,11 @@ async def _run(
     granularities: Sequence[str] | None,
     task: str,
     route: str,
+    stream: bool = False,
 ) -> Response:
     services.check_model(model)
+    if stream and response_format not in ("json", "text"):
+        raise InvalidOptionsError("stream=true sends text events: response_format must be json or text")
     engine = services.settings.engine
     # temperature 0 means OpenAI's default: start greedy and raise the temperature when a decode
     # looks wrong; a positive value is used as it is.
@@ -61,11 +77,46 @@ async def _run(
         initial_prompt=prompt or None,
         beam_size=engine.beam_size,
         temperatures=temperatures,
-        word_timestamps="word" in (granularities or ()),
+        word_timestamps="word" in (granularities or ()) and not stream,  # events carry no word times
     )
     audio = await decode_bytes(services, await read_upload(file))
+    if stream:
+        results = transcribe_stream(services, audio, options, route=route)
+        first = await anext(results, None)  # errors up to the first window's text keep their status codes
+        return StreamingResponse(
+            _events(first, results),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # no proxy buffering
+        )
     transcript = await transcribe(services, audio, options, route=route)
     return Response(render(transcript, response_format), media_type=_MEDIA_TYPES[response_format])
+
+
+def _sse(data: dict) -> bytes:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def _events(first: WindowResult | None, rest: AsyncGenerator[WindowResult, None]) -> AsyncIterator[bytes]:
+    """One delta per window with text, in order; then the whole text, or an error event."""
+    text = ""
+    result = first
+    try:
+        while result is not None:
+            if result.text:
+                delta = f" {result.text}" if text else result.text  # the deltas join to the done text
+                text += delta
+                yield _sse({"type": "transcript.text.delta", "delta": delta})
+            result = await anext(rest, None)
+    except MalsoriError as exc:
+        yield _sse({"type": "error", **error_body(exc.code, exc.message)})
+        return
+    except Exception:
+        log.exception("streamed transcription failed after its first event")
+        yield _sse({"type": "error", **error_body("internal_error", "the server failed to finish this transcription")})
+        return
+    finally:
+        await rest.aclose()  # a client that went away cancels the windows still queued
+    yield _sse({"type": "transcript.text.done", "text": text})
 
 
 @router.post("/audio/transcriptions", summary="Transcribe audio (OpenAI-compatible)")
@@ -78,6 +129,9 @@ async def transcriptions(
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     timestamp_granularities: Annotated[list[Granularity] | None, Form(alias="timestamp_granularities[]")] = None,
+    stream: Annotated[
+        bool, Form(description="Answer server-sent events: transcript.text.delta per decoded window, then transcript.text.done")
+    ] = False,
 ) -> Response:
     return await _run(
         services,
@@ -90,6 +144,7 @@ async def transcriptions(
         granularities=timestamp_granularities,
         task="transcribe",
         route="/v1/audio/transcriptions",
+        stream=stream,
     )
 
 
