@@ -223,8 +223,10 @@ class Pipeline:
                     run.accept(key, window, waiter.result())
                 yield
         except BaseException:
-            for _waiter, (future, _key, _window) in pending.items():
+            for waiter, (future, _key, _window) in pending.items():
                 future.cancel()
+                if waiter.done() and not waiter.cancelled():
+                    waiter.exception()  # one error is raised; the rest of a failed batch is not "never retrieved"
             raise
 
     def _submit(self, run: _Run) -> dict[Future[WindowResult], tuple[tuple[int, int], Window]]:
