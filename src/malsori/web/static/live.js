@@ -1,5 +1,6 @@
-// The live page: options, start/stop, captions, figures and the connection state, over LiveStream.
-import { LiveStream } from "./live-stream.js";
+// The live page: options, start/stop, captions, figures and the connection state, over the
+// JavaScript client (malsori-client.js), which speaks /v1/stream, resumes and captures the microphone.
+import { MalsoriStream } from "./malsori-client.js";
 import { finalItem, languageLabel } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
@@ -18,12 +19,41 @@ function setRunning(running) {
   for (const control of optionControls) control.disabled = running;
 }
 
-function onState({ detail }) {
+function showState(state, label) {
   const badge = $("conn-state");
-  badge.dataset.state = detail.state;
-  badge.textContent = detail.label;
+  badge.dataset.state = state;
+  badge.textContent = label;
+}
+
+/** The words the badge shows for each state of the client. */
+function stateLabel(detail) {
+  switch (detail.state) {
+    case "connecting":
+      return "Connecting to the server…";
+    case "live":
+      return "Live";
+    case "resumed":
+      return `Resumed after a drop (${detail.resumes}×) · live`;
+    case "reconnecting":
+      return detail.sessionId === null
+        ? `Connecting (attempt ${detail.attempt})…`
+        : `Connection lost; reconnecting (attempt ${detail.attempt})…`;
+    case "stopping":
+      return "Finishing the last words…";
+    case "stopped":
+      return detail.confirmed ? "Stopped" : "Stopped (the server did not confirm the last words)";
+    case "error":
+      return detail.error.message;
+    default:
+      return detail.state;
+  }
+}
+
+function onState({ detail }) {
+  const label = stateLabel(detail);
+  showState(detail.state, label);
   if (detail.state === "error") {
-    showError(detail.label);
+    showError(label);
     setRunning(false);
   }
   if (detail.state === "stopped") setRunning(false);
@@ -54,7 +84,7 @@ async function start() {
   $("fig-latency").textContent = "–";
   $("fig-language").textContent = "–";
   setRunning(true);
-  stream = new LiveStream({ language: $("language").value, task: $("task").value, preset: $("preset").value });
+  stream = new MalsoriStream({ language: $("language").value, task: $("task").value, preset: $("preset").value });
   stream.addEventListener("state", onState);
   stream.addEventListener("final", onFinal);
   stream.addEventListener("figures", onFigures);
@@ -73,18 +103,31 @@ async function start() {
   stream.addEventListener("level", ({ detail }) => {
     $("level").value = Math.min(1, detail.rms * 4);
   });
-  stream.addEventListener("server-error", ({ detail }) => showError(detail.message || detail.code || "server error"));
+  stream.addEventListener("error", ({ detail }) => showError(detail.message || detail.code || "server error"));
+
+  showState("connecting", "Opening the microphone…");
   try {
-    await stream.start();
-  } catch {
+    await stream.startMicrophone();
+  } catch (err) {
+    const message = `Microphone unavailable: ${err.message || err}`;
+    showState("error", message);
+    showError(message);
     setRunning(false);
+    stream = null;
+    return;
   }
+  // Progress and failures show through the state events; the promise's outcome is in them too.
+  stream.connect().catch(() => {});
 }
 
 async function stop() {
   if (!stream) return;
   $("stop").disabled = true;
-  await stream.stop();
+  try {
+    await stream.stop();
+  } catch {
+    // the error state (and the server's reason) is already on the page
+  }
   $("level").value = 0;
 }
 
@@ -98,6 +141,6 @@ window.malsori = {
   },
   state: () => (stream ? stream.state : "idle"),
   dropConnection: () => stream && stream.dropConnection(),
-  finals: () => (stream ? [...stream.finals.values()] : []),
+  finals: () => (stream ? [...stream.finals] : []),
   stop,
 };
