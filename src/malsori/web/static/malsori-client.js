@@ -70,7 +70,7 @@
  * @property {number} probability
  */
 /**
- * @typedef {object} ErrorEvent
+ * @typedef {object} ServerErrorEvent
  * @property {"error"} type
  * @property {number} seq
  * @property {string} code `invalid_options`, `unsupported_audio`, `overloaded`, ...
@@ -84,7 +84,7 @@
  * @property {"stopped"|"expired"|"shutdown"|"error"} reason
  * @property {number} audio_seconds
  */
-/** @typedef {ReadyEvent|PartialEvent|FinalEvent|LanguageEvent|ErrorEvent|EndEvent} StreamEvent */
+/** @typedef {ReadyEvent|PartialEvent|FinalEvent|LanguageEvent|ServerErrorEvent|EndEvent} StreamEvent */
 /**
  * @typedef {"idle"|"connecting"|"live"|"reconnecting"|"resumed"|"stopping"|"stopped"|"error"} StreamState
  */
@@ -181,7 +181,7 @@ const END_REASONS = { error: "the server failed", expired: "the session expired"
 /**
  * One live transcription session over /v1/stream. Events (`addEventListener(type, ({detail}) => ...)`):
  * - the server's, each once, in order: `ready` (every connection, resumed or not), `partial`,
- *   `final` (with `latencyMs`), `language`, `error` (an ErrorEvent), `end`;
+ *   `final` (with `latencyMs`), `language`, `error` (a ServerErrorEvent), `end`;
  * - the client's: `state` ({state, resumes, attempt, error, confirmed}), `fatal` ({error}: the
  *   session failed), `figures` (see figures()), and with the microphone `level` ({rms}) and `format`.
  */
