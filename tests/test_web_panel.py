@@ -76,7 +76,7 @@ def no_gpu(monkeypatch):
         ("/", "text/html", 'src="/static/live.js"'),
         ("/panel", "text/html", 'src="/static/panel.js"'),
         ("/static/capture-worklet.js", "text/javascript", 'registerProcessor("malsori-capture"'),
-        ("/static/live-stream.js", "text/javascript", "/v1/stream"),
+        ("/static/malsori-client.js", "text/javascript", "/v1/stream"),
         ("/static/style.css", "text/css", "prefers-color-scheme"),
     ],
 )
@@ -101,7 +101,7 @@ def test_every_static_file_the_pages_load_exists(client):
         for ref in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
             assert client.get(ref).status_code == 200, ref
     # modules imported by other modules
-    for module in ("live.js", "upload.js", "panel.js", "live-stream.js"):
+    for module in ("live.js", "upload.js", "panel.js", "malsori-client.js"):
         source = client.get(f"/static/{module}").text
         for ref in re.findall(r'from "\./([^"]+)"', source):
             assert client.get(f"/static/{ref}").status_code == 200, f"{module} imports {ref}"
