@@ -87,6 +87,7 @@ class LiveRunner:
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._reasons: dict[str, str] = {}
+        self._watchers: dict[str, Callable[[], None]] = {}
         self._sweeper = asyncio.create_task(self._sweep(sweep_s))
 
     def load(self) -> LoadSnapshot:
@@ -112,7 +113,16 @@ class LiveRunner:
         self._wake[live.id] = asyncio.Event()
         self._tasks[live.id] = asyncio.create_task(self._drive(live), name=f"live-{live.id}")
 
+    def watch(self, live: LiveSession, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every change of ``live``'s session (audio fed, a decode applied or
+        given up, finish), until it ends: a protocol that follows turns reads the session there."""
+        self._watchers[live.id] = callback
+
     def wake(self, live: LiveSession) -> None:
+        """The session changed: tell its watcher, and let its decode loop look for work."""
+        watcher = self._watchers.get(live.id)
+        if watcher is not None:
+            watcher()
         event = self._wake.get(live.id)
         if event is not None:
             event.set()
@@ -147,6 +157,7 @@ class LiveRunner:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
         self._wake.pop(live.id, None)
+        self._watchers.pop(live.id, None)
         self._reasons.pop(live.id, None)
 
     async def _drive(self, live: LiveSession) -> None:

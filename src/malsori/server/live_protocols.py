@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,6 +31,7 @@ from ..streaming.config import StreamConfig
 from ..streaming.events import End, Error, Event, Final, Language, Partial, Ready
 from ..streaming.manager import LiveSession
 from ..streaming.resample import StreamResampler
+from ..streaming.session import StreamingSession
 
 __all__ = [
     "LiveProtocol",
@@ -44,6 +45,8 @@ __all__ = [
     "Audio",
     "Stop",
     "Reply",
+    "Silence",
+    "Commands",
 ]
 
 
@@ -92,7 +95,19 @@ class Reply:
     data: dict[str, Any]
 
 
-Command = Start | Audio | Stop | Reply
+@dataclass(frozen=True)
+class Silence:
+    """Feed ``samples`` of silence (16 kHz) into the session, not counted as received audio: how a
+    protocol ends a turn without a pause. The session finalizes speech only at a pause or at the end
+    of the stream; OpenAI's ``input_audio_buffer.commit`` needs the first without the second."""
+
+    samples: int
+
+
+Command = Start | Audio | Stop | Reply | Silence
+Commands = Command | list[Command]
+"""What one frame asks for: one command, or several in order (OpenAI's first append opens the
+session, then feeds its audio)."""
 
 
 # -- shared parsing --------------------------------------------------------------------------------
@@ -163,15 +178,28 @@ class LiveProtocol:
             raise ProtocolError(f"a second {start_type} on one connection")
         self.started = True
 
+    follows_turns: ClassVar[bool] = False
+    """Reads the session after every change (:meth:`observe`); its audio is fed one VAD chunk at a
+    time, so a pause and new speech within one frame are still seen as two turns."""
+
+    def greeting(self) -> list[dict[str, Any]]:
+        """Messages to send as soon as the socket is accepted, before any session exists."""
+        return []
+
     def opening(self) -> StartSpec | None:
         """The session to open as soon as the socket is accepted; None: wait for a start message."""
         return None
 
-    def text(self, text: str) -> Command:
+    def text(self, text: str) -> Commands:
         raise NotImplementedError
 
-    def binary(self, data: bytes) -> Command:
+    def binary(self, data: bytes) -> Commands:
         return Audio(data)
+
+    def observe(self, session: StreamingSession, events: Sequence[Event]) -> list[dict[str, Any]]:
+        """With :attr:`follows_turns`: called after every change of the session (audio fed, a decode
+        applied, finish) with the events that change published; returns messages to send after them."""
+        return []
 
     def opened(self, live: LiveSession) -> None:
         """The session this connection serves now exists (before any of its events is rendered)."""

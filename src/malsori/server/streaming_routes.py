@@ -1,6 +1,7 @@
-"""Live WebSocket endpoints (docs/protocol.md): one connection loop, three protocol objects.
+"""Live WebSocket endpoints (docs/protocol.md): one connection loop, four protocol objects.
 
-``/v1/stream``, ``/stt/realtime`` and ``/v1/stream/raw`` differ only in their
+``/v1/stream``, ``/stt/realtime``, ``/v1/stream/raw`` and ``/v1/realtime`` (OpenAI Realtime
+transcription) differ only in their
 :class:`~malsori.server.live_protocols.LiveProtocol`: how frames parse and events render, and
 whether a session survives a dropped connection. Admission, resume, takeover and the decode loop are
 shared (``malsori.streaming.manager``, ``server.live``). An error becomes a fatal ``error`` event and
@@ -15,31 +16,35 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from ..engine.audio import pcm_to_float32
+from ..engine.audio import SAMPLE_RATE, pcm_to_float32
 from ..errors import AudioTooLargeError, InvalidOptionsError, MalsoriError, ProtocolError
 from ..protocol import CloseCode
-from ..streaming.events import Error
+from ..streaming.events import Error, Event
 from ..streaming.manager import LiveSession, SessionManager, VadFactory
 from ..streaming.resample import StreamResampler
+from ..streaming.vad import VAD_CHUNK
 from .deps import ServicesDep
 from .errors import ws_close_code
 from .live import LiveRunner, Outbox
 from .live_protocols import (
     Audio,
-    Command,
+    Commands,
     LiveProtocol,
     RawProtocol,
     Reply,
     Resume,
+    Silence,
     Start,
     StartSpec,
     Stop,
     SttProtocol,
     V1Protocol,
 )
+from .realtime_protocol import RealtimeProtocol
 from .services import NotReadyError, Services
 
 __all__ = ["router", "startup", "shutdown", "LiveConnection"]
@@ -60,16 +65,21 @@ class LiveConnection:
         self.outbox = Outbox(ws, protocol.render)
         self.live: LiveSession | None = None
         self.resampler: StreamResampler | None = None
+        self._published: list[Event] = []
+        """Events the session published since the protocol last observed it (``follows_turns``)."""
 
-    def handle(self, command: Command) -> None:
-        if isinstance(command, Start):
-            self.open(command.spec)
-        elif isinstance(command, Audio):
-            self.audio(command.pcm)
-        elif isinstance(command, Stop):
-            self.stop()
-        elif isinstance(command, Reply):
-            self.outbox.send_raw(command.data)
+    def handle(self, commands: Commands) -> None:
+        for command in commands if isinstance(commands, list) else [commands]:
+            if isinstance(command, Start):
+                self.open(command.spec)
+            elif isinstance(command, Audio):
+                self.audio(command.pcm)
+            elif isinstance(command, Stop):
+                self.stop()
+            elif isinstance(command, Reply):
+                self.outbox.send_raw(command.data)
+            elif isinstance(command, Silence):
+                self.silence(command.samples)
 
     def open(self, spec: StartSpec) -> None:
         self.services.require_ready()
@@ -81,8 +91,10 @@ class LiveConnection:
                 labels=spec.labels, protocol=self.protocol.name, session_id=spec.session_id,
             )  # fmt: skip
             self.protocol.opened(live)
-            self.manager.attach(live, self.outbox.deliver, self)
+            self.manager.attach(live, self._deliver if self.protocol.follows_turns else self.outbox.deliver, self)
             self.outbox.deliver(live.ready(resumed=False))
+            if self.protocol.follows_turns:
+                self.runner.watch(live, lambda: self._observe(live))
             self.runner.start(live)
         self.live = live
         self.resampler = StreamResampler(live.sample_rate)
@@ -120,7 +132,33 @@ class LiveConnection:
             raise AudioTooLargeError(f"audio frame of {len(data)} bytes is over the limit of {limit} bytes")
         samples = pcm_to_float32(data, live.encoding)
         live.received_samples += len(samples)
-        self.runner.feed(live, self.resampler(samples))
+        self._feed(live, self.resampler(samples))
+
+    def silence(self, samples: int) -> None:
+        if self.live is None:
+            raise ProtocolError("silence before start")
+        self._feed(self.live, np.zeros(samples, dtype=np.float32))
+
+    def _feed(self, live: LiveSession, pcm: np.ndarray) -> None:
+        if not self.protocol.follows_turns:
+            self.runner.feed(live, pcm)
+            return
+        # One VAD chunk per feed, cut at the session's chunk boundaries: the protocol observes the
+        # session after each, so it sees every pause end a turn and every onset start one.
+        position = round(live.session.audio_seconds * SAMPLE_RATE)
+        cuts = range(VAD_CHUNK - position % VAD_CHUNK, len(pcm), VAD_CHUNK)
+        for piece in np.split(pcm, list(cuts)):
+            if len(piece):
+                self.runner.feed(live, piece)
+
+    def _deliver(self, event: Event) -> None:
+        self.outbox.deliver(event)
+        self._published.append(event)
+
+    def _observe(self, live: LiveSession) -> None:
+        events, self._published = self._published, []
+        for data in self.protocol.observe(live.session, events):
+            self.outbox.send_raw(data)
 
     def stop(self) -> None:
         if self.live is None:
@@ -172,6 +210,8 @@ async def _serve(ws: WebSocket, protocol: LiveProtocol, services: Services, runn
     await ws.accept()
     conn = LiveConnection(ws, protocol, services, runner)
     try:
+        for greeting in protocol.greeting():
+            conn.outbox.send_raw(greeting)
         spec = protocol.opening()
         if spec is not None:
             conn.open(spec)
@@ -204,6 +244,15 @@ async def stt_realtime(ws: WebSocket, services: ServicesDep, runner: LiveRunnerD
 @router.websocket("/v1/stream/raw")
 async def raw_stream(ws: WebSocket, services: ServicesDep, runner: LiveRunnerDep) -> None:
     await _serve(ws, RawProtocol(services.settings.streaming, ws.query_params), services, runner)
+
+
+@router.websocket("/v1/realtime")
+async def openai_realtime(ws: WebSocket, services: ServicesDep, runner: LiveRunnerDep) -> None:
+    """OpenAI Realtime transcription sessions (``?intent=transcription``; docs/protocol.md)."""
+    protocol = RealtimeProtocol(
+        services.settings.streaming, ws.query_params, ws.headers, model_names=services.served_model_names()
+    )
+    await _serve(ws, protocol, services, runner)
 
 
 # -- lifecycle ------------------------------------------------------------------------------------
