@@ -77,7 +77,19 @@ def tone_speech(script: Sequence[str | float], *, word_s: float = 0.3, gap_s: fl
 
 
 class FakeDecoder(DirectDecoder):
-    """``decode_windows`` over tone-burst audio; thread-safe; records the windows it decoded."""
+    """``decode_windows`` over tone-burst audio; thread-safe; records the windows it decoded.
+
+    It carries the facts a server shows about its model, so ``create_app(transcriber=FakeDecoder())``
+    serves every route (status, model lists) as with the real one."""
+
+    model_name = "fake"
+    device = "cpu"
+    compute_type = "int8"
+    multilingual = True
+    load_seconds = 0.0
+
+    def check_options(self, options: TranscribeOptions) -> None:
+        """Every option is fine for the fake (it has no language limits)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[list[Window], TranscribeOptions]] = []
