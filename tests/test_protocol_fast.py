@@ -13,7 +13,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
+from inprocess import running_app
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -105,24 +104,12 @@ def serve(data_dir: Path, decoder: FakeDecoder | None = None, *, model: str | No
     )
     decoder = decoder if decoder is not None else FakeDecoder()
     app = create_app(settings, transcriber=None if model else decoder, live_vad=EnergyVad)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    running = Server(app, f"ws://127.0.0.1:{sock.getsockname()[1]}", decoder)
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:  # uvicorn says when it listens; nothing to await across threads
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.005)
-        yield running
-    finally:
-        if isinstance(decoder, GatedDecoder):
-            decoder.gate.set()
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with running_app(app) as port:
+        try:
+            yield Server(app, f"ws://127.0.0.1:{port}", decoder)
+        finally:
+            if isinstance(decoder, GatedDecoder):
+                decoder.gate.set()  # a held decode must not keep the server from stopping
 
 
 @pytest.fixture(scope="module")

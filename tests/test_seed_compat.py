@@ -19,16 +19,13 @@ import base64
 import contextlib
 import json
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
+from inprocess import running_app
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -81,21 +78,8 @@ def serve(tmp: Path) -> Iterator[str]:
     base = Settings()
     settings = base.model_copy(update={"server": base.server.model_copy(update={"data_dir": tmp})})
     app = create_app(settings, transcriber=FakeDecoder(), live_vad=EnergyVad)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:  # uvicorn says when it listens; nothing to await across threads
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.005)
-        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/stt/realtime"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with running_app(app) as port:
+        yield f"ws://127.0.0.1:{port}/stt/realtime"
 
 
 @pytest.fixture(scope="module")

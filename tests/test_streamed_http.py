@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import socket
 import threading
 import time
 import wave
@@ -25,7 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
+from inprocess import running_app
 
 from malsori.config import Settings
 from malsori.engine.audio import SAMPLE_RATE, decode_audio
@@ -148,22 +147,11 @@ def serve(tmp: Path, decoder: WindowNamer, *, max_batch: int = 8) -> Iterator[Ap
         }
     )
     app = create_app(settings, transcriber=decoder)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:  # uvicorn says when it listens; nothing to await across threads
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.005)
-        yield App(f"http://127.0.0.1:{sock.getsockname()[1]}", app, decoder)
-    finally:
-        decoder.gate.set()
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with running_app(app) as port:
+        try:
+            yield App(f"http://127.0.0.1:{port}", app, decoder)
+        finally:
+            decoder.gate.set()  # a held decode must not keep the server from stopping
 
 
 def test_deltas_come_in_text_order_as_data_lines_and_join_to_the_plain_text(tmp_path, talk):
