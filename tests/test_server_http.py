@@ -337,6 +337,7 @@ def test_stt_status_fields(http):
     assert status["ready"] is True and status["model"] == "base"
     assert status["device"] == "cpu" and status["compute_type"] == "int8"
     assert status["active_jobs"] >= 0 and status["active_sessions"] >= 0
+    assert isinstance(status["tasks"], int) and status["tasks"] >= 1  # at least the request's own task
     assert set(status["queue_depth"]) == {"live", "request", "job"}
     assert status["uptime_s"] > 0 and status["model_load_seconds"] > 0
     assert status["routing_mode"] == "auto"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -49,6 +51,8 @@ async def stt_status(services: ServicesDep) -> dict:
         "active_jobs": services.active_jobs(),
         "active_sessions": services.active_sessions(),
         "uptime_s": round(services.uptime_s, 1),
+        # Asyncio tasks alive in the server's loop: bench/soak.py checks they return to baseline.
+        "tasks": len(asyncio.all_tasks()),
         "queue_depth": {"live": 0, "request": 0, "job": 0},
         "queue_limits": {
             "request": settings.limits.max_pending_requests,
