@@ -508,7 +508,7 @@ def summary(run: Run, targets: list[Target]) -> list[str]:
         return "–" if value is None else f"{value:.{digits}f}"
 
     lines = [
-        f"- {run.duration_s / 60:.1f} min, {run.rounds} rounds, {t.sessions} stream sessions; {len(lat)} phrases "
+        f"- {run.duration_s / 60:.1f} min, {run.rounds} round{'s' if run.rounds != 1 else ''}, {t.sessions} stream sessions; {len(lat)} phrases "
         f"finalized, {len(t.missed)} missed; final latency p50 {f(pct(lat, 50))} s, p95 {f(pct(lat, 95))} s; "
         f"stream WER {f(None if stream_wer is None else 100 * stream_wer, 1)}%",
         f"- jobs: {done} succeeded, {len(t.jobs) - done} failed, {t.jobs_late} started late; latency p50 "
