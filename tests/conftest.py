@@ -112,3 +112,16 @@ def live_server(request, tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+# -- a real Redis ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """One real ``redis-server`` per test module on a free port (installed with apt-get if missing):
+    see ``tests/redisserver.py``. ``redis_server.url`` is what ``MALSORI__QUEUE__BROKER_URL`` takes."""
+    from redisserver import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
