@@ -22,6 +22,7 @@ __all__ = [
     "LimitSettings",
     "StreamingSettings",
     "AuthSettings",
+    "QueueSettings",
 ]
 
 
@@ -98,6 +99,27 @@ class AuthSettings(BaseModel):
     """When set, changing settings from the control panel requires this key."""
 
 
+class QueueSettings(BaseModel):
+    """Scale-out over Celery and Redis (docs/scaling.md). With no ``broker_url`` (the default) nothing
+    here is used: one process runs everything through its own scheduler."""
+
+    broker_url: str | None = None
+    """Celery broker, e.g. ``redis://127.0.0.1:6379/0``. Set: live windows are decoded by
+    ``malsori worker`` processes and live sessions are kept in Redis (any gateway resumes them)."""
+    redis_url: str | None = None
+    """Redis for the worker registry, live sessions and windows; default: the broker URL."""
+    key_prefix: str = "malsori"
+    """Prefix of every Redis key this service writes (several deployments can share one Redis)."""
+
+    def broker(self) -> str:
+        if not self.broker_url:
+            raise ValueError("no broker is configured (MALSORI__QUEUE__BROKER_URL)")
+        return self.broker_url
+
+    def redis(self) -> str:
+        return self.redis_url or self.broker()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MALSORI__", env_nested_delimiter="__", extra="ignore")
 
@@ -107,6 +129,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     streaming: StreamingSettings = StreamingSettings()
     auth: AuthSettings = AuthSettings()
+    queue: QueueSettings = QueueSettings()
 
     def database_url(self) -> str:
         if self.storage.url:

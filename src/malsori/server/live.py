@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..engine.scheduler import Priority
+from ..engine.scheduler import DecodeScheduler, Priority
 from ..errors import MalsoriError, OverloadedError
 from ..protocol import CloseCode
 from ..streaming.events import End, Error, Event
@@ -90,8 +90,13 @@ class LiveRunner:
         self._watchers: dict[str, Callable[[], None]] = {}
         self._sweeper = asyncio.create_task(self._sweep(sweep_s))
 
+    @property
+    def scheduler(self) -> DecodeScheduler | None:
+        """Where live windows go: the workers' queue when scaled out, else the shared model's."""
+        return self.services.live_scheduler or self.services.scheduler
+
     def load(self) -> LoadSnapshot:
-        scheduler = self.services.scheduler
+        scheduler = self.scheduler
         if scheduler is None:
             return LoadSnapshot()
         stats = scheduler.stats()
@@ -99,14 +104,14 @@ class LiveRunner:
 
     def _decoder_idle(self) -> bool:
         """No live window waits for the decoder and it has spare time: room for a partial."""
-        scheduler = self.services.scheduler
+        scheduler = self.scheduler
         if scheduler is None:
             return True
         return scheduler.pending(Priority.LIVE) == 0 and scheduler.busy_fraction(5.0) < self.partial_load_limit
 
     def _no_live_waiting(self) -> bool:
         """No live window waits for the decoder: room for the decode that settles a long phrase."""
-        scheduler = self.services.scheduler
+        scheduler = self.scheduler
         return scheduler is None or scheduler.pending(Priority.LIVE) == 0
 
     def start(self, live: LiveSession) -> None:
@@ -160,6 +165,28 @@ class LiveRunner:
         self._watchers.pop(live.id, None)
         self._reasons.pop(live.id, None)
 
+    def release(self, live: LiveSession, *, close_code: int = CloseCode.POLICY_VIOLATION) -> None:
+        """Let go of ``live`` without ending it: another gateway took it over (its client resumed
+        there), or this one shuts down and the session goes on elsewhere. Its loop stops and nothing
+        more is published; an attached connection is told (``taken_over``) or closed with ``close_code``."""
+        if live.ended:
+            return
+        live.ended = True  # locally: its decodes' results are dropped, no event is published
+        if self.services.live_store is not None:
+            self.services.live_store.forget(live)
+        task = self._tasks.pop(live.id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self._wake.pop(live.id, None)
+        self._watchers.pop(live.id, None)
+        self._reasons.pop(live.id, None)
+        connection = live.connection
+        self.manager.remove(live)
+        if close_code == CloseCode.POLICY_VIOLATION and hasattr(connection, "taken_over"):
+            connection.taken_over()
+        elif hasattr(connection, "outbox"):
+            connection.outbox.close(close_code, "the server is restarting; resume the session")
+
     async def _drive(self, live: LiveSession) -> None:
         session = live.session
         wake = self._wake[live.id]
@@ -196,7 +223,7 @@ class LiveRunner:
         """One decode of a session's window; its events are published and the session's loop woken."""
         session = live.session
         try:
-            scheduler = self.services.scheduler
+            scheduler = self.scheduler
             try:
                 if scheduler is None:
                     raise OverloadedError("the model is not loaded yet", retry_after=1.0)
@@ -244,8 +271,15 @@ class LiveRunner:
 
     async def close(self) -> None:
         self._sweeper.cancel()
+        store = self.services.live_store
         for live in self.manager.all():
+            if store is not None and live.journal is not None and not live.ended:
+                # Scaled out: its state is in Redis, so its client resumes it on another gateway.
+                self.release(live, close_code=CloseCode.SERVICE_RESTART)
+                continue
             self.end(live, "shutdown")
             self.manager.remove(live)  # also those kept for a resume: there is no server to resume on
+        if store is not None:
+            await store.flush()
         with contextlib.suppress(asyncio.CancelledError):
             await self._sweeper

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..engine.scheduler import DecodeScheduler
     from ..engine.transcriber import Transcriber
     from ..jobs import JobService
+    from ..scale.live_state import LiveStore
     from ..streaming.manager import SessionManager
     from .live import LiveRunner
     from .metrics import Metrics
@@ -65,6 +66,12 @@ class Services:
       ``streaming_routes.startup``; ``None`` before.
     - ``tasks``: background asyncio tasks a routes module started and must stop in its ``shutdown``,
       by name (e.g. ``jobs.start``), so no module keeps state of its own across apps.
+    - ``live_scheduler``: scaled out (a broker configured), the scheduler whose decoder sends live
+      windows to workers (:class:`~malsori.scale.live_client.RemoteWindowDecoder`); ``None``: live
+      windows go to ``scheduler`` like everything else.
+    - ``live_store``: scaled out, the Redis store of live sessions' state
+      (:class:`~malsori.scale.live_state.LiveStore`) that lets another gateway resume them; ``None``
+      in one process.
     - ``routing_mode``: ``auto``, ``cpu`` or ``gpu``, set from the control panel. Kept for when
       scale-out workers exist; with one engine nothing routes by it (see :meth:`routing`).
     - ``load_error``: why the model failed to load, if it did (shown by /is_ready and /stt/status).
@@ -79,6 +86,8 @@ class Services:
     jobs: JobService | None = None
     sessions: SessionManager | None = None
     live_runner: LiveRunner | None = None
+    live_scheduler: DecodeScheduler | None = None
+    live_store: LiveStore | None = None
     tasks: dict[str, asyncio.Task] = field(default_factory=dict, repr=False)
     routing_mode: str = "auto"
     load_error: str | None = None

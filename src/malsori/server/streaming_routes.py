@@ -81,8 +81,19 @@ class LiveConnection:
             elif isinstance(command, Silence):
                 self.silence(command.samples)
 
+    async def prepare(self, commands: Commands) -> None:
+        """Scaled out, a resume may name a session another gateway ran: bring it here first."""
+        store = self.services.live_store
+        if store is None:
+            return
+        for command in commands if isinstance(commands, list) else [commands]:
+            if isinstance(command, Start) and command.spec.resume is not None:
+                resume = command.spec.resume
+                await store.adopt(resume.session_id, resume.token, self.manager, self.runner)
+
     def open(self, spec: StartSpec) -> None:
-        self.services.require_ready()
+        if self.services.live_scheduler is None:  # scaled out, workers decode: no model needed here
+            self.services.require_ready()
         if spec.resume is not None:
             live = self._resume(spec, spec.resume)
         else:
@@ -90,6 +101,8 @@ class LiveConnection:
                 spec.config, sample_rate=spec.sample_rate, encoding=spec.encoding, load=self.runner.load(),
                 labels=spec.labels, protocol=self.protocol.name, session_id=spec.session_id,
             )  # fmt: skip
+            if self.services.live_store is not None and self.protocol.resumable:
+                self.services.live_store.track(live)
             self.protocol.opened(live)
             self.manager.attach(live, self._deliver if self.protocol.follows_turns else self.outbox.deliver, self)
             self.outbox.deliver(live.ready(resumed=False))
@@ -223,7 +236,9 @@ async def _serve(ws: WebSocket, protocol: LiveProtocol, services: Services, runn
             if conn.outbox.closed.is_set():
                 break
             data = message.get("bytes")
-            conn.handle(protocol.binary(data) if data is not None else protocol.text(message.get("text") or ""))
+            commands = protocol.binary(data) if data is not None else protocol.text(message.get("text") or "")
+            await conn.prepare(commands)
+            conn.handle(commands)
     except WebSocketDisconnect:
         conn.dropped()
     except Exception as exc:  # protocol errors end this connection only
@@ -261,8 +276,17 @@ async def startup(services: Services, *, vad_factory: VadFactory | None = None) 
     s = services.settings.streaming
     services.sessions = SessionManager(max_sessions=s.max_sessions, resume_grace_s=s.resume_grace_s, vad_factory=vad_factory)
     services.live_runner = LiveRunner(services, services.sessions)
+    broker = services.settings.queue.broker_url
+    if broker:  # scaled out: workers decode live windows, sessions are kept in Redis
+        from ..scale.live_gateway import start_live
+
+        start_live(services, services.settings.queue.redis())
 
 
 async def shutdown(services: Services) -> None:
     if services.live_runner is not None:
         await services.live_runner.close()
+    if services.live_scheduler is not None or services.live_store is not None:
+        from ..scale.live_gateway import stop_live
+
+        await stop_live(services)

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -23,9 +24,19 @@ from .config import StreamConfig
 from .events import Event, Ready
 from .session import StreamingSession
 
-__all__ = ["SessionManager", "LiveSession", "LoadSnapshot", "VadFactory"]
+__all__ = ["SessionManager", "LiveSession", "LoadSnapshot", "VadFactory", "Journal"]
 
 Deliver = Callable[[Event], None]
+
+
+class Journal(Protocol):
+    """Where a session's events are written before its connection gets them (the Redis session store
+    when scaled out, so another gateway can resume the session). ``publish`` never blocks: it hands
+    the events to ``deliver`` (the connection at the time they were published, or None) once they
+    are written, in order."""
+
+    def publish(self, live: LiveSession, events: Sequence[Event], deliver: Deliver | None) -> None: ...
+
 
 VadFactory = Callable[[], Callable[[np.ndarray], np.ndarray]]
 """Makes one session's voice activity detector (they keep state, so one each): ``StreamingVad``
@@ -60,13 +71,19 @@ class LiveSession:
     detached_at: float | None = None
     received_samples: int = 0
     ended: bool = False
-    """Set by :meth:`SessionManager.end` only."""
+    """Set by :meth:`SessionManager.end` only (and when another gateway took the session over)."""
+    journal: Journal | None = None
+    """Set when the session's state is kept outside this process (scaled out); None: here only."""
 
-    def publish(self, events: list[Event]) -> None:
-        """Keep events for replay and hand them to the attached connection, if any."""
-        for event in events:
-            self.log.append(event)
-            if self.deliver is not None:
+    def publish(self, events: Sequence[Event]) -> None:
+        """Keep events for replay and hand them to the attached connection, if any (through the
+        journal when there is one: written first, delivered after)."""
+        self.log.extend(events)
+        if self.journal is not None:
+            self.journal.publish(self, events, self.deliver)
+            return
+        if self.deliver is not None:
+            for event in events:
                 self.deliver(event)
 
     def events_after(self, last_seq: int) -> list[Event]:
@@ -180,7 +197,7 @@ class SessionManager:
             if session_id in self._sessions:
                 raise InvalidOptionsError(f"session {session_id!r} is already live; resume it with its token or pick another id")
         sid = session_id or f"s-{uuid.uuid4().hex[:16]}"
-        vad = self._vad_factory() if self._vad_factory else None
+        vad = self.new_vad()
         live = LiveSession(
             id=sid,
             token=secrets.token_urlsafe(24),
@@ -192,6 +209,15 @@ class SessionManager:
         )
         self._sessions[sid] = live
         return live
+
+    def new_vad(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """A voice activity detector for one more session (None: the session's default, Silero)."""
+        return self._vad_factory() if self._vad_factory else None
+
+    def adopt(self, live: LiveSession) -> None:
+        """Take in a session restored from elsewhere (another gateway's, resumed here), replacing
+        any stale copy of it; it waits detached for the connection that resumes it."""
+        self._sessions[live.id] = live
 
     # -- connections -------------------------------------------------------------------------------
     def resume(self, session_id: str, token: str | None) -> LiveSession:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -52,7 +52,7 @@ from .events import End, Error, Event, Final, Language, Partial, WordTiming
 from .guard import clean_text
 from .vad import VAD_CHUNK, StreamingVad
 
-__all__ = ["StreamingSession", "DecodeRequest"]
+__all__ = ["StreamingSession", "DecodeRequest", "Checkpoint"]
 
 _SR = SAMPLE_RATE
 # Past the window limit a "cut" decode splits a phrase between words; a VAD cut at this much past it
@@ -80,6 +80,34 @@ class DecodeRequest:
     options: TranscribeOptions
     lagging: bool = False
     """Asked while this session's decodes took longer than a step (a loaded decoder)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a session needs to go on elsewhere (another gateway) with nothing lost or repeated.
+
+    Every final up to ``seq`` is out; the audio from sample ``position`` (16 kHz, absolute) on is not
+    finalized yet and is fed again after :meth:`StreamingSession.restore` (a resuming client sends it
+    again from there, which its ``ready.received_samples`` tells it). Plain values only (JSON)."""
+
+    position: int
+    seq: int
+    settled: str = ""
+    utterance: str = ""
+    language: str | None = None
+    language_announced: bool = False
+    finals: int = 0
+    continued: bool = False
+    """The speech at ``position`` continues words finalized just before it (early commit, cut)."""
+    before: tuple[str, ...] = ()
+    """Keys of the words finalized just before ``position`` when ``continued``."""
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "before": list(self.before)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Checkpoint:
+        return cls(**{**data, "before": tuple(data.get("before") or ())})
 
 
 @dataclass
@@ -111,9 +139,9 @@ class _Phrase:
 class _Buffer:
     """Audio kept for open and pending phrases: absolute sample positions, amortized appends."""
 
-    def __init__(self) -> None:
+    def __init__(self, base: int = 0) -> None:
         self._data = np.zeros(_SR * 4, dtype=np.float32)
-        self.base = 0  # absolute position of _data[0]
+        self.base = base  # absolute position of _data[0]
         self._len = 0
 
     @property
@@ -176,6 +204,51 @@ class StreamingSession:
         )
         self.finals = 0
         self.decodes = 0
+        self._resumed_at: Checkpoint | None = None
+
+    @classmethod
+    def restore(
+        cls, config: StreamConfig, checkpoint: Checkpoint, *, vad: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> StreamingSession:
+        """A session that goes on from ``checkpoint`` (taken by :meth:`checkpoint`, maybe in another
+        process): its next event is numbered after ``checkpoint.seq``, its timestamps continue, its
+        prompt is the text settled before, and it expects audio from ``checkpoint.position`` on."""
+        session = cls(config, vad=vad)
+        c = checkpoint
+        session._buffer = _Buffer(c.position)
+        session._vad_pos = session._last_end = c.position
+        session._seq = c.seq
+        session._settled, session._utterance = c.settled, c.utterance
+        session._language = c.language if c.language_announced else config.language
+        session._language_announced = c.language_announced or config.language is not None
+        session.finals = c.finals
+        session._resumed_at = c if c.continued else None
+        return session
+
+    def checkpoint(self) -> Checkpoint:
+        """Where this session stands, for :meth:`restore`. ``position`` is the start of the oldest
+        phrase without its final (the open or a pending one), else the end of the audio less the pad
+        a phrase onset needs, but never before the end of the last finalized phrase, so no word is
+        finalized twice."""
+        starts = [p.start for p in self._pending] + ([self._open.start] if self._open is not None else [])
+        if starts:
+            position = min(starts)
+        else:
+            keep = self._buffer.end - int(self.config.advanced.pad_s * _SR) - VAD_CHUNK
+            position = max(keep, self._last_end, self._buffer.base)
+        first = self._pending[0] if self._pending else self._open
+        continued = first is not None and first.start == position and first.continued
+        return Checkpoint(
+            position=position,
+            seq=self._seq,
+            settled=self._settled,
+            utterance=self._utterance,
+            language=self._language,
+            language_announced=self._language_announced,
+            finals=self.finals,
+            continued=continued,
+            before=tuple(first.before) if continued and first is not None else (),
+        )
 
     # -- facts -------------------------------------------------------------------------------------
     @property
@@ -243,6 +316,10 @@ class StreamingSession:
                 ph = self._open = _Phrase(next(self._phrase_ids), start, chunk_end)
                 ph.probs.extend([0.0] * ((chunk_start - start) // VAD_CHUNK))
                 ph.last_partial_end = start
+                resumed = self._resumed_at
+                if resumed is not None and start == resumed.position:  # it goes on with words finalized elsewhere
+                    ph.continued, ph.before = True, list(resumed.before)
+                self._resumed_at = None
             else:
                 return events
         ph.probs.append(prob)

@@ -1,0 +1,143 @@
+"""The worker's side of live decoding: pop windows from Redis, decode them, push the results back.
+
+``malsori worker`` runs :func:`serve_live_windows` in a thread beside its Celery consumer, with the
+decoder it loaded (any :class:`~malsori.engine.decoder.WindowDecoder`). Requests from every gateway
+wait on one list; a worker takes one (BLPOP), then whatever else is already waiting up to
+``max_batch`` windows, and decodes the requests that share options in one batch, as the in-process
+scheduler would.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import redis
+
+from ..engine.decoder import WindowDecoder, decode_now
+from ..engine.scheduler import DecodeScheduler, Priority
+from ..errors import MalsoriError
+from .live_client import WINDOW_QUEUE
+from .live_wire import WindowRequest, decode_request, encode_reply, options_key
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+
+class _Worker(Protocol):
+    name: str
+
+
+__all__ = ["serve_live_windows", "start_live_server", "LiveServerHandle"]
+
+log = logging.getLogger(__name__)
+
+REPLY_TTL_S = 60
+"""A reply list whose gateway is gone expires instead of growing."""
+
+
+def serve_live_windows(
+    decoder: WindowDecoder,
+    redis_url: str,
+    worker_id: str,
+    stop_event: threading.Event,
+    *,
+    max_batch: int = 8,
+    queue: str = WINDOW_QUEUE,
+    on_batch: Callable[[int], None] | None = None,
+) -> None:
+    """Serve live windows until ``stop_event`` is set (blocking; run it in a thread). A lost Redis
+    connection is retried every half second; a failing decode is answered with its error."""
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2.0, health_check_interval=10)
+    log.info("worker %s: serving live windows from %s", worker_id, queue)
+    try:
+        while not stop_event.is_set():
+            try:
+                requests = _take(client, queue, max_batch)
+                now = time.time()
+                groups: dict[str, list[WindowRequest]] = {}
+                for request in requests:
+                    if request.deadline > now:  # else its gateway gave up on it (and asked again)
+                        groups.setdefault(options_key(request.options), []).append(request)
+                for group in groups.values():
+                    _decode(client, decoder, group, worker_id)
+                    if on_batch is not None:
+                        on_batch(sum(len(r.windows) for r in group))
+            except redis.RedisError as exc:
+                log.warning("worker %s: Redis unreachable (%s); retrying", worker_id, exc)
+                stop_event.wait(0.5)
+    finally:
+        client.close()
+
+
+def _take(client: redis.Redis, queue: str, max_batch: int) -> list[WindowRequest]:
+    item = cast("Any", client.blpop([queue], timeout=1))
+    if item is None:
+        return []
+    requests = [decode_request(item[1])]
+    windows = len(requests[0].windows)
+    while windows < max_batch:  # one at a time: leave the rest to the other workers
+        data = client.lpop(queue)
+        if data is None:
+            break
+        requests.append(decode_request(data))  # type: ignore[arg-type]
+        windows += len(requests[-1].windows)
+    return requests
+
+
+def _decode(client: redis.Redis, decoder: WindowDecoder, group: list[WindowRequest], worker_id: str) -> None:
+    windows = [w for r in group for w in r.windows]
+    started = time.perf_counter()
+    try:
+        results = decode_now(decoder, windows, group[0].options)
+    except Exception as exc:  # the error belongs to the gateways that asked, not to this worker
+        log.exception("worker %s: live decode failed", worker_id)
+        code = exc.code if isinstance(exc, MalsoriError) else "internal_error"
+        message = exc.message if isinstance(exc, MalsoriError) else f"the worker failed to decode: {type(exc).__name__}"
+        replies = [(r, encode_reply(r.id, worker=worker_id, error=(code, message))) for r in group]
+    else:
+        ms = (time.perf_counter() - started) * 1000
+        replies, position = [], 0
+        for r in group:
+            n = len(r.windows)
+            replies.append((r, encode_reply(r.id, results[position : position + n], worker=worker_id, decode_ms=ms)))
+            position += n
+    pipe = client.pipeline(transaction=False)
+    for request, reply in replies:
+        pipe.rpush(request.reply_to, reply)
+        pipe.expire(request.reply_to, REPLY_TTL_S)
+    pipe.execute()
+
+
+class LiveServerHandle:
+    """What ``malsori worker`` keeps of its live-window server: ``address`` (announced in the worker
+    registry as ``live_address``) and ``close()``."""
+
+    def __init__(self, address: str, thread: threading.Thread, stop: threading.Event) -> None:
+        self.address = address
+        self._thread = thread
+        self._stop = stop
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+
+def start_live_server(*, scheduler: DecodeScheduler, settings: Settings, worker: _Worker) -> LiveServerHandle:
+    """The hook ``malsori worker`` calls once its model is loaded (docs/scaling.md): serve live
+    windows in a thread, through the worker's scheduler at LIVE priority (ahead of its jobs' windows)."""
+    queue = f"{settings.queue.key_prefix}:live:windows"
+    stop = threading.Event()
+    decoder = scheduler.lane(f"live-{worker.name}", Priority.LIVE)
+    thread = threading.Thread(
+        target=serve_live_windows,
+        args=(decoder, settings.queue.redis(), worker.name, stop),
+        kwargs={"queue": queue, "max_batch": settings.engine.max_batch_size},
+        name="malsori-live-windows",
+        daemon=True,
+    )
+    thread.start()
+    return LiveServerHandle(f"redis-list:{queue}", thread, stop)

@@ -1,0 +1,181 @@
+"""Live sessions scaled out (issue 11), fast tier: real Redis, fake decoder, in-process gateways.
+
+- the wire format a gateway and a worker exchange windows in keeps every field;
+- a session restored from a checkpoint taken at any point gives the same finals as one never
+  interrupted (nothing lost, nothing twice), with the sequence going on;
+- two gateways over one Redis and a worker thread: windows are decoded by the worker, not the
+  gateway; a client whose connection is cut resumes on the *other* gateway, sends its audio again
+  from the checkpoint, and gets every final once; the first gateway lets go of the session.
+The same with the real model, real speech and real processes is in ``test_live_scale_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from inprocess import running_app
+
+from malsori.config import QueueSettings, Settings
+from malsori.engine.decoder import decode_now
+from malsori.engine.fake import FakeDecoder, tone_speech
+from malsori.engine.options import TranscribeOptions
+from malsori.engine.windows import Window
+from malsori.server.app import create_app
+from malsori.streaming import Final, StreamConfig, StreamingSession
+from malsori.streaming.vad import EnergyVad
+
+SCRIPT = ["alpha", "bravo", 0.8, "charlie", "delta", "echo", 0.8, "foxtrot", 0.8, "golf", "hotel", 0.8,
+          "india", "juliett", 0.8, "kilo", "lima", "mike", 0.8, "november", 1.0]  # fmt: skip
+WORDS = " ".join(w for w in SCRIPT if isinstance(w, str))
+
+
+def test_windows_and_results_cross_the_wire_unchanged():
+    from malsori.scale.live_wire import WindowRequest, decode_reply, decode_request, encode_reply, encode_request
+
+    audio = tone_speech(["alpha", 0.3, "bravo"])
+    windows = (Window(audio, offset=1.5, prompt="before", language="en", words=True, fallback=False), Window(audio[:800]))
+    options = TranscribeOptions(word_timestamps=True, temperatures=(0.0, 0.4), beam_size=2)
+    request = decode_request(encode_request(WindowRequest("r1", "replies", 123.0, options, windows, 100.0)))
+    assert (request.id, request.reply_to, request.deadline, request.options) == ("r1", "replies", 123.0, options)
+    for got, sent in zip(request.windows, windows, strict=True):
+        assert np.array_equal(got.audio, sent.audio) and got.offset == sent.offset and got.prompt == sent.prompt
+        assert (got.language, got.words, got.fallback) == (sent.language, sent.words, sent.fallback)
+    results = decode_now(FakeDecoder(), list(windows), options)
+    rid, back, error, _ = decode_reply(encode_reply("r1", results, worker="w"))
+    assert rid == "r1" and error is None and back == results and back[0].segments[0].words
+
+
+def _run(session: StreamingSession, audio: np.ndarray, decoder: FakeDecoder, frame: int = 1600) -> list[Final]:
+    finals = []
+    for i in range(0, len(audio), frame):
+        events = session.feed(audio[i : i + frame])
+        while (request := session.next_window()) is not None:
+            events += session.apply(request, decode_now(decoder, [request.window], request.options)[0])
+        finals += [e for e in events if isinstance(e, Final)]
+    return finals
+
+
+def _finish(session: StreamingSession, decoder: FakeDecoder) -> list[Final]:
+    events = session.finish()
+    while (request := session.next_window()) is not None:
+        events += session.apply(request, decode_now(decoder, [request.window], request.options)[0])
+    return [e for e in events if isinstance(e, Final)]
+
+
+@pytest.mark.parametrize("cut_s", [0.9, 2.0, 3.3, 5.1, 7.7])
+def test_a_session_restored_from_its_checkpoint_loses_and_repeats_nothing(cut_s):
+    """Cut anywhere (mid-word, in a pause, with a phrase pending): the restored session is fed the
+    audio again from the checkpoint's position, and the finals of both halves are the whole script."""
+    audio = tone_speech(SCRIPT)
+    config = StreamConfig(language="en", partials=True)
+    decoder = FakeDecoder()
+    whole = StreamingSession(config, vad=EnergyVad())
+    reference = _run(whole, audio, decoder) + _finish(whole, decoder)
+    assert " ".join(f.text for f in reference) == WORDS
+
+    first = StreamingSession(config, vad=EnergyVad())
+    cut = int(cut_s * 16000)
+    before = _run(first, audio[:cut], decoder)
+    checkpoint = first.checkpoint()
+    assert checkpoint.position <= cut and checkpoint.seq == first.seq
+    second = StreamingSession.restore(config, checkpoint, vad=EnergyVad())
+    assert second.seq == first.seq and second.audio_seconds == checkpoint.position / 16000
+    after = _run(second, audio[checkpoint.position :], decoder) + _finish(second, decoder)
+    assert " ".join(f.text for f in before + after) == WORDS
+    seqs = [f.seq for f in before + after]
+    assert seqs == sorted(set(seqs)) and all(s > first.seq for s in (f.seq for f in after))
+    # Timestamps go on from where the first half stopped: the same as uninterrupted, within a VAD chunk.
+    for got, want in zip(before + after, reference, strict=True):
+        assert abs(got.start - want.start) < 0.05 and abs(got.end - want.end) < 0.05
+
+
+# -- two gateways, one Redis, one worker --------------------------------------------------------------
+@contextlib.contextmanager
+def fake_worker(redis_url: str) -> Iterator[FakeDecoder]:
+    from malsori.scale.live_worker import serve_live_windows
+
+    decoder, stop = FakeDecoder(), threading.Event()
+    thread = threading.Thread(target=serve_live_windows, args=(decoder, redis_url, "worker-fake", stop), daemon=True)
+    thread.start()
+    try:
+        yield decoder
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+@contextlib.contextmanager
+def gateway(tmp_path, redis_url: str, name: str):
+    base = Settings()
+    settings = base.model_copy(
+        update={
+            "server": base.server.model_copy(update={"data_dir": tmp_path / name}),
+            "queue": QueueSettings(broker_url=redis_url),
+        }
+    )
+    local = FakeDecoder()  # the gateway's own decoder: scaled out, live windows must not come here
+    app = create_app(settings, transcriber=local, live_vad=EnergyVad)
+    with running_app(app) as port:
+        yield app.state.services, f"ws://127.0.0.1:{port}/v1/stream", local
+
+
+async def wait_for(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def test_a_cut_stream_resumes_on_the_other_gateway_with_every_final_once(tmp_path, redis_server):
+    from malsori.client import AsyncStreamClient, FinalEvent, ReconnectPolicy, StreamOptions
+
+    audio = tone_speech(SCRIPT)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    frame = 3200  # 100 ms of 16-bit samples
+    with (
+        fake_worker(redis_server.url) as worker,
+        gateway(tmp_path, redis_server.url, "a") as (a, url_a, local_a),
+        gateway(tmp_path, redis_server.url, "b") as (b, url_b, local_b),
+    ):
+
+        async def scenario():
+            client = AsyncStreamClient(url_a, StreamOptions(language="en"), reconnect=ReconnectPolicy(initial_delay_s=0.05))
+            ready = await client.connect()
+            finals: list[FinalEvent] = []
+
+            async def read():
+                async for event in client:
+                    if isinstance(event, FinalEvent):
+                        finals.append(event)
+
+            reader = asyncio.create_task(read())
+            cut_at = len(pcm) // 2 // 2 * 2
+            for i in range(0, len(pcm), frame):
+                if i <= cut_at < i + frame:
+                    await wait_for(lambda: finals, "a final from gateway A before the cut")
+                    client.url = url_b  # what a load balancer does once gateway A's link is gone
+                    client.connection.transport.abort()
+                await client.send_audio(pcm[i : i + frame])
+                await asyncio.sleep(0.02)  # 5x real time
+            await client.stop()
+            await asyncio.wait_for(reader, 20)
+            return ready, finals, client.resumes
+
+        ready, finals, resumes = asyncio.run(asyncio.wait_for(scenario(), 60))
+        assert resumes == 1 and b.live_store.adopted == 1 and a.live_store.adopted == 0
+        assert " ".join(f.text for f in finals) == WORDS
+        seqs = [f.seq for f in finals]
+        assert seqs == sorted(set(seqs))
+        assert worker.windows and not local_a.windows and not local_b.windows  # the worker decoded every window
+        # Gateway A lets go of the session (its next write is refused: B owns it now).
+        deadline = time.monotonic() + 10
+        while a.sessions.get(ready.session_id) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert a.sessions.get(ready.session_id) is None
