@@ -18,11 +18,11 @@ import uvicorn
 
 
 @contextlib.contextmanager
-def running_app(app: Any) -> Iterator[int]:
-    """Serve ``app`` until the block ends; yields the port."""
+def running_app(app: Any, **config: Any) -> Iterator[int]:
+    """Serve ``app`` until the block ends; yields the port. ``config``: more uvicorn.Config options."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
