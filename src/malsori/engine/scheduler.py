@@ -16,17 +16,18 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 from ..errors import OverloadedError
+from .audio import SAMPLE_RATE
 from .decoder import WindowDecoder, decode_now
 from .options import TranscribeOptions
 from .windows import Window, WindowResult
 
-__all__ = ["Priority", "DecodeScheduler", "SchedulerLane", "SchedulerStats"]
+__all__ = ["Priority", "DecodeScheduler", "SchedulerLane", "SchedulerStats", "BatchReport"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,21 @@ class _Item:
     future: Future
     urgent: bool = False
     enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """One decoded batch, as told to the scheduler's ``on_batch`` observer (the server's metrics)."""
+
+    priority: str
+    """live, request or job."""
+    size: int
+    """Windows decoded together."""
+    decode_s: float
+    """Wall time of the batched decode."""
+    audio_s: float
+    """Seconds of audio in the batch's windows."""
+    failed: bool = False
 
 
 @dataclass
@@ -73,8 +89,11 @@ class DecodeScheduler:
         max_batch: int = 8,
         max_pending: dict[Priority, int] | None = None,
         workers: int = 1,
+        on_batch: Callable[[BatchReport], None] | None = None,
     ) -> None:
         self.decoder = decoder
+        self.on_batch = on_batch
+        """Called in the worker thread after every batch (metrics); its errors are logged, not raised."""
         self.max_batch = max_batch
         self.max_pending = {Priority.LIVE: 256, Priority.REQUEST: 64, Priority.JOB: 1024, **(max_pending or {})}
         # priority -> owner -> deque of items; owners rotate for fairness
@@ -260,6 +279,15 @@ class DecodeScheduler:
         self._counts[priority] -= len(batch)
         return batch
 
+    def _report(self, batch: list[_Item], decode_s: float, failed: bool) -> None:
+        if self.on_batch is None:
+            return
+        audio_s = sum(len(item.window.audio) for item in batch) / SAMPLE_RATE
+        try:
+            self.on_batch(BatchReport(batch[0].priority.name.lower(), len(batch), decode_s, audio_s, failed))
+        except Exception:
+            log.exception("the batch observer failed")
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -272,8 +300,10 @@ class DecodeScheduler:
             if not batch:
                 continue
             started = time.perf_counter()
+            failed = True
             try:
                 results = decode_now(self.decoder, [item.window for item in batch], batch[0].options)
+                failed = False
             except BaseException as exc:  # the error belongs to the callers, not to the worker
                 log.exception("batched decode failed")
                 for item in batch:
@@ -287,6 +317,7 @@ class DecodeScheduler:
                     self._windows += len(batch)
                     self._decodes.append((ended - started) * 1000)
                     self._waits.extend((started - item.enqueued) * 1000 for item in batch)
+                self._report(batch, ended - started, failed)
             for item, result in zip(batch, results, strict=True):
                 item.future.set_result(result)
 

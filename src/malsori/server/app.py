@@ -76,10 +76,13 @@ def _install_model(services: Services, transcriber, closers: list) -> None:
     from ..engine.scheduler import DecodeScheduler, Priority
 
     limits = services.settings.limits
+    device = str(getattr(transcriber, "device", "cpu"))
+    services.metrics.watch_device(device)
     scheduler = DecodeScheduler(
         transcriber,
         max_batch=services.settings.engine.max_batch_size,
         max_pending={Priority.REQUEST: limits.max_pending_requests, Priority.JOB: limits.max_pending_jobs},
+        on_batch=lambda report: services.metrics.observe_batch(report, device),
     )
     closers.append(scheduler.close)
     services.detectors = _build_detectors(services, closers)

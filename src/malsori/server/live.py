@@ -10,9 +10,11 @@ session ends (stopped and finalized, a fatal error, its grace period over, shutd
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +23,7 @@ import numpy as np
 from ..engine.scheduler import DecodeScheduler, Priority
 from ..errors import MalsoriError, OverloadedError
 from ..protocol import CloseCode
-from ..streaming.events import End, Error, Event
+from ..streaming.events import End, Error, Event, Final
 from ..streaming.manager import LiveSession, LoadSnapshot, SessionManager
 from ..streaming.session import DecodeRequest
 
@@ -88,6 +90,8 @@ class LiveRunner:
         self._tasks: dict[str, asyncio.Task] = {}
         self._reasons: dict[str, str] = {}
         self._watchers: dict[str, Callable[[], None]] = {}
+        # Per session: (seconds of audio received, monotonic time it arrived), for final latency.
+        self._arrivals: dict[str, collections.deque[tuple[float, float]]] = {}
         self._sweeper = asyncio.create_task(self._sweep(sweep_s))
 
     @property
@@ -133,15 +137,29 @@ class LiveRunner:
             event.set()
 
     def feed(self, live: LiveSession, pcm: np.ndarray) -> None:
-        live.publish(live.session.feed(pcm))
+        events = live.session.feed(pcm)
+        # About 10 frames a second; the cap (over half an hour of frames without a final) bounds memory.
+        arrivals = self._arrivals.setdefault(live.id, collections.deque(maxlen=20000))
+        arrivals.append((live.session.audio_seconds, time.monotonic()))
+        self._publish(live, events)
         self.wake(live)
+
+    def _publish(self, live: LiveSession, events: list[Event]) -> None:
+        """Publish ``events``; a final's latency (from the arrival of the audio it ends with) is measured."""
+        arrivals = self._arrivals.get(live.id)
+        for event in events:
+            if isinstance(event, Final) and arrivals:
+                while len(arrivals) > 1 and arrivals[0][0] < event.end - 1e-3:
+                    arrivals.popleft()  # finals come in time order: audio before this one is done with
+                self.services.metrics.observe_final(live.protocol, time.monotonic() - arrivals[0][1])
+        live.publish(events)
 
     def finish(self, live: LiveSession, reason: str = "stopped") -> None:
         """No more audio: finalize what was said, then end the session with ``reason``."""
         if live.ended:
             return
         self._reasons.setdefault(live.id, reason)
-        live.publish(live.session.finish())
+        self._publish(live, live.session.finish())
         self.wake(live)
 
     def kill(self, live: LiveSession, code: str, message: str) -> Error | None:
@@ -164,6 +182,7 @@ class LiveRunner:
         self._wake.pop(live.id, None)
         self._watchers.pop(live.id, None)
         self._reasons.pop(live.id, None)
+        self._arrivals.pop(live.id, None)
 
     def release(self, live: LiveSession, *, close_code: int = CloseCode.POLICY_VIOLATION) -> None:
         """Let go of ``live`` without ending it: another gateway took it over (its client resumed
@@ -241,14 +260,14 @@ class LiveRunner:
                     live.publish([session.error(exc.code, f"{exc.message}; retrying", fatal=False)])
                     state["warned"] = True
                 await asyncio.sleep(min(1.0, exc.retry_after))
-                live.publish(session.abort(request))
+                self._publish(live, session.abort(request))
                 return
             except MalsoriError as exc:
                 session.abort(request)
                 self.kill(live, exc.code, exc.message)
                 return
             if not live.ended:
-                live.publish(session.apply(request, result))
+                self._publish(live, session.apply(request, result))
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -1,8 +1,12 @@
 """Prometheus metrics of one app, on its own registry (not the global one: tests build many apps).
 
-Counted by a small ASGI middleware (requests by route template and status, latency) and by the
-inference helpers (audio seconds, processing time); gauges (queue depth, sessions, jobs, model load)
-are read from :class:`~malsori.server.services.Services` when /metrics is scraped.
+Counted by a small ASGI middleware (requests by route template and status, latency; WebSocket
+connections open, accepted and closed by route and close code), by the inference helpers (audio
+seconds, processing time, real-time factor), by the scheduler's batch observer (batch size, decode
+time and real-time factor by priority, audio decoded by device: the GPU/CPU split) and by the live
+runner (final latency); gauges (queue depth, sessions, jobs, model load) are read from
+:class:`~malsori.server.services.Services` when /metrics is scraped. deploy/grafana's dashboard and
+deploy/prometheus's alert rules are built on these names (tests/test_deploy_prometheus.py checks them).
 """
 
 from __future__ import annotations
@@ -13,18 +17,24 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .deps import ServicesDep
 
 if TYPE_CHECKING:
+    from ..engine.scheduler import BatchReport
     from .services import Services
 
 __all__ = ["Metrics", "MetricsMiddleware", "router"]
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# Live finals land 0.5-3 s after their audio on a CPU (docs/benchmarks.md); finer steps there.
+_FINAL_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+_RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
+PRIORITIES = ("live", "request", "job")
 
 
 class Metrics:
@@ -65,6 +75,72 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.request_rtf = Histogram(
+            "malsori_real_time_factor",
+            "Processing time over audio duration per transcription request (below 1: faster than real time), by route.",
+            ["route"],
+            buckets=_RTF_BUCKETS,
+            registry=self.registry,
+        )
+        self.final_latency = Histogram(
+            "malsori_live_final_latency_seconds",
+            "Live finals: from the arrival of the audio a final ends with to the final being sent, by protocol.",
+            ["protocol"],
+            buckets=_FINAL_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "malsori_decode_batch_size",
+            "Windows decoded together in one model call, by priority class (live, request, job).",
+            ["priority"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "malsori_decode_batch_seconds",
+            "Wall time of one batched model call, by priority class.",
+            ["priority"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.decode_rtf = Histogram(
+            "malsori_decode_real_time_factor",
+            "Decode time over the audio time of a batch's windows (below 1: faster than real time), by priority class.",
+            ["priority"],
+            buckets=_RTF_BUCKETS,
+            registry=self.registry,
+        )
+        self.decoded_audio = Counter(
+            "malsori_decoded_audio_seconds",
+            "Seconds of audio decoded, by device (cpu, cuda) and priority class: where the work ran.",
+            ["device", "priority"],
+            registry=self.registry,
+        )
+        self.decode_failures = Counter(
+            "malsori_decode_failures",
+            "Batched decodes that failed, by device.",
+            ["device"],
+            registry=self.registry,
+        )
+        self.websockets_open = Gauge(
+            "malsori_websocket_connections",
+            "WebSocket connections open now, by route.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.websockets_accepted = Counter(
+            "malsori_websocket_accepted",
+            "WebSocket connections accepted, by route.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.websockets_closed = Counter(
+            "malsori_websocket_closes",
+            "WebSocket connections closed, by route, by which side (server, client) and close code.",
+            ["route", "side", "code"],
+            registry=self.registry,
+        )
+
     def bind(self, services: Services) -> None:
         """Export the gauges read from ``services`` at scrape time."""
         self.registry.register(_ServiceGauges(services))
@@ -72,6 +148,31 @@ class Metrics:
     def observe_inference(self, route: str, audio_s: float, processing_s: float) -> None:
         self.audio_seconds.labels(route).inc(max(0.0, audio_s))
         self.processing_seconds.labels(route).observe(max(0.0, processing_s))
+        if audio_s > 0:
+            self.request_rtf.labels(route).observe(max(0.0, processing_s) / audio_s)
+
+    def watch_device(self, device: str) -> None:
+        """Start the decode series of ``device`` at zero, so a dashboard shows the split before work comes."""
+        self.decode_failures.labels(device)
+        for priority in PRIORITIES:
+            self.decoded_audio.labels(device, priority)
+            self.batch_size.labels(priority)
+            self.batch_seconds.labels(priority)
+            self.decode_rtf.labels(priority)
+
+    def observe_batch(self, report: BatchReport, device: str) -> None:
+        """The scheduler's ``on_batch`` observer (called in its worker thread)."""
+        self.batch_size.labels(report.priority).observe(report.size)
+        self.batch_seconds.labels(report.priority).observe(report.decode_s)
+        if report.failed:
+            self.decode_failures.labels(device).inc()
+            return
+        self.decoded_audio.labels(device, report.priority).inc(report.audio_s)
+        if report.audio_s > 0:
+            self.decode_rtf.labels(report.priority).observe(report.decode_s / report.audio_s)
+
+    def observe_final(self, protocol: str, latency_s: float) -> None:
+        self.final_latency.labels(protocol).observe(max(0.0, latency_s))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -111,13 +212,17 @@ class _ServiceGauges(Collector):
 
 
 class MetricsMiddleware:
-    """Pure ASGI middleware: counts every HTTP request by its route template (bounded labels)."""
+    """Pure ASGI middleware: counts every HTTP request and WebSocket connection by its route template
+    (bounded labels)."""
 
     def __init__(self, app, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -137,6 +242,40 @@ class MetricsMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(template, scope["method"], str(status)).inc()
             self.metrics.request_seconds.labels(template).observe(time.perf_counter() - started)
+
+    async def _websocket(self, scope, receive, send) -> None:
+        """Open connections by route (counted from the accept, when the route is known), and each
+        close with the side that closed first and its code."""
+        m = self.metrics
+        state: dict = {"route": None, "closed": False}
+
+        def close(side: str, code: int) -> None:
+            if state["route"] is not None and not state["closed"]:
+                state["closed"] = True
+                m.websockets_closed.labels(state["route"], side, str(code)).inc()
+
+        async def send_wrapper(message) -> None:
+            if message["type"] == "websocket.accept":
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                state["route"] = route
+                m.websockets_accepted.labels(route).inc()
+                m.websockets_open.labels(route).inc()
+            elif message["type"] == "websocket.close":
+                close("server", int(message.get("code", 1000)))
+            await send(message)
+
+        async def receive_wrapper():
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                close("client", int(message.get("code", 1005)))
+            return message
+
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        finally:
+            if state["route"] is not None:
+                close("server", 1006)  # the handler ended without a close frame either way
+                m.websockets_open.labels(state["route"]).dec()
 
 
 router = APIRouter()
