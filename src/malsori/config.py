@@ -60,6 +60,11 @@ class ServerSettings(BaseModel):
     """Let /stt/process fetch from private and loopback addresses (off: refused, against SSRF)."""
     cors_origins: list[str] = []
     """Origins allowed to call the API from a browser (the bundled page needs none)."""
+    malloc_arenas: int = Field(default=2, ge=0)
+    """glibc malloc arenas for `malsori serve` (0: glibc's default of 8 per core). Few arenas keep
+    resident memory flat over hours of threaded decoding (malsori.memory)."""
+    memory_trim_interval_s: float = Field(default=60.0, ge=0)
+    """How often free heap memory is handed back to the system (0: never)."""
 
 
 class StorageSettings(BaseModel):

@@ -53,6 +53,7 @@ def serve(
     try:
         import uvicorn
 
+        from ..memory import limit_arenas
         from ..server.app import create_app
     except ImportError as exc:
         typer.echo(f"malsori serve needs the server extra: pip install 'malsori[server]' ({exc.name} is missing)", err=True)
@@ -62,6 +63,7 @@ def serve(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = build_settings(host, port, model, device, compute_type, data_dir)
     settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+    limit_arenas(settings.server.malloc_arenas)  # before uvicorn and the model start their threads
     app = create_app(settings)
     uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level=log_level.lower())
 

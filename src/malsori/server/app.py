@@ -17,7 +17,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from .. import __version__
+from .. import __version__, memory
 from ..config import Settings
 from ..errors import AudioTooLargeError
 from ..streaming.manager import VadFactory
@@ -154,6 +154,19 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, guarded_send)
 
 
+def _start_trimmer(interval_s: float) -> asyncio.Task | None:
+    """Hand free heap memory back to the system every ``interval_s`` (malsori.memory)."""
+    if interval_s <= 0:
+        return None
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await anyio.to_thread.run_sync(memory.trim)
+
+    return asyncio.create_task(loop(), name="malsori-memory-trim")
+
+
 def create_app(settings: Settings | None = None, *, transcriber=None, live_vad: VadFactory | None = None) -> FastAPI:
     """The service. ``transcriber`` injects a ready model (tests: ``engine.fake.FakeDecoder``);
     otherwise the configured one loads in the background after startup. ``live_vad`` makes each live
@@ -175,12 +188,17 @@ def create_app(settings: Settings | None = None, *, transcriber=None, live_vad: 
         else:
             load_task = asyncio.create_task(_load_model(services, closers))
         started = []
+        trimmer = _start_trimmer(settings.server.memory_trim_interval_s)
         try:
             for module in _ROUTE_MODULES:
                 await module.startup(services, **startup_options.get(module, {}))
                 started.append(module)
             yield
         finally:
+            if trimmer is not None:
+                trimmer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await trimmer
             for module in reversed(started):
                 try:
                     await module.shutdown(services)

@@ -1,0 +1,43 @@
+"""malsori.memory: glibc malloc tuning that keeps a long-running server's resident memory flat."""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+import pytest
+
+from malsori import memory
+
+pytestmark = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc malloc only"
+)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_trim_hands_freed_heap_back():
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(1024) for _ in range(100_000)]  # 100 MB of small blocks on the heap
+    for block in blocks:
+        ctypes.memset(block, 1, 1024)
+    for block in blocks[:-1]:  # the last block pins the top of the heap: free() alone cannot shrink it
+        libc.free(block)
+    before = _rss_mb()
+    assert memory.trim() is True
+    after = _rss_mb()
+    libc.free(blocks[-1])
+    assert before - after > 50, f"RSS {before:.0f} MB -> {after:.0f} MB"
+
+
+def test_arena_limit():
+    assert memory.limit_arenas(0) is False  # 0 leaves glibc's default alone
+    assert memory.limit_arenas(2) is True
