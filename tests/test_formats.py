@@ -55,7 +55,7 @@ EXPECTED = [  # (start ms, end ms, text) as every timed format must carry it
 
 
 def test_formats_table_is_complete():
-    assert FORMATS == ("txt", "json", "verbose_json", "srt", "vtt", "tsv")
+    assert FORMATS == ("txt", "json", "verbose_json", "diarized_json", "srt", "vtt", "tsv", "rttm")
     assert set(CONTENT_TYPES) == set(FORMATS) == set(EXTENSIONS)
     assert CONTENT_TYPES["vtt"].startswith("text/vtt")
     assert CONTENT_TYPES["verbose_json"] == "application/json"

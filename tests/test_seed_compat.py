@@ -149,7 +149,7 @@ def _check_result(body: dict, meeting_id: str, tenant_id: str) -> None:
     assert all(
         0 <= s["start"] < s["end"] <= 11.05 and s["speaker"] is None and 0 < s["confidence"] <= 1 for s in body["segments"]
     )
-    assert body["speakers"] == [] and body["total_speakers"] == 0 and body["has_diarization"] is False
+    assert body["speakers"] == {} and body["total_speakers"] == 0 and body["has_diarization"] is False
     assert body["total_segments"] == len(body["segments"]) and 0 < body["confidence"] <= 1
     assert body["language"] == "en" and body["processing_time"] > 0
 

@@ -129,7 +129,7 @@ def _check_stt_shape(body: dict, meeting: str | None, tenant: str | None) -> Non
         assert set(seg) == {"start", "end", "text", "speaker", "confidence"}
         assert 0 <= seg["start"] <= seg["end"] <= 11.05 and 0 < seg["confidence"] <= 1 and seg["speaker"] is None
     assert " ".join(s["text"] for s in body["segments"]) == body["transcript"]
-    assert body["speakers"] == [] and body["total_speakers"] == 0 and body["has_diarization"] is False
+    assert body["speakers"] == {} and body["total_speakers"] == 0 and body["has_diarization"] is False
     assert 0 < body["confidence"] <= 1 and body["processing_time"] > 0
 
 

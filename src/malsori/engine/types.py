@@ -14,6 +14,8 @@ class Word:
     end: float
     word: str
     probability: float
+    speaker: str | None = None
+    """Who said it, when the transcript was diarized (``SPEAKER_00``...)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class Segment:
     temperature: float = 0.0
     words: tuple[Word, ...] | None = None
     tokens: tuple[int, ...] = ()
+    speaker: str | None = None
+    """Who talks most during the segment, when the transcript was diarized."""
 
     @property
     def confidence(self) -> float:
@@ -39,10 +43,12 @@ class Segment:
         data = asdict(self)
         data["confidence"] = round(self.confidence, 4)
         data["tokens"] = list(self.tokens)
+        if self.speaker is None:
+            data.pop("speaker")
         if self.words is None:
             data.pop("words")
         else:
-            data["words"] = [asdict(w) for w in self.words]
+            data["words"] = [{k: v for k, v in asdict(w).items() if k != "speaker" or v is not None} for w in self.words]
         return data
 
 
@@ -58,6 +64,10 @@ class Transcript:
     task: str = "transcribe"
     duration_after_vad: float | None = None
     extra: dict = field(default_factory=dict, compare=False)
+    diarized: bool = False
+    """Speakers were looked for (segments and words carry ``speaker``; see :mod:`malsori.speakers`)."""
+    speaker_turns: tuple[tuple[float, float, str], ...] = ()
+    """Who spoke when, (start, end, speaker), from diarization; turns may overlap."""
 
     @property
     def text(self) -> str:
@@ -85,4 +95,11 @@ class Transcript:
             "task": self.task,
             "confidence": round(self.confidence, 4),
             "segments": [s.to_dict() for s in self.segments],
+            **(self._speaker_dict() if self.diarized else {}),
+        }
+
+    def _speaker_dict(self) -> dict:
+        return {
+            "speakers": sorted({s.speaker for s in self.segments if s.speaker} | {t[2] for t in self.speaker_turns}),
+            "speaker_turns": [{"start": round(a, 3), "end": round(b, 3), "speaker": who} for a, b, who in self.speaker_turns],
         }

@@ -18,8 +18,11 @@ def transcript_from_dict(data: dict) -> Transcript:
         segments.append(
             Segment(
                 **{name: raw[name] for name in _SEGMENT_FIELDS if name in raw},
-                words=None if words is None else tuple(Word(w["start"], w["end"], w["word"], w["probability"]) for w in words),
+                words=None
+                if words is None
+                else tuple(Word(w["start"], w["end"], w["word"], w["probability"], w.get("speaker")) for w in words),
                 tokens=tuple(raw.get("tokens", ())),
+                speaker=raw.get("speaker"),
             )
         )
     return Transcript(
@@ -29,4 +32,6 @@ def transcript_from_dict(data: dict) -> Transcript:
         duration=float(data.get("duration", 0.0)),
         processing_time=float(data.get("processing_time", 0.0)),
         task=data.get("task", "transcribe"),
+        diarized="speakers" in data,
+        speaker_turns=tuple((float(t["start"]), float(t["end"]), str(t["speaker"])) for t in data.get("speaker_turns", ())),
     )

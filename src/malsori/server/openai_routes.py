@@ -26,9 +26,11 @@ from ..engine.options import TranscribeOptions
 from ..engine.windows import WindowResult
 from ..errors import InvalidOptionsError, MalsoriError, NotFoundError
 from ..formats import render
+from ..speakers import DiarizeOptions
 from .deps import ReadyDep, ServicesDep
+from .diarize import diarize_options, transcribe_maybe_diarized
 from .errors import error_body
-from .inference import decode_bytes, read_upload, transcribe, transcribe_stream
+from .inference import decode_bytes, read_upload, transcribe_stream
 from .services import Services
 
 __all__ = ["router"]
@@ -37,13 +39,14 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
-ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
 Granularity = Literal["word", "segment"]
 
 # OpenAI answers text, srt and vtt as text/plain; the openai package reads them as a string.
 _MEDIA_TYPES = {
     "json": "application/json",
     "verbose_json": "application/json",
+    "diarized_json": "application/json",
     "text": "text/plain; charset=utf-8",
     "srt": "text/plain; charset=utf-8",
     "vtt": "text/plain; charset=utf-8",
@@ -63,10 +66,15 @@ async def _run(
     task: str,
     route: str,
     stream: bool = False,
+    speakers: DiarizeOptions | None = None,
 ) -> Response:
     services.check_model(model)
     if stream and response_format not in ("json", "text"):
         raise InvalidOptionsError("stream=true sends text events: response_format must be json or text")
+    if response_format == "diarized_json" and speakers is None:
+        speakers = DiarizeOptions()  # the format is the speakers
+    if stream and speakers is not None:
+        raise InvalidOptionsError("diarize=true needs the whole file: it cannot be combined with stream=true")
     engine = services.settings.engine
     # temperature 0 means OpenAI's default: start greedy and raise the temperature when a decode
     # looks wrong; a positive value is used as it is.
@@ -88,7 +96,7 @@ async def _run(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # no proxy buffering
         )
-    transcript = await transcribe(services, audio, options, route=route)
+    transcript = await transcribe_maybe_diarized(services, audio, options, speakers, route=route)
     return Response(render(transcript, response_format), media_type=_MEDIA_TYPES[response_format])
 
 
@@ -132,6 +140,10 @@ async def transcriptions(
     stream: Annotated[
         bool, Form(description="Answer server-sent events: transcript.text.delta per decoded window, then transcript.text.done")
     ] = False,
+    diarize: Annotated[bool, Form(description="Find the speakers: segments and words carry `speaker`")] = False,
+    num_speakers: Annotated[int | None, Form(ge=1, le=20, description="With diarize: exactly this many speakers")] = None,
+    min_speakers: Annotated[int | None, Form(ge=1, le=20, description="With diarize: at least this many")] = None,
+    max_speakers: Annotated[int | None, Form(ge=1, le=20, description="With diarize: at most this many")] = None,
 ) -> Response:
     return await _run(
         services,
@@ -145,6 +157,7 @@ async def transcriptions(
         task="transcribe",
         route="/v1/audio/transcriptions",
         stream=stream,
+        speakers=diarize_options(diarize, num_speakers, min_speakers, max_speakers),
     )
 
 

@@ -2,7 +2,9 @@
 
 Both answer the documented shape: meeting_id, tenant_id, transcript, segments [{start, end, text,
 speaker, confidence}], speakers, confidence, processing_time, language, total_segments,
-total_speakers, has_diarization. Speakers stay empty until diarization exists.
+total_speakers, has_diarization. With ``diarize=true`` (a form field, or JSON for /stt/process) every
+segment carries its ``speaker`` and ``speakers`` is an object keyed by label with ``total_duration``,
+``segments_count`` and ``text_parts``; ``num_speakers``/``min_speakers``/``max_speakers`` fix or bound the count.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from pydantic import BaseModel, Field
 
 from ..engine.options import TranscribeOptions
 from ..engine.types import Transcript
+from ..formats import speaker_summary
 from .deps import ReadyDep
+from .diarize import diarize_options, transcribe_maybe_diarized
 from .fetch import load_audio_url
-from .inference import decode_bytes, read_upload, transcribe
+from .inference import decode_bytes, read_upload
 from .services import Services
 
-__all__ = ["router", "SttSegment", "SttResult", "ProcessRequest"]
+__all__ = ["router", "SttSegment", "SttSpeaker", "SttResult", "ProcessRequest"]
 
 router = APIRouter(prefix="/stt", tags=["stt"])
 
@@ -35,13 +39,22 @@ class SttSegment(BaseModel):
     confidence: float
 
 
+class SttSpeaker(BaseModel):
+    total_duration: float
+    """Seconds of this speaker's segments."""
+    segments_count: int
+    text_parts: list[str]
+    """The texts of this speaker's segments, in order."""
+
+
 class SttResult(BaseModel):
     meeting_id: str | None
     tenant_id: str | None
     user_id: str | None = None
     transcript: str
     segments: list[SttSegment]
-    speakers: list[str]
+    speakers: dict[str, SttSpeaker]
+    """Per speaker label; empty without diarize=true."""
     confidence: float
     processing_time: float
     """Seconds from receiving the request to the result."""
@@ -59,13 +72,19 @@ class ProcessRequest(BaseModel):
     tenant_id: str | None = _ID
     user_id: str | None = _ID
     language: str | None = Field(default=None, max_length=16)
+    diarize: bool = False
+    """Find the speakers: each segment carries ``speaker``."""
+    num_speakers: int | None = Field(default=None, ge=1, le=20)
+    min_speakers: int | None = Field(default=None, ge=1, le=20)
+    max_speakers: int | None = Field(default=None, ge=1, le=20)
 
 
 def _result(
     transcript: Transcript, *, meeting_id: str | None, tenant_id: str | None, user_id: str | None, started: float
 ) -> SttResult:
+    speakers = speaker_summary(transcript)
     segments = [
-        SttSegment(start=s.start, end=s.end, text=s.text.strip(), speaker=None, confidence=round(s.confidence, 4))
+        SttSegment(start=s.start, end=s.end, text=s.text.strip(), speaker=s.speaker, confidence=round(s.confidence, 4))
         for s in transcript.segments
         if s.text.strip()
     ]
@@ -75,14 +94,14 @@ def _result(
         user_id=user_id,
         transcript=transcript.text,
         segments=segments,
-        speakers=[],
+        speakers={label: SttSpeaker(**entry) for label, entry in speakers.items()},
         confidence=round(transcript.confidence, 4),
         processing_time=round(time.perf_counter() - started, 3),
         language=transcript.language,
         duration=round(transcript.duration, 3),
         total_segments=len(segments),
-        total_speakers=0,
-        has_diarization=False,
+        total_speakers=len(speakers),
+        has_diarization=transcript.diarized,
     )
 
 
@@ -98,11 +117,16 @@ async def upload(
     tenant_id: Annotated[str | None, Form(max_length=200)] = None,
     user_id: Annotated[str | None, Form(max_length=200)] = None,
     language: Annotated[str | None, Form(max_length=16)] = None,
+    diarize: Annotated[bool, Form(description="Find the speakers: each segment carries `speaker`")] = False,
+    num_speakers: Annotated[int | None, Form(ge=1, le=20)] = None,
+    min_speakers: Annotated[int | None, Form(ge=1, le=20)] = None,
+    max_speakers: Annotated[int | None, Form(ge=1, le=20)] = None,
 ) -> SttResult:
     started = time.perf_counter()
     options = _options(services, language)
+    speakers = diarize_options(diarize, num_speakers, min_speakers, max_speakers)
     audio = await decode_bytes(services, await read_upload(file))
-    transcript = await transcribe(services, audio, options, route="/stt/upload")
+    transcript = await transcribe_maybe_diarized(services, audio, options, speakers, route="/stt/upload")
     return _result(transcript, meeting_id=meeting_id, tenant_id=tenant_id, user_id=user_id, started=started)
 
 
@@ -110,6 +134,7 @@ async def upload(
 async def process(services: ReadyDep, body: ProcessRequest) -> SttResult:
     started = time.perf_counter()
     options = _options(services, body.language)
+    speakers = diarize_options(body.diarize, body.num_speakers, body.min_speakers, body.max_speakers)
     audio = await decode_bytes(services, await load_audio_url(body.audio_url, services.settings))
-    transcript = await transcribe(services, audio, options, route="/stt/process")
+    transcript = await transcribe_maybe_diarized(services, audio, options, speakers, route="/stt/process")
     return _result(transcript, meeting_id=body.meeting_id, tenant_id=body.tenant_id, user_id=body.user_id, started=started)
