@@ -109,17 +109,47 @@ class QueueSettings(BaseModel):
     here is used: one process runs everything through its own scheduler."""
 
     broker_url: str | None = None
-    """Celery broker, e.g. ``redis://127.0.0.1:6379/0``. Set: live windows are decoded by
-    ``malsori worker`` processes and live sessions are kept in Redis (any gateway resumes them)."""
+    """Celery broker, e.g. ``redis://127.0.0.1:6379/0``. Set: file jobs, synchronous HTTP
+    transcriptions and live windows go to ``malsori worker`` processes, and live sessions are kept in
+    Redis (any gateway resumes them); unset: the in-process scheduler runs everything."""
+    result_backend: str | None = None
+    """Celery result backend; default: the broker URL."""
     redis_url: str | None = None
-    """Redis for the worker registry, live sessions and windows; default: the broker URL."""
+    """Redis for the worker registry, the routing mode, counters, live sessions and windows; default: the broker URL."""
+    cpu_queue: str = "stt.cpu"
+    """Queue of CPU workers."""
+    gpu_queue: str = "stt.gpu"
+    """Queue of GPU workers (``auto`` routing prefers it while a GPU worker is alive)."""
+    analyze_queue: str = "analyze"
+    """Queue of analysis tasks."""
     key_prefix: str = "malsori"
     """Prefix of every Redis key this service writes (several deployments can share one Redis)."""
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    """How often a worker announces itself."""
+    worker_ttl_s: float = Field(default=10.0, gt=0)
+    """A worker not heard from for this long is dead: its running jobs are given to another worker."""
+    concurrency: int = Field(default=2, ge=1)
+    """Tasks one worker runs at once (threads sharing its one model and scheduler, so their windows batch)."""
+    visibility_timeout_s: float = Field(default=3600.0, gt=0)
+    """Redis transport: an unacknowledged task is delivered again after this long (tasks are idempotent)."""
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    """Longest a gateway waits for a worker to decode a synchronous request's windows."""
+    metrics_port: int = 0
+    """Port of a worker's Prometheus /metrics (0: none)."""
+    worker_decoder: str = "model"
+    """``model`` (the configured Whisper model) or ``fake`` (engine.fake.FakeDecoder, for routing tests)."""
+    worker_device: str | None = None
+    """Device a worker announces instead of its model's (a fake decoder announcing ``cuda`` in tests)."""
+    fake_error: str | None = None
+    """For tests: every decode of the fake decoder raises RuntimeError with this message (a failing GPU)."""
 
     def broker(self) -> str:
         if not self.broker_url:
             raise ValueError("no broker is configured (MALSORI__QUEUE__BROKER_URL)")
         return self.broker_url
+
+    def backend(self) -> str:
+        return self.result_backend or self.broker()
 
     def redis(self) -> str:
         return self.redis_url or self.broker()

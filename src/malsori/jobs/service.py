@@ -17,6 +17,9 @@ Transport-free: the HTTP routes (``malsori.server.jobs_routes``) parse and seria
   is queued again if its upload exists, unless it has already been started ``max_attempts`` times
   (a job that keeps killing the server must not do so forever: it fails with the reason); a job
   whose upload is missing fails with "upload lost". Nothing accepted is silently dropped.
+- **Scaled out** (docs/scaling.md): with ``dispatch`` set, an accepted job is handed to it (a Celery
+  task) instead of this process's runner threads, and a queue worker runs it with :meth:`execute`
+  over its own scheduler; recovery is then the scale package's sweep, not :meth:`recover`.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class JobService:
         progress_interval_s: float = 1.0,
         max_attempts: int = MAX_ATTEMPTS,
         on_finished: Callable[[JobRecord], None] | None = None,
+        dispatch: Callable[[str], None] | None = None,
     ) -> None:
         self.repository = repository
         self.uploads = uploads
@@ -91,6 +95,7 @@ class JobService:
         self.progress_interval_s = progress_interval_s
         self.max_attempts = max_attempts
         self.on_finished = on_finished
+        self.dispatch = dispatch
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -155,8 +160,9 @@ class JobService:
 
     def start(self, scheduler: DecodeScheduler, *, plan: Planner | None = None) -> None:
         """Start running queued jobs through ``scheduler`` (once the model is ready). ``plan`` replaces
-        the pipeline's window planning (tests cut audio into small windows to watch a job step by step)."""
-        if self._threads:
+        the pipeline's window planning (tests cut audio into small windows to watch a job step by step).
+        With ``dispatch`` set, jobs run on queue workers and nothing starts here."""
+        if self._threads or self.dispatch is not None:
             return
         self._scheduler, self._plan = scheduler, plan
         self._threads = [threading.Thread(target=self._work, name=f"malsori-job-{n}", daemon=True) for n in range(self.workers)]
@@ -214,7 +220,10 @@ class JobService:
         except BaseException:
             self.uploads.delete(path)
             raise
-        self._queue.put(job_id)
+        if self.dispatch is not None:
+            self.dispatch(job_id)
+        else:
+            self._queue.put(job_id)
         return record
 
     def _admission(self) -> None:
@@ -283,6 +292,20 @@ class JobService:
                 # Finishing in this process notifies; the timeout covers changes made elsewhere.
                 self._changed.wait(min(left, 1.0))
 
+    def execute(
+        self, job: JobRecord, scheduler: DecodeScheduler, *, on_error: Callable[[JobRecord, Exception], bool] | None = None
+    ) -> JobRecord | None:
+        """Run a job already claimed elsewhere (by a queue worker) through ``scheduler``; its final
+        record. ``on_error`` sees an unexpected error first and returns True when it dealt with the job
+        (a GPU worker hands it to the CPU queue) instead of it failing."""
+        self._running.add(job.id)
+        try:
+            self._finish(job.id, self._outcome(job, scheduler, on_error))
+        finally:
+            self._running.discard(job.id)
+            self._cancel.discard(job.id)
+        return self.repository.get(job.id)
+
     # -- the runner --------------------------------------------------------------------------------
     def _notify(self) -> None:
         with self._changed:
@@ -307,17 +330,20 @@ class JobService:
         # Running until its upload is gone and its hook has run: wait() returns only after that.
         self._running.add(job_id)
         try:
-            self._finish(job_id, self._outcome(job))
+            assert self._scheduler is not None
+            self._finish(job_id, self._outcome(job, self._scheduler))
         finally:
             self._running.discard(job_id)
             self._cancel.discard(job_id)
 
-    def _outcome(self, job: JobRecord) -> float:
+    def _outcome(
+        self, job: JobRecord, scheduler: DecodeScheduler, on_error: Callable[[JobRecord, Exception], bool] | None = None
+    ) -> float:
         """Run a claimed job and record how it ended; the seconds it took."""
         job_id = job.id
         started = time.perf_counter()
         try:
-            transcript = self._transcribe(job)
+            transcript = self._transcribe(job, scheduler)
         except _Stop:
             if self._stopping.is_set() and job_id not in self._cancel:
                 self.repository.requeue(job_id, uncount=True)
@@ -327,6 +353,8 @@ class JobService:
         except Exception as exc:
             if self._stopping.is_set():
                 self.repository.requeue(job_id, uncount=True)
+            elif on_error is not None and not isinstance(exc, MalsoriError) and on_error(job, exc):
+                pass
             elif isinstance(exc, MalsoriError):
                 self.repository.fail(job_id, exc.code, exc.message)
             else:
@@ -349,8 +377,8 @@ class JobService:
                     log.exception("on_finished hook failed for job %s", job_id)
         log.info("job %s %s in %.1f s", job_id, final.state.value if final else "vanished", seconds)
 
-    def _transcribe(self, job: JobRecord) -> Transcript:
-        assert self._scheduler is not None and job.upload_path is not None
+    def _transcribe(self, job: JobRecord, scheduler: DecodeScheduler) -> Transcript:
+        assert job.upload_path is not None
         audio = decode_audio(job.upload_path, self.limits)
         self.repository.set_audio_seconds(job.id, len(audio) / SAMPLE_RATE)
         options = JobOptions.from_dict(job.options).transcribe_options()
@@ -366,7 +394,7 @@ class JobService:
                 if not self.repository.set_progress(job.id, done_s / total_s if total_s else 1.0):
                     raise _Stop()  # cancel requested through the database (maybe by another process)
 
-        lane = _JobLane(self, self._scheduler, f"job-{job.id}", job.id)
+        lane = _JobLane(self, scheduler, f"job-{job.id}", job.id)
         pipeline = Pipeline(lane) if self._plan is None else Pipeline(lane, plan=self._plan)
         return pipeline.transcribe(audio, options, progress)
 

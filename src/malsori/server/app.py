@@ -182,6 +182,14 @@ def create_app(settings: Settings | None = None, *, transcriber=None, live_vad: 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        if settings.queue.broker_url:  # scaled out: jobs and requests go to workers (docs/scaling.md)
+            from ..scale import require_queue_extra
+
+            require_queue_extra()
+            from ..scale.gateway import ScaleGateway
+
+            services.scale = ScaleGateway(settings)
+            closers.insert(0, services.scale.close)  # closed last, after the routes modules stopped
         load_task = None
         if transcriber is not None:
             _install_model(services, transcriber, closers)

@@ -6,6 +6,7 @@ import asyncio
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from .deps import ServicesDep
@@ -22,10 +23,15 @@ async def health(services: ServicesDep) -> dict:
 
 @router.get(
     "/is_ready",
-    summary="The model is loaded and can take work (503 until then)",
+    summary="The model is loaded and can take work (503 until then; scaled out, also until a worker is alive)",
     responses={503: {"description": "Not ready yet (model loading) or the model failed to load"}},
 )
 async def is_ready(services: ServicesDep) -> JSONResponse:
+    if services.ready and services.scale is not None:
+        # Scaled out: ready when some worker can take work (its heartbeat in Redis is fresh).
+        why_not = await run_in_threadpool(services.scale.not_ready_reason)
+        if why_not is not None:
+            return JSONResponse({"ready": False, "reason": why_not}, status_code=503, headers={"Retry-After": "2"})
     if services.ready:
         return JSONResponse({"ready": True, "model": services.model_name})
     reason = f"model failed to load: {services.load_error}" if services.load_error else "model loading"
@@ -46,7 +52,7 @@ async def stt_status(services: ServicesDep) -> dict:
         "multilingual": transcriber.multilingual if transcriber else None,
         "model_load_seconds": round(getattr(transcriber, "load_seconds", 0.0), 3) if transcriber else None,
         "load_error": services.load_error,
-        "routing_mode": services.routing_mode,
+        "routing_mode": services.current_routing_mode(),
         "routing": services.routing(),
         "active_jobs": services.active_jobs(),
         "active_sessions": services.active_sessions(),
@@ -60,6 +66,8 @@ async def stt_status(services: ServicesDep) -> dict:
         },
         "scheduler": None,
     }
+    if services.scale is not None:
+        status["scale"] = await run_in_threadpool(services.scale.status)
     if services.scheduler is not None:
         stats = services.scheduler.stats()
         status["queue_depth"] = stats.pending

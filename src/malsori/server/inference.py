@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..audio_limits import check_sample_rate
 from ..engine.audio import PCM_ENCODINGS, SAMPLE_RATE, AudioLimits, AudioSource, decode_audio, pcm_to_float32
-from ..engine.decoder import decode_async
+from ..engine.decoder import WindowDecoder, decode_async
 from ..engine.options import TranscribeOptions
 from ..engine.pipeline import Pipeline
 from ..engine.scheduler import Priority
@@ -104,9 +104,9 @@ async def chunk_audio(
 async def transcribe(services: Services, audio: np.ndarray, options: TranscribeOptions, *, route: str) -> Transcript:
     """A whole input through the pipeline over a lane of the shared scheduler: awaited, not blocking a
     thread; the request's windows are queued all or none (429 before any work when they do not fit)."""
-    transcriber, scheduler = services.require_ready()
+    transcriber, _ = services.require_ready()
     transcriber.check_options(options)
-    lane = scheduler.lane(_owner(), Priority.REQUEST)
+    lane = _decoder(services)
     started = time.perf_counter()
     try:
         # The first window alone, as with stream=true (transcribe_stream): a window's text depends on
@@ -127,9 +127,9 @@ async def transcribe_stream(
     (:meth:`Pipeline.astream`: the first window is decoded alone, then the rest as one submission).
     Nothing runs before the first ``anext``, and the first window's errors (not ready, a full queue)
     raise there, so a caller that awaits the first result before answering keeps their status codes."""
-    transcriber, scheduler = services.require_ready()
+    transcriber, _ = services.require_ready()
     transcriber.check_options(options)
-    lane = scheduler.lane(_owner(), Priority.REQUEST)
+    lane = _decoder(services)
     started = time.perf_counter()
     try:
         async with aclosing(Pipeline(lane).astream(audio, options)) as results:
@@ -143,15 +143,23 @@ async def transcribe_stream(
 
 async def decode_window(services: Services, window: Window, options: TranscribeOptions, *, route: str) -> WindowResult:
     """One short window through the scheduler (batched with whatever else is queued)."""
-    _, scheduler = services.require_ready()
+    services.require_ready()
     started = time.perf_counter()
     try:
-        (result,) = await decode_async(scheduler.lane(_owner(), Priority.REQUEST), [window], options)
+        (result,) = await decode_async(_decoder(services), [window], options)
     except OverloadedError:
         services.metrics.rejected.labels("queue_full").inc()
         raise
     services.metrics.observe_inference(route, len(window.audio) / SAMPLE_RATE, time.perf_counter() - started)
     return result
+
+
+def _decoder(services: Services) -> WindowDecoder:
+    """A REQUEST lane of this process's scheduler, or scaled out, the workers (``services.scale``)."""
+    if services.scale is not None:
+        return services.scale.decoder()
+    _, scheduler = services.require_ready()
+    return scheduler.lane(_owner(), Priority.REQUEST)
 
 
 def _owner() -> str:

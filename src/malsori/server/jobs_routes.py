@@ -69,6 +69,8 @@ class JobOut(BaseModel):
     options: dict[str, Any]
     audio_seconds: float | None
     attempts: int
+    worker: str | None = None
+    """The scale-out worker running or that ran the job (null when the server's own runner did)."""
     cancel_requested: bool
     created_at: datetime
     started_at: datetime | None
@@ -115,6 +117,7 @@ def _job_out(job: JobRecord, *, with_result: bool) -> JobOut:
         options=job.options,
         audio_seconds=None if job.audio_seconds is None else round(job.audio_seconds, 3),
         attempts=job.attempts,
+        worker=job.worker,
         cancel_requested=job.cancel_requested,
         created_at=job.created_at,
         started_at=job.started_at,
@@ -284,7 +287,14 @@ async def cancel_job(jobs: JobsDep, job_id: Annotated[str, _ID_PATH]) -> JSONRes
 
 # -- lifecycle -------------------------------------------------------------------------------------
 async def startup(services: Services) -> None:
-    """Open storage, settle what a previous process left, and run jobs once the model is loaded."""
+    """Open storage, settle what a previous process left, and run jobs once the model is loaded.
+    Scaled out, jobs go to workers, and recovery is the gateways' sweep (one at a time), not this."""
+    if services.scale is not None:
+        scale = services.scale
+        jobs = await run_in_threadpool(JobService.from_settings, services.settings, dispatch=scale.dispatch_job)
+        services.jobs = jobs
+        scale.start(jobs)
+        return
     jobs = await run_in_threadpool(JobService.from_settings, services.settings, on_finished=_observer(services))
     await run_in_threadpool(jobs.recover)
     services.jobs = jobs

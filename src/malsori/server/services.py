@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ..engine.transcriber import Transcriber
     from ..jobs import JobService
     from ..scale.live_state import LiveStore
+    from ..scale.gateway import ScaleGateway
     from ..streaming.manager import SessionManager
     from .live import LiveRunner
     from .metrics import Metrics
@@ -75,6 +76,9 @@ class Services:
     - ``routing_mode``: ``auto``, ``cpu`` or ``gpu``, set from the control panel. Kept for when
       scale-out workers exist; with one engine nothing routes by it (see :meth:`routing`).
     - ``load_error``: why the model failed to load, if it did (shown by /is_ready and /stt/status).
+    - ``scale``: the :class:`~malsori.scale.gateway.ScaleGateway` when a broker is configured
+      (``settings.queue.broker_url``): jobs and synchronous requests then run on workers, and the
+      routing mode lives in Redis, shared by every gateway. ``None`` (the default): one process.
     """
 
     settings: Settings
@@ -91,6 +95,7 @@ class Services:
     tasks: dict[str, asyncio.Task] = field(default_factory=dict, repr=False)
     routing_mode: str = "auto"
     load_error: str | None = None
+    scale: ScaleGateway | None = None
     _ready: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     # -- readiness ---------------------------------------------------------------------------------
@@ -144,18 +149,34 @@ class Services:
 
     def engines(self) -> list[dict[str, Any]]:
         """The engines that can run work, this process's own model first (its facts once loaded, what
-        the settings ask for while it loads). Scale-out workers will add theirs after it."""
+        the settings ask for while it loads), then each live scale-out worker's (with its ``name`` and ``queues``)."""
         engine = self.settings.engine
         if self.transcriber is None:
-            return [{"model": engine.model, "device": engine.device, "compute_type": engine.compute_type, "ready": False}]
-        t = self.transcriber
-        return [{"model": t.model_name, "device": t.device, "compute_type": t.compute_type, "ready": True}]
+            own = {"model": engine.model, "device": engine.device, "compute_type": engine.compute_type, "ready": False}
+        else:
+            t = self.transcriber
+            own = {"model": t.model_name, "device": t.device, "compute_type": t.compute_type, "ready": True}
+        workers: list[dict[str, Any]] = []
+        if self.scale is not None:
+            workers = self.scale.status()["workers"]
+        return [own, *workers]
 
     def routing(self) -> str:
         """What ``routing_mode`` does now, in words, so no control claims to move work it does not.
-        Until scale-out workers add engines, there is one and nothing routes by the mode."""
+        With one engine nothing routes by the mode; scaled out, the mode picks the workers' queue."""
+        if self.scale is not None:
+            return self.scale.describe()
         device = self.engines()[0]["device"]
         return f"single engine: every request runs on this process's model ({device})"
+
+    def current_routing_mode(self) -> str:
+        """The mode in force: this process's, or scaled out, the one every gateway shares in Redis."""
+        if self.scale is not None:
+            try:
+                return self.scale.routing_mode()
+            except Exception:  # Redis restarting: say what this process last set
+                return self.routing_mode
+        return self.routing_mode
 
     def set_routing_mode(self, mode: str, *, gpu_available: bool) -> None:
         """Record where new work should go; ``gpu`` is refused (InvalidOptionsError) when there is no GPU."""
@@ -164,3 +185,5 @@ class Services:
         if mode == "gpu" and not gpu_available:
             raise InvalidOptionsError("no GPU is available on this server, so work cannot be routed to one")
         self.routing_mode = mode
+        if self.scale is not None:
+            self.scale.set_routing_mode(mode)

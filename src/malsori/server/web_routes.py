@@ -23,6 +23,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from ..errors import ConflictError
 from .deps import AdminDep, ServicesDep
@@ -97,8 +98,8 @@ async def admin_status(services: ServicesDep) -> dict[str, Any]:
         "load_error": services.load_error,
         "engines": engines,
         "routing": services.routing(),
-        "routing_mode": services.routing_mode,
-        "gpu_available": gpus > 0,
+        "routing_mode": services.current_routing_mode(),
+        "gpu_available": gpus > 0 if services.scale is None else services.scale.gpu_refusal() is None,
         "gpu_count": gpus,
         "admin_key_required": bool(services.settings.auth.admin_key),
         "sessions": _session_rows(services),
@@ -114,15 +115,19 @@ async def admin_status(services: ServicesDep) -> dict[str, Any]:
 async def set_routing(change: RoutingChange, services: ServicesDep) -> dict[str, Any]:
     """Record where new work should go (work already running stays where it is). The answer's
     ``routing`` says what that changes now: nothing while this process's model is the one engine."""
-    gpu_available = cuda_device_count() > 0
-    # 409 with the reason (the panel shows it); Services.set_routing_mode keeps the same rule.
-    if change.mode == "gpu" and not gpu_available:
-        raise ConflictError(
-            "no CUDA device is present on this machine (CTranslate2 sees 0 GPUs), so work cannot be routed to a GPU",
-            code="gpu_unavailable",
+    if services.scale is not None:  # scaled out: a live worker that announces a GPU is what counts
+        refusal = await run_in_threadpool(services.scale.gpu_refusal)
+    else:
+        refusal = (
+            None
+            if cuda_device_count() > 0
+            else "no CUDA device is present on this machine (CTranslate2 sees 0 GPUs), so work cannot be routed to a GPU"
         )
-    services.set_routing_mode(change.mode, gpu_available=gpu_available)
-    return {"routing_mode": services.routing_mode, "engines": services.engines(), "routing": services.routing()}
+    # 409 with the reason (the panel shows it); Services.set_routing_mode keeps the same rule.
+    if change.mode == "gpu" and refusal is not None:
+        raise ConflictError(refusal, code="gpu_unavailable")
+    await run_in_threadpool(services.set_routing_mode, change.mode, gpu_available=refusal is None)
+    return {"routing_mode": services.current_routing_mode(), "engines": services.engines(), "routing": services.routing()}
 
 
 # -- lifecycle ------------------------------------------------------------------------------------

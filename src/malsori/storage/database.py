@@ -7,14 +7,15 @@ restarted over a dying one) wait for each other instead of failing. PostgreSQL w
 ``postgresql+psycopg://`` URL (``pip install 'malsori[postgres]'``).
 
 Tables are created with ``metadata.create_all`` at start: the schema is one table, so there are no
-migrations yet; a schema change will need Alembic.
+migrations yet; a schema change will need Alembic. The one column added since (``jobs.worker``,
+nullable) is added to an older database at start (:data:`_ADDED_COLUMNS`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
@@ -60,8 +61,23 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.close()
 
 
+_ADDED_COLUMNS = {"jobs": {"worker": "VARCHAR(200)"}}
+"""Nullable columns added after the first release: ``create_all`` does not add columns to a table that exists."""
+
+
 def create_tables(engine: Engine) -> None:
     Base.metadata.create_all(engine)
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {c["name"] for c in inspect(engine).get_columns(table)}
+        for name, sql_type in columns.items():
+            if name not in present:
+                with engine.begin() as conn:
+                    # Two processes may start at once on one database: the loser's ALTER fails harmlessly.
+                    try:
+                        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+                    except Exception:
+                        if name not in {c["name"] for c in inspect(engine).get_columns(table)}:
+                            raise
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -36,3 +36,5 @@ class JobRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     """How many times a runner started this job (a crash mid-job leaves it counted)."""
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    """The queue worker running (or that ran) the job; None when this process's own runner did."""

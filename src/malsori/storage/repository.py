@@ -67,6 +67,8 @@ class JobRecord:
     finished_at: datetime | None = None
     attempts: int = 0
     cancel_requested: bool = False
+    worker: str | None = None
+    """The queue worker running or that ran the job (None: the server's own runner)."""
 
     @property
     def finished(self) -> bool:
@@ -93,6 +95,7 @@ class JobRecord:
             finished_at=_utc(row.finished_at),
             attempts=row.attempts or 0,
             cancel_requested=bool(row.cancel_requested),
+            worker=row.worker,
         )
 
 
@@ -170,6 +173,7 @@ class JobRepository:
             finished_at=record.finished_at,
             attempts=record.attempts,
             cancel_requested=record.cancel_requested,
+            worker=record.worker,
         )
         with self._sessions.begin() as session:
             session.add(row)
@@ -192,8 +196,8 @@ class JobRepository:
             )
             return result.rowcount == 1
 
-    def claim(self, job_id: str) -> JobRecord | None:
-        """queued -> running (attempts + 1); None when the job is no longer queued."""
+    def claim(self, job_id: str, *, worker: str | None = None) -> JobRecord | None:
+        """queued -> running (attempts + 1), run by ``worker``; None when the job is no longer queued."""
         if not self._update(
             job_id,
             [JobState.QUEUED],
@@ -201,6 +205,7 @@ class JobRepository:
             started_at=utcnow(),
             progress=0.0,
             attempts=JobRow.attempts + 1,
+            worker=worker,
         ):
             return None
         return self.get(job_id)
@@ -244,9 +249,18 @@ class JobRepository:
         """Mark a running job to stop at its next progress report."""
         return self._update(job_id, [JobState.RUNNING], cancel_requested=True)
 
-    def requeue(self, job_id: str, *, from_states: Iterable[JobState] = (JobState.RUNNING,), uncount: bool = False) -> bool:
-        """running -> queued; ``uncount`` takes back the attempt (a clean shutdown is not a failure)."""
+    def requeue(
+        self,
+        job_id: str,
+        *,
+        from_states: Iterable[JobState] = (JobState.RUNNING,),
+        uncount: bool = False,
+        worker: str | None = None,
+    ) -> bool:
+        """running -> queued; ``uncount`` takes back the attempt (a clean shutdown is not a failure);
+        ``worker`` only if that worker is the one running it (a dead worker's job, not its successor's)."""
         values: dict[str, Any] = {"state": JobState.QUEUED.value, "progress": 0.0, "started_at": None}
         if uncount:
             values["attempts"] = case((JobRow.attempts > 0, JobRow.attempts - 1), else_=0)
-        return self._update(job_id, from_states, **values)
+        where = [JobRow.worker == worker] if worker is not None else []
+        return self._update(job_id, from_states, extra_where=where, **values)
