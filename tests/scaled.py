@@ -1,7 +1,7 @@
-"""Real pieces of a scaled-out deployment for tests: redis-server, PostgreSQL databases, worker processes.
+"""Real pieces of a scaled-out deployment for tests: PostgreSQL databases, worker processes.
 
-- :class:`RedisServer`: Debian's ``redis-server`` on a free port, without persistence (a restart loses
-  every queue, the hard case), installed with apt-get when the machine lacks it.
+(``redis-server`` itself: ``tests/redisserver.py`` and the ``redis_server`` fixture.)
+
 - :func:`pg_database`: a fresh PostgreSQL database on the machine's server (``MALSORI_TEST_PG``).
 - :class:`WorkerProcess`: ``malsori worker`` in a subprocess with its own log; ``kill()`` is SIGKILL.
 
@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,64 +24,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PG_SERVER = os.environ.get("MALSORI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    if shutil.which("apt-get") is None:
-        pytest.fail("redis-server is missing and there is no apt-get to install it (Debian package 'redis-server')")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for args in (["install", "-y", "-q", "redis-server"], ["update", "-q"], ["install", "-y", "-q", "redis-server"]):
-        result = subprocess.run(["apt-get", *args], env=env, capture_output=True, text=True, timeout=900)
-        if args[0] == "install" and result.returncode == 0:
-            break
-    found = shutil.which("redis-server")
-    if not found:
-        pytest.fail(f"apt-get install redis-server failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return found
-
-
-class RedisServer:
-    """``redis-server`` on a free loopback port; ``restart()`` keeps the port and loses the data."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = workdir
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> RedisServer:
-        import redis
-
-        command = [_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        log = open(self.workdir / f"redis-{self.port}.log", "ab")
-        self.process = subprocess.Popen(command, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                assert self.process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)  # polling a readiness probe
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def restart(self) -> RedisServer:
-        self.kill()
-        return self.start()
 
 
 @contextlib.contextmanager
@@ -134,7 +74,7 @@ class WorkerProcess:
         command = [sys.executable, "-m", "malsori.cli.app", "worker", "--queues", self.queues, "--name", self.name]
         command += ["--log-level", "info"]
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it for its whole life
         self.process = subprocess.Popen(command, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         prefix = self.env.get("MALSORI__QUEUE__KEY_PREFIX", "malsori")
         client = redis.Redis.from_url(self.env["MALSORI__QUEUE__BROKER_URL"])

@@ -16,7 +16,8 @@ import httpx
 import numpy as np
 import pytest
 from conftest import LiveServer
-from scaled import RedisServer, WorkerProcess, pg_database, scaled_env
+from redisserver import RedisServer
+from scaled import WorkerProcess, pg_database, scaled_env
 
 from malsori.evaluation import wer
 
@@ -41,7 +42,8 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("scale")
-    redis = RedisServer(root).start()
+    # No persistence: a restart loses every queue, the registry and the results (the hard case).
+    redis = RedisServer(root / "redis", appendonly=False).start()
     with pg_database() as db:
         # One thread per process: two workers decode side by side on the two cores. Batches of one
         # window, so a job's progress moves window by window (the SIGKILL test waits for it).
@@ -154,7 +156,8 @@ def test_redis_restarted_mid_run_loses_no_job(cluster, lj):
     while not any(httpx.get(f"{cluster.gateways[0].url}/v1/jobs/{i}", timeout=10).json()["state"] != "queued" for i in ids):
         assert time.monotonic() < deadline, cluster.logs()
         time.sleep(0.1)
-    cluster.redis.restart()  # every queued task, the registry and the results are gone
+    cluster.redis.kill()  # a crash; it comes back empty: every queued task, the registry and the results are gone
+    cluster.redis.start()
     jobs = [_poll(cluster.gateways[n % 2], job_id) for n, job_id in enumerate(ids)]
     assert [j["state"] for j in jobs] == ["succeeded"] * len(clips), cluster.logs()
     references = " ".join(c.reference.replace("(", " ").replace(")", " ") for c in clips)

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from inprocess import running_app
-from scaled import RedisServer, WorkerProcess, pg_database, scaled_env
+from scaled import WorkerProcess, pg_database, scaled_env
 
 from malsori.engine.options import TranscribeOptions
 from malsori.engine.types import Segment, Word
@@ -72,13 +72,6 @@ def test_codec_round_trips_options_and_results():
     assert result_from_dict(json.loads(json.dumps(result_to_dict(result)))) == result
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.kill()
-
-
 def test_window_audio_travels_by_reference_and_comes_back_exactly(redis_server):
     registry = Registry(redis_server.url, prefix="codec")
     store = AudioStore(registry.redis, "codec", ttl_s=30)
@@ -119,7 +112,9 @@ def deployment(redis_server, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("gpu")
     with pg_database() as db:
-        env = scaled_env(redis_server.url, db, root / "data", MALSORI__QUEUE__KEY_PREFIX="gpu", MALSORI__QUEUE__WORKER_DECODER="fake")
+        env = scaled_env(
+            redis_server.url, db, root / "data", MALSORI__QUEUE__KEY_PREFIX="gpu", MALSORI__QUEUE__WORKER_DECODER="fake"
+        )
         settings = Settings(
             queue=QueueSettings(broker_url=redis_server.url, key_prefix="gpu", heartbeat_s=0.5, worker_ttl_s=3),
             storage=StorageSettings(url=db),
@@ -139,8 +134,12 @@ def deployment(redis_server, tmp_path_factory):
                 worker.stop()
 
 
+def _jfk(testdata) -> bytes:
+    return (testdata / "en" / "jfk.flac").read_bytes()
+
+
 def _job(base: str, testdata) -> dict:
-    data = (testdata / "en" / "jfk.flac").read_bytes()
+    data = _jfk(testdata)
     response = httpx.post(f"{base}/v1/jobs", files={"file": ("jfk.flac", data)}, timeout=30)
     assert response.status_code == 202, response.text
     deadline = time.monotonic() + 60
@@ -183,7 +182,9 @@ def test_the_mode_really_routes_between_gpu_and_cpu_workers(deployment, testdata
         assert _mode(base, "gpu").status_code == 200
         assert (_job(base, testdata)["worker"]) == "gpu1"
         synchronous = httpx.post(
-            f"{base}/v1/audio/transcriptions", files={"file": ("jfk.flac", (testdata / "en" / "jfk.flac").read_bytes())}, timeout=60
+            f"{base}/v1/audio/transcriptions",
+            files={"file": ("jfk.flac", (testdata / "en" / "jfk.flac").read_bytes())},
+            timeout=60,
         )
         assert synchronous.status_code == 200, synchronous.text
     finally:
@@ -201,7 +202,9 @@ def test_work_that_fails_on_the_gpu_finishes_on_the_cpu_and_is_counted(deploymen
         assert (job["state"], job["worker"], job["attempts"]) == ("succeeded", "cpu1", 1)
         assert _counters(base)["gpu_fallbacks"] == before + 1
         synchronous = httpx.post(
-            f"{base}/v1/audio/transcriptions", files={"file": ("jfk.flac", (testdata / "en" / "jfk.flac").read_bytes())}, timeout=60
+            f"{base}/v1/audio/transcriptions",
+            files={"file": ("jfk.flac", (testdata / "en" / "jfk.flac").read_bytes())},
+            timeout=60,
         )
         assert synchronous.status_code == 200, synchronous.text
         assert _counters(base)["gpu_fallbacks"] >= before + 2
@@ -219,10 +222,11 @@ def test_is_ready_follows_the_workers(deployment, testdata):
         answer = httpx.get(f"{base}/is_ready", timeout=10)
         assert answer.status_code == 503 and "no worker is alive" in answer.json()["reason"]
         refused = httpx.post(
-            f"{base}/v1/audio/transcriptions", files={"file": ("jfk.flac", (testdata / "en" / "jfk.flac").read_bytes())}, timeout=30
+            f"{base}/v1/audio/transcriptions",
+            files={"file": ("jfk.flac", (testdata / "en" / "jfk.flac").read_bytes())},
+            timeout=30,
         )
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_worker"
     finally:
         workers["cpu1"].start()
     assert httpx.get(f"{base}/is_ready", timeout=10).status_code == 200
-

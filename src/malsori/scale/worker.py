@@ -167,7 +167,7 @@ class WorkerRuntime:
     def _start_live_server(self) -> None:
         """The live-window server of docs/scaling.md, when this install has one."""
         try:
-            from . import live_worker  # type: ignore[attr-defined]
+            from . import live_worker
         except ImportError:
             return
         start = getattr(live_worker, "start_live_server", None)

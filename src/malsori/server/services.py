@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from ..engine.scheduler import DecodeScheduler
     from ..engine.transcriber import Transcriber
     from ..jobs import JobService
-    from ..scale.live_state import LiveStore
     from ..scale.gateway import ScaleGateway
+    from ..scale.live_state import LiveStore
     from ..streaming.manager import SessionManager
     from .live import LiveRunner
     from .metrics import Metrics
