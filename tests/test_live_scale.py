@@ -179,3 +179,34 @@ def test_a_cut_stream_resumes_on_the_other_gateway_with_every_final_once(tmp_pat
         while a.sessions.get(ready.session_id) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert a.sessions.get(ready.session_id) is None
+
+
+def test_a_window_no_worker_answers_fails_as_overload_and_is_not_decoded_late(redis_server):
+    """A worker that dies with a window never answers: the gateway gives up after its timeout with
+    OverloadedError (the live loop asks for the window again), and the request it gave up on is
+    skipped by the next worker instead of being decoded for nobody."""
+    from malsori.errors import OverloadedError
+    from malsori.scale.live_client import RemoteWindowDecoder
+
+    remote = RemoteWindowDecoder(redis_server.url, gateway_id="gw-timeout", timeout_s=0.5, queue="t:live:windows")
+    try:
+        window = Window(tone_speech(["alpha", "bravo"]))
+        options = StreamConfig().final_options()
+        lost = remote.submit([window], options)[0]
+        with pytest.raises(OverloadedError, match="no worker answered"):
+            lost.result(timeout=5)
+        from malsori.scale.live_worker import serve_live_windows
+
+        decoder, stop = FakeDecoder(), threading.Event()
+        args = (decoder, redis_server.url, "w", stop)
+        thread = threading.Thread(target=serve_live_windows, args=args, kwargs={"queue": "t:live:windows"})
+        thread.start()
+        try:
+            assert decode_now(remote, [window], options)[0].text == "alpha bravo"
+        finally:
+            stop.set()
+            thread.join(5)
+        assert len(decoder.windows) == 1  # the request given up on was skipped
+        assert remote.timed_out == 1 and remote.last_worker == "w"
+    finally:
+        remote.close()

@@ -29,12 +29,18 @@ from ..engine.windows import Window, WindowResult
 from ..errors import MalsoriError, OverloadedError
 from .live_wire import WindowRequest, decode_reply, encode_request
 
-__all__ = ["RemoteWindowDecoder", "WINDOW_QUEUE", "reply_queue"]
+__all__ = ["RemoteWindowDecoder", "WINDOW_QUEUE", "reply_queue", "urgent_queue"]
 
 log = logging.getLogger(__name__)
 
 WINDOW_QUEUE = "malsori:live:windows"
-"""The Redis list every gateway pushes live windows on and every worker pops them from."""
+"""The Redis list every gateway pushes live windows on and every worker pops them from. Finals go
+on ``<WINDOW_QUEUE>:urgent``, which a worker empties first, so a final never waits behind other
+gateways' partials."""
+
+
+def urgent_queue(queue: str) -> str:
+    return f"{queue}:urgent"
 
 
 def reply_queue(gateway_id: str) -> str:
@@ -71,7 +77,9 @@ class RemoteWindowDecoder:
         with self._lock:
             self._pending[request.id] = (futures, request.deadline)
         try:
-            self._redis.rpush(self.queue, encode_request(request))
+            # Partials are the only windows decoded without temperature fallback (a live preview).
+            urgent = any(w.fallback for w in windows)
+            self._redis.rpush(urgent_queue(self.queue) if urgent else self.queue, encode_request(request))
         except redis.RedisError as exc:
             with self._lock:
                 self._pending.pop(request.id, None)

@@ -16,8 +16,11 @@ if TYPE_CHECKING:
 
 __all__ = ["start_live", "stop_live", "IN_FLIGHT"]
 
-IN_FLIGHT = 4
-"""Batches of live windows one gateway has on workers at once (threads of its live scheduler)."""
+IN_FLIGHT = 2
+"""Batches of live windows one gateway has on workers at once (threads of its live scheduler). Two,
+as one process has one batch decoding and the next ready: a window stays in the gateway's queue
+(where a superseded partial is dropped and a final goes first) until a batch slot frees; more in
+flight would send stale partials ahead of finals to a busy worker."""
 
 
 def start_live(services: Services, redis_url: str) -> None:

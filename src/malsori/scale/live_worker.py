@@ -20,7 +20,7 @@ import redis
 from ..engine.decoder import WindowDecoder, decode_now
 from ..engine.scheduler import DecodeScheduler, Priority
 from ..errors import MalsoriError
-from .live_client import WINDOW_QUEUE
+from .live_client import WINDOW_QUEUE, urgent_queue
 from .live_wire import WindowRequest, decode_request, encode_reply, options_key
 
 if TYPE_CHECKING:
@@ -74,17 +74,20 @@ def serve_live_windows(
 
 
 def _take(client: redis.Redis, queue: str, max_batch: int) -> list[WindowRequest]:
-    item = cast("Any", client.blpop([queue], timeout=1))
+    """Finals first (BLPOP serves its keys in order), then whatever else waits, up to ``max_batch``."""
+    urgent = urgent_queue(queue)
+    item = cast("Any", client.blpop([urgent, queue], timeout=1))
     if item is None:
         return []
     requests = [decode_request(item[1])]
     windows = len(requests[0].windows)
-    while windows < max_batch:  # one at a time: leave the rest to the other workers
-        data = client.lpop(queue)
-        if data is None:
-            break
-        requests.append(decode_request(data))  # type: ignore[arg-type]
-        windows += len(requests[-1].windows)
+    for key in (urgent, queue):
+        while windows < max_batch:  # one at a time: leave the rest to the other workers
+            data = client.lpop(key)
+            if data is None:
+                break
+            requests.append(decode_request(data))  # type: ignore[arg-type]
+            windows += len(requests[-1].windows)
     return requests
 
 
