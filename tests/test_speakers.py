@@ -270,3 +270,46 @@ def test_speaker_options_errors(http, testdata):
     response = http.post("/v1/audio/transcriptions", files=_three(testdata), data={"diarize": "true", "stream": "true"})
     assert response.status_code == 422
     assert http.get("/health").status_code == 200
+
+
+# -- the CLI and jobs -------------------------------------------------------------------------------
+def test_cli_transcribe_diarize(monkeypatch, transcriber, testdata):
+    from typer.testing import CliRunner
+
+    import malsori.engine
+    from malsori.cli.app import app
+
+    monkeypatch.setattr(malsori.engine, "Transcriber", lambda config: transcriber)  # the session's model
+    wav = testdata / DIAR / "three_speakers.wav"
+    result = CliRunner().invoke(app, ["transcribe", "--diarize", "--language", "en", "--format", "rttm", str(wav)])
+    assert result.exit_code == 0, result.output
+    assert {line.split()[7] for line in result.stdout.splitlines()} == {"SPEAKER_00", "SPEAKER_01", "SPEAKER_02"}
+    result = CliRunner().invoke(app, ["transcribe", "--diarize", "--num-speakers", "2", "-f", "vtt", str(wav)])
+    assert result.exit_code == 0, result.output
+    assert set(re.findall(r"<v (SPEAKER_\d\d)>", result.stdout)) == {"SPEAKER_00", "SPEAKER_01"}
+    result = CliRunner().invoke(app, ["transcribe", "--num-speakers", "2", str(wav)])
+    assert result.exit_code == 2 and "need" in result.output and "--diarize" in result.output
+
+
+@pytest.mark.e2e
+def test_job_with_speakers(http, testdata):
+    import time
+
+    response = http.post(
+        "/v1/jobs", files=_three(testdata), data={"diarize": "true", "response_format": "rttm", "meeting_id": "spk"}
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    deadline = time.monotonic() + 240
+    while (job := http.get(f"/v1/jobs/{job_id}").json())["state"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    assert job["state"] == "succeeded", job
+    assert job["options"]["diarize"] is True
+    assert job["result"]["speakers"] == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_02"]
+    rttm = http.get(f"/v1/jobs/{job_id}/result").text
+    assert {line.split()[7] for line in rttm.splitlines()} == {"SPEAKER_00", "SPEAKER_01", "SPEAKER_02"}
+    srt_text = http.get(f"/v1/jobs/{job_id}/result", params={"format": "srt"}).text
+    assert "[SPEAKER_02]" in srt_text
+    response = http.post("/v1/jobs", json={"audio_url": f"{DIAR}/three_speakers.wav", "max_speakers": 2})
+    assert response.status_code == 422 and "diarize" in response.json()["error"]["message"]

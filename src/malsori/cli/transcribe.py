@@ -82,6 +82,12 @@ def transcribe(
     vad: bool = typer.Option(True, "--vad/--no-vad", help="Skip non-speech with the Silero VAD."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda. Default: auto."),
     compute_type: str | None = typer.Option(None, "--compute-type", help="auto, int8, float16, ... Default: auto."),
+    diarize: bool = typer.Option(
+        False, "--diarize", help="Find the speakers: SRT/VTT/JSON label every segment, rttm lists who spoke when."
+    ),
+    num_speakers: int | None = typer.Option(None, "--num-speakers", min=1, max=20, help="With --diarize: exactly this many."),
+    min_speakers: int | None = typer.Option(None, "--min-speakers", min=1, max=20, help="With --diarize: at least this many."),
+    max_speakers: int | None = typer.Option(None, "--max-speakers", min=1, max=20, help="With --diarize: at most this many."),
 ) -> None:
     """Transcribe audio files with the local Whisper engine."""
     try:
@@ -98,8 +104,9 @@ def transcribe(
             task=task,
             beam_size=beam_size if beam_size is not None else engine.beam_size,
             vad_filter=vad,
-            word_timestamps=word_timestamps,
+            word_timestamps=word_timestamps or diarize,  # each word is given its speaker
         )
+        speakers = _speaker_options(diarize, num_speakers, min_speakers, max_speakers)
         config = EngineConfig(
             model=model or engine.model,
             device=device or engine.device,
@@ -124,6 +131,8 @@ def transcribe(
 
     try:
         transcripts = _run(config, options, audios)
+        if speakers is not None:
+            transcripts = _diarize(transcripts, audios, speakers, keep_words=word_timestamps)
     except MalsoriError as exc:
         raise _fail(exc.message) from None
     except ImportError as exc:
@@ -143,6 +152,23 @@ def transcribe(
         except OSError as exc:
             raise _fail(f"cannot write {target}: {exc.strerror or exc}") from None
         typer.echo(f"wrote {target}", err=True)
+
+
+def _speaker_options(diarize: bool, num: int | None, lo: int | None, hi: int | None):
+    if not diarize:
+        if num or lo or hi:
+            raise InvalidOptionsError("--num-speakers, --min-speakers and --max-speakers need --diarize")
+        return None
+    from ..speakers import DiarizeOptions
+
+    return DiarizeOptions(num_speakers=num, min_speakers=lo, max_speakers=hi)
+
+
+def _diarize(transcripts, audios, speakers, *, keep_words: bool):
+    from ..speakers import Diarizer, attribute
+
+    diarizer = Diarizer()
+    return [attribute(t, diarizer.diarize(a, speakers), keep_words=keep_words) for t, a in zip(transcripts, audios, strict=True)]
 
 
 def _settings(settings_class):

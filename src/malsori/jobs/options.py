@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from ..engine.options import TranscribeOptions
 from ..errors import InvalidOptionsError
 from ..formats import normalize_format
+from ..speakers import DiarizeOptions
 
 __all__ = ["JobOptions", "JobIds"]
 
@@ -48,10 +49,20 @@ class JobOptions:
     model: str | None = None
     """The model the client asked for (the service has one; it is checked at submission)."""
     beam_size: int = 5
+    diarize: bool = False
+    """Find the speakers: segments and words carry ``speaker`` (malsori.speakers)."""
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
 
     def __post_init__(self) -> None:
-        # TranscribeOptions holds the rules for language, task, prompt and beam size.
+        # TranscribeOptions holds the rules for language, task, prompt and beam size; DiarizeOptions the speaker counts.
         checked = self.transcribe_options()
+        if not isinstance(self.diarize, bool):
+            raise InvalidOptionsError("diarize must be true or false")
+        if not self.diarize and (self.num_speakers or self.min_speakers or self.max_speakers):
+            raise InvalidOptionsError("num_speakers, min_speakers and max_speakers need diarize=true")
+        self.diarize_options()
         object.__setattr__(self, "language", checked.language)
         object.__setattr__(self, "response_format", normalize_format(self.response_format))
         if not isinstance(self.word_timestamps, bool):
@@ -65,6 +76,12 @@ class JobOptions:
             word_timestamps=self.word_timestamps,
             beam_size=self.beam_size,
         )
+
+    def diarize_options(self) -> DiarizeOptions | None:
+        """The speaker options, or None when the job does not look for speakers."""
+        if not self.diarize:
+            return None
+        return DiarizeOptions(num_speakers=self.num_speakers, min_speakers=self.min_speakers, max_speakers=self.max_speakers)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -381,7 +381,11 @@ class JobService:
         assert job.upload_path is not None
         audio = decode_audio(job.upload_path, self.limits)
         self.repository.set_audio_seconds(job.id, len(audio) / SAMPLE_RATE)
-        options = JobOptions.from_dict(job.options).transcribe_options()
+        job_options = JobOptions.from_dict(job.options)
+        options = job_options.transcribe_options()
+        speakers = job_options.diarize_options()
+        if speakers is not None:
+            options = options.with_(word_timestamps=True)  # each word is given its speaker
         last_write = time.monotonic()
 
         def progress(done_s: float, total_s: float) -> None:
@@ -396,7 +400,12 @@ class JobService:
 
         lane = _JobLane(self, scheduler, f"job-{job.id}", job.id)
         pipeline = Pipeline(lane) if self._plan is None else Pipeline(lane, plan=self._plan)
-        return pipeline.transcribe(audio, options, progress)
+        transcript = pipeline.transcribe(audio, options, progress)
+        if speakers is None:
+            return transcript
+        from ..speakers import attribute, shared_diarizer
+
+        return attribute(transcript, shared_diarizer().diarize(audio, speakers), keep_words=job_options.word_timestamps)
 
 
 class _JobLane:

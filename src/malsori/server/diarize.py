@@ -9,7 +9,6 @@ speakers are asked for; the response keeps them only where the request asked for
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -36,10 +35,6 @@ def diarize_options(
     return DiarizeOptions(num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
 
 
-def _without_words(transcript: Transcript) -> Transcript:
-    return dataclasses.replace(transcript, segments=tuple(dataclasses.replace(s, words=None) for s in transcript.segments))
-
-
 async def transcribe_maybe_diarized(
     services: Services, audio: np.ndarray, options: TranscribeOptions, speakers: DiarizeOptions | None, *, route: str
 ) -> Transcript:
@@ -53,5 +48,4 @@ async def transcribe_maybe_diarized(
         transcribe(services, audio, options.with_(word_timestamps=True), route=route),
         run_in_threadpool(diarizer.diarize, audio, speakers),
     )
-    result = attribute(transcript, diarization)
-    return result if keep_words else _without_words(result)
+    return attribute(transcript, diarization, keep_words=keep_words)

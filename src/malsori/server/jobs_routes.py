@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 StateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-ResultFormat = Literal["json", "text", "txt", "srt", "vtt", "verbose_json", "tsv"]
+ResultFormat = Literal["json", "text", "txt", "srt", "vtt", "verbose_json", "tsv", "diarized_json", "rttm"]
 _ID_PATH = Path(min_length=1, max_length=64, description="The job id")
 
 
@@ -99,6 +99,10 @@ class JobUrlRequest(BaseModel):
     prompt: str | None = Field(default=None, max_length=2000)
     response_format: ResultFormat = "json"
     word_timestamps: bool = False
+    diarize: bool = False
+    num_speakers: int | None = Field(default=None, ge=1, le=20)
+    min_speakers: int | None = Field(default=None, ge=1, le=20)
+    max_speakers: int | None = Field(default=None, ge=1, le=20)
     tenant_id: str | None = Field(default=None, max_length=200)
     meeting_id: str | None = Field(default=None, max_length=200)
     user_id: str | None = Field(default=None, max_length=200)
@@ -137,9 +141,14 @@ def _job_options(
     prompt: str | None,
     response_format: str,
     word_timestamps: bool,
+    speakers: tuple[bool, int | None, int | None, int | None] = (False, None, None, None),
 ) -> JobOptions:
     services.check_model(model)
     return JobOptions(
+        diarize=speakers[0],
+        num_speakers=speakers[1],
+        min_speakers=speakers[2],
+        max_speakers=speakers[3],
         language=language,
         task=task,
         model=model or None,
@@ -186,6 +195,10 @@ async def create_job(
     prompt: Annotated[str | None, Form(max_length=2000)] = None,
     response_format: Annotated[ResultFormat, Form(description="Default format of the result endpoint")] = "json",
     word_timestamps: Annotated[bool, Form()] = False,
+    diarize: Annotated[bool, Form(description="Find the speakers: segments and words carry `speaker`")] = False,
+    num_speakers: Annotated[int | None, Form(ge=1, le=20)] = None,
+    min_speakers: Annotated[int | None, Form(ge=1, le=20)] = None,
+    max_speakers: Annotated[int | None, Form(ge=1, le=20)] = None,
     tenant_id: Annotated[str | None, Form(max_length=200)] = None,
     meeting_id: Annotated[str | None, Form(max_length=200)] = None,
     user_id: Annotated[str | None, Form(max_length=200)] = None,
@@ -200,6 +213,7 @@ async def create_job(
         prompt=prompt,
         response_format=response_format,
         word_timestamps=word_timestamps,
+        speakers=(diarize, num_speakers, min_speakers, max_speakers),
     )
     ids = JobIds(tenant_id=tenant_id, meeting_id=meeting_id, user_id=user_id)
     if file is not None and audio_url:
@@ -229,6 +243,7 @@ async def _create_from_json(request: Request, services: Services, jobs: JobServi
         prompt=body.prompt,
         response_format=body.response_format,
         word_timestamps=body.word_timestamps,
+        speakers=(body.diarize, body.num_speakers, body.min_speakers, body.max_speakers),
     )
     source = await load_audio_url(body.audio_url, services.settings)
     ids = JobIds(tenant_id=body.tenant_id, meeting_id=body.meeting_id, user_id=body.user_id)

@@ -43,9 +43,12 @@ def _split(seg: Segment, diarization: Diarization) -> list[Segment]:
     return pieces
 
 
-def attribute(transcript: Transcript, diarization: Diarization) -> Transcript:
-    """``transcript`` with a speaker on every segment and word, segments split at speaker changes."""
+def attribute(transcript: Transcript, diarization: Diarization, *, keep_words: bool = True) -> Transcript:
+    """``transcript`` with a speaker on every segment and word, segments split at speaker changes
+    (``keep_words=False``: the words are dropped once they have served to split the segments)."""
     pieces = [p for seg in transcript.segments for p in _split(seg, diarization)]
+    if not keep_words:
+        pieces = [dataclasses.replace(p, words=None) for p in pieces]
     return dataclasses.replace(
         transcript,
         segments=tuple(dataclasses.replace(p, id=i) for i, p in enumerate(pieces)),
