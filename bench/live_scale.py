@@ -7,7 +7,7 @@
    base64; Redis result backend). Windows of 2 s and 10 s (float32, 128 kB and 640 kB).
 2. **Live final latency**: the LJ Speech talk streamed at real-time pace (bench/streaming.py's
    client and scoring) to ``malsori serve`` in one process, and to a gateway with
-   ``MALSORI__QUEUE__BROKER_URL`` set whose live windows a worker process decodes; same run,
+   ``MALSORI__QUEUE__BROKER_URL`` set whose live windows ``malsori worker`` decodes; same run,
    alternating, a warm-up stream each first. Target: the hop adds at most 150 ms to final p50.
 
     flock /tmp/malsori-bench.lock .venv/bin/python bench/live_scale.py --write
@@ -195,8 +195,14 @@ def start_scaled(workdir: Path, url: str) -> tuple[Server, Server, str]:
 
     env = {"PYTHONPATH": str(REPO / "src"), "MALSORI__QUEUE__BROKER_URL": url}
     log_path = workdir / "worker.log"
-    worker = Server("worker", [sys.executable, "-m", "malsori.scale.live_worker"], env,
-                    lambda: log_path.exists() and "ready: redis-list:" in log_path.read_text(errors="replace"), log_path)
+
+    def worker_ready() -> bool:
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        return "serving live windows" in text and "ready." in text  # the live server, then Celery
+
+    command = [sys.executable, "-m", "malsori.cli.app", "worker", "--queues", "stt.cpu", "--name", "bench-live"]
+    command += ["--log-level", "info"]
+    worker = Server("worker", command, {**env, "MALSORI__SERVER__DATA_DIR": str(workdir / "worker-data")}, worker_ready, log_path)
     port = free_port()
 
     def ready() -> bool:

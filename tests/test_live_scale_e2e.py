@@ -1,5 +1,5 @@
-"""Live sessions scaled out (issue 11), end to end: real Redis, two real gateway processes, a worker
-process with the real model, real speech.
+"""Live sessions scaled out (issue 11), end to end: real Redis, two real gateway processes, a
+``malsori worker`` process with the real model, real speech.
 
 A stream of four LJ Speech sentences goes to gateway A; halfway through, gateway A is killed
 (SIGKILL: its connection is cut and nothing of it survives but what it wrote to Redis), the client
@@ -11,14 +11,10 @@ on these clips) with no final lost or repeated, numbered in one sequence.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import REPO, LiveServer
+from conftest import LiveServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.model]
 
@@ -28,28 +24,22 @@ SR = 16000
 
 @pytest.fixture(scope="module")
 def scaled(redis_server, tmp_path_factory):
-    """Gateway A, gateway B and one worker over one Redis."""
+    """Gateway A, gateway B and one ``malsori worker`` over one Redis."""
+    from scaled import WorkerProcess
+
     root = tmp_path_factory.mktemp("scaled")
-    env = {"MALSORI__QUEUE__BROKER_URL": redis_server.url}
-    log_path = root / "worker.log"
-    with open(log_path, "ab") as log:
-        command = [sys.executable, "-m", "malsori.scale.live_worker"]
-        worker = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    env = {"MALSORI__QUEUE__BROKER_URL": redis_server.url, "MALSORI__QUEUE__HEARTBEAT_S": "0.5"}
+    worker = WorkerProcess("live", "stt.cpu", {**env, "MALSORI__SERVER__DATA_DIR": str(root / "worker")}, root)
     gateways = [LiveServer(root / name, env=env) for name in ("a", "b")]
     try:
+        worker.start(timeout=180)
         for gateway in gateways:
             gateway.start()
-        deadline = time.monotonic() + 180
-        while "ready: redis-list:" not in log_path.read_text(errors="replace"):
-            assert worker.poll() is None, log_path.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "the worker did not load its model in time"
-            time.sleep(0.2)  # polling its readiness line, not waiting for an outcome
-        yield gateways[0], gateways[1], worker, log_path
+        yield gateways[0], gateways[1], worker
     finally:
         for gateway in gateways:
             gateway.stop()
-        worker.terminate()
-        worker.wait(15)
+        worker.stop()
 
 
 def test_a_stream_cut_by_a_killed_gateway_resumes_on_the_other_with_every_final_once(scaled, testdata, manifest):
@@ -57,7 +47,7 @@ def test_a_stream_cut_by_a_killed_gateway_resumes_on_the_other_with_every_final_
     from malsori.engine import decode_audio, float32_to_pcm16
     from malsori.evaluation import wer
 
-    gateway_a, gateway_b, _, worker_log = scaled
+    gateway_a, gateway_b, worker = scaled
     gap = np.zeros(int(0.6 * SR), dtype=np.float32)
     clips = [decode_audio(testdata / "en" / "ljspeech" / f"{clip}.flac") for clip in CLIPS]
     audio = np.concatenate([part for clip in clips for part in (clip, gap)])
@@ -107,4 +97,4 @@ def test_a_stream_cut_by_a_killed_gateway_resumes_on_the_other_with_every_final_
     assert error <= 0.08, f"WER {error:.3f}\nref: {reference}\nhyp: {texts}"
     words_ref, words_hyp = len(reference.split()), len(hypothesis.split())
     assert abs(words_ref - words_hyp) <= 3, (words_ref, words_hyp, texts)
-    assert "live decode failed" not in worker_log.read_text(errors="replace")
+    assert "live decode failed" not in worker.log_tail(100_000)

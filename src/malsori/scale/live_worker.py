@@ -145,38 +145,3 @@ def start_live_server(*, scheduler: DecodeScheduler, settings: Settings, worker:
     thread.start()
     return LiveServerHandle(f"redis-list:{queue}", thread, stop)
 
-
-def main() -> None:
-    """``python -m malsori.scale.live_worker``: a process that only serves live windows, with the model
-    of ``MALSORI__ENGINE__...`` and the Redis of ``MALSORI__QUEUE__...`` (``malsori worker`` serves
-    them beside its Celery tasks; this one has no Celery). Stops on SIGTERM or SIGINT."""
-    import os
-    import signal
-
-    from ..config import Settings
-    from ..engine import EngineConfig, Transcriber
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings()
-    e = settings.engine
-    config = EngineConfig(
-        model=e.model, device=e.device, compute_type=e.compute_type, cpu_threads=e.cpu_threads, cache_dir=e.cache_dir
-    )
-    transcriber = Transcriber(config)
-    scheduler = DecodeScheduler(transcriber, max_batch=e.max_batch_size)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-
-    class _Me:
-        name = f"live-{os.getpid()}"
-
-    handle = start_live_server(scheduler=scheduler, settings=settings, worker=_Me())
-    log.info("worker %s ready: %s", _Me.name, handle.address)
-    stop.wait()
-    handle.close()
-    scheduler.close()
-
-
-if __name__ == "__main__":
-    main()
