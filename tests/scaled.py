@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PG_SERVER = os.environ.get("MALSORI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -67,6 +74,7 @@ class WorkerProcess:
         self.name, self.queues, self.env = name, queues, dict(env)
         self.log_path = logdir / f"worker-{name}.log"
         self.process: subprocess.Popen | None = None
+        self.metrics_url: str | None = None
 
     def start(self, timeout: float = 120.0) -> WorkerProcess:
         import redis

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from inprocess import running_app
-from scaled import WorkerProcess, pg_database, scaled_env
+from scaled import WorkerProcess, free_port, pg_database, scaled_env
 
 from malsori.engine.options import TranscribeOptions
 from malsori.engine.types import Segment, Word
@@ -120,7 +120,9 @@ def deployment(redis_server, tmp_path_factory):
             storage=StorageSettings(url=db),
             server=ServerSettings(data_dir=root / "data"),
         )
-        cpu = WorkerProcess("cpu1", "stt.cpu", env, root).start()
+        metrics_port = free_port()
+        cpu = WorkerProcess("cpu1", "stt.cpu", {**env, "MALSORI__QUEUE__METRICS_PORT": str(metrics_port)}, root).start()
+        cpu.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         workers = {"cpu1": cpu}
         gpu_env = {**env, "MALSORI__QUEUE__WORKER_DEVICE": "cuda"}
         failing_env = {**gpu_env, "MALSORI__QUEUE__FAKE_ERROR": "CUDA failed with error out of memory"}
@@ -211,6 +213,22 @@ def test_work_that_fails_on_the_gpu_finishes_on_the_cpu_and_is_counted(deploymen
         assert "out of memory" in workers["gpubad"].log_tail()
     finally:
         workers["gpubad"].stop()
+
+
+@pytest.mark.e2e
+def test_a_worker_serves_its_prometheus_metrics(deployment):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, workers = deployment
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(httpx.get(workers["cpu1"].metrics_url, timeout=10).text)
+        for s in family.samples
+    }
+    assert samples[("malsori_worker_tasks_total", (("outcome", "succeeded"), ("task", "job")))] >= 1
+    assert samples[("malsori_worker_capacity", ())] == 2
+    assert samples[("malsori_worker_info", (("device", "cpu"), ("model", "fake"), ("name", "cpu1"), ("queues", "stt.cpu")))] == 1
+    assert ("malsori_worker_windows_total", ()) in samples and ("process_resident_memory_bytes", ()) in samples
 
 
 @pytest.mark.e2e

@@ -48,9 +48,10 @@ class WorkerMetrics:
     """The worker's Prometheus metrics (names documented in docs/scaling.md)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
         self.tasks = Counter(
             "malsori_worker_tasks_total", "Tasks finished, by task and outcome", ["task", "outcome"], registry=self.registry
         )
