@@ -261,11 +261,11 @@ class ScaleGateway:
         """One pass of recovery (see the module docstring); returns at once when another gateway holds the lock."""
         assert self.jobs is not None
         redis = self.registry.redis
+        self._retry_undispatched()  # this gateway's own: jobs it accepted while Redis was away
         lock = redis.lock(self.registry.key("sweep"), timeout=60, blocking=False)
         if not lock.acquire(blocking=False):
             return
         try:
-            self._retry_undispatched()
             run_id = str(redis.info("server")["run_id"])
             known = redis.get(self.registry.key("redis_run_id"))
             now = time.time()
