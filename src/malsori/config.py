@@ -60,6 +60,8 @@ class ServerSettings(BaseModel):
     """Let /stt/process fetch from private and loopback addresses (off: refused, against SSRF)."""
     cors_origins: list[str] = []
     """Origins allowed to call the API from a browser (the bundled page needs none)."""
+    drain_timeout_s: float = Field(default=20.0, ge=0)
+    """On SIGTERM, how long live sessions get to finish (their last finals sent) before the server stops."""
     malloc_arenas: int = Field(default=2, ge=0)
     """glibc malloc arenas for `malsori serve` (0: glibc's default of 8 per core). Few arenas keep
     resident memory flat over hours of threaded decoding (malsori.memory)."""

@@ -55,6 +55,7 @@ def serve(
 
         from ..memory import limit_arenas
         from ..server.app import create_app
+        from ..server.drain import DrainingServer
     except ImportError as exc:
         typer.echo(f"malsori serve needs the server extra: pip install 'malsori[server]' ({exc.name} is missing)", err=True)
         raise typer.Exit(2) from None
@@ -65,7 +66,8 @@ def serve(
     settings.server.data_dir.mkdir(parents=True, exist_ok=True)
     limit_arenas(settings.server.malloc_arenas)  # before uvicorn and the model start their threads
     app = create_app(settings)
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level=log_level.lower())
+    config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port, log_level=log_level.lower())
+    DrainingServer(config, app.state.services).run()
 
 
 def register(app: typer.Typer) -> None:

@@ -92,6 +92,8 @@ class LiveRunner:
         self._watchers: dict[str, Callable[[], None]] = {}
         # Per session: (seconds of audio received, monotonic time it arrived), for final latency.
         self._arrivals: dict[str, collections.deque[tuple[float, float]]] = {}
+        self.draining = False
+        """Set by :meth:`drain`: the server is stopping, audio that still comes in is dropped."""
         self._sweeper = asyncio.create_task(self._sweep(sweep_s))
 
     @property
@@ -287,6 +289,26 @@ class LiveRunner:
                     log.info("live session %s: no reconnect within the grace period; finalizing", live.id)
                     live.detached_at = None  # nobody will resume it now: it leaves when it ends (detach(grace=False))
                     self.finish(live, "expired")
+
+    async def drain(self, timeout: float) -> int:
+        """Finish every live session as if its client had said stop (reason ``shutdown``): its open
+        phrase is decoded, its finals and ``end`` go out, its socket closes with 1000. Waits at most
+        ``timeout`` seconds for that; returns how many sessions there were."""
+        self.draining = True
+        lives = [live for live in self.manager.all() if not live.ended]
+        waits: list[asyncio.Task] = []
+        for live in lives:
+            outbox = getattr(live.connection, "outbox", None)
+            if isinstance(outbox, Outbox):
+                waits.append(outbox.task)
+            live.detached_at = None  # a detached one ends now too: there is no later to resume in
+            self.finish(live, "shutdown")
+            task = self._tasks.get(live.id)
+            if task is not None:
+                waits.append(task)
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
+        return len(lives)
 
     async def close(self) -> None:
         self._sweeper.cancel()

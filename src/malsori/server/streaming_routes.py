@@ -138,6 +138,8 @@ class LiveConnection:
         live = self.live
         if live is None or self.resampler is None:
             raise ProtocolError("audio before start: send the start message first")
+        if self.runner.draining:
+            return  # the server is stopping and finished the session itself (server/drain.py): not the client's fault
         if live.ended or live.session.state == "finishing":
             raise ProtocolError("audio after stop")
         limit = self.services.settings.streaming.max_frame_bytes
