@@ -210,3 +210,47 @@ def test_a_window_no_worker_answers_fails_as_overload_and_is_not_decoded_late(re
         assert remote.timed_out == 1 and remote.last_worker == "w"
     finally:
         remote.close()
+
+
+def test_a_gateway_that_shuts_down_hands_its_streams_to_another(tmp_path, redis_server):
+    """SIGTERM-like shutdown of gateway A (uvicorn stops, the lifespan ends): its sessions are let go,
+    not ended, so their clients resume on gateway B and every final arrives once."""
+    from malsori.client import AsyncStreamClient, EndEvent, FinalEvent, ReconnectPolicy, StreamOptions
+
+    audio = tone_speech(SCRIPT)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    frame = 3200
+    with (
+        fake_worker(redis_server.url),
+        contextlib.ExitStack() as a_stack,
+        gateway(tmp_path, redis_server.url, "b2") as (b, url_b, _),
+    ):
+        _, url_a, _ = a_stack.enter_context(gateway(tmp_path, redis_server.url, "a2"))
+
+        async def scenario():
+            client = AsyncStreamClient(url_a, StreamOptions(language="en"), reconnect=ReconnectPolicy(initial_delay_s=0.05))
+            await client.connect()
+            events: list = []
+
+            async def read():
+                async for event in client:
+                    events.append(event)
+
+            reader = asyncio.create_task(read())
+            for i in range(0, len(pcm), frame):
+                if i == len(pcm) // 2 // frame * frame:
+                    await wait_for(lambda: any(isinstance(e, FinalEvent) for e in events), "a final from gateway A")
+                    client.url = url_b
+                    await asyncio.to_thread(a_stack.close)  # gateway A shuts down
+                await client.send_audio(pcm[i : i + frame])
+                await asyncio.sleep(0.02)
+            await client.stop()
+            await asyncio.wait_for(reader, 20)
+            return events, client.resumes
+
+        events, resumes = asyncio.run(asyncio.wait_for(scenario(), 60))
+        adopted = b.live_store.adopted
+    finals = [e for e in events if isinstance(e, FinalEvent)]
+    assert resumes == 1 and adopted == 1
+    assert " ".join(f.text for f in finals) == WORDS
+    assert isinstance(events[-1], EndEvent) and events[-1].extra.get("reason", "stopped") == "stopped"

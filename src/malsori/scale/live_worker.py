@@ -144,4 +144,3 @@ def start_live_server(*, scheduler: DecodeScheduler, settings: Settings, worker:
     )
     thread.start()
     return LiveServerHandle(f"redis-list:{queue}", thread, stop)
-
