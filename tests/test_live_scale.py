@@ -16,6 +16,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from typing import cast
 
 import numpy as np
 import pytest
@@ -96,18 +97,48 @@ def test_a_session_restored_from_its_checkpoint_loses_and_repeats_nothing(cut_s)
 
 
 # -- two gateways, one Redis, one worker --------------------------------------------------------------
-@contextlib.contextmanager
-def fake_worker(redis_url: str) -> Iterator[FakeDecoder]:
-    from malsori.scale.live_worker import serve_live_windows
+class SwitchableDecoder(FakeDecoder):
+    """The fake decoder, failing like a GPU out of memory while ``fail`` is set."""
 
-    decoder, stop = FakeDecoder(), threading.Event()
-    thread = threading.Thread(target=serve_live_windows, args=(decoder, redis_url, "worker-fake", stop), daemon=True)
-    thread.start()
+    fail = False
+
+    def decode_windows(self, windows, options=TranscribeOptions()):  # type: ignore[override]
+        if self.fail:
+            raise RuntimeError("CUDA out of memory (a test)")
+        return super().decode_windows(windows, options)
+
+
+@contextlib.contextmanager
+def fake_worker(redis_url: str, name: str = "worker-fake", queue: str = "stt.cpu", device: str = "cpu") -> Iterator[FakeDecoder]:
+    """A worker as ``malsori worker`` runs one, minus Celery: announced in the registry (heartbeat),
+    its live-window server (``start_live_server``) over a scheduler in front of a fake decoder."""
+    from malsori.engine.scheduler import DecodeScheduler
+    from malsori.scale.live_worker import start_live_server
+    from malsori.scale.registry import Registry, WorkerInfo
+
+    settings = Settings().model_copy(update={"queue": QueueSettings(broker_url=redis_url)})
+    decoder, stop = SwitchableDecoder(), threading.Event()
+    scheduler = DecodeScheduler(decoder)
+    info = WorkerInfo(name=name, queues=(queue,), device=device, model="fake")
+    registry = Registry(redis_url)
+
+    def heartbeat() -> None:
+        while not stop.is_set():
+            registry.announce(info)
+            stop.wait(0.5)
+
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
+    handle = start_live_server(scheduler=scheduler, settings=settings, worker=info)
     try:
         yield decoder
     finally:
         stop.set()
-        thread.join(5)
+        handle.close()
+        beat.join(5)
+        registry.withdraw(name)
+        registry.close()
+        scheduler.close()
 
 
 @contextlib.contextmanager
@@ -254,3 +285,47 @@ def test_a_gateway_that_shuts_down_hands_its_streams_to_another(tmp_path, redis_
     assert resumes == 1 and adopted == 1
     assert " ".join(f.text for f in finals) == WORDS
     assert isinstance(events[-1], EndEvent) and events[-1].extra.get("reason", "stopped") == "stopped"
+
+
+async def stream_once(url: str, script: list) -> list[str]:
+    from malsori.client import AsyncStreamClient, FinalEvent, StreamOptions
+
+    pcm = (np.clip(tone_speech(script), -1, 1) * 32767).astype("<i2").tobytes()
+    client = AsyncStreamClient(url, StreamOptions(language="en"))
+    finals: list[str] = []
+
+    async def frames():
+        for i in range(0, len(pcm), 3200):
+            yield pcm[i : i + 3200]
+            await asyncio.sleep(0.01)
+
+    async for event in client.stream(frames()):
+        if isinstance(event, FinalEvent):
+            finals.append(event.text)
+    return finals
+
+
+def test_live_windows_go_to_a_gpu_worker_and_fall_back_to_cpu_when_it_fails(tmp_path, redis_server):
+    """Routing mode ``auto``: while a worker announces a GPU, live windows go to it; when its device
+    fails (a RuntimeError, as CUDA out of memory is), its windows are handed to the CPU workers'
+    list and decoded there, the stream loses nothing, and the fallback is counted."""
+    from malsori.scale.registry import Registry
+
+    script = ["alpha", "bravo", 0.8, "charlie", "delta", 0.8]
+    with (
+        fake_worker(redis_server.url, "cpu-1") as cpu,
+        fake_worker(redis_server.url, "gpu-1", queue="stt.gpu", device="cuda") as gpu_decoder,
+        gateway(tmp_path, redis_server.url, "routed") as (_, url, _),
+    ):
+        assert asyncio.run(asyncio.wait_for(stream_once(url, script), 30)) == ["alpha bravo", "charlie delta"]
+        gpu = cast(SwitchableDecoder, gpu_decoder)
+        assert gpu.windows and not cpu.windows
+        gpu.fail = True
+        decoded_on_gpu = len(gpu.windows)
+        assert asyncio.run(asyncio.wait_for(stream_once(url, script), 30)) == ["alpha bravo", "charlie delta"]
+        assert cpu.windows and len(gpu.windows) == decoded_on_gpu
+        registry = Registry(redis_server.url)
+        try:
+            assert registry.counters().get("gpu_fallbacks", 0) >= 1
+        finally:
+            registry.close()

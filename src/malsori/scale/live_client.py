@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, cast
 
@@ -29,18 +29,24 @@ from ..engine.windows import Window, WindowResult
 from ..errors import MalsoriError, OverloadedError
 from .live_wire import WindowRequest, decode_reply, encode_request
 
-__all__ = ["RemoteWindowDecoder", "WINDOW_QUEUE", "reply_queue", "urgent_queue"]
+__all__ = ["RemoteWindowDecoder", "WINDOW_QUEUE", "reply_queue", "urgent_queue", "window_queue"]
 
 log = logging.getLogger(__name__)
 
 WINDOW_QUEUE = "malsori:live:windows"
 """The Redis list every gateway pushes live windows on and every worker pops them from. Finals go
 on ``<WINDOW_QUEUE>:urgent``, which a worker empties first, so a final never waits behind other
-gateways' partials."""
+gateways' partials. Scaled out with CPU and GPU queues, each worker queue has its pair of lists
+(:func:`window_queue`)."""
 
 
 def urgent_queue(queue: str) -> str:
     return f"{queue}:urgent"
+
+
+def window_queue(prefix: str, worker_queue: str) -> str:
+    """The list of live windows for the workers of ``worker_queue`` (``stt.cpu``, ``stt.gpu``)."""
+    return f"{prefix}:live:windows:{worker_queue}"
 
 
 def reply_queue(gateway_id: str) -> str:
@@ -50,10 +56,17 @@ def reply_queue(gateway_id: str) -> str:
 class RemoteWindowDecoder:
     """Thread-safe. ``close()`` fails what is still waiting and stops the reply thread."""
 
-    def __init__(self, redis_url: str, *, gateway_id: str, timeout_s: float = 15.0, queue: str = WINDOW_QUEUE) -> None:
+    def __init__(
+        self, redis_url: str, *, gateway_id: str, timeout_s: float = 15.0, queue: str = WINDOW_QUEUE,
+        route: Callable[[], str] | None = None,
+    ) -> None:  # fmt: skip
+        """``route()``, when given, names the list each request goes to (the routing mode's choice
+        of CPU or GPU workers; it raises :class:`OverloadedError` when no worker can take it);
+        without it every request goes to ``queue``."""
         self.gateway_id = gateway_id
         self.timeout_s = timeout_s
         self.queue = queue
+        self.route = route
         self.reply_to = reply_queue(gateway_id)
         self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=2.0, health_check_interval=10)
         self._pending: dict[str, tuple[list[Future[WindowResult]], float]] = {}
@@ -74,12 +87,13 @@ class RemoteWindowDecoder:
             return futures
         now = time.time()
         request = WindowRequest(uuid.uuid4().hex, self.reply_to, now + self.timeout_s, options, tuple(windows), now)
+        queue = self.route() if self.route is not None else self.queue
         with self._lock:
             self._pending[request.id] = (futures, request.deadline)
         try:
             # Partials are the only windows decoded without temperature fallback (a live preview).
             urgent = any(w.fallback for w in windows)
-            self._redis.rpush(urgent_queue(self.queue) if urgent else self.queue, encode_request(request))
+            self._redis.rpush(urgent_queue(queue) if urgent else queue, encode_request(request))
         except redis.RedisError as exc:
             with self._lock:
                 self._pending.pop(request.id, None)

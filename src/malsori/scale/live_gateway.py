@@ -5,10 +5,12 @@ and admission rules) and sessions are kept in Redis (:class:`~.live_state.LiveSt
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..engine.scheduler import DecodeScheduler, Priority
-from .live_client import RemoteWindowDecoder
+from .live_client import RemoteWindowDecoder, window_queue
 from .live_state import LiveStore, gateway_id
 
 if TYPE_CHECKING:
@@ -30,7 +32,9 @@ def start_live(services: Services, redis_url: str) -> None:
     settings = services.settings
     prefix = settings.queue.key_prefix
     name = gateway_id()
-    remote = RemoteWindowDecoder(redis_url, gateway_id=name, queue=f"{prefix}:live:windows")
+    remote = RemoteWindowDecoder(
+        redis_url, gateway_id=name, queue=window_queue(prefix, settings.queue.cpu_queue), route=_router(services)
+    )
     services.live_scheduler = DecodeScheduler(
         remote,
         max_batch=settings.engine.max_batch_size,
@@ -41,6 +45,26 @@ def start_live(services: Services, redis_url: str) -> None:
         redis_url, gateway_id=name, resume_grace_s=settings.streaming.resume_grace_s, prefix=prefix, on_fenced=runner.release
     )
     services.live_store.start()
+
+
+def _router(services: Services, cache_s: float = 1.0) -> Callable[[], str] | None:
+    """The list live windows go to now: the routing mode's choice of CPU or GPU workers (shared by
+    every gateway, ``scale.gateway.ScaleGateway.route``), looked up at most once per ``cache_s``.
+    Raises ``NoWorkerError`` (an ``OverloadedError``: the live loop retries) when no worker can take it."""
+    scale = services.scale
+    if scale is None:
+        return None
+    prefix = services.settings.queue.key_prefix
+    last: list[float | str] = [0.0, ""]
+
+    def route() -> str:
+        now = time.monotonic()
+        if now - float(last[0]) >= cache_s or not last[1]:
+            last[1] = window_queue(prefix, scale.route())
+            last[0] = now
+        return str(last[1])
+
+    return route
 
 
 async def stop_live(services: Services) -> None:
