@@ -1,10 +1,11 @@
-"""The shipped Prometheus config, alert rules and Grafana dashboard against a running server.
+"""The shipped Prometheus config, alert rules and Grafana dashboard against running servers.
 
 Debian's real ``prometheus`` runs the shipped deploy/prometheus/prometheus.yml with its targets
-rewritten to this test's ports (and a 1 s scrape interval), scrapes a real server (the app with the
+rewritten to this test's ports (and a 1 s scrape interval). It scrapes a real server (the app with the
 real model, in this process) while real traffic flows (live streams, transcriptions, a job, bad
-requests), and then every PromQL expression of the dashboard and of the alert rules is evaluated
-through Prometheus's HTTP API: each must return data, from metrics that exist.
+requests), and the scaled profile in small (a gateway and a real ``malsori worker`` process over real
+Redis and PostgreSQL); then every PromQL expression of the dashboard and of the alert rules is
+evaluated through Prometheus's HTTP API: each must return data, from metrics that exist.
 """
 
 from __future__ import annotations
@@ -170,12 +171,40 @@ class Prometheus:
 
 
 @pytest.fixture(scope="module")
-def prometheus(prometheus_binary, server, tmp_path_factory):
-    closed = _free_port()  # no worker runs on main's single process: its target is down (up == 0)
+def scaled(redis_server, tmp_path_factory):
+    """The scaled profile in small: a gateway (in this process) and one real ``malsori worker``
+    process serving its metrics, over real Redis and PostgreSQL; both decode with the fake decoder
+    (what is checked here is the metrics, not recognition). Yields (gateway port, worker metrics port)."""
+    from malsori.config import QueueSettings, ServerSettings, Settings, StorageSettings
+    from malsori.engine.fake import FakeDecoder
+    from malsori.server.app import create_app
+    from scaled import WorkerProcess, pg_database, scaled_env
+
+    root = tmp_path_factory.mktemp("prometheus-scaled")
+    with pg_database() as db:
+        env = scaled_env(redis_server.url, db, root / "data", MALSORI__QUEUE__KEY_PREFIX="prom", MALSORI__QUEUE__WORKER_DECODER="fake")
+        metrics_port = _free_port()
+        worker = WorkerProcess("prom1", "stt.cpu", {**env, "MALSORI__QUEUE__METRICS_PORT": str(metrics_port)}, root).start()
+        settings = Settings(
+            queue=QueueSettings(broker_url=redis_server.url, key_prefix="prom", heartbeat_s=0.5, worker_ttl_s=3),
+            storage=StorageSettings(url=db),
+            server=ServerSettings(data_dir=root / "data"),
+        )
+        try:
+            with running_app(create_app(settings, transcriber=FakeDecoder())) as port:
+                yield port, metrics_port
+        finally:
+            worker.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus(prometheus_binary, server, scaled, tmp_path_factory):
+    gateway, worker = scaled
+    gone = _free_port()  # a worker target nobody answers on: a worker that went away (up == 0)
     prom = Prometheus(
         prometheus_binary,
         tmp_path_factory.mktemp("prometheus"),
-        {"malsori": [f"127.0.0.1:{server}"], "malsori-worker": [f"127.0.0.1:{closed}"]},
+        {"malsori": [f"127.0.0.1:{server}", f"127.0.0.1:{gateway}"], "malsori-worker": [f"127.0.0.1:{worker}", f"127.0.0.1:{gone}"]},
     )
     yield prom
     prom.stop()
@@ -218,18 +247,30 @@ def _round(port: int, testdata: Path, audio: np.ndarray) -> None:
         _wait(lambda: client.get(job.headers["location"]).json()["state"] == "succeeded", 120, "the job")
 
 
+def _scaled_round(port: int, testdata: Path) -> None:
+    """Work for the worker: a job and a synchronous request through the scaled gateway."""
+    jfk = (testdata / "en" / "jfk.flac").read_bytes()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        job = client.post("/v1/jobs", files={"file": ("jfk.flac", jfk)})
+        assert job.status_code == 202, job.text
+        assert client.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", jfk)}).status_code == 200
+        _wait(lambda: client.get(job.headers["location"]).json()["state"] == "succeeded", 60, "the scaled job")
+
+
 @pytest.fixture(scope="module")
-def scraped(prometheus, server, testdata):
+def scraped(prometheus, server, scaled, testdata):
     """Two rounds of traffic, each seen by Prometheus before the next, so every rate has two samples."""
     from malsori.engine import decode_audio
 
-    _wait(lambda: prometheus.value('up{job="malsori"}') == 1, 30, "the first scrape of the server")
+    _wait(lambda: prometheus.value('up{job="malsori"}') == 2, 30, "the first scrape of the gateways")
     audio = np.concatenate([decode_audio(testdata / "en" / "jfk.flac"), np.zeros(SR, dtype=np.float32)])
     for round_no in (1, 2):
         _round(server, testdata, audio)
+        _scaled_round(scaled[0], testdata)
         _wait(
-            lambda: prometheus.value('sum(malsori_http_requests_total{route="/v1/jobs"})') >= round_no
-            and prometheus.value("sum(malsori_live_final_latency_seconds_count)") >= round_no,
+            lambda: prometheus.value('sum(malsori_http_requests_total{route="/v1/jobs"})') >= 2 * round_no
+            and prometheus.value("sum(malsori_live_final_latency_seconds_count)") >= round_no
+            and prometheus.value('sum(malsori_worker_tasks_total{task="job"})') >= round_no,
             30,
             f"Prometheus to scrape round {round_no}",
         )
@@ -267,6 +308,7 @@ def test_every_alert_expression_returns_data_and_every_rule_evaluates(scraped):
     rules = alert_rules()
     assert {r["alert"] for r in rules} >= {
         "MalsoriWorkerDown",
+        "MalsoriNoWorker",
         "MalsoriWorkerGone",
         "MalsoriQueueGrowing",
         "MalsoriFinalLatencyHigh",
@@ -284,7 +326,7 @@ def test_every_alert_expression_returns_data_and_every_rule_evaluates(scraped):
     loaded = _wait(evaluated, 30, "every rule to be evaluated once")
     assert len(loaded) == len(rules)
     assert all(rule["health"] == "ok" for rule in loaded), [(r["name"], r.get("lastError")) for r in loaded]
-    # The one alert that must be firing here: the worker target of this test is a closed port.
+    # The one alert that must be firing here: one worker target of this test is a closed port.
     firing = {rule["name"]: rule["state"] for rule in loaded}
     assert firing["MalsoriWorkerDown"] in ("pending", "firing")
-    assert firing["MalsoriDown"] == "inactive" and firing["MalsoriErrorRate"] == "inactive"
+    assert firing["MalsoriDown"] == firing["MalsoriErrorRate"] == firing["MalsoriNoWorker"] == "inactive"

@@ -11,6 +11,7 @@ deploy/prometheus's alert rules are built on these names (tests/test_deploy_prom
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from .services import Services
 
 __all__ = ["Metrics", "MetricsMiddleware", "router"]
+
+log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # Live finals land 0.5-3 s after their audio on a CPU (docs/benchmarks.md); finer steps there.
@@ -209,6 +212,44 @@ class _ServiceGauges(Collector):
         uptime = GaugeMetricFamily("malsori_uptime_seconds", "Seconds since the app started.")
         uptime.add_metric([], s.uptime_s)
         yield uptime
+        if s.scale is not None:
+            yield from _scale_gauges(s)
+
+
+def _scale_gauges(s: Services) -> Iterable[GaugeMetricFamily]:
+    """Scaled out: the broker's queues and the workers the registry knows, as this gateway sees them."""
+    assert s.scale is not None
+    q = s.settings.queue
+    broker = GaugeMetricFamily("malsori_broker_queue_depth", "Tasks waiting in the broker, by queue.", labels=["queue"])
+    workers = GaugeMetricFamily("malsori_workers_alive", "Workers with a fresh heartbeat, by device.", labels=["device"])
+    try:
+        with s.scale.celery.connection_for_read() as connection:
+            channel = connection.default_channel
+            for queue in (q.cpu_queue, q.gpu_queue, q.analyze_queue):
+                broker.add_metric([queue], float(_queue_length(channel, queue)))
+        yield broker
+    except Exception as exc:  # the broker is down: the gauge is missing, which the dashboard shows
+        log.warning("reading the broker's queues for /metrics failed: %s", exc)
+    try:
+        alive: dict[str, int] = {"cpu": 0}
+        for worker in s.scale.workers():
+            alive[worker.device] = alive.get(worker.device, 0) + 1
+        for device, count in alive.items():
+            workers.add_metric([device], float(count))
+        yield workers
+    except Exception as exc:
+        log.warning("reading the worker registry for /metrics failed: %s", exc)
+
+
+def _queue_length(channel, queue: str) -> int:
+    """Messages waiting in ``queue``: a passive declare reads the length without creating the queue
+    (Redis: LLEN); a queue that does not exist yet (Redis: an empty list has no key) holds none."""
+    try:
+        return int(channel.queue_declare(queue=queue, passive=True).message_count)
+    except Exception as exc:
+        if str(getattr(exc, "reply_code", None)) == "404":  # AMQP's NOT_FOUND, also from kombu's Redis transport
+            return 0
+        raise
 
 
 class MetricsMiddleware:
