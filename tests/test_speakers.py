@@ -313,3 +313,49 @@ def test_job_with_speakers(http, testdata):
     assert "[SPEAKER_02]" in srt_text
     response = http.post("/v1/jobs", json={"audio_url": f"{DIAR}/three_speakers.wav", "max_speakers": 2})
     assert response.status_code == 422 and "diarize" in response.json()["error"]["message"]
+
+
+# -- live ---------------------------------------------------------------------------------------------
+def _reference_speaker_at(reference: list[tuple[float, float, str]], start: float, end: float) -> str | None:
+    talk: dict[str, float] = {}
+    for s, e, who in reference:
+        overlap = min(end, e) - max(start, s)
+        if overlap > 0:
+            talk[who] = talk.get(who, 0.0) + overlap
+    return max(talk, key=lambda w: talk[w]) if talk else None
+
+
+@pytest.mark.e2e
+def test_live_stream_labels_finals_with_speakers(live_server, call_audio, testdata):
+    """two_speakers_call streamed at twice real time over /v1/stream with diarize: true."""
+    import asyncio
+
+    import numpy as np
+
+    from malsori.client import AsyncStreamClient, FinalEvent, StreamOptions
+
+    async def run() -> list[FinalEvent]:
+        options = StreamOptions(encoding="pcm_f32le", language="en", word_timestamps=True, options={"diarize": True})
+        url = live_server.url.replace("http", "ws") + "/v1/stream"
+
+        async def chunks():
+            step = 1600  # 100 ms
+            for i in range(0, len(call_audio), step):
+                yield np.ascontiguousarray(call_audio[i : i + step]).tobytes()
+                await asyncio.sleep(0.05)
+
+        async with AsyncStreamClient(url, options) as stream:
+            return [e async for e in stream.stream(chunks()) if isinstance(e, FinalEvent)]
+
+    finals = asyncio.run(run())
+    assert finals and all(f.extra.get("diarized") is True and "speaker" in f.extra for f in finals)
+    reference = read_rttm(testdata / DIAR / "two_speakers_call.rttm")
+    pairs = [(_reference_speaker_at(reference, w.start, w.end), w.speaker) for f in finals for w in f.words]
+    pairs = [(ref, hyp) for ref, hyp in pairs if ref is not None]
+    labels = {hyp for _, hyp in pairs if hyp}
+    assert len(labels) == 2, [(f.start, f.end, f.extra["speaker"], f.text) for f in finals]
+    best = 0
+    for order in ([0, 1], [1, 0]):  # the mapping of labels to reference speakers that fits best
+        mapping = dict(zip(sorted(labels), [sorted({r for r, _ in pairs})[i] for i in order], strict=True))
+        best = max(best, sum(mapping.get(hyp) == ref for ref, hyp in pairs))
+    assert best >= 0.8 * len(pairs), (best, len(pairs))

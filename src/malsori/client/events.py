@@ -33,6 +33,8 @@ class Word:
     start: float
     end: float
     probability: float | None = None
+    speaker: str | None = None
+    """Who said it, in a session started with ``diarize`` (None while not known)."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,16 @@ def _float_or_none(value: Any) -> float | None:
 def _words(raw: Any) -> tuple[Word, ...]:
     if not raw:
         return ()
-    return tuple(Word(str(w["word"]), float(w["start"]), float(w["end"]), _float_or_none(w.get("probability"))) for w in raw)
+    return tuple(
+        Word(
+            str(w["word"]),
+            float(w["start"]),
+            float(w["end"]),
+            _float_or_none(w.get("probability")),
+            None if w.get("speaker") is None else str(w["speaker"]),
+        )
+        for w in raw
+    )
 
 
 def _rest(message: Mapping[str, Any], known: set[str]) -> dict[str, Any]:

@@ -142,6 +142,8 @@ def _stream_config(data: Mapping[str, Any], default_preset: str) -> StreamConfig
         raise InvalidOptionsError("options must be an object of preset values to override")
     if not isinstance(data.get("word_timestamps", False), bool):
         raise InvalidOptionsError("word_timestamps must be true or false")
+    if "diarize" in data:  # a start field, like word_timestamps (options.diarize works too)
+        options = {**options, "diarize": data["diarize"]}
     return StreamConfig.from_preset(
         data.get("preset") or default_preset,
         language=data.get("language"),
@@ -215,7 +217,7 @@ class V1Protocol(LiveProtocol):
     name = "v1"
     resumable = True
     _START_FIELDS: ClassVar[set[str]] = {
-        "type", "sample_rate", "encoding", "language", "task", "preset", "word_timestamps", "options",
+        "type", "sample_rate", "encoding", "language", "task", "preset", "word_timestamps", "options", "diarize",
         "session_id", "resume_token", "last_seq",
     }  # fmt: skip
 
@@ -314,6 +316,7 @@ class SttProtocol(LiveProtocol):
                 "type": "transcript", **ids, "text": event.text, "is_final": isinstance(event, Final),
                 "start": event.start, "end": event.end,
                 "language": event.language if isinstance(event, Final) else None, "seq": event.seq,
+                **({"speaker": event.speaker} if isinstance(event, Final) and event.diarized else {}),
             }  # fmt: skip
         if isinstance(event, Language):
             return {"type": "language", **ids, "language": event.language, "probability": event.probability, "seq": event.seq}

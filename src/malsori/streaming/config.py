@@ -112,6 +112,8 @@ class StreamConfig:
     preset: str = "balanced"
     partials: bool = True
     """Send partial events at all (an output choice, like ``word_timestamps``, not a preset value)."""
+    diarize: bool = False
+    """Label each final with its speaker (online clustering of voices; :mod:`malsori.speakers.online`)."""
 
     step_s: float = 0.6
     """New audio between two partial decodes of the open phrase."""
@@ -132,6 +134,8 @@ class StreamConfig:
             raise InvalidOptionsError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
         if self.preset not in PRESETS:
             raise InvalidOptionsError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
+        if not isinstance(self.diarize, bool):
+            raise InvalidOptionsError("diarize must be true or false")
         _check(
             (0.1 <= self.step_s <= 5.0, "step_s must be between 0.1 and 5"),
             (0.1 <= self.min_partial_s <= 5.0, "min_partial_s must be between 0.1 and 5"),
@@ -194,7 +198,7 @@ class StreamConfig:
             beam_size=self.final_beam_size,
             best_of=2,
             temperatures=(0.0, 0.4),
-            word_timestamps=self.word_timestamps,
+            word_timestamps=self.word_timestamps or self.diarize,  # speakers are told word by word
             vad_filter=False,
             no_speech_threshold=a.no_speech_threshold,
             log_prob_threshold=a.log_prob_threshold,

@@ -16,6 +16,8 @@ class WordTiming:
     start: float
     end: float
     probability: float
+    speaker: str | None = None
+    """With ``diarize``: who said the word (None while it cannot be told)."""
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,19 @@ class Final(Event):
     end: float = 0.0
     language: str | None = None
     words: tuple[WordTiming, ...] | None = None
+    speaker: str | None = None
+    """With ``diarize``: the speaker's label, or None while it cannot be told."""
+    diarized: bool = False
+    """The session labels speakers (``speaker`` is on the wire, maybe null)."""
 
     def to_dict(self) -> dict:
         data = {"type": self.type, "seq": self.seq, "text": self.text, "start": self.start, "end": self.end}
         data["language"] = self.language
         if self.words is not None:
-            data["words"] = [asdict(w) for w in self.words]
+            data["words"] = [{k: v for k, v in asdict(w).items() if k != "speaker" or self.diarized} for w in self.words]
+        if self.diarized:
+            data["speaker"] = self.speaker
+            data["diarized"] = True
         return data
 
 

@@ -39,6 +39,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -51,6 +52,9 @@ from .config import StreamConfig
 from .events import End, Error, Event, Final, Language, Partial, WordTiming
 from .guard import clean_text
 from .vad import VAD_CHUNK, StreamingVad
+
+if TYPE_CHECKING:
+    from ..speakers.online import OnlineSpeakers
 
 __all__ = ["StreamingSession", "DecodeRequest", "Checkpoint"]
 
@@ -205,6 +209,12 @@ class StreamingSession:
         self.finals = 0
         self.decodes = 0
         self._resumed_at: Checkpoint | None = None
+        self._speakers: OnlineSpeakers | None = None
+        if config.diarize:
+            from ..speakers import shared_diarizer
+            from ..speakers.online import OnlineSpeakers as _Online
+
+            self._speakers = _Online(shared_diarizer().models)
 
     @classmethod
     def restore(
@@ -652,14 +662,20 @@ class StreamingSession:
             start = round(min(max(min(starts), lo), hi), 3)
             end = round(max(min(max(ends), hi), start), 3)
             words = None
-            if self.config.word_timestamps:
+            if self.config.word_timestamps or self._speakers is not None:
                 words = tuple(
                     WordTiming(w.word.strip(), round(w.start, 3), round(w.end, 3), round(w.probability, 4))
                     for s in result.segments
                     for w in (s.words or ())
                     if w.word.strip()
                 )[repeated:]
-            events.append(Final(self._next_seq(), text, start, end, result.language, words))
+            speaker = None
+            if self._speakers is not None:
+                speaker, words = self._label_speakers(start, end, words or ())
+            if not self.config.word_timestamps:
+                words = None
+            diarized = self._speakers is not None
+            events.append(Final(self._next_seq(), text, start, end, result.language, words, speaker=speaker, diarized=diarized))
             self.finals += 1
             prompt_chars = self.config.advanced.prompt_chars
             settled = (self._settled + " " + text).strip()
@@ -675,6 +691,17 @@ class StreamingSession:
             nxt = self._pending[0]
             events.extend(self._finalize(nxt, nxt.candidate[1]))  # type: ignore[index]
         return events
+
+    def _label_speakers(
+        self, start: float, end: float, words: tuple[WordTiming, ...]
+    ) -> tuple[str | None, tuple[WordTiming, ...]]:
+        """The speaker of a final and of each of its words (online clustering, :mod:`malsori.speakers.online`)."""
+        assert self._speakers is not None
+        a, b = max(round(start * _SR), self._buffer.base), min(round(end * _SR), self._buffer.end)
+        if b <= a:
+            return None, words
+        speaker, labels = self._speakers.label(self._buffer.slice(a, b), a / _SR, [(w.start, w.end) for w in words])
+        return speaker, tuple(replace(w, speaker=who) for w, who in zip(words, labels, strict=True))
 
     # -- events ------------------------------------------------------------------------------------
     def _next_seq(self) -> int:
