@@ -3,7 +3,8 @@
 With the real model on real speech: jobs submitted to either gateway spread over both workers and
 come back with the right text from the other gateway; a synchronous transcription through a gateway
 is decoded by a worker; a worker killed with SIGKILL mid-job loses nothing (the job finishes on the
-other, with the right text); Redis killed and restarted empty mid-run loses no job.
+other, with the right text); a running job is cancelled through the other gateway; a gateway killed
+right after accepting jobs loses none; Redis killed and restarted empty mid-run loses no job.
 """
 
 from __future__ import annotations
@@ -121,12 +122,8 @@ def test_synchronous_transcription_is_decoded_by_a_worker(cluster, testdata):
 
 
 def test_a_worker_killed_mid_job_loses_nothing(cluster, lj):
-    from malsori.engine.audio import SAMPLE_RATE, decode_audio
-
     clips = lj[:10]  # about 67 s: several windows, decoded one by one
-    pause = np.zeros(int(0.4 * SAMPLE_RATE), np.float32)
-    talk = _wav(np.concatenate([part for c in clips for part in (decode_audio(c.path), pause)]))
-    job_id = _submit(cluster.gateways[0], "talk.wav", talk)
+    job_id = _submit(cluster.gateways[0], "talk.wav", _talk(clips))
     deadline = time.monotonic() + 120
     while True:  # progress is visible from either gateway while the job runs
         job = httpx.get(f"{cluster.gateways[1].url}/v1/jobs/{job_id}", timeout=10).json()
@@ -149,6 +146,40 @@ def test_a_worker_killed_mid_job_loses_nothing(cluster, lj):
         victim.start()
 
 
+def _talk(clips) -> bytes:
+    from malsori.engine.audio import SAMPLE_RATE, decode_audio
+
+    pause = np.zeros(int(0.4 * SAMPLE_RATE), np.float32)
+    return _wav(np.concatenate([part for c in clips for part in (decode_audio(c.path), pause)]))
+
+
+def test_a_running_job_is_cancelled_through_the_other_gateway(cluster, lj):
+    job_id = _submit(cluster.gateways[0], "talk.wav", _talk(lj[:6]))
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{cluster.gateways[1].url}/v1/jobs/{job_id}", timeout=10).json()["state"] != "running":
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.1)
+    response = httpx.delete(f"{cluster.gateways[1].url}/v1/jobs/{job_id}", timeout=10)
+    assert response.status_code == 202 and response.json()["cancel_requested"] is True
+    done = _poll(cluster.gateways[0], job_id, timeout=60)
+    assert done["state"] == "cancelled" and done["progress"] < 1, done  # the worker saw it at a progress write
+
+
+def test_a_gateway_killed_after_accepting_jobs_loses_none(cluster, lj):
+    clips = lj[16:19]
+    gone, other = cluster.gateways
+    ids = [_submit(gone, c.path.name, c.path.read_bytes()) for c in clips]
+    gone.process.kill()  # SIGKILL: the jobs are rows and uploads, their tasks are in Redis
+    gone.process.wait()
+    try:
+        jobs = [_poll(other, job_id) for job_id in ids]
+        assert [j["state"] for j in jobs] == ["succeeded"] * len(clips), cluster.logs()
+        references = " ".join(c.reference for c in clips)
+        assert wer(references, " ".join(j["result"]["text"] for j in jobs)) < 0.08
+    finally:
+        gone.start()
+
+
 def test_redis_restarted_mid_run_loses_no_job(cluster, lj):
     clips = lj[10:16]
     ids = [_submit(cluster.gateways[n % 2], c.path.name, c.path.read_bytes()) for n, c in enumerate(clips)]
@@ -167,5 +198,5 @@ def test_redis_restarted_mid_run_loses_no_job(cluster, lj):
     # And the deployment works on after it: both gateways ready, a new job runs.
     for gateway in cluster.gateways:
         assert httpx.get(f"{gateway.url}/is_ready", timeout=10).status_code == 200
-    job = _poll(cluster.gateways[1], _submit(cluster.gateways[0], lj[16].path.name, lj[16].path.read_bytes()))
+    job = _poll(cluster.gateways[1], _submit(cluster.gateways[0], lj[19].path.name, lj[19].path.read_bytes()))
     assert job["state"] == "succeeded", cluster.logs()
