@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +55,13 @@ class WorkerError(MalsoriError):
 _ERRORS: dict[str, type[MalsoriError]] = {"overloaded": OverloadedError, "invalid_options": InvalidOptionsError}
 
 
+@dataclass(frozen=True)
+class _View:
+    workers: tuple[WorkerInfo, ...]
+    mode: str
+    error: str | None
+
+
 @dataclass
 class _Pending:
     future: Future[WindowResult]
@@ -81,10 +88,13 @@ class ScaleGateway:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._view = _View((), "auto", None)
+        self._sender = ThreadPoolExecutor(max_workers=2, thread_name_prefix="malsori-send")
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self, jobs: JobService) -> None:
         self.jobs = jobs
+        self.refresh_view()
         for target, name in ((self._wait_loop, "malsori-replies"), (self._sweep_loop, "malsori-sweep")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -95,32 +105,45 @@ class ScaleGateway:
         self._wake.set()
         for thread in self._threads:
             thread.join(5.0)
+        self._sender.shutdown(wait=False, cancel_futures=True)
         self._fail_pending(NotReadyError("the gateway is shutting down; try again", retry_after=2.0))
         self.registry.close()
 
     # -- routing -----------------------------------------------------------------------------------
-    def workers(self) -> list[WorkerInfo]:
-        return self.registry.alive()
-
     def route(self) -> str:
-        """The queue new work goes to now (NoWorkerError when none can take it)."""
+        """The queue new work goes to now (NoWorkerError when none can take it). Two Redis round trips:
+        call it from a thread, not the event loop."""
         return choose_queue(self.registry.routing_mode(), self.registry.alive(), self.queues)
 
+    def refresh_view(self) -> None:
+        """Read the registry and the mode for what the panel and /stt/status show without waiting on
+        Redis in the event loop (refreshed every ``heartbeat_s`` by the sweep thread)."""
+        try:
+            self._view = _View(tuple(self.registry.alive()), self.registry.routing_mode(), None)
+        except Exception as exc:
+            self._view = _View((), self._view.mode, f"Redis does not answer ({type(exc).__name__}: {exc})")
+
     def routing_mode(self) -> str:
-        return self.registry.routing_mode()
+        """The shared mode, as last read (at most ``heartbeat_s`` old; this gateway's own change at once)."""
+        return self._view.mode
 
     def set_routing_mode(self, mode: str) -> None:
-        """``gpu`` is refused (ConflictError-worthy reason from :meth:`gpu_refusal`) by the caller."""
+        """``gpu`` is refused by the caller with the reason from :meth:`gpu_refusal`."""
         self.registry.set_routing_mode(mode)
+        self._view = _View(self._view.workers, mode, self._view.error)
 
     def gpu_refusal(self) -> str | None:
-        """Why work cannot be routed to a GPU now, or None when a GPU worker is alive."""
+        """Why work cannot be routed to a GPU now, or None when a GPU worker is alive (reads Redis)."""
         if gpu_workers(self.registry.alive(), self.queues):
             return None
         return f"no GPU worker is alive (none announces a GPU on {self.queues.gpu}), so work cannot be routed to a GPU"
 
+    def gpu_available(self) -> bool:
+        """A GPU worker was alive at the last view."""
+        return bool(gpu_workers(self._view.workers, self.queues))
+
     def not_ready_reason(self) -> str | None:
-        """None when some worker can take work; else why not (for /is_ready)."""
+        """None when some worker can take work; else why not (for /is_ready; reads Redis)."""
         try:
             workers = self.registry.alive()
         except Exception as exc:
@@ -130,19 +153,23 @@ class ScaleGateway:
         return f"no worker is alive on {self.queues.cpu} or {self.queues.gpu}"
 
     def describe(self) -> str:
-        """What the routing mode does now, in words (the panel's ``routing``)."""
+        """What the routing mode does now, in words (the panel's ``routing``), from the last view."""
+        view = self._view
+        if view.error:
+            return f"scaled out: {view.error}"
         try:
-            workers = self.registry.alive()
-            mode = self.registry.routing_mode()
-            queue = choose_queue(mode, workers, self.queues)
+            queue = choose_queue(view.mode, view.workers, self.queues)
         except NoWorkerError as exc:
             return f"scaled out: {exc.message}"
-        except Exception as exc:
-            return f"scaled out: Redis does not answer ({type(exc).__name__})"
-        names = [w.name for w in workers if queue in w.queues]
-        return f"scaled out, mode {mode}: new work goes to {queue} ({len(names)} worker(s): {', '.join(names)})"
+        names = [w.name for w in view.workers if queue in w.queues]
+        return f"scaled out, mode {view.mode}: new work goes to {queue} ({len(names)} worker(s): {', '.join(names)})"
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The live workers at the last view, as the panel shows them."""
+        return [w.public() for w in self._view.workers]
 
     def status(self) -> dict[str, Any]:
+        """Workers, mode and counters, read now (for /stt/status; call it from a thread)."""
         try:
             return {
                 "workers": [w.public() for w in self.registry.alive()],
@@ -167,31 +194,45 @@ class ScaleGateway:
                 self._undispatched.add(job_id)
 
     # -- synchronous requests ----------------------------------------------------------------------
-    def decoder(self) -> RemoteDecoder:
-        return RemoteDecoder(self)
+    def decoder(self, queue: str) -> RemoteDecoder:
+        """A decoder whose windows go to ``queue`` (from :meth:`route`, read off the event loop)."""
+        return RemoteDecoder(self, queue)
 
-    def submit_windows(self, windows: Sequence[Window], options: TranscribeOptions) -> list[Future[WindowResult]]:
-        queue = self.route()
+    def submit_windows(self, windows: Sequence[Window], options: TranscribeOptions, queue: str) -> list[Future[WindowResult]]:
+        """One task per window; returns at once (callers are on the event loop): the audio is written
+        and the tasks sent by a sender thread, whose failures (Redis down) fail the futures with 503."""
         opts = options_to_dict(options)
-        futures: list[Future[WindowResult]] = []
         deadline = time.monotonic() + self.q.request_timeout_s
-        try:
+        items: list[tuple[str, Window, Future[WindowResult]]] = []
+        with self._lock:
             for window in windows:
-                refs = self.store.put([window])
                 reply = f"{self.q.key_prefix}:reply:{uuid.uuid4().hex}"
                 future: Future[WindowResult] = Future()
+                self._pending[reply] = _Pending(future, [], deadline)
+                items.append((reply, window, future))
+        self._sender.submit(self._send, items, opts, queue)
+        return [future for _, _, future in items]
+
+    def _send(self, items: list[tuple[str, Window, Future[WindowResult]]], opts: dict[str, Any], queue: str) -> None:
+        for n, (reply, window, future) in enumerate(items):
+            if future.cancelled():
+                continue
+            try:
+                refs = self.store.put([window])
                 with self._lock:
-                    self._pending[reply] = _Pending(future, refs, deadline)
-                futures.append(future)
+                    if reply in self._pending:
+                        self._pending[reply].refs = refs
                 self.celery.send_task(WINDOWS_TASK, args=[refs, opts, reply], queue=queue)
-        except MalsoriError:
-            raise
-        except Exception as exc:  # Redis down mid-submission: nothing of this request is decoded
-            for future in futures:
-                future.cancel()
-            raise NotReadyError(f"the task queue does not answer ({type(exc).__name__}); try again", retry_after=5.0) from exc
+            except Exception as exc:  # Redis down mid-submission: this request cannot be decoded now
+                error = NotReadyError(f"the task queue does not answer ({type(exc).__name__}); try again", retry_after=5.0)
+                with self._lock:
+                    for later_reply, _, _ in items[n:]:
+                        self._pending.pop(later_reply, None)
+                for _, _, later in items[n:]:
+                    if not later.done():
+                        later.set_exception(error)
+                return
         self._wake.set()
-        return futures
 
     def _fail_pending(self, error: BaseException) -> None:
         with self._lock:
@@ -252,6 +293,7 @@ class ScaleGateway:
     # -- the sweep ---------------------------------------------------------------------------------
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.q.heartbeat_s):
+            self.refresh_view()
             try:
                 self.sweep()
             except Exception as exc:
@@ -320,10 +362,11 @@ class ScaleGateway:
 
 
 class RemoteDecoder:
-    """A :class:`~malsori.engine.decoder.WindowDecoder` whose windows are decoded by workers."""
+    """A :class:`~malsori.engine.decoder.WindowDecoder` whose windows are decoded by the workers of one queue."""
 
-    def __init__(self, gateway: ScaleGateway) -> None:
+    def __init__(self, gateway: ScaleGateway, queue: str) -> None:
         self.gateway = gateway
+        self.queue = queue
 
     def submit(self, windows: Sequence[Window], options: TranscribeOptions) -> list[Future[WindowResult]]:
-        return self.gateway.submit_windows(windows, options)
+        return self.gateway.submit_windows(windows, options, self.queue)

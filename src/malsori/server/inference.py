@@ -106,7 +106,7 @@ async def transcribe(services: Services, audio: np.ndarray, options: TranscribeO
     thread; the request's windows are queued all or none (429 before any work when they do not fit)."""
     transcriber, _ = services.require_ready()
     transcriber.check_options(options)
-    lane = _decoder(services)
+    lane = await _decoder(services)
     started = time.perf_counter()
     try:
         # The first window alone, as with stream=true (transcribe_stream): a window's text depends on
@@ -129,7 +129,7 @@ async def transcribe_stream(
     raise there, so a caller that awaits the first result before answering keeps their status codes."""
     transcriber, _ = services.require_ready()
     transcriber.check_options(options)
-    lane = _decoder(services)
+    lane = await _decoder(services)
     started = time.perf_counter()
     try:
         async with aclosing(Pipeline(lane).astream(audio, options)) as results:
@@ -146,7 +146,7 @@ async def decode_window(services: Services, window: Window, options: TranscribeO
     services.require_ready()
     started = time.perf_counter()
     try:
-        (result,) = await decode_async(_decoder(services), [window], options)
+        (result,) = await decode_async(await _decoder(services), [window], options)
     except OverloadedError:
         services.metrics.rejected.labels("queue_full").inc()
         raise
@@ -154,10 +154,11 @@ async def decode_window(services: Services, window: Window, options: TranscribeO
     return result
 
 
-def _decoder(services: Services) -> WindowDecoder:
-    """A REQUEST lane of this process's scheduler, or scaled out, the workers (``services.scale``)."""
+async def _decoder(services: Services) -> WindowDecoder:
+    """A REQUEST lane of this process's scheduler, or scaled out, the workers of the queue the routing
+    mode picks now (``services.scale``; reading the registry is a Redis round trip: in a thread)."""
     if services.scale is not None:
-        return services.scale.decoder()
+        return services.scale.decoder(await run_in_threadpool(services.scale.route))
     _, scheduler = services.require_ready()
     return scheduler.lane(_owner(), Priority.REQUEST)
 

@@ -156,10 +156,7 @@ class Services:
         else:
             t = self.transcriber
             own = {"model": t.model_name, "device": t.device, "compute_type": t.compute_type, "ready": True}
-        workers: list[dict[str, Any]] = []
-        if self.scale is not None:
-            workers = self.scale.status()["workers"]
-        return [own, *workers]
+        return [own, *(self.scale.workers() if self.scale is not None else [])]
 
     def routing(self) -> str:
         """What ``routing_mode`` does now, in words, so no control claims to move work it does not.
@@ -170,13 +167,9 @@ class Services:
         return f"single engine: every request runs on this process's model ({device})"
 
     def current_routing_mode(self) -> str:
-        """The mode in force: this process's, or scaled out, the one every gateway shares in Redis."""
-        if self.scale is not None:
-            try:
-                return self.scale.routing_mode()
-            except Exception:  # Redis restarting: say what this process last set
-                return self.routing_mode
-        return self.routing_mode
+        """The mode in force: this process's, or scaled out, the one every gateway shares in Redis
+        (as last read, at most ``queue.heartbeat_s`` ago)."""
+        return self.scale.routing_mode() if self.scale is not None else self.routing_mode
 
     def set_routing_mode(self, mode: str, *, gpu_available: bool) -> None:
         """Record where new work should go; ``gpu`` is refused (InvalidOptionsError) when there is no GPU."""

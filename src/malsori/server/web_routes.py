@@ -99,7 +99,7 @@ async def admin_status(services: ServicesDep) -> dict[str, Any]:
         "engines": engines,
         "routing": services.routing(),
         "routing_mode": services.current_routing_mode(),
-        "gpu_available": gpus > 0 if services.scale is None else services.scale.gpu_refusal() is None,
+        "gpu_available": gpus > 0 if services.scale is None else services.scale.gpu_available(),
         "gpu_count": gpus,
         "admin_key_required": bool(services.settings.auth.admin_key),
         "sessions": _session_rows(services),
