@@ -164,9 +164,9 @@ class ScaleGateway:
         names = [w.name for w in view.workers if queue in w.queues]
         return f"scaled out, mode {view.mode}: new work goes to {queue} ({len(names)} worker(s): {', '.join(names)})"
 
-    def workers(self) -> list[dict[str, Any]]:
-        """The live workers at the last view, as the panel shows them."""
-        return [w.public() for w in self._view.workers]
+    def workers(self) -> list[WorkerInfo]:
+        """The live workers at the last view (at most ``heartbeat_s`` old)."""
+        return list(self._view.workers)
 
     def status(self) -> dict[str, Any]:
         """Workers, mode and counters, read now (for /stt/status; call it from a thread)."""

@@ -156,7 +156,7 @@ class Services:
         else:
             t = self.transcriber
             own = {"model": t.model_name, "device": t.device, "compute_type": t.compute_type, "ready": True}
-        return [own, *(self.scale.workers() if self.scale is not None else [])]
+        return [own, *(w.public() for w in (self.scale.workers() if self.scale is not None else []))]
 
     def routing(self) -> str:
         """What ``routing_mode`` does now, in words, so no control claims to move work it does not.
