@@ -158,3 +158,25 @@ def test_gateways_have_health_checks_and_a_drain_period(docker_compose):
         service = config["services"][name]
         assert "/is_ready" in " ".join(service["healthcheck"]["test"])
         assert service["stop_grace_period"] in ("1m", "1m0s", "60s")
+
+
+def test_grafana_is_provisioned_with_the_datasource_the_dashboard_uses(docker_compose):
+    """Grafana itself is not run here (no Debian package): its provisioning files must agree with the
+    dashboard and with compose (datasource uid, Prometheus's service name and port, dashboard folder)."""
+    import json
+
+    config = resolved(docker_compose, ("single", "monitoring"))
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    assert "prometheus" in config["services"]
+    assert "--web.listen-address" not in " ".join(config["services"]["prometheus"]["command"])  # the default :9090
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "malsori.yml").read_text())["providers"]
+    grafana_mounts = dict(_bind_mount(m) for m in config["services"]["grafana"]["volumes"] if _bind_mount(m))
+    assert grafana_mounts[provider["options"]["path"]] == str(DEPLOY / "grafana" / "dashboards")
+    assert grafana_mounts["/etc/grafana/provisioning"] == str(provisioning)
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "malsori.json").read_text())
+    uids = {p["datasource"]["uid"] for p in dashboard["panels"] if "datasource" in p}
+    uids |= {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
+    assert uids == {datasource["uid"]}
+    assert len({p["title"] for p in dashboard["panels"]}) == len(dashboard["panels"])  # no two panels alike
