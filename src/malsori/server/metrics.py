@@ -196,11 +196,16 @@ class _ServiceGauges(Collector):
         yield load
         depth = GaugeMetricFamily("malsori_queue_depth", "Windows waiting for the model, by priority.", labels=["priority"])
         busy = GaugeMetricFamily("malsori_decoder_busy_ratio", "Share of the last 10 s the decoder was busy.")
+        pending: dict[str, int] = {}
+        # Scaled out, live windows wait in the gateway's live scheduler (in front of the workers) too.
+        for scheduler in (s.scheduler, s.live_scheduler):
+            if scheduler is not None:
+                for priority, count in scheduler.stats().pending.items():
+                    pending[priority] = pending.get(priority, 0) + count
+        for priority, count in pending.items():
+            depth.add_metric([priority], float(count))
         if s.scheduler is not None:
-            stats = s.scheduler.stats()
-            for priority, count in stats.pending.items():
-                depth.add_metric([priority], float(count))
-            busy.add_metric([], stats.busy_fraction)
+            busy.add_metric([], s.scheduler.stats().busy_fraction)
         yield depth
         yield busy
         sessions = GaugeMetricFamily("malsori_active_sessions", "Live streaming sessions open now.")
