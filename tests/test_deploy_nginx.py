@@ -391,3 +391,56 @@ def test_a_live_connection_idle_past_60_s_stays_open(nginx_binary, certs, proxy,
     # Both sides of the pause were transcribed on the one connection (the first final came before it).
     assert wer(JFK + " " + LJ001_0001, " ".join(before + after)) <= 0.10, (before, after)
     assert before and "exhibition" in " ".join(after).lower(), (before, after)
+
+
+def test_a_cut_stream_resumes_through_nginx_on_the_other_gateway(nginx_binary, certs, tmp_path, redis_server, monkeypatch):
+    """Sticky-free: the shipped config with two scaled gateways as its upstream (round-robin). A
+    stream whose connection is cut reconnects through nginx, lands on the other gateway and resumes
+    there with every final once (fake decoder on a live worker over real Redis: the route is tested)."""
+    from malsori.client import AsyncStreamClient, FinalEvent, ReconnectPolicy, StreamOptions
+    from malsori.engine.fake import tone_speech
+    from test_live_scale import SCRIPT, WORDS, fake_worker, gateway, wait_for
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs[0]))  # the client trusts the test's certificate
+    pcm = (np.clip(tone_speech(SCRIPT), -1, 1) * 32767).astype("<i2").tobytes()
+    frame = 3200
+    with (
+        fake_worker(redis_server.url),
+        gateway(tmp_path, redis_server.url, "a") as (a, url_a, _),
+        gateway(tmp_path, redis_server.url, "b") as (b, url_b, _),
+    ):
+        port_a, port_b = (int(url.rsplit(":", 1)[1].split("/")[0]) for url in (url_a, url_b))
+        both = f"server 127.0.0.1:{port_a} max_fails=0;\n    server 127.0.0.1:{port_b} max_fails=0;"
+        proxy = Nginx(nginx_binary, tmp_path / "nginx", certs, port_a, edits=[(f"server 127.0.0.1:{port_a} max_fails=0;", both)])
+        try:
+
+            async def scenario():
+                url = proxy.url.replace("https", "wss") + "/v1/stream"
+                client = AsyncStreamClient(url, StreamOptions(language="en"), reconnect=ReconnectPolicy(initial_delay_s=0.05))
+                await client.connect()
+                finals: list[FinalEvent] = []
+
+                async def read():
+                    async for event in client:
+                        if isinstance(event, FinalEvent):
+                            finals.append(event)
+
+                reader = asyncio.create_task(read())
+                cut_at = len(pcm) // 2 // frame * frame
+                for i in range(0, len(pcm), frame):
+                    if i == cut_at:
+                        await wait_for(lambda: finals, "a final before the cut")
+                        client.connection.transport.abort()  # the link drops; the client reconnects to nginx
+                    await client.send_audio(pcm[i : i + frame])
+                    await asyncio.sleep(0.02)
+                await client.stop()
+                await asyncio.wait_for(reader, 20)
+                return finals, client.resumes
+
+            finals, resumes = asyncio.run(asyncio.wait_for(scenario(), 60))
+        finally:
+            proxy.stop()
+        adopted = (a.live_store.adopted, b.live_store.adopted)
+    assert resumes == 1 and sorted(adopted) == [0, 1], adopted  # resumed on the gateway it had not used
+    assert " ".join(f.text for f in finals) == WORDS
+    assert [f.seq for f in finals] == sorted({f.seq for f in finals})
