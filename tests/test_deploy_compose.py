@@ -180,3 +180,34 @@ def test_grafana_is_provisioned_with_the_datasource_the_dashboard_uses(docker_co
     uids |= {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
     assert uids == {datasource["uid"]}
     assert len({p["title"] for p in dashboard["panels"]}) == len(dashboard["panels"])  # no two panels alike
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
+def test_what_the_dockerfiles_run_works_here(dockerfile, tmp_path):
+    """Images cannot be built here (no registry for base images), so the parts that can be checked
+    are: the files it copies exist, the extras it installs exist, its MALSORI__ variables are
+    settings, and its model step (joining the bundled models, no download) runs."""
+    import re
+    import sys
+
+    from malsori.config import Settings
+
+    text = (DEPLOY / dockerfile).read_text().replace("\\\n", " ")
+    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
+        for path in source.split():
+            assert (REPO / path).exists(), path
+    pyproject = (REPO / "pyproject.toml").read_text()
+    optional = pyproject.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    extras = set(re.findall(r"^([a-z]+) = \[", optional, re.M))
+    assert {"server", "engine"} <= extras
+    (wanted,) = re.findall(r"install --no-cache-dir '\.\[([a-z,]+)\]'", text)
+    assert set(wanted.split(",")) <= extras
+    for section, field in re.findall(r"MALSORI__([A-Z]+)__([A-Z_]+)=", text):
+        assert field.lower() in Settings.model_fields[section.lower()].annotation.model_fields, (section, field)  # type: ignore[union-attr]
+    steps = re.findall(r'python -c "(from malsori\.engine\.models import [^"]+)"', text)
+    assert steps
+    env = {**os.environ, "MALSORI_CACHE_DIR": str(tmp_path / "models")}
+    for step in steps:
+        result = subprocess.run([sys.executable, "-c", step], capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert Path(result.stdout.strip()).is_dir(), result.stdout
