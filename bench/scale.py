@@ -136,7 +136,8 @@ def run_jobs(name: str, url: str, clips) -> Result:
     started = time.perf_counter()
     ids = []
     for clip in clips:
-        response = httpx.post(f"{url}/v1/jobs", files={"file": (clip.path.name, clip.path.read_bytes())}, data={"language": "en"})
+        files = {"file": (clip.path.name, clip.path.read_bytes())}
+        response = httpx.post(f"{url}/v1/jobs", files=files, data={"language": "en"}, timeout=60)
         response.raise_for_status()
         ids.append(response.json()["id"])
     done: dict[str, dict] = {}
@@ -196,7 +197,11 @@ def scaled(clips, root: Path, workers: int, threads: int) -> Result:
         processes.append(gateway)
         try:
             _wait_ready(f"http://127.0.0.1:{port}", gateway)
-            time.sleep(2 * 2.0)  # every worker announced (the gateway is ready at the first one)
+            deadline = time.monotonic() + 120  # the gateway is ready at the first worker: wait for every one
+            while len(httpx.get(f"http://127.0.0.1:{port}/stt/status", timeout=10).json()["scale"]["workers"]) < workers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("not every worker announced itself")
+                time.sleep(0.2)
             label = f"{workers} worker{'s' if workers > 1 else ''} ({threads or 'all'} thread{'s' if threads != 1 else ''} each)"
             return run_jobs(label, f"http://127.0.0.1:{port}", clips)
         finally:
