@@ -142,12 +142,12 @@ def fake_worker(redis_url: str, name: str = "worker-fake", queue: str = "stt.cpu
 
 
 @contextlib.contextmanager
-def gateway(tmp_path, redis_url: str, name: str):
+def gateway(tmp_path, redis_url: str, name: str, **queue):
     base = Settings()
     settings = base.model_copy(
         update={
             "server": base.server.model_copy(update={"data_dir": tmp_path / name}),
-            "queue": QueueSettings(broker_url=redis_url),
+            "queue": QueueSettings(broker_url=redis_url, **queue),
         }
     )
     local = FakeDecoder()  # the gateway's own decoder: scaled out, live windows must not come here
@@ -329,3 +329,48 @@ def test_live_windows_go_to_a_gpu_worker_and_fall_back_to_cpu_when_it_fails(tmp_
             assert registry.counters().get("gpu_fallbacks", 0) >= 1
         finally:
             registry.close()
+
+
+def test_a_redis_restart_mid_stream_loses_no_final(tmp_path):
+    """Redis restarted without persistence mid-stream: it forgets the session, the windows queued and
+    the workers' registry. The gateway writes the session again (it is not 'taken over'), windows no
+    worker answered are asked again, the worker announces itself again, and every final arrives once
+    on the same connection."""
+    from redisserver import RedisServer
+
+    from malsori.client import AsyncStreamClient, ErrorEvent, FinalEvent, StreamOptions
+
+    redis = RedisServer(tmp_path / "redis", appendonly=False).start()
+    pcm = (np.clip(tone_speech(SCRIPT), -1, 1) * 32767).astype("<i2").tobytes()
+    try:
+        with fake_worker(redis.url), gateway(tmp_path, redis.url, "r", live_timeout_s=2.0) as (_, url, _):
+
+            async def scenario():
+                client = AsyncStreamClient(url, StreamOptions(language="en"))
+                ready = await client.connect()
+                events: list = []
+
+                async def read():
+                    async for event in client:
+                        events.append(event)
+
+                reader = asyncio.create_task(read())
+                for i in range(0, len(pcm), 3200):
+                    if i == len(pcm) // 2 // 3200 * 3200:
+                        await wait_for(lambda: any(isinstance(e, FinalEvent) for e in events), "a final before the restart")
+                        await asyncio.to_thread(redis.restart)
+                    await client.send_audio(pcm[i : i + 3200])
+                    await asyncio.sleep(0.02)
+                await client.stop()
+                await asyncio.wait_for(reader, 30)
+                return ready, events, client.resumes
+
+            ready, events, resumes = asyncio.run(asyncio.wait_for(scenario(), 60))
+            import redis as redis_py
+
+            stored = redis_py.Redis.from_url(redis.url).hget(f"malsori:live:s:{ready.session_id}", "ended")
+    finally:
+        redis.stop()
+    assert " ".join(e.text for e in events if isinstance(e, FinalEvent)) == WORDS
+    assert resumes == 0 and not any(isinstance(e, ErrorEvent) and e.fatal for e in events)
+    assert stored == b"1"  # written again after the restart, to its end

@@ -136,6 +136,9 @@ class QueueSettings(BaseModel):
     """Redis transport: an unacknowledged task is delivered again after this long (tasks are idempotent)."""
     request_timeout_s: float = Field(default=600.0, gt=0)
     """Longest a gateway waits for a worker to decode a synchronous request's windows."""
+    live_timeout_s: float = Field(default=15.0, gt=0)
+    """Longest a gateway waits for a worker to answer a batch of live windows; then it asks again (a
+    worker that died with them, Redis restarted). Under it: a long window queued behind others."""
     metrics_port: int = 0
     """Port of a worker's Prometheus /metrics (0: none)."""
     worker_decoder: str = "model"

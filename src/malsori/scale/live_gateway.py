@@ -32,9 +32,9 @@ def start_live(services: Services, redis_url: str) -> None:
     settings = services.settings
     prefix = settings.queue.key_prefix
     name = gateway_id()
-    remote = RemoteWindowDecoder(
-        redis_url, gateway_id=name, queue=window_queue(prefix, settings.queue.cpu_queue), route=_router(services)
-    )
+    q = settings.queue
+    queue = window_queue(prefix, q.cpu_queue)
+    remote = RemoteWindowDecoder(redis_url, gateway_id=name, timeout_s=q.live_timeout_s, queue=queue, route=_router(services))
     services.live_scheduler = DecodeScheduler(
         remote,
         max_batch=settings.engine.max_batch_size,

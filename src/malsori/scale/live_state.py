@@ -59,8 +59,12 @@ SESSION_TTL_S = 3600
 _EVENTS = {cls.type: cls for cls in (Partial, Final, Language, Error, End)}
 
 # KEYS: hash, events. ARGV: epoch, checkpoint JSON, ttl, ended flag, events JSON...
+# Returns 1 (written), 0 (another gateway took the session over), -1 (the session is not in Redis:
+# Redis lost it, e.g. restarted without persistence; the writer puts it back and writes again).
 _WRITE = """
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then return -1 end
+if epoch ~= ARGV[1] then return 0 end
 for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 if #ARGV >= 5 then redis.call('LTRIM', KEYS[2], -4096, -1) end
 redis.call('HSET', KEYS[1], 'checkpoint', ARGV[2])
@@ -102,6 +106,8 @@ class _Writer:
     task: asyncio.Task | None = None
     epoch: int = 1
     written_position: int = -1
+    meta: dict = field(default_factory=dict)
+    """What :meth:`LiveStore.track` wrote first, to write again if Redis loses the session."""
 
 
 class LiveStore:
@@ -162,24 +168,18 @@ class LiveStore:
     # -- writing (the Journal) -------------------------------------------------------------------------
     def track(self, live: LiveSession) -> None:
         """Keep ``live`` (just created here) in Redis from now on."""
-        meta = {
-            "token": live.token,
-            "sample_rate": live.sample_rate,
-            "encoding": live.encoding,
-            "protocol": live.protocol,
-            "labels": json.dumps(live.labels),
-            "config": json.dumps(live.session.config.to_dict()),
-            "epoch": 1,
-            "owner": self.gateway_id,
-            "ended": "0",
-            "checkpoint": _checkpoint_json(live, live.session.checkpoint()),
-        }
-        self._start(live, epoch=1, first=("create", meta))
+        self._start(live, epoch=1, create=True)
 
-    def _start(self, live: LiveSession, *, epoch: int, first: tuple | None = None) -> None:
-        writer = self._writers[live.id] = _Writer(live, epoch=epoch)
-        if first is not None:
-            writer.queue.put_nowait(first)
+    def _start(self, live: LiveSession, *, epoch: int, create: bool = False) -> None:
+        meta = {
+            "token": live.token, "sample_rate": live.sample_rate, "encoding": live.encoding, "protocol": live.protocol,
+            "labels": json.dumps(live.labels), "config": json.dumps(live.session.config.to_dict()), "owner": self.gateway_id,
+            "ended": "0",
+        }  # fmt: skip
+        writer = self._writers[live.id] = _Writer(live, epoch=epoch, meta=meta)
+        if create:
+            checkpoint = _checkpoint_json(live, live.session.checkpoint())
+            writer.queue.put_nowait(("create", {**meta, "epoch": epoch, "checkpoint": checkpoint}))
         writer.task = task = asyncio.create_task(self._run(live, writer), name=f"live-journal-{live.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -218,12 +218,16 @@ class LiveStore:
             args = [writer.epoch, checkpoint, ttl, "1" if ended else "0", *(json.dumps(e.to_dict()) for e in events)]
             try:
                 written = await self._write(keys=keys, args=args)
+                if written == -1:  # Redis lost the session (restarted): put it back, then write
+                    log.warning("live session %s: not in Redis any more; writing it again", live.id)
+                    await self._redis.hset(keys[0], mapping={**writer.meta, "epoch": writer.epoch, "checkpoint": checkpoint})
+                    written = await self._write(keys=keys, args=args)
             except redis.RedisError as exc:
                 # Availability first: the client gets its events; only a resume elsewhere may miss them.
                 self.write_failures += 1
                 log.warning("live session %s: events not kept in Redis (%s)", live.id, exc)
                 written = 1
-            if not written:
+            if written == 0:
                 if self._writers.get(live.id) is writer:
                     self._fenced(live)
                 return
