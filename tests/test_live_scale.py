@@ -156,7 +156,7 @@ def gateway(tmp_path, redis_url: str, name: str, **queue):
         yield app.state.services, f"ws://127.0.0.1:{port}/v1/stream", local
 
 
-async def wait_for(condition, what: str, timeout: float = 10.0) -> None:
+async def wait_for(condition, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -196,17 +196,17 @@ def test_a_cut_stream_resumes_on_the_other_gateway_with_every_final_once(tmp_pat
                 await client.send_audio(pcm[i : i + frame])
                 await asyncio.sleep(0.02)  # 5x real time
             await client.stop()
-            await asyncio.wait_for(reader, 20)
+            await asyncio.wait_for(reader, 90)
             return ready, finals, client.resumes
 
-        ready, finals, resumes = asyncio.run(asyncio.wait_for(scenario(), 60))
+        ready, finals, resumes = asyncio.run(asyncio.wait_for(scenario(), 180))
         assert resumes == 1 and b.live_store.adopted == 1 and a.live_store.adopted == 0
         assert " ".join(f.text for f in finals) == WORDS
         seqs = [f.seq for f in finals]
         assert seqs == sorted(set(seqs))
         assert worker.windows and not local_a.windows and not local_b.windows  # the worker decoded every window
         # Gateway A lets go of the session (its next write is refused: B owns it now).
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while a.sessions.get(ready.session_id) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert a.sessions.get(ready.session_id) is None
@@ -225,9 +225,10 @@ def test_a_window_no_worker_answers_fails_as_overload_and_is_not_decoded_late(re
         options = StreamConfig().final_options()
         lost = remote.submit([window], options)[0]
         with pytest.raises(OverloadedError, match="no worker answered"):
-            lost.result(timeout=5)
+            lost.result(timeout=30)
         from malsori.scale.live_worker import serve_live_windows
 
+        remote.timeout_s = 60.0  # from here on the worker answers (however loaded the machine is)
         decoder, stop = FakeDecoder(), threading.Event()
         args = (decoder, redis_server.url, "w", stop)
         thread = threading.Thread(target=serve_live_windows, args=args, kwargs={"queue": "t:live:windows"})
@@ -276,10 +277,10 @@ def test_a_gateway_that_shuts_down_hands_its_streams_to_another(tmp_path, redis_
                 await client.send_audio(pcm[i : i + frame])
                 await asyncio.sleep(0.02)
             await client.stop()
-            await asyncio.wait_for(reader, 20)
+            await asyncio.wait_for(reader, 90)
             return events, client.resumes
 
-        events, resumes = asyncio.run(asyncio.wait_for(scenario(), 60))
+        events, resumes = asyncio.run(asyncio.wait_for(scenario(), 180))
         adopted = b.live_store.adopted
     finals = [e for e in events if isinstance(e, FinalEvent)]
     assert resumes == 1 and adopted == 1
@@ -317,12 +318,12 @@ def test_live_windows_go_to_a_gpu_worker_and_fall_back_to_cpu_when_it_fails(tmp_
         fake_worker(redis_server.url, "gpu-1", queue="stt.gpu", device="cuda") as gpu_decoder,
         gateway(tmp_path, redis_server.url, "routed") as (_, url, _),
     ):
-        assert asyncio.run(asyncio.wait_for(stream_once(url, script), 30)) == ["alpha bravo", "charlie delta"]
+        assert asyncio.run(asyncio.wait_for(stream_once(url, script), 120)) == ["alpha bravo", "charlie delta"]
         gpu = cast(SwitchableDecoder, gpu_decoder)
         assert gpu.windows and not cpu.windows
         gpu.fail = True
         decoded_on_gpu = len(gpu.windows)
-        assert asyncio.run(asyncio.wait_for(stream_once(url, script), 30)) == ["alpha bravo", "charlie delta"]
+        assert asyncio.run(asyncio.wait_for(stream_once(url, script), 120)) == ["alpha bravo", "charlie delta"]
         assert cpu.windows and len(gpu.windows) == decoded_on_gpu
         registry = Registry(redis_server.url)
         try:
@@ -362,10 +363,10 @@ def test_a_redis_restart_mid_stream_loses_no_final(tmp_path):
                     await client.send_audio(pcm[i : i + 3200])
                     await asyncio.sleep(0.02)
                 await client.stop()
-                await asyncio.wait_for(reader, 30)
+                await asyncio.wait_for(reader, 90)
                 return ready, events, client.resumes
 
-            ready, events, resumes = asyncio.run(asyncio.wait_for(scenario(), 60))
+            ready, events, resumes = asyncio.run(asyncio.wait_for(scenario(), 180))
             import redis as redis_py
 
             stored = redis_py.Redis.from_url(redis.url).hget(f"malsori:live:s:{ready.session_id}", "ended")
