@@ -158,6 +158,11 @@ def test_gateways_have_health_checks_and_a_drain_period(docker_compose):
         service = config["services"][name]
         assert "/is_ready" in " ".join(service["healthcheck"]["test"])
         assert service["stop_grace_period"] in ("1m", "1m0s", "60s")
+    # Workers serve no API on 8000 (the image's own check): theirs is the metrics port.
+    for name in ("worker-cpu", "worker-gpu"):
+        service = config["services"][name]
+        port = service["environment"]["MALSORI__QUEUE__METRICS_PORT"]
+        assert f"http://127.0.0.1:{port}/metrics" in service["healthcheck"]["test"]
 
 
 def test_grafana_is_provisioned_with_the_datasource_the_dashboard_uses(docker_compose):
