@@ -130,7 +130,7 @@ def deployment(redis_server, tmp_path_factory):
         workers["gpubad"] = WorkerProcess("gpubad", "stt.gpu", failing_env, root)
         try:
             with running_app(create_app(settings, transcriber=FakeDecoder())) as port:
-                yield f"http://127.0.0.1:{port}", workers
+                yield f"http://127.0.0.1:{port}", workers, settings
         finally:
             for worker in workers.values():
                 worker.stop()
@@ -162,7 +162,7 @@ def _counters(base: str) -> dict:
 
 @pytest.mark.e2e
 def test_gpu_mode_is_refused_while_no_gpu_worker_is_alive(deployment, testdata):
-    base, _ = deployment
+    base, _, _ = deployment
     refused = _mode(base, "gpu")
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "gpu_unavailable" and "no GPU worker is alive" in refused.json()["error"]["message"]
@@ -173,7 +173,7 @@ def test_gpu_mode_is_refused_while_no_gpu_worker_is_alive(deployment, testdata):
 
 @pytest.mark.e2e
 def test_the_mode_really_routes_between_gpu_and_cpu_workers(deployment, testdata):
-    base, workers = deployment
+    base, workers, _ = deployment
     workers["gpu1"].start()
     try:
         deadline = time.monotonic() + 10
@@ -199,7 +199,7 @@ def test_the_mode_really_routes_between_gpu_and_cpu_workers(deployment, testdata
 
 @pytest.mark.e2e
 def test_work_that_fails_on_the_gpu_finishes_on_the_cpu_and_is_counted(deployment, testdata):
-    base, workers = deployment
+    base, workers, _ = deployment
     workers["gpubad"].start()
     try:
         before = _counters(base).get("gpu_fallbacks", 0)
@@ -222,7 +222,7 @@ def test_work_that_fails_on_the_gpu_finishes_on_the_cpu_and_is_counted(deploymen
 def test_a_worker_serves_its_prometheus_metrics(deployment):
     from prometheus_client.parser import text_string_to_metric_families
 
-    _, workers = deployment
+    _, workers, _ = deployment
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(httpx.get(workers["cpu1"].metrics_url, timeout=10).text)
@@ -235,8 +235,32 @@ def test_a_worker_serves_its_prometheus_metrics(deployment):
 
 
 @pytest.mark.e2e
+def test_a_job_its_live_worker_no_longer_runs_goes_back_to_the_queue(deployment, testdata):
+    """A row left running by a worker that is alive but does not run it (its task died with the
+    database, say) is not left to wait forever: the sweep sees the job missing from the worker's
+    heartbeat and sends it again."""
+    from malsori.jobs import JobService
+
+    base, _, settings = deployment
+    before = _counters(base).get("jobs_recovered", 0)
+    service = JobService.from_settings(settings)  # no runner and no dispatch: the row is only written
+    try:
+        with (testdata / "en" / "jfk.flac").open("rb") as audio:
+            job_id = service.submit(audio, filename="jfk.flac").id
+        assert service.repository.claim(job_id, worker="cpu1") is not None  # "cpu1 runs it" (it does not)
+    finally:
+        service.close()
+    deadline = time.monotonic() + 60
+    while (job := httpx.get(f"{base}/v1/jobs/{job_id}", timeout=10).json())["state"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)  # an HTTP client learns a job's state by asking
+    assert (job["state"], job["worker"], job["attempts"]) == ("succeeded", "cpu1", 2)
+    assert _counters(base)["jobs_recovered"] == before + 1
+
+
+@pytest.mark.e2e
 def test_is_ready_follows_the_workers(deployment, testdata):
-    base, workers = deployment
+    base, workers, _ = deployment
     assert httpx.get(f"{base}/is_ready", timeout=10).status_code == 200
     workers["cpu1"].stop()
     try:

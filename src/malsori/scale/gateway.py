@@ -341,12 +341,22 @@ class ScaleGateway:
     def _recover_dead_workers_jobs(self) -> None:
         assert self.jobs is not None
         jobs = self.jobs
-        alive = {w.name for w in self.registry.alive()}
+        alive = {w.name: w for w in self.registry.alive()}
+        now = time.time()
         for job in jobs.repository.unfinished():
-            if job.state.value != "running" or (job.worker is not None and job.worker in alive):
+            if job.state.value != "running":
                 continue
+            owner = alive.get(job.worker) if job.worker is not None else None
+            if owner is not None:
+                # Alive, and running it (or claimed it moments ago): leave it. Alive but not running it
+                # (its task died with the database, say): the job would wait forever, so it goes back.
+                started = job.started_at.timestamp() if job.started_at else now
+                if job.id in owner.jobs or now - started < 2 * self.q.worker_ttl_s:
+                    continue
             has_upload = job.upload_path is not None and Path(job.upload_path).is_file()
-            who = f"worker {job.worker}" if job.worker else "a server that is gone"
+            who = f"worker {job.worker} (dead)" if job.worker else "a server that is gone"
+            if owner is not None:
+                who = f"worker {job.worker} (alive, but no longer running it)"
             if job.attempts >= jobs.max_attempts:
                 jobs.repository.fail(
                     job.id,
@@ -356,7 +366,7 @@ class ScaleGateway:
             elif not has_upload:
                 jobs.repository.fail(job.id, "upload_lost", "upload lost: this job's audio file was not found; submit it again")
             elif jobs.repository.requeue(job.id, worker=job.worker):
-                log.info("job %s: %s is dead; sent to another worker", job.id, who)
+                log.info("job %s: %s; sent to a worker again", job.id, who)
                 self.registry.count("jobs_recovered")
                 self.dispatch_job(job.id)
 

@@ -42,6 +42,8 @@ class WorkerInfo:
     host: str = field(default_factory=socket.gethostname)
     started_at: float = field(default_factory=time.time)
     heartbeat_at: float = 0.0
+    jobs: tuple[str, ...] = ()
+    """Ids of the jobs it is running (the sweep requeues a job its worker no longer runs)."""
     live_address: str | None = None
     """Where its live-window server listens, when it runs one (docs/scaling.md)."""
     metrics_port: int = 0
@@ -53,12 +55,14 @@ class WorkerInfo:
     def to_json(self) -> str:
         data = asdict(self)
         data["queues"] = list(self.queues)
+        data["jobs"] = list(self.jobs)
         return json.dumps(data)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> WorkerInfo:
         data = json.loads(raw)
         data["queues"] = tuple(data.get("queues", ()))
+        data["jobs"] = tuple(data.get("jobs", ()))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -128,6 +128,7 @@ class WorkerRuntime:
         self.celery = make_celery(self.q)
         self.metrics = WorkerMetrics()
         self._running = 0
+        self._jobs: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.decoder: Any = None
@@ -191,6 +192,8 @@ class WorkerRuntime:
         while not self._stop.is_set():
             assert self.info is not None
             self.info.running = self._running
+            with self._lock:
+                self.info.jobs = tuple(sorted(self._jobs))
             try:
                 self.registry.announce(self.info)
                 if failing:
@@ -281,10 +284,14 @@ class WorkerRuntime:
             return self._fallback(JOB_TASK, [record.id], exc)
 
         self._track(+1)
+        with self._lock:
+            self._jobs.add(job_id)
         try:
             final = self.jobs.execute(job, self.scheduler, on_error=on_error)
         finally:
             self._track(-1)
+            with self._lock:
+                self._jobs.discard(job_id)
         outcome = final.state.value if final is not None else "vanished"
         self.metrics.tasks.labels("job", outcome).inc()
         self.metrics.task_seconds.labels("job").observe(time.perf_counter() - started)
@@ -333,7 +340,12 @@ class WorkerRuntime:
     def register_tasks(self) -> None:
         runtime = self
 
-        @self.celery.task(name=JOB_TASK)
+        from sqlalchemy.exc import OperationalError
+
+        # The database away: the task is sent again later (with backoff) instead of being lost.
+        retry = {"autoretry_for": (OperationalError,), "retry_backoff": 2, "retry_backoff_max": 60, "max_retries": None}
+
+        @self.celery.task(name=JOB_TASK, **retry)
         def job(job_id: str) -> dict[str, Any]:
             return runtime.run_job(job_id)
 
