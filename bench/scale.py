@@ -54,16 +54,16 @@ class Result:
         )
 
 
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
+def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{url}: exited with {process.returncode}")
+            raise RuntimeError(f"{url}: exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/is_ready", timeout=2).status_code == 200:
                 return
         time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout} s")
+    raise RuntimeError(f"{url} not ready after {timeout} s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -169,7 +169,7 @@ def in_process(clips, root: Path) -> Result:
         ["serve", "--port", str(port), "--data-dir", str(root / "inproc"), "--log-level", "warning"], {}, root / "inproc.log"
     )
     try:
-        _wait_ready(f"http://127.0.0.1:{port}", server)
+        _wait_ready(f"http://127.0.0.1:{port}", server, root / "inproc.log")
         return run_jobs("in-process (make run)", f"http://127.0.0.1:{port}", clips)
     finally:
         _stop([server])
@@ -196,7 +196,7 @@ def scaled(clips, root: Path, workers: int, threads: int) -> Result:
         gateway = _spawn(["serve", "--port", str(port), "--log-level", "warning"], env, root / f"gateway{workers}.log")
         processes.append(gateway)
         try:
-            _wait_ready(f"http://127.0.0.1:{port}", gateway)
+            _wait_ready(f"http://127.0.0.1:{port}", gateway, root / f"gateway{workers}.log")
             deadline = time.monotonic() + 120  # the gateway is ready at the first worker: wait for every one
             while len(httpx.get(f"http://127.0.0.1:{port}/stt/status", timeout=10).json()["scale"]["workers"]) < workers:
                 if time.monotonic() > deadline:
