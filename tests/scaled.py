@@ -62,7 +62,9 @@ def scaled_env(redis_url: str, db_url: str, data_dir: Path, **extra: str) -> dic
         "MALSORI__STORAGE__URL": db_url,
         "MALSORI__SERVER__DATA_DIR": str(data_dir),
         "MALSORI__QUEUE__HEARTBEAT_S": "0.5",
-        "MALSORI__QUEUE__WORKER_TTL_S": "3",
+        # Well above the heartbeat: tests run at nice 19 beside benchmarks, and a starved heartbeat
+        # must not pass for a dead worker.
+        "MALSORI__QUEUE__WORKER_TTL_S": "8",
         **extra,
     }
 
@@ -76,7 +78,7 @@ class WorkerProcess:
         self.process: subprocess.Popen | None = None
         self.metrics_url: str | None = None
 
-    def start(self, timeout: float = 120.0) -> WorkerProcess:
+    def start(self, timeout: float = 300.0) -> WorkerProcess:
         import redis
 
         command = [sys.executable, "-m", "malsori.cli.app", "worker", "--queues", self.queues, "--name", self.name]

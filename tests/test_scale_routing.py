@@ -116,7 +116,7 @@ def deployment(redis_server, tmp_path_factory):
             redis_server.url, db, root / "data", MALSORI__QUEUE__KEY_PREFIX="gpu", MALSORI__QUEUE__WORKER_DECODER="fake"
         )
         settings = Settings(
-            queue=QueueSettings(broker_url=redis_server.url, key_prefix="gpu", heartbeat_s=0.5, worker_ttl_s=3),
+            queue=QueueSettings(broker_url=redis_server.url, key_prefix="gpu", heartbeat_s=0.5, worker_ttl_s=8),
             storage=StorageSettings(url=db),
             server=ServerSettings(data_dir=root / "data"),
         )
