@@ -84,7 +84,9 @@ def test_every_profile_validates_and_starts_what_it_needs(docker_compose, profil
 
 
 def test_the_default_profile_is_the_single_process():
-    env = dict(line.split("=", 1) for line in (DEPLOY / ".env").read_text().split("\n") if "=" in line and not line.startswith("#"))
+    env = dict(
+        line.split("=", 1) for line in (DEPLOY / ".env").read_text().split("\n") if "=" in line and not line.startswith("#")
+    )
     assert env["COMPOSE_PROFILES"] == "single"
 
 

@@ -28,7 +28,9 @@ import yaml
 from debian import ensure_program
 from inprocess import running_app
 
-pytestmark = [pytest.mark.e2e, pytest.mark.model]
+# The module's traffic runs through the real model in this (nice 19) process: on a loaded 2-core
+# machine its setup alone has taken minutes, so the limit is above the suite's default 600 s.
+pytestmark = [pytest.mark.e2e, pytest.mark.model, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -137,6 +139,7 @@ class Prometheus:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = root / "prometheus.log"
+        self.http = httpx.Client(base_url=self.url, timeout=10)
         command = [
             str(binary),
             f"--config.file={root / 'prometheus.yml'}",
@@ -144,17 +147,17 @@ class Prometheus:
             f"--web.listen-address=127.0.0.1:{self.port}",
         ]
         self.process = subprocess.Popen(command, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
-        _wait(self._ready, 60, f"prometheus to start:\n{self.log()}")
+        _wait(self._ready, 120, f"prometheus to start:\n{self.log()}")
 
     def _ready(self) -> bool:
         assert self.process.poll() is None, self.log()
         try:
-            return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+            return self.http.get("/-/ready", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
     def query(self, expr: str) -> list[dict]:
-        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
+        answer = self.http.get("/api/v1/query", params={"query": expr}).json()
         assert answer["status"] == "success", (expr, answer)
         return answer["data"]["result"]
 
@@ -166,6 +169,7 @@ class Prometheus:
         return self.log_path.read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
+        self.http.close()
         self.process.terminate()
         self.process.wait(15)
 
@@ -182,7 +186,9 @@ def scaled(redis_server, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("prometheus-scaled")
     with pg_database() as db:
-        env = scaled_env(redis_server.url, db, root / "data", MALSORI__QUEUE__KEY_PREFIX="prom", MALSORI__QUEUE__WORKER_DECODER="fake")
+        env = scaled_env(
+            redis_server.url, db, root / "data", MALSORI__QUEUE__KEY_PREFIX="prom", MALSORI__QUEUE__WORKER_DECODER="fake"
+        )
         metrics_port = _free_port()
         worker = WorkerProcess("prom1", "stt.cpu", {**env, "MALSORI__QUEUE__METRICS_PORT": str(metrics_port)}, root).start()
         settings = Settings(
@@ -204,7 +210,10 @@ def prometheus(prometheus_binary, server, scaled, tmp_path_factory):
     prom = Prometheus(
         prometheus_binary,
         tmp_path_factory.mktemp("prometheus"),
-        {"malsori": [f"127.0.0.1:{server}", f"127.0.0.1:{gateway}"], "malsori-worker": [f"127.0.0.1:{worker}", f"127.0.0.1:{gone}"]},
+        {
+            "malsori": [f"127.0.0.1:{server}", f"127.0.0.1:{gateway}"],
+            "malsori-worker": [f"127.0.0.1:{worker}", f"127.0.0.1:{gone}"],
+        },
     )
     yield prom
     prom.stop()
@@ -214,7 +223,7 @@ def prometheus(prometheus_binary, server, scaled, tmp_path_factory):
 async def _live_stream(port: int, audio: np.ndarray) -> int | None:
     from malsori.engine import float32_to_pcm16
 
-    async with websockets.connect(f"ws://127.0.0.1:{port}/v1/stream", max_size=None) as ws:
+    async with websockets.connect(f"ws://127.0.0.1:{port}/v1/stream", max_size=None, open_timeout=60) as ws:
         await ws.send(json.dumps({"type": "start", "sample_rate": SR, "encoding": "pcm_s16le", "language": "en"}))
         assert json.loads(await ws.recv())["type"] == "ready"
         n = SR // 10
@@ -242,9 +251,9 @@ def _round(port: int, testdata: Path, audio: np.ndarray) -> None:
         assert answer.status_code == 200 and "country" in answer.json()["text"], answer.text
         job = client.post("/v1/jobs", files={"file": ("jfk.flac", jfk)}, data={"language": "en"})
         assert job.status_code == 202, job.text
+        assert client.delete(job.headers["location"]).status_code in (200, 202)  # its decode is not needed here
         assert client.post("/v1/audio/transcriptions", files={"file": ("x.wav", b"not audio")}).status_code == 415
         assert client.get("/v1/jobs/no-such-job").status_code == 404
-        _wait(lambda: client.get(job.headers["location"]).json()["state"] == "succeeded", 120, "the job")
 
 
 def _scaled_round(port: int, testdata: Path) -> None:
@@ -254,7 +263,7 @@ def _scaled_round(port: int, testdata: Path) -> None:
         job = client.post("/v1/jobs", files={"file": ("jfk.flac", jfk)})
         assert job.status_code == 202, job.text
         assert client.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", jfk)}).status_code == 200
-        _wait(lambda: client.get(job.headers["location"]).json()["state"] == "succeeded", 60, "the scaled job")
+        _wait(lambda: client.get(job.headers["location"]).json()["state"] == "succeeded", 180, "the scaled job")
 
 
 @pytest.fixture(scope="module")
@@ -262,16 +271,18 @@ def scraped(prometheus, server, scaled, testdata):
     """Two rounds of traffic, each seen by Prometheus before the next, so every rate has two samples."""
     from malsori.engine import decode_audio
 
-    _wait(lambda: prometheus.value('up{job="malsori"}') == 2, 30, "the first scrape of the gateways")
+    _wait(lambda: prometheus.value('up{job="malsori"}') == 2, 120, "the first scrape of the gateways")
     audio = np.concatenate([decode_audio(testdata / "en" / "jfk.flac"), np.zeros(SR, dtype=np.float32)])
     for round_no in (1, 2):
         _round(server, testdata, audio)
         _scaled_round(scaled[0], testdata)
         _wait(
-            lambda: prometheus.value('sum(malsori_http_requests_total{route="/v1/jobs"})') >= 2 * round_no
-            and prometheus.value("sum(malsori_live_final_latency_seconds_count)") >= round_no
-            and prometheus.value('sum(malsori_worker_tasks_total{task="job"})') >= round_no,
-            30,
+            lambda: (
+                prometheus.value('sum(malsori_http_requests_total{route="/v1/jobs"})') >= 2 * round_no
+                and prometheus.value("sum(malsori_live_final_latency_seconds_count)") >= round_no
+                and prometheus.value('sum(malsori_worker_tasks_total{task="job"})') >= round_no
+            ),
+            120,
             f"Prometheus to scrape round {round_no}",
         )
     return prometheus
@@ -286,7 +297,7 @@ def test_promtool_checks_the_shipped_config_and_rules(prometheus_binary):
 
 
 def test_every_metric_the_dashboard_and_the_alerts_name_exists(scraped):
-    names = set(httpx.get(f"{scraped.url}/api/v1/label/__name__/values").json()["data"])
+    names = set(scraped.http.get("/api/v1/label/__name__/values").json()["data"])
     expressions = [expr for _, expr in dashboard_expressions()] + [rule["expr"] for rule in alert_rules()]
     wanted = {name for expr in expressions for name in re.findall(r"\b(malsori_[a-z0-9_]+)", expr)}
     assert wanted and not wanted - names, sorted(wanted - names)
@@ -318,12 +329,12 @@ def test_every_alert_expression_returns_data_and_every_rule_evaluates(scraped):
     assert not empty, empty
 
     def evaluated() -> list[dict] | None:
-        groups = httpx.get(f"{scraped.url}/api/v1/rules").json()["data"]["groups"]
+        groups = scraped.http.get("/api/v1/rules").json()["data"]["groups"]
         loaded = [rule for group in groups for rule in group["rules"]]
         done = all(not rule["lastEvaluation"].startswith("0001") for rule in loaded)
         return loaded if done and loaded else None
 
-    loaded = _wait(evaluated, 30, "every rule to be evaluated once")
+    loaded = _wait(evaluated, 120, "every rule to be evaluated once")
     assert len(loaded) == len(rules)
     assert all(rule["health"] == "ok" for rule in loaded), [(r["name"], r.get("lastError")) for r in loaded]
     # The one alert that must be firing here: one worker target of this test is a closed port.
