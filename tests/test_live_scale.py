@@ -375,3 +375,17 @@ def test_a_redis_restart_mid_stream_loses_no_final(tmp_path):
     assert " ".join(e.text for e in events if isinstance(e, FinalEvent)) == WORDS
     assert resumes == 0 and not any(isinstance(e, ErrorEvent) and e.fatal for e in events)
     assert stored == b"1"  # written again after the restart, to its end
+
+
+def test_busy_fraction_counts_overlapping_batches_once():
+    """A gateway's live scheduler has two batches on workers at once: two batches in flight over the
+    same second are one busy second, or partials would be held back as if the decoder were twice as busy."""
+    from malsori.engine.scheduler import DecodeScheduler
+
+    scheduler = DecodeScheduler(FakeDecoder(), workers=2)
+    try:
+        now = time.perf_counter()
+        scheduler._busy.extend([(now - 3.0, now - 2.0), (now - 2.5, now - 1.5), (now - 12.0, now - 9.5)])
+        assert scheduler.busy_fraction(10.0) == pytest.approx(0.2, abs=0.01)  # 1.5 s + the 0.5 s inside the horizon
+    finally:
+        scheduler.close()

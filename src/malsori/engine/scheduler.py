@@ -208,7 +208,14 @@ class DecodeScheduler:
         now = time.perf_counter()
         with self._cond:
             spans = list(self._busy)
-        busy = sum(min(end, now) - max(start, now - horizon_s) for start, end in spans if end > now - horizon_s)
+        # The union of the spans: with several worker threads (scaled out, a gateway has two batches
+        # on workers at once) overlapping spans are one busy stretch, not two.
+        busy, reach = 0.0, now - horizon_s
+        for start, end in sorted(spans):
+            begin, end = max(start, reach), min(end, now)
+            if end > begin:
+                busy += end - begin
+                reach = end
         return max(0.0, min(1.0, busy / horizon_s))
 
     def stats(self) -> SchedulerStats:
