@@ -140,7 +140,9 @@ async ({rate, freq, source}) => {
 @pytest.fixture
 def static_page(page):
     """A blank page on localhost (a secure context, which AudioWorklet needs), no server process."""
-    page.route("http://localhost:9/", lambda route: route.fulfill(body="<!doctype html><title>worklet</title>", content_type="text/html"))
+    page.route(
+        "http://localhost:9/", lambda route: route.fulfill(body="<!doctype html><title>worklet</title>", content_type="text/html")
+    )
     page.goto("http://localhost:9/")
     return page
 
@@ -382,3 +384,54 @@ def test_a_dropped_connection_resumes_without_losing_or_repeating_finals(page, l
     assert wer(JFK_REFERENCE, text) <= 0.15, text
     _check_no_overlap(finals)
     _check_page_shows(page, finals)
+
+
+# -- speakers ---------------------------------------------------------------------------------------
+def test_live_speakers_are_labelled_on_the_page(browser, chromium, live_server, testdata, tmp_path, artifacts):
+    """The fake microphone plays the two-speaker call; with "Label speakers" each final shows its speaker."""
+    from playwright.sync_api import expect
+
+    from malsori.engine.audio import SAMPLE_RATE, decode_audio
+
+    call = decode_audio(testdata / "diarization" / "two_speakers_call.wav")
+    audio = np.concatenate([np.zeros(int(LEAD_S * SAMPLE_RATE)), call, np.zeros(int(TAIL_S * SAMPLE_RATE))])
+    wav = tmp_path / "call.wav"
+    with wave.open(str(wav), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    fake_mic = [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+    ]
+    # Its own browser (the fake microphone is a launch argument), from the module browser's Playwright.
+    call_browser = browser.browser_type.launch(executable_path=str(chromium), headless=True, args=LAUNCH_ARGS + fake_mic)
+    try:
+        page = call_browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{live_server.url}/")
+        page.select_option("#language", "en")
+        page.check("#speakers")
+        page.click("#start")
+        expect(page.locator("#conn-state")).to_have_attribute("data-state", "live", timeout=30_000)
+        expect(page.locator("#speakers")).to_be_disabled()
+        # Finals up to the end of the call's last words (29.9 s into the call).
+        page.wait_for_function(
+            "(end) => window.malsori.finals().some((f) => f.end >= end)", arg=LEAD_S + 28.5, timeout=240_000, polling=250
+        )
+        finals = page.evaluate("window.malsori.finals()")
+        page.screenshot(path=str(artifacts / "browser-live-speakers.png"), full_page=True)
+        page.click("#stop")
+        expect(page.locator("#conn-state")).to_have_attribute("data-state", "stopped", timeout=90_000)
+        shown = page.locator("#finals li .speaker").evaluate_all("(els) => els.map((el) => el.dataset.speaker || null)")
+        names = page.locator("#finals li .speaker").all_inner_texts()
+    finally:
+        call_browser.close()
+    assert not errors, errors
+    everything = [f for f in finals if f.get("diarized")]
+    assert len(everything) == len(finals) and shown[: len(finals)] == [f["speaker"] for f in finals]
+    assert {f["speaker"] for f in finals if f["start"] < LEAD_S + call.size / SAMPLE_RATE} >= {"SPEAKER_00", "SPEAKER_01"}
+    assert all(n == "?" or re.fullmatch(r"Speaker \d+", n) for n in names), names

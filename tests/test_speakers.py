@@ -84,7 +84,9 @@ def test_two_speakers_call_found_without_the_count(diarizer, call_audio, testdat
     assert der(reference, turns, collar=0.5) <= 0.08  # the target, 0.25 s collar each side
     assert der(reference, turns, collar=0.0) <= 0.20
     # Overlap: the reference has both talking at 18.2-18.6 s and 27.9-28.5 s; two turns overlap somewhere.
-    overlaps = [(a, b) for a in result.turns for b in result.turns if a.speaker < b.speaker and a.start < b.end and b.start < a.end]
+    overlaps = [
+        (a, b) for a in result.turns for b in result.turns if a.speaker < b.speaker and a.start < b.end and b.start < a.end
+    ]
     assert overlaps
 
 
@@ -160,7 +162,9 @@ def test_formats_carry_the_speakers(three_transcript):
     assert {p[7] for p in rttm} == set(labels)
     assert [p[7] for p in rttm] == [who for _, _, who in sorted(t.speaker_turns)]
     got = [(float(p[3]), float(p[3]) + float(p[4])) for p in rttm]
-    assert [v for pair in got for v in pair] == pytest.approx([v for a, b, _ in sorted(t.speaker_turns) for v in (a, b)], abs=0.002)
+    assert [v for pair in got for v in pair] == pytest.approx(
+        [v for a, b, _ in sorted(t.speaker_turns) for v in (a, b)], abs=0.002
+    )
 
     verbose = json.loads(render(t, "verbose_json"))
     assert [s["speaker"] for s in verbose["segments"]] == [s.speaker for s in t.segments]
@@ -230,9 +234,7 @@ def test_stt_upload_with_speakers(http, testdata):
 
 @pytest.mark.e2e
 def test_stt_process_with_a_speaker_count(http):
-    response = http.post(
-        "/stt/process", json={"audio_url": f"{DIAR}/two_speakers_call.wav", "diarize": True, "num_speakers": 2}
-    )
+    response = http.post("/stt/process", json={"audio_url": f"{DIAR}/two_speakers_call.wav", "diarize": True, "num_speakers": 2})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["total_speakers"] == 2 and body["has_diarization"] is True

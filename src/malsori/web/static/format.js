@@ -18,6 +18,12 @@ export function languageLabel(code) {
   }
 }
 
+/** "SPEAKER_01" -> "Speaker 2"; unknown -> "?". */
+export function speakerName(label) {
+  const match = /^SPEAKER_(\d+)$/.exec(label || "");
+  return match ? `Speaker ${Number(match[1]) + 1}` : label || "?";
+}
+
 export function finalItem(final) {
   const item = document.createElement("li");
   if (typeof final.seq === "number") item.dataset.seq = String(final.seq);
@@ -27,6 +33,15 @@ export function finalItem(final) {
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = (final.text || "").trim();
-  item.append(time, " ", text);
+  item.append(time, " ");
+  // A diarized final names its speaker; `null` there means not known yet (shown as "?").
+  if (final.diarized || final.speaker) {
+    const who = document.createElement("span");
+    who.className = "speaker";
+    who.textContent = speakerName(final.speaker);
+    if (final.speaker) who.dataset.speaker = final.speaker;
+    item.append(who, " ");
+  }
+  item.append(text);
   return item;
 }

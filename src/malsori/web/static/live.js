@@ -5,7 +5,7 @@ import { finalItem, languageLabel } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
 let stream = null;
-const optionControls = ["language", "task", "preset"].map($);
+const optionControls = ["language", "task", "preset", "speakers"].map($);
 
 function showError(message) {
   const box = $("live-error");
@@ -84,7 +84,12 @@ async function start() {
   $("fig-latency").textContent = "–";
   $("fig-language").textContent = "–";
   setRunning(true);
-  stream = new MalsoriStream({ language: $("language").value, task: $("task").value, preset: $("preset").value });
+  stream = new MalsoriStream({
+    language: $("language").value,
+    task: $("task").value,
+    preset: $("preset").value,
+    options: $("speakers").checked ? { diarize: true } : null, // finals then carry `speaker`
+  });
   stream.addEventListener("state", onState);
   stream.addEventListener("final", onFinal);
   stream.addEventListener("figures", onFigures);

@@ -41,6 +41,7 @@ function submit(file, options) {
     form.append("file", file, file.name);
     form.append("task", options.task);
     if (options.language) form.append("language", options.language);
+    if (options.diarize) form.append("diarize", "true");
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/v1/jobs");
     xhr.upload.onprogress = (event) => {
@@ -99,7 +100,7 @@ async function transcribe(event) {
   $("upload-button").disabled = true;
   $("upload-cancel").hidden = false;
   try {
-    const job = await submit(file, { language: $("language").value, task: $("task").value });
+    const job = await submit(file, { language: $("language").value, task: $("task").value, diarize: $("speakers").checked });
     current = { job, file };
     const done = await follow(job);
     current.job = done;
