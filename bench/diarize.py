@@ -35,7 +35,6 @@ import wave
 from pathlib import Path
 
 import numpy as np
-
 from common import REPO, TESTDATA, machine_line, replace_section
 
 SR = 16000
@@ -363,7 +362,7 @@ def main() -> None:
 
     live = None
     if not args.no_live:
-        plain_finals, plain_lat = live_run(transcriber, call_audio, diarize=False)
+        _, plain_lat = live_run(transcriber, call_audio, diarize=False)
         spk_finals, spk_lat = live_run(transcriber, call_audio, diarize=True)
         right, total = words_right(spk_finals, refs[call])
         live = {
