@@ -28,13 +28,15 @@ def scaled(redis_server, tmp_path_factory):
     from scaled import WorkerProcess
 
     root = tmp_path_factory.mktemp("scaled")
+    # A slow heartbeat on a loaded machine (tests at nice 19 beside benchmarks) must not pass for a dead worker.
     env = {"MALSORI__QUEUE__BROKER_URL": redis_server.url, "MALSORI__QUEUE__HEARTBEAT_S": "0.5"}
+    env["MALSORI__QUEUE__WORKER_TTL_S"] = "30"
     worker = WorkerProcess("live", "stt.cpu", {**env, "MALSORI__SERVER__DATA_DIR": str(root / "worker")}, root)
     gateways = [LiveServer(root / name, env=env) for name in ("a", "b")]
     try:
-        worker.start(timeout=180)
+        worker.start(timeout=600)
         for gateway in gateways:
-            gateway.start()
+            gateway.start(timeout=600)  # bounds for a loaded machine: each loads its model
         yield gateways[0], gateways[1], worker
     finally:
         for gateway in gateways:
