@@ -29,7 +29,9 @@ from debian import ensure_program
 from inprocess import running_app
 from malsori.evaluation import wer
 
-pytestmark = [pytest.mark.e2e, pytest.mark.model]
+# Above the suite's default 600 s a test: on a loaded 2-core machine the real model in this nice-19
+# process has taken minutes for one stream.
+pytestmark = [pytest.mark.e2e, pytest.mark.model, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "deploy" / "nginx" / "malsori.conf"
@@ -210,7 +212,7 @@ async def _stream_finals(url: str, audio: np.ndarray, tls: ssl.SSLContext | None
     receiver = asyncio.create_task(receive())
     await _send_paced(ws, audio)
     await ws.send(json.dumps({"type": "stop"}))
-    await asyncio.wait_for(receiver, 120)
+    await asyncio.wait_for(receiver, 480)  # the model in this nice-19 process can lag far behind on a loaded machine
     assert events and events[-1]["type"] == "end", events[-3:]
     return [e["text"] for e in events if e["type"] == "final"], ws.close_code
 
