@@ -52,8 +52,11 @@ def cluster(tmp_path_factory):
         workers = [WorkerProcess(name, "stt.cpu", env, root) for name in ("w1", "w2")]
         gateways = [LiveServer(root / "data", env=env) for _ in range(2)]
         try:
-            for process in (*workers, *gateways):
-                process.start()
+            # Generous start limits: these tests run at nice 19, beside benchmarks, with four models to load.
+            for worker in workers:
+                worker.start()
+            for gateway in gateways:
+                gateway.start(timeout=600)
             yield Cluster(redis, workers, gateways)
         finally:
             for process in (*gateways, *workers):
@@ -177,7 +180,7 @@ def test_a_gateway_killed_after_accepting_jobs_loses_none(cluster, lj):
         references = " ".join(c.reference for c in clips)
         assert wer(references, " ".join(j["result"]["text"] for j in jobs)) < 0.08
     finally:
-        gone.start()
+        gone.start(timeout=600)
 
 
 def test_redis_restarted_mid_run_loses_no_job(cluster, lj):

@@ -275,3 +275,28 @@ def test_is_ready_follows_the_workers(deployment, testdata):
     finally:
         workers["cpu1"].start()
     assert httpx.get(f"{base}/is_ready", timeout=10).status_code == 200
+
+
+def test_processes_starting_together_on_a_fresh_database_all_open_it():
+    """Gateways and workers started at once race to create the jobs table (PostgreSQL refused the
+    loser's CREATE with a duplicate pg_type, and a worker or gateway failed to start)."""
+    import threading
+
+    from malsori.storage import open_engine
+
+    with pg_database() as db:
+        barrier, errors = threading.Barrier(6), []
+
+        def start() -> None:
+            barrier.wait()
+            try:
+                open_engine(db).dispose()
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []

@@ -13,11 +13,13 @@ nullable) is added to an older database at start (:data:`_ADDED_COLUMNS`).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -66,7 +68,17 @@ _ADDED_COLUMNS = {"jobs": {"worker": "VARCHAR(200)"}}
 
 
 def create_tables(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
+    # Processes that start together on a fresh database (scaled out: gateways and workers) race to
+    # create the table; the loser's CREATE fails (PostgreSQL: duplicate pg_type), and its retry finds
+    # the table there (create_all checks first).
+    for attempt in range(3):
+        try:
+            Base.metadata.create_all(engine)
+            break
+        except DatabaseError:
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
     for table, columns in _ADDED_COLUMNS.items():
         present = {c["name"] for c in inspect(engine).get_columns(table)}
         for name, sql_type in columns.items():
