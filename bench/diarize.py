@@ -260,7 +260,9 @@ def live_run(transcriber, audio: np.ndarray, diarize: bool) -> tuple[list, list[
     finals, fed = [], []
 
     async def go():
-        services = SimpleNamespace(scheduler=scheduler, metrics=SimpleNamespace(observe_final=lambda *a: None))
+        services = SimpleNamespace(
+            scheduler=scheduler, live_scheduler=None, live_store=None, metrics=SimpleNamespace(observe_final=lambda *a: None)
+        )
         manager = SessionManager(max_sessions=4)
         runner = LiveRunner(services, manager)
         done = asyncio.Event()

@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 MODEL_DIR = Path(__file__).parent / "models"
+_SEGMENT_BATCH = 2  # chunks per segmentation call: larger batches buy no speed on a CPU and cost memory
 SAMPLE_RATE = 16000
 CHUNK_SAMPLES = 10 * SAMPLE_RATE
 """The segmentation model's window (it was trained on 10 s chunks)."""
@@ -79,6 +80,8 @@ class SpeakerModels:
         opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No arena: it keeps the peak of every input length ever seen (hundreds of MB after a long file).
+        opts.enable_cpu_mem_arena = False
         try:
             self.segmentation = ort.InferenceSession(
                 str(directory / "segmentation.onnx"), opts, providers=["CPUExecutionProvider"]
@@ -93,8 +96,8 @@ class SpeakerModels:
         if len(chunks) == 0:
             return np.zeros((0, 589, 3), np.float32)
         out = []
-        for start in range(0, len(chunks), 8):
-            batch = chunks[start : start + 8, None, :].astype(np.float32)
+        for start in range(0, len(chunks), _SEGMENT_BATCH):
+            batch = chunks[start : start + _SEGMENT_BATCH, None, :].astype(np.float32)
             (logits,) = self.segmentation.run(None, {"waveform": batch})
             out.append(POWERSET[np.argmax(logits, axis=-1)])
         return np.concatenate(out)
