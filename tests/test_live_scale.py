@@ -373,7 +373,7 @@ def test_a_redis_restart_mid_stream_loses_no_final(tmp_path):
     finally:
         redis.stop()
     assert " ".join(e.text for e in events if isinstance(e, FinalEvent)) == WORDS
-    assert resumes == 0 and not any(isinstance(e, ErrorEvent) and e.fatal for e in events)
+    assert resumes == 0 and not any(isinstance(e, ErrorEvent) and e.extra.get("fatal") for e in events)
     assert stored == b"1"  # written again after the restart, to its end
 
 
