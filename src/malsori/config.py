@@ -8,11 +8,15 @@ sections, e.g. ``MALSORI__ENGINE__COMPUTE_TYPE=int8`` or ``MALSORI__SERVER__PORT
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .engine.models import default_cache_dir
+
+if TYPE_CHECKING:
+    from .engine import EngineConfig
 
 __all__ = [
     "Settings",
@@ -170,6 +174,21 @@ class Settings(BaseSettings):
     streaming: StreamingSettings = StreamingSettings()
     auth: AuthSettings = AuthSettings()
     queue: QueueSettings = QueueSettings()
+
+    def engine_config(self, model: str | None = None) -> EngineConfig:
+        """The engine's configuration from these settings (``model``: another model, same engine settings)."""
+        from .engine import EngineConfig
+
+        e = self.engine
+        return EngineConfig(
+            model=model or e.model,
+            device=e.device,
+            compute_type=e.compute_type,
+            cpu_threads=e.cpu_threads,
+            num_workers=e.num_workers,
+            max_batch_size=e.max_batch_size,
+            cache_dir=e.cache_dir,
+        )
 
     def database_url(self) -> str:
         if self.storage.url:

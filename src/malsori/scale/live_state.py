@@ -271,7 +271,8 @@ class LiveStore:
             return
         if stored[0] is None:
             return
-        if not token or not secrets.compare_digest(token.encode(), stored[0]):
+        expected = stored[0] if isinstance(stored[0], bytes) else str(stored[0]).encode()
+        if not token or not secrets.compare_digest(token.encode(), expected):
             raise AuthError("wrong resume token for this session")
         local = manager.get(session_id)
         writer = self._writers.get(session_id)

@@ -98,20 +98,9 @@ def _load_decoder(settings: Settings) -> Any:
         return FakeDecoder()
     if queue.worker_decoder != "model":
         raise ValueError(f"queue.worker_decoder must be model or fake, not {queue.worker_decoder!r}")
-    from ..engine import EngineConfig, Transcriber
+    from ..engine import Transcriber
 
-    e = settings.engine
-    return Transcriber(
-        EngineConfig(
-            model=e.model,
-            device=e.device,
-            compute_type=e.compute_type,
-            cpu_threads=e.cpu_threads,
-            num_workers=e.num_workers,
-            max_batch_size=e.max_batch_size,
-            cache_dir=e.cache_dir,
-        )
-    )
+    return Transcriber(settings.engine_config())
 
 
 class WorkerRuntime:

@@ -36,21 +36,6 @@ _ROUTE_MODULES = (jobs_routes, streaming_routes, web_routes)
 _BODY_OVERHEAD = 1 << 20
 
 
-def _engine_config(settings: Settings, model: str | None = None):
-    from ..engine import EngineConfig
-
-    e = settings.engine
-    return EngineConfig(
-        model=model or e.model,
-        device=e.device,
-        compute_type=e.compute_type,
-        cpu_threads=e.cpu_threads,
-        num_workers=e.num_workers,
-        max_batch_size=e.max_batch_size,
-        cache_dir=e.cache_dir,
-    )
-
-
 def _build_detectors(services: Services, closers: list):
     """Silero now; the Whisper tiny.en detector on first use, with its own small scheduler."""
     from ..detection import Detectors, WhisperDetector
@@ -60,7 +45,7 @@ def _build_detectors(services: Services, closers: list):
     settings = services.settings
 
     def whisper_factory() -> WhisperDetector:
-        model = Transcriber(_engine_config(settings, settings.engine.detector_model))
+        model = Transcriber(settings.engine_config(settings.engine.detector_model))
         scheduler = DecodeScheduler(
             model,
             max_batch=settings.engine.max_batch_size,
@@ -94,7 +79,7 @@ def _install_model(services: Services, transcriber, closers: list) -> None:
 async def _load_model(services: Services, closers: list) -> None:
     from ..engine import Transcriber
 
-    config = _engine_config(services.settings)
+    config = services.settings.engine_config()
     log.info("loading model %s (device %s, compute type %s)", config.model, config.device, config.compute_type)
     try:
         transcriber = await anyio.to_thread.run_sync(Transcriber, config)

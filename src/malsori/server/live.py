@@ -178,6 +178,10 @@ class LiveRunner:
         """End ``live`` now (``SessionManager.end``: its last events, then ``end``) and stop its loop."""
         if not self.manager.end(live, reason, before=before):
             return
+        self._stop_loop(live)
+
+    def _stop_loop(self, live: LiveSession) -> None:
+        """Cancel ``live``'s loop (unless it is the caller) and drop everything kept for it here."""
         task = self._tasks.pop(live.id, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -195,12 +199,7 @@ class LiveRunner:
         live.ended = True  # locally: its decodes' results are dropped, no event is published
         if self.services.live_store is not None:
             self.services.live_store.forget(live)
-        task = self._tasks.pop(live.id, None)
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-        self._wake.pop(live.id, None)
-        self._watchers.pop(live.id, None)
-        self._reasons.pop(live.id, None)
+        self._stop_loop(live)  # its arrival times too (they were kept after a release)
         connection = live.connection
         self.manager.remove(live)
         if close_code == CloseCode.POLICY_VIOLATION and hasattr(connection, "taken_over"):
