@@ -1,0 +1,117 @@
+"""Sentiment (malsori.analysis): the labelled set, the real model on clear cases and on the whole set,
+the keyword fake, the public API."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+
+import malsori.analysis
+from malsori.analysis import (
+    SENTIMENT_LABELS,
+    KeywordSentimentAnalyzer,
+    Sentiment,
+    load_sentiment_analyzer,
+    shared_sentiment_analyzer,
+)
+from malsori.evaluation import macro_f1
+
+DATA = Path(__file__).parent / "data" / "sentiment"
+
+
+def _load(name: str) -> list[dict]:
+    return [json.loads(line) for line in (DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    return shared_sentiment_analyzer("e5")
+
+
+def test_public_api_is_all():
+    public = {n for n, v in vars(malsori.analysis).items() if not n.startswith("_") and not inspect.ismodule(v)}
+    assert public - {"annotations", "threading"} == set(malsori.analysis.__all__)
+    assert malsori.analysis.SENTIMENT_LABELS == malsori.analysis.stats.SENTIMENT_LABELS
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_labelled_set_is_balanced_and_large_enough(lang):
+    rows = _load(f"eval_{lang}.jsonl")
+    counts = {label: sum(r["label"] == label for r in rows) for label in SENTIMENT_LABELS}
+    assert counts == {"negative": 30, "neutral": 30, "positive": 30}
+    assert all(r["lang"] == lang and r["text"].strip() for r in rows)
+    assert len({r["text"] for r in rows}) == len(rows)
+
+
+CLEAR = [
+    ("en", "Thank you so much, this is wonderful news!", "positive"),
+    ("en", "I love how well this works, great job.", "positive"),
+    ("en", "This is awful, I'm really angry about it.", "negative"),
+    ("en", "The whole thing broke again and I hate it.", "negative"),
+    ("en", "The meeting is in room four at ten o'clock.", "neutral"),
+    ("ko", "정말 고마워요, 너무 행복해요!", "positive"),
+    ("ko", "이 식당 음식이 정말 맛있어요.", "positive"),
+    ("ko", "진짜 최악이에요, 너무 화가 나요.", "negative"),
+    ("ko", "또 고장 나서 너무 짜증나요.", "negative"),
+    ("ko", "회의는 10시에 4번 회의실에서 합니다.", "neutral"),
+]
+
+
+def test_model_labels_clear_cases(analyzer):
+    results = analyzer.analyze([t for _, t, _ in CLEAR])
+    got = [(text, r.label) for (_, text, _), r in zip(CLEAR, results, strict=True)]
+    assert got == [(text, label) for _, text, label in CLEAR]
+    for r in results:
+        assert 1 / 3 < r.score <= 1.0
+
+
+@pytest.mark.parametrize(("lang", "floor"), [("en", 0.75), ("ko", 0.70)])
+def test_model_macro_f1_on_the_labelled_set(analyzer, lang, floor):
+    rows = _load(f"eval_{lang}.jsonl")
+    predicted = [r.label for r in analyzer.analyze([row["text"] for row in rows], language=lang)]
+    assert macro_f1([row["label"] for row in rows], predicted, SENTIMENT_LABELS) >= floor
+
+
+def test_model_empty_and_blank_texts_are_neutral(analyzer):
+    assert analyzer.analyze([]) == []
+    results = analyzer.analyze(["", "   ", "I love it"])
+    assert results[:2] == [Sentiment("neutral", 1.0), Sentiment("neutral", 1.0)]
+    assert results[2].label == "positive"
+
+
+def test_shared_analyzer_is_loaded_once():
+    assert shared_sentiment_analyzer("e5") is shared_sentiment_analyzer("e5")
+
+
+def test_keyword_fake():
+    fake = KeywordSentimentAnalyzer()
+    assert [s.label for s in fake.analyze(["a good day", "a bad day", "a day", "좋아요", "싫어요"])] == [
+        "positive",
+        "negative",
+        "neutral",
+        "positive",
+        "negative",
+    ]
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="one of e5, keywords"):
+        load_sentiment_analyzer("bert")
+
+
+def test_wire_form_round_trips():
+    s = Sentiment("positive", 0.123456)
+    assert s.to_dict() == {"label": "positive", "score": 0.1235}
+    assert Sentiment.from_dict(s.to_dict()) == Sentiment("positive", 0.1235)
+    with pytest.raises(ValueError, match="negative, neutral, positive"):
+        Sentiment.from_dict({"label": "happy", "score": 1.0})
+
+
+def test_macro_f1_by_hand():
+    # negative: P=1/1, R=1/2 -> 2/3; neutral: P=1/2, R=1/1 -> 2/3; positive: P=R=1 -> 1
+    y = ["negative", "negative", "neutral", "positive"]
+    p = ["negative", "neutral", "neutral", "positive"]
+    assert macro_f1(y, p, SENTIMENT_LABELS) == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
