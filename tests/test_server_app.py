@@ -245,8 +245,8 @@ def test_routes_modules_start_in_order_and_stop_in_reverse(fake, monkeypatch):
     with TestClient(create_app(transcriber=fake)):
         pass
     assert calls == [
-        ("start", "jobs_routes"), ("start", "streaming_routes"), ("start", "web_routes"),
-        ("stop", "web_routes"), ("stop", "streaming_routes"), ("stop", "jobs_routes"),
+        ("start", "jobs_routes"), ("start", "meetings_routes"), ("start", "streaming_routes"), ("start", "web_routes"),
+        ("stop", "web_routes"), ("stop", "streaming_routes"), ("stop", "meetings_routes"), ("stop", "jobs_routes"),
     ]
 
 

@@ -103,6 +103,8 @@ class StreamingSettings(BaseModel):
     """low-latency, balanced or accurate."""
     max_frame_bytes: int = 1024 * 1024
     """Largest binary audio frame accepted."""
+    stats_interval_s: float = Field(default=1.0, gt=0, le=2.0)
+    """How often a session started with ``stats`` gets a ``stats`` event (also after each final)."""
 
 
 class AuthSettings(BaseModel):

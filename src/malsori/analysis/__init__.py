@@ -8,6 +8,8 @@ live statistics.
 - :func:`load_sentiment_analyzer`: an analyzer by name (``e5`` or ``keywords``).
 - :func:`shared_sentiment_analyzer`: the process's one model, loaded on first use.
 - :class:`LiveStats`, :class:`StatsSnapshot`, :class:`Utterance` (:mod:`.stats`): running statistics of a session.
+- :class:`Meeting`, :class:`MeetingBook`, :class:`MeetingStore` (:mod:`.meetings`): live sessions that share a
+  ``meeting_id``, persisted through a store.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import threading
 
 from .fake import KeywordSentimentAnalyzer
+from .meetings import Meeting, MeetingBook, MeetingStore
 from .sentiment import SENTIMENT_LABELS, E5SentimentAnalyzer, Sentiment, SentimentAnalyzer, SentimentLabel
 from .stats import LiveStats, StatsSnapshot, Utterance
 
@@ -31,6 +34,9 @@ __all__ = [
     "LiveStats",
     "StatsSnapshot",
     "Utterance",
+    "Meeting",
+    "MeetingBook",
+    "MeetingStore",
 ]
 
 ANALYZER_NAMES = ("e5", "keywords")

@@ -2,7 +2,7 @@
 
 Settings are built here (or passed in), never at import. The model loads in a worker thread once the
 app is up, so ``/health`` answers at once and ``/is_ready`` says false until the model can take work.
-The routes modules of jobs, streaming and the web page each expose ``router`` plus
+The routes modules of jobs, meetings, streaming and the web page each expose ``router`` plus
 ``startup(services)`` / ``shutdown(services)``; they start in that order and stop in reverse.
 """
 
@@ -21,7 +21,7 @@ from .. import __version__, memory
 from ..config import Settings
 from ..errors import AudioTooLargeError
 from ..streaming.manager import VadFactory
-from . import http_routes, jobs_routes, streaming_routes, web_routes
+from . import http_routes, jobs_routes, meetings_routes, streaming_routes, web_routes
 from .errors import error_response, install_error_handlers
 from .metrics import Metrics, MetricsMiddleware
 from .metrics import router as metrics_router
@@ -31,7 +31,8 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
-_ROUTE_MODULES = (jobs_routes, streaming_routes, web_routes)
+# meetings before streaming: live sessions end (and write their meetings) before the writer stops.
+_ROUTE_MODULES = (jobs_routes, meetings_routes, streaming_routes, web_routes)
 # Room for multipart framing and form fields on top of the largest accepted file.
 _BODY_OVERHEAD = 1 << 20
 

@@ -16,14 +16,17 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..analysis.meetings import Meeting
+from ..analysis.stats import LiveStats, Utterance
 from ..engine.scheduler import DecodeScheduler, Priority
 from ..errors import MalsoriError, OverloadedError
 from ..protocol import CloseCode
-from ..streaming.events import End, Error, Event, Final
+from ..streaming.events import End, Error, Event, Final, Stats
 from ..streaming.manager import LiveSession, LoadSnapshot, SessionManager
 from ..streaming.session import DecodeRequest
 
@@ -75,6 +78,17 @@ class Outbox:
             self.closed.set()
 
 
+@dataclass
+class _Analysis:
+    """A session's running statistics (and its meeting's), kept here like its arrival times."""
+
+    stats: LiveStats
+    send: bool
+    """The client asked for ``stats`` events."""
+    meeting: Meeting | None = None
+    ticker: asyncio.Task | None = None
+
+
 class LiveRunner:
     """Runs every live session's decode loop and ends sessions whose grace period ran out."""
 
@@ -92,6 +106,7 @@ class LiveRunner:
         self._watchers: dict[str, Callable[[], None]] = {}
         # Per session: (seconds of audio received, monotonic time it arrived), for final latency.
         self._arrivals: dict[str, collections.deque[tuple[float, float]]] = {}
+        self._analysis: dict[str, _Analysis] = {}
         self.draining = False
         """Set by :meth:`drain`: the server is stopping, audio that still comes in is dropped."""
         self._sweeper = asyncio.create_task(self._sweep(sweep_s))
@@ -120,7 +135,22 @@ class LiveRunner:
         scheduler = self.scheduler
         return scheduler is None or scheduler.pending(Priority.LIVE) == 0
 
-    def start(self, live: LiveSession) -> None:
+    def start(self, live: LiveSession, *, stats: bool = False, meeting_id: str | None = None) -> None:
+        """Run ``live``'s decode loop; ``stats``: send it ``stats`` events (every
+        ``streaming.stats_interval_s`` and after each final); ``meeting_id``: it joins that meeting
+        (``malsori.analysis.meetings``), persisted as its sessions end."""
+        if stats or meeting_id is not None:
+            meeting = None
+            book = self.services.meetings
+            if meeting_id is not None and book is not None:
+                try:
+                    meeting = book.join(meeting_id, live.id, protocol=live.protocol, tenant_id=live.labels.get("tenant_id"))
+                except Exception:
+                    self.manager.remove(live)
+                    raise
+            analysis = self._analysis[live.id] = _Analysis(LiveStats(), stats, meeting)
+            if stats:
+                analysis.ticker = asyncio.create_task(self._tick(live, analysis), name=f"stats-{live.id}")
         self._wake[live.id] = asyncio.Event()
         self._tasks[live.id] = asyncio.create_task(self._drive(live), name=f"live-{live.id}")
 
@@ -149,12 +179,64 @@ class LiveRunner:
     def _publish(self, live: LiveSession, events: list[Event]) -> None:
         """Publish ``events``; a final's latency (from the arrival of the audio it ends with) is measured."""
         arrivals = self._arrivals.get(live.id)
+        analysis = self._analysis.get(live.id)
+        finals = False
         for event in events:
-            if isinstance(event, Final) and arrivals:
+            if not isinstance(event, Final):
+                continue
+            finals = True
+            latency = None
+            if arrivals:
                 while len(arrivals) > 1 and arrivals[0][0] < event.end - 1e-3:
                     arrivals.popleft()  # finals come in time order: audio before this one is done with
-                self.services.metrics.observe_final(live.protocol, time.monotonic() - arrivals[0][1])
+                latency = time.monotonic() - arrivals[0][1]
+                self.services.metrics.observe_final(live.protocol, latency)
+            if analysis is not None:
+                analysis.stats.add(Utterance.of(event), latency)
+                if analysis.meeting is not None:
+                    analysis.meeting.add_final(live.id, event, latency)
         live.publish(events)
+        if finals and analysis is not None and analysis.send:
+            self._send_stats(live, analysis)
+
+    def _send_stats(self, live: LiveSession, analysis: _Analysis) -> None:
+        """Bring the statistics up to the session's audio; send them if its client asked and is there.
+        Straight to the connection, outside the session's log: the next one supersedes this one."""
+        session, meeting = live.session, analysis.meeting
+        analysis.stats.advance(session.audio_seconds, session.unsettled_s)
+        if meeting is not None:
+            meeting.advance(live.id, session.audio_seconds, session.unsettled_s)
+        deliver = live.deliver
+        if not analysis.send or deliver is None:
+            return
+        deliver(
+            Stats(
+                0,
+                session_id=live.id,
+                stats=analysis.stats.snapshot().to_dict(),
+                meeting_id=None if meeting is None else meeting.id,
+                meeting=None if meeting is None else meeting.stats.snapshot().to_dict(),
+            )
+        )
+
+    async def _tick(self, live: LiveSession, analysis: _Analysis) -> None:
+        every = self.services.settings.streaming.stats_interval_s
+        while not live.ended:
+            await asyncio.sleep(every)
+            if not live.ended:
+                self._send_stats(live, analysis)
+
+    def _end_analysis(self, live: LiveSession, reason: str) -> None:
+        """The session ends (or leaves this process): a last ``stats`` event, its meeting told."""
+        analysis = self._analysis.pop(live.id, None)
+        if analysis is None:
+            return
+        if analysis.ticker is not None and analysis.ticker is not asyncio.current_task():
+            analysis.ticker.cancel()
+        self._send_stats(live, analysis)
+        book = self.services.meetings
+        if analysis.meeting is not None and book is not None:
+            book.leave(analysis.meeting, live.id, reason, live.session.audio_seconds)
 
     def finish(self, live: LiveSession, reason: str = "stopped") -> None:
         """No more audio: finalize what was said, then end the session with ``reason``."""
@@ -176,6 +258,9 @@ class LiveRunner:
 
     def end(self, live: LiveSession, reason: str, *, before: Sequence[Event] = ()) -> None:
         """End ``live`` now (``SessionManager.end``: its last events, then ``end``) and stop its loop."""
+        if live.ended:
+            return
+        self._end_analysis(live, reason)
         if not self.manager.end(live, reason, before=before):
             return
         self._stop_loop(live)
@@ -189,6 +274,9 @@ class LiveRunner:
         self._watchers.pop(live.id, None)
         self._reasons.pop(live.id, None)
         self._arrivals.pop(live.id, None)
+        analysis = self._analysis.pop(live.id, None)
+        if analysis is not None and analysis.ticker is not None and analysis.ticker is not asyncio.current_task():
+            analysis.ticker.cancel()
 
     def release(self, live: LiveSession, *, close_code: int = CloseCode.POLICY_VIOLATION) -> None:
         """Let go of ``live`` without ending it: another gateway took it over (its client resumed
@@ -196,6 +284,7 @@ class LiveRunner:
         more is published; an attached connection is told (``taken_over``) or closed with ``close_code``."""
         if live.ended:
             return
+        self._end_analysis(live, "moved")  # a meeting is followed by the gateway its session started on
         live.ended = True  # locally: its decodes' results are dropped, no event is published
         if self.services.live_store is not None:
             self.services.live_store.forget(live)

@@ -24,11 +24,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..analysis.meetings import check_meeting_id
 from ..config import StreamingSettings
 from ..engine.audio import PCM_ENCODINGS
 from ..errors import AudioTooLargeError, InvalidOptionsError, ProtocolError
 from ..streaming.config import StreamConfig
-from ..streaming.events import End, Error, Event, Final, Language, Partial, Ready
+from ..streaming.events import End, Error, Event, Final, Language, Partial, Ready, Stats
 from ..streaming.manager import LiveSession
 from ..streaming.resample import StreamResampler
 from ..streaming.session import StreamingSession
@@ -69,7 +70,10 @@ class StartSpec:
     session_id: str | None = None
     """The id a new session should have (the seed protocol's label); None: one is generated."""
     labels: dict[str, str | None] = field(default_factory=dict)
+    """The caller's ids; ``meeting_id`` among them makes the session join that meeting."""
     resume: Resume | None = None
+    stats: bool = False
+    """Send ``stats`` events (running statistics) while the session streams."""
 
 
 # -- what a frame asks the connection to do ------------------------------------------------------
@@ -153,6 +157,15 @@ def _stream_config(data: Mapping[str, Any], default_preset: str) -> StreamConfig
     )
 
 
+def _analysis_fields(data: Mapping[str, Any]) -> tuple[bool, str | None]:
+    """``stats`` (bool) and ``meeting_id`` (a string, or absent) of a start message."""
+    stats = data.get("stats", False)
+    if not isinstance(stats, bool):
+        raise InvalidOptionsError("stats must be true or false")
+    meeting = data.get("meeting_id")
+    return stats, None if meeting is None else check_meeting_id(meeting)
+
+
 def _string_fields(data: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, str | None]:
     values = {k: data.get(k) for k in keys}
     for key, value in values.items():
@@ -218,7 +231,7 @@ class V1Protocol(LiveProtocol):
     resumable = True
     _START_FIELDS: ClassVar[set[str]] = {
         "type", "sample_rate", "encoding", "language", "task", "preset", "word_timestamps", "options", "diarize",
-        "session_id", "resume_token", "last_seq",
+        "session_id", "resume_token", "last_seq", "stats", "meeting_id",
     }  # fmt: skip
 
     def text(self, text: str) -> Command:
@@ -242,7 +255,10 @@ class V1Protocol(LiveProtocol):
         ids = _string_fields(data, ("session_id", "resume_token"))
         session_id = ids["session_id"]
         resume = None if session_id is None else Resume(session_id, ids["resume_token"], last_seq)
-        return StartSpec(_stream_config(data, self.settings.default_preset), rate, encoding, resume=resume)
+        stats, meeting = _analysis_fields(data)
+        labels: dict[str, str | None] = {} if meeting is None else {"meeting_id": meeting}
+        config = _stream_config(data, self.settings.default_preset)
+        return StartSpec(config, rate, encoding, labels=labels, resume=resume, stats=stats)
 
     def render(self, event: Event) -> dict[str, Any] | None:
         return event.to_dict()
@@ -254,6 +270,7 @@ class SttProtocol(LiveProtocol):
     name = "stt"
     _START_FIELDS: ClassVar[set[str]] = {
         "type", "session_id", "tenant_id", "meeting_id", "user_id", "language", "sample_rate", "encoding", "task", "preset",
+        "stats",
     }  # fmt: skip
     _LABELS = ("session_id", "tenant_id", "meeting_id", "user_id")
 
@@ -280,8 +297,9 @@ class SttProtocol(LiveProtocol):
         _unknown(data, self._START_FIELDS, "field(s) in start_session")
         rate, encoding = _check_format(data.get("sample_rate", 16000), data.get("encoding", "pcm_s16le"))
         labels = _string_fields(data, self._LABELS)
+        stats, _ = _analysis_fields(data)
         config = _stream_config(data, self.settings.default_preset)
-        return StartSpec(config, rate, encoding, session_id=labels["session_id"], labels=labels)
+        return StartSpec(config, rate, encoding, session_id=labels["session_id"], labels=labels, stats=stats)
 
     def _audio(self, data: Mapping[str, Any]) -> bytes:
         # The original design's example names the field audio_data; "audio" (ours before issue 16)
@@ -322,6 +340,8 @@ class SttProtocol(LiveProtocol):
             return {"type": "language", **ids, "language": event.language, "probability": event.probability, "seq": event.seq}
         if isinstance(event, Error):
             return {"type": "error", **ids, "code": event.code, "message": event.message, "fatal": event.fatal, "seq": event.seq}
+        if isinstance(event, Stats):
+            return {"type": "stats", **ids, "stats": event.stats, "meeting": event.meeting, "seq": 0}
         if isinstance(event, End):
             return {
                 "type": "session_ended", **ids, "reason": event.reason, "audio_seconds": event.audio_seconds, "seq": event.seq,

@@ -21,6 +21,7 @@ from ..config import Settings
 from ..errors import InvalidOptionsError, OverloadedError
 
 if TYPE_CHECKING:
+    from ..analysis.meetings import MeetingBook
     from ..detection import Detectors
     from ..engine.scheduler import DecodeScheduler
     from ..engine.transcriber import Transcriber
@@ -79,6 +80,8 @@ class Services:
     - ``scale``: the :class:`~malsori.scale.gateway.ScaleGateway` when a broker is configured
       (``settings.queue.broker_url``): jobs and synchronous requests then run on workers, and the
       routing mode lives in Redis, shared by every gateway. ``None`` (the default): one process.
+    - ``meetings``: the :class:`~malsori.analysis.meetings.MeetingBook` (live meetings, persisted),
+      set by ``meetings_routes.startup``; ``None`` before.
     """
 
     settings: Settings
@@ -96,6 +99,7 @@ class Services:
     routing_mode: str = "auto"
     load_error: str | None = None
     scale: ScaleGateway | None = None
+    meetings: MeetingBook | None = None
     _ready: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     # -- readiness ---------------------------------------------------------------------------------

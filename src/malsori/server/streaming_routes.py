@@ -108,7 +108,7 @@ class LiveConnection:
             self.outbox.deliver(live.ready(resumed=False))
             if self.protocol.follows_turns:
                 self.runner.watch(live, lambda: self._observe(live))
-            self.runner.start(live)
+            self.runner.start(live, stats=spec.stats, meeting_id=live.labels.get("meeting_id"))
         self.live = live
         self.resampler = StreamResampler(live.sample_rate)
 

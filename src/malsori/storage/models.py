@@ -1,4 +1,5 @@
-"""The tables. One row per job; its transcript lives in the row as JSON (``Transcript.to_dict()``)."""
+"""The tables. One row per job; its transcript lives in the row as JSON (``Transcript.to_dict()``).
+One row per meeting; its record (transcript, speakers, statistics) lives in the row as JSON too."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "JobRow"]
+__all__ = ["Base", "JobRow", "MeetingRow"]
 
 
 class Base(DeclarativeBase):
@@ -38,3 +39,15 @@ class JobRow(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(200))
     """The queue worker running (or that ran) the job; None when this process's own runner did."""
+
+
+class MeetingRow(Base):
+    __tablename__ = "meetings"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(256), index=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    record: Mapped[dict] = mapped_column(JSON)
+    """``malsori.analysis.meetings.Meeting.record()``: sessions, transcript, speakers, statistics."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
-__all__ = ["Event", "Ready", "Partial", "Final", "Language", "Error", "End", "WordTiming"]
+__all__ = ["Event", "Ready", "Partial", "Final", "Language", "Error", "End", "Stats", "WordTiming"]
 
 
 @dataclass(frozen=True)
@@ -99,3 +99,17 @@ class End(Event):
     type: ClassVar[str] = "end"
     reason: str = "stopped"
     audio_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Stats(Event):
+    """The running statistics of a session (and of its meeting): ``seq`` 0 like :class:`Ready`.
+    Each one supersedes the one before, so they are never kept for replay; a resumed connection
+    gets a fresh one within ``stats_interval_s``. ``stats`` and ``meeting`` are
+    ``malsori.analysis.stats.StatsSnapshot.to_dict()`` values."""
+
+    type: ClassVar[str] = "stats"
+    session_id: str = ""
+    stats: dict = field(default_factory=dict)
+    meeting_id: str | None = None
+    meeting: dict | None = None

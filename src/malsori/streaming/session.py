@@ -293,6 +293,13 @@ class StreamingSession:
         return "speaking" if self._open is not None else "listening"
 
     @property
+    def unsettled_s(self) -> float:
+        """Audio at the end of the stream that belongs to phrases still without their final (the
+        open one and those waiting for their decode): speech, not yet in any final."""
+        starts = [p.start for p in self._pending] + ([self._open.start] if self._open is not None else [])
+        return (self._buffer.end - min(starts)) / _SR if starts else 0.0
+
+    @property
     def backlog_s(self) -> float:
         """Audio of closed phrases still waiting for their final decode."""
         return sum((p.end or p.start) - p.start for p in self._pending) / _SR
