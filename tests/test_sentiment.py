@@ -82,6 +82,11 @@ def test_model_empty_and_blank_texts_are_neutral(analyzer):
     assert results[2].label == "positive"
 
 
+def test_model_takes_texts_the_engine_cannot_encode_as_is(analyzer):
+    results = analyzer.analyze(["I love it \ud800", "I hate \x00 this, awful"])
+    assert [r.label for r in results] == ["positive", "negative"]
+
+
 def test_shared_analyzer_is_loaded_once():
     assert shared_sentiment_analyzer("e5") is shared_sentiment_analyzer("e5")
 

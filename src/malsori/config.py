@@ -27,6 +27,7 @@ __all__ = [
     "StreamingSettings",
     "AuthSettings",
     "QueueSettings",
+    "AnalysisSettings",
 ]
 
 
@@ -112,6 +113,21 @@ class AuthSettings(BaseModel):
     """When set, changing settings from the control panel requires this key."""
 
 
+class AnalysisSettings(BaseModel):
+    """Sentiment of texts, finals and segments (malsori.analysis; the ``analysis`` extra)."""
+
+    sentiment_model: str = "e5"
+    """``e5`` (multilingual-e5-small + MLP head, bundled) or ``keywords`` (a keyword fake, for tests)."""
+    threads: int = Field(default=1, ge=1, le=64)
+    """CPU threads of the sentiment model (1: it runs beside Whisper, whose decodes matter more)."""
+    max_texts: int = Field(default=64, ge=1)
+    """Most texts one POST /v1/analysis/sentiment may send."""
+    max_text_chars: int = Field(default=2000, ge=1)
+    """Longest text (characters) it may send."""
+    timeout_s: float = Field(default=30.0, gt=0)
+    """Scaled out: longest a gateway waits for a worker of the ``analyze`` queue to answer."""
+
+
 class QueueSettings(BaseModel):
     """Scale-out over Celery and Redis (docs/scaling.md). With no ``broker_url`` (the default) nothing
     here is used: one process runs everything through its own scheduler."""
@@ -176,6 +192,7 @@ class Settings(BaseSettings):
     streaming: StreamingSettings = StreamingSettings()
     auth: AuthSettings = AuthSettings()
     queue: QueueSettings = QueueSettings()
+    analysis: AnalysisSettings = AnalysisSettings()
 
     def engine_config(self, model: str | None = None) -> EngineConfig:
         """The engine's configuration from these settings (``model``: another model, same engine settings)."""

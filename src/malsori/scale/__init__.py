@@ -11,6 +11,7 @@ Used only when ``settings.queue.broker_url`` is set; needs the ``queue`` extra
 - ``gateway``: what a gateway runs: job dispatch, the remote decoder of synchronous requests, the
   recovery sweep (one gateway at a time).
 - ``worker``: ``malsori worker``: the model loaded once, the tasks, heartbeat and metrics.
+- ``analyze``: sentiment on the ``analyze`` queue when a worker serves it, in the gateway otherwise.
 - ``live_*``: live sessions scaled out: windows decoded by workers over Redis lists
   (``live_client``, ``live_worker``, ``live_wire``) and the session state any gateway resumes from
   (``live_state``, ``live_gateway``).

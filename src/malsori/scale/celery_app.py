@@ -20,12 +20,15 @@ if TYPE_CHECKING:
 
     from ..config import QueueSettings
 
-__all__ = ["make_celery", "JOB_TASK", "WINDOWS_TASK"]
+__all__ = ["make_celery", "JOB_TASK", "WINDOWS_TASK", "ANALYZE_TASK"]
 
 JOB_TASK = "malsori.job"
 """Run a file job: argument ``job_id`` (the audio is the job's upload in shared storage)."""
 WINDOWS_TASK = "malsori.windows"
 """Decode windows of a synchronous request: audio references, options, and the Redis list to reply on."""
+ANALYZE_TASK = "malsori.analyze"
+"""Sentiment of texts (``texts``, ``language``) on the ``analyze`` queue; returns ``[{"label", "score"}, ...]``
+through the result backend."""
 
 
 def make_celery(queue: QueueSettings, *, name: str = "malsori") -> Celery:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import redis
 import redis.asyncio as aioredis
 
+from ..analysis.sentiment import Sentiment
 from ..engine.audio import SAMPLE_RATE
 from ..errors import AuthError
 from ..streaming.config import StreamConfig
@@ -90,6 +91,9 @@ def event_from_dict(data: dict) -> Event:
     cls = _EVENTS[data.pop("type")]
     if cls is Final and data.get("words") is not None:
         data["words"] = tuple(WordTiming(**w) for w in data["words"])
+    if cls is Final and "sentiment" in data:
+        data["analyzed"] = True
+        data["sentiment"] = None if data["sentiment"] is None else Sentiment.from_dict(data["sentiment"])
     return cls(**data)
 
 

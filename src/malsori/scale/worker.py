@@ -9,6 +9,8 @@ concurrent tasks' windows share batches, as in the gateway's own process. Two ta
   running elsewhere, finished, cancelled) is left alone, so a task delivered twice runs once.
 - ``malsori.windows`` (audio references, options, reply key): decodes the windows of a synchronous
   request and pushes the results (or the error) on the reply list the gateway waits on.
+- ``malsori.analyze`` (texts, language): their sentiment, through the result backend; consumed by a
+  worker started with the ``analyze`` queue (``-Q stt.cpu,analyze``), model loaded on the first task.
 
 On a GPU worker, a task that fails with an unexpected error (out of memory, device lost) is handed
 to the CPU queue and counted (``gpu_fallbacks``), as long as a CPU worker is alive.
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..engine.decoder import DirectDecoder, decode_now
 from ..engine.scheduler import DecodeScheduler, Priority
 from ..errors import MalsoriError
-from .celery_app import JOB_TASK, WINDOWS_TASK, make_celery
+from .celery_app import ANALYZE_TASK, JOB_TASK, WINDOWS_TASK, make_celery
 from .codec import AudioStore, options_from_dict, result_to_dict
 from .registry import Registry, WorkerInfo, default_worker_name
 from .routing import Queues, cpu_workers
@@ -312,6 +314,24 @@ class WorkerRuntime:
         self.metrics.tasks.labels("windows", outcome).inc()
         self.metrics.task_seconds.labels("windows").observe(time.perf_counter() - started)
 
+    def run_analyze(self, texts: list[str], language: str | None) -> list[dict[str, Any]]:
+        from ..analysis import shared_sentiment_analyzer
+        from .analyze import analyze_task_body
+
+        started = time.perf_counter()
+        self._track(+1)
+        try:
+            a = self.settings.analysis
+            result = analyze_task_body(shared_sentiment_analyzer(a.sentiment_model, threads=a.threads), texts, language)
+        except Exception:
+            self.metrics.tasks.labels("analyze", "failed").inc()
+            raise
+        finally:
+            self._track(-1)
+        self.metrics.tasks.labels("analyze", "succeeded").inc()
+        self.metrics.task_seconds.labels("analyze").observe(time.perf_counter() - started)
+        return result
+
     def _reply(self, key: str, payload: dict[str, Any]) -> None:
         raw = json.dumps(payload)
         for attempt in range(5):  # Redis may be restarting; the gateway waits up to request_timeout_s
@@ -341,6 +361,10 @@ class WorkerRuntime:
         @self.celery.task(name=WINDOWS_TASK, ignore_result=True)
         def windows(refs: list[dict[str, Any]], options: dict[str, Any], reply: str) -> None:
             runtime.run_windows(refs, options, reply)
+
+        @self.celery.task(name=ANALYZE_TASK)
+        def analyze(texts: list[str], language: str | None = None) -> list[dict[str, Any]]:
+            return runtime.run_analyze(texts, language)
 
     def run(self, log_level: str = "info") -> None:
         """Load, announce, and consume the queues until the worker is stopped."""

@@ -58,6 +58,30 @@ def _build_detectors(services: Services, closers: list):
     return Detectors(whisper_factory)
 
 
+def _build_sentiment(services: Services, closers: list) -> None:
+    """The sentiment service: the configured analyzer, loaded on first use (scaled out: routed to the
+    ``analyze`` queue while a worker serves it)."""
+    from ..analysis import shared_sentiment_analyzer
+    from ..analysis.service import SentimentService
+
+    a = services.settings.analysis
+
+    def local():
+        return shared_sentiment_analyzer(a.sentiment_model, threads=a.threads)
+
+    factory = local
+    if services.scale is not None:
+        from ..scale.analyze import RoutedSentimentAnalyzer
+
+        def factory():
+            routed = RoutedSentimentAnalyzer(services.settings, local)
+            closers.append(routed.close)
+            return routed
+
+    services.sentiment = SentimentService(factory, max_texts=a.max_texts, max_chars=a.max_text_chars)
+    closers.append(services.sentiment.close)
+
+
 def _install_model(services: Services, transcriber, closers: list) -> None:
     from ..engine.scheduler import DecodeScheduler, Priority
 
@@ -176,6 +200,7 @@ def create_app(settings: Settings | None = None, *, transcriber=None, live_vad: 
 
             services.scale = ScaleGateway(settings)
             closers.insert(0, services.scale.close)  # closed last, after the routes modules stopped
+        _build_sentiment(services, closers)
         load_task = None
         if transcriber is not None:
             _install_model(services, transcriber, closers)

@@ -5,6 +5,11 @@ Each session has at most one window in the scheduler (``StreamingSession.next_wi
 so a slow decoder makes sessions skip stale partials instead of piling up windows. Every way a
 session ends (stopped and finalized, a fatal error, its grace period over, shutdown) goes through
 :meth:`LiveRunner.end`.
+
+A session started with ``sentiment`` has its finals analysed in the sentiment service's thread
+before they are published (:meth:`LiveRunner._publish`): while one waits, the session's later events
+wait behind it, so the client still gets them in ``seq`` order, and the event loop keeps serving
+every session meanwhile.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -107,6 +112,8 @@ class LiveRunner:
         # Per session: (seconds of audio received, monotonic time it arrived), for final latency.
         self._arrivals: dict[str, collections.deque[tuple[float, float]]] = {}
         self._analysis: dict[str, _Analysis] = {}
+        # Per session: the publication still waiting (for a final's sentiment); later ones queue behind it.
+        self._pending: dict[str, asyncio.Task] = {}
         self.draining = False
         """Set by :meth:`drain`: the server is stopping, audio that still comes in is dropped."""
         self._sweeper = asyncio.create_task(self._sweep(sweep_s))
@@ -139,6 +146,8 @@ class LiveRunner:
         """Run ``live``'s decode loop; ``stats``: send it ``stats`` events (every
         ``streaming.stats_interval_s`` and after each final); ``meeting_id``: it joins that meeting
         (``malsori.analysis.meetings``), persisted as its sessions end."""
+        if live.session.config.sentiment and self.services.sentiment is not None:
+            self.services.sentiment.warm()  # loaded before the first final needs it
         if stats or meeting_id is not None:
             meeting = None
             book = self.services.meetings
@@ -177,6 +186,51 @@ class LiveRunner:
         self.wake(live)
 
     def _publish(self, live: LiveSession, events: list[Event]) -> None:
+        """Publish ``events`` now, or, when a final needs its sentiment or an earlier publication is
+        still waiting for one, in a task that keeps their order."""
+        if not events:
+            return
+        previous = self._pending.get(live.id)
+        if previous is None and not self._wants_sentiment(live, events):
+            self._emit(live, events)
+            return
+        task = asyncio.create_task(self._publish_in_order(live, list(events), previous), name=f"publish-{live.id}")
+        self._pending[live.id] = task
+
+        def forget(done: asyncio.Task, session_id: str = live.id) -> None:
+            if self._pending.get(session_id) is done:
+                del self._pending[session_id]
+
+        task.add_done_callback(forget)
+
+    def _wants_sentiment(self, live: LiveSession, events: Sequence[Event]) -> bool:
+        return live.session.config.sentiment and self.services.sentiment is not None and any(isinstance(e, Final) for e in events)
+
+    async def _publish_in_order(self, live: LiveSession, events: list[Event], previous: asyncio.Task | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # never raises: a failed or cancelled one is simply over
+        if self._wants_sentiment(live, events):
+            events = await self._with_sentiment(live, events)
+        if not live.ended:
+            self._emit(live, events)
+        self.wake(live)
+
+    async def _with_sentiment(self, live: LiveSession, events: list[Event]) -> list[Event]:
+        """``events`` with every final's ``sentiment`` (null when the analyzer failed: the text still goes out)."""
+        assert self.services.sentiment is not None
+        finals = [e for e in events if isinstance(e, Final)]
+        results: list[Any]
+        try:
+            results = await self.services.sentiment.analyze_async(
+                [f.text for f in finals], finals[0].language or live.session.config.language
+            )
+        except Exception as exc:
+            log.warning("live session %s: sentiment failed (%s: %s); finals sent without it", live.id, type(exc).__name__, exc)
+            results = [None] * len(finals)
+        told = iter(results)
+        return [replace(e, sentiment=next(told), analyzed=True) if isinstance(e, Final) else e for e in events]
+
+    def _emit(self, live: LiveSession, events: list[Event]) -> None:
         """Publish ``events``; a final's latency (from the arrival of the audio it ends with) is measured."""
         arrivals = self._arrivals.get(live.id)
         analysis = self._analysis.get(live.id)
@@ -277,6 +331,9 @@ class LiveRunner:
         analysis = self._analysis.pop(live.id, None)
         if analysis is not None and analysis.ticker is not None and analysis.ticker is not asyncio.current_task():
             analysis.ticker.cancel()
+        pending = self._pending.pop(live.id, None)
+        if pending is not None and pending is not asyncio.current_task():
+            pending.cancel()
 
     def release(self, live: LiveSession, *, close_code: int = CloseCode.POLICY_VIOLATION) -> None:
         """Let go of ``live`` without ending it: another gateway took it over (its client resumed
@@ -312,6 +369,10 @@ class LiveRunner:
                     decodes[request.id] = asyncio.create_task(self._decode(live, request, state, decodes))
                     continue
                 if session.done and not any(t for t in decodes.values() if not t.done()):
+                    pending = self._pending.get(live.id)
+                    if pending is not None and not pending.done():
+                        await asyncio.wait([pending])  # the last finals' sentiment: they go out before end
+                        continue
                     self.end(live, self._reasons.get(live.id, "stopped"))
                     return
                 if live.ended:

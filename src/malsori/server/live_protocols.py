@@ -148,6 +148,8 @@ def _stream_config(data: Mapping[str, Any], default_preset: str) -> StreamConfig
         raise InvalidOptionsError("word_timestamps must be true or false")
     if "diarize" in data:  # a start field, like word_timestamps (options.diarize works too)
         options = {**options, "diarize": data["diarize"]}
+    if "sentiment" in data:  # likewise (options.sentiment works too)
+        options = {**options, "sentiment": data["sentiment"]}
     return StreamConfig.from_preset(
         data.get("preset") or default_preset,
         language=data.get("language"),
@@ -231,7 +233,7 @@ class V1Protocol(LiveProtocol):
     resumable = True
     _START_FIELDS: ClassVar[set[str]] = {
         "type", "sample_rate", "encoding", "language", "task", "preset", "word_timestamps", "options", "diarize",
-        "session_id", "resume_token", "last_seq", "stats", "meeting_id",
+        "sentiment", "session_id", "resume_token", "last_seq", "stats", "meeting_id",
     }  # fmt: skip
 
     def text(self, text: str) -> Command:
@@ -270,7 +272,7 @@ class SttProtocol(LiveProtocol):
     name = "stt"
     _START_FIELDS: ClassVar[set[str]] = {
         "type", "session_id", "tenant_id", "meeting_id", "user_id", "language", "sample_rate", "encoding", "task", "preset",
-        "stats",
+        "stats", "sentiment",
     }  # fmt: skip
     _LABELS = ("session_id", "tenant_id", "meeting_id", "user_id")
 
@@ -335,6 +337,7 @@ class SttProtocol(LiveProtocol):
                 "start": event.start, "end": event.end,
                 "language": event.language if isinstance(event, Final) else None, "seq": event.seq,
                 **({"speaker": event.speaker} if isinstance(event, Final) and event.diarized else {}),
+                **({"sentiment": event.to_dict()["sentiment"]} if isinstance(event, Final) and event.analyzed else {}),
             }  # fmt: skip
         if isinstance(event, Language):
             return {"type": "language", **ids, "language": event.language, "probability": event.probability, "seq": event.seq}

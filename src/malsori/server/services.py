@@ -22,6 +22,7 @@ from ..errors import InvalidOptionsError, OverloadedError
 
 if TYPE_CHECKING:
     from ..analysis.meetings import MeetingBook
+    from ..analysis.service import SentimentService
     from ..detection import Detectors
     from ..engine.scheduler import DecodeScheduler
     from ..engine.transcriber import Transcriber
@@ -82,6 +83,8 @@ class Services:
       routing mode lives in Redis, shared by every gateway. ``None`` (the default): one process.
     - ``meetings``: the :class:`~malsori.analysis.meetings.MeetingBook` (live meetings, persisted),
       set by ``meetings_routes.startup``; ``None`` before.
+    - ``sentiment``: the :class:`~malsori.analysis.service.SentimentService` (one analyzer, loaded on first
+      use, in its own thread; scaled out, it sends texts to the ``analyze`` queue). Set by ``create_app``.
     """
 
     settings: Settings
@@ -100,6 +103,7 @@ class Services:
     load_error: str | None = None
     scale: ScaleGateway | None = None
     meetings: MeetingBook | None = None
+    sentiment: SentimentService | None = None
     _ready: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     # -- readiness ---------------------------------------------------------------------------------

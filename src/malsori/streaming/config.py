@@ -114,6 +114,8 @@ class StreamConfig:
     """Send partial events at all (an output choice, like ``word_timestamps``, not a preset value)."""
     diarize: bool = False
     """Label each final with its speaker (online clustering of voices; :mod:`malsori.speakers.online`)."""
+    sentiment: bool = False
+    """Give each final its sentiment (``malsori.analysis``; computed off the event loop by the server)."""
 
     step_s: float = 0.6
     """New audio between two partial decodes of the open phrase."""
@@ -136,6 +138,8 @@ class StreamConfig:
             raise InvalidOptionsError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
         if not isinstance(self.diarize, bool):
             raise InvalidOptionsError("diarize must be true or false")
+        if not isinstance(self.sentiment, bool):
+            raise InvalidOptionsError("sentiment must be true or false")
         _check(
             (0.1 <= self.step_s <= 5.0, "step_s must be between 0.1 and 5"),
             (0.1 <= self.min_partial_s <= 5.0, "min_partial_s must be between 0.1 and 5"),

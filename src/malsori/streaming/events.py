@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
+from ..analysis.sentiment import Sentiment
+
 __all__ = ["Event", "Ready", "Partial", "Final", "Language", "Error", "End", "Stats", "WordTiming"]
 
 
@@ -67,6 +69,10 @@ class Final(Event):
     """With ``diarize``: the speaker's label, or None while it cannot be told."""
     diarized: bool = False
     """The session labels speakers (``speaker`` is on the wire, maybe null)."""
+    sentiment: Sentiment | None = None
+    """With ``sentiment``: the text's sentiment (None when it could not be told: the analyzer failed)."""
+    analyzed: bool = False
+    """The session asked for sentiment (``sentiment`` is on the wire, maybe null)."""
 
     def to_dict(self) -> dict:
         data = {"type": self.type, "seq": self.seq, "text": self.text, "start": self.start, "end": self.end}
@@ -76,6 +82,8 @@ class Final(Event):
         if self.diarized:
             data["speaker"] = self.speaker
             data["diarized"] = True
+        if self.analyzed:
+            data["sentiment"] = None if self.sentiment is None else self.sentiment.to_dict()
         return data
 
 
