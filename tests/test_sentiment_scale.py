@@ -42,7 +42,9 @@ def deployment(redis_server, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("sentiment-scale")
     db = f"sqlite:///{root / 'malsori.db'}"
-    env = scaled_env(redis_server.url, db, root / "data", MALSORI__QUEUE__KEY_PREFIX="sent", MALSORI__QUEUE__WORKER_DECODER="fake")
+    env = scaled_env(
+        redis_server.url, db, root / "data", MALSORI__QUEUE__KEY_PREFIX="sent", MALSORI__QUEUE__WORKER_DECODER="fake"
+    )
     settings = Settings(
         queue=QueueSettings(broker_url=redis_server.url, key_prefix="sent", heartbeat_s=0.5, worker_ttl_s=8),
         storage={"url": db},

@@ -4,6 +4,7 @@ finals carrying ``sentiment`` (the fake decoder and a scripted analyzer, over re
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 from collections.abc import Sequence
@@ -98,7 +99,9 @@ def live(tmp_path):
         analyzer.gate.set()
 
 
-SPEECH = np.concatenate([tone_speech([0.3, "alpha", "bravo", 0.8]), tone_speech(["charlie", "delta", 0.8]), tone_speech(["echo", 0.8])])
+SPEECH = np.concatenate(
+    [tone_speech([0.3, "alpha", "bravo", 0.8]), tone_speech(["charlie", "delta", 0.8]), tone_speech(["echo", 0.8])]
+)
 
 
 async def _stream(url: str, start: dict) -> list[dict]:
@@ -197,3 +200,34 @@ def test_final_wire_form_and_journal_round_trip():
     for event in (with_sentiment, unknown):
         back = event_from_dict(event.to_dict())
         assert back.to_dict() == event.to_dict()
+
+
+def test_live_stats_count_the_finals_sentiment(live):
+    """The two halves of issue 13 meet: with ``stats`` and ``sentiment`` the last statistics count
+    every final's label (the stats are told of a final once its sentiment is known)."""
+    server, _ = live
+    events = run(_stream(server.url, {**START, "sentiment": True, "stats": True}))
+    last = [e for e in events if e["type"] == "stats"][-1]
+    assert last["stats"]["sentiment"]["counts"] == {"negative": 1, "neutral": 1, "positive": 1}
+
+
+def test_stt_realtime_transcripts_carry_sentiment(live):
+    server, _ = live
+    start = {"type": "start_session", "session_id": "call-1", "language": "en", "sentiment": True}
+
+    async def scenario():
+        async with connect(server.url + "/stt/realtime") as ws:
+            await ws.send(json.dumps(start))
+            assert (await recv(ws))["type"] == "session_started"
+            for frame in frames(s16(SPEECH)):
+                await ws.send(json.dumps({"type": "audio_chunk", "audio_data": base64.b64encode(frame).decode()}))
+            await ws.send(json.dumps({"type": "end_session"}))
+            return await until_closed(ws)
+
+    events, _ = run(scenario())
+    finals = [e for e in events if e.get("type") == "transcript" and e["is_final"]]
+    assert [(f["text"], f["sentiment"]["label"]) for f in finals] == [
+        ("alpha bravo", "positive"),
+        ("charlie delta", "negative"),
+        ("echo", "neutral"),
+    ]
