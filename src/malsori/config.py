@@ -26,6 +26,7 @@ __all__ = [
     "LimitSettings",
     "StreamingSettings",
     "AuthSettings",
+    "TenantLimits",
     "QueueSettings",
     "AnalysisSettings",
 ]
@@ -108,9 +109,36 @@ class StreamingSettings(BaseModel):
     """How often a session started with ``stats`` gets a ``stats`` event (also after each final)."""
 
 
+class TenantLimits(BaseModel):
+    """Limits of one tenant and its keys (0: none). docs/security.md."""
+
+    requests_per_minute: int = Field(default=0, ge=0)
+    """Requests a tenant may make per minute, all its keys together."""
+    key_requests_per_minute: int = Field(default=0, ge=0)
+    """Requests one key may make per minute (a key created with its own limit uses that)."""
+    live_sessions: int = Field(default=0, ge=0)
+    """Live sessions a tenant may have open at once (on this gateway)."""
+    audio_minutes_per_day: float = Field(default=0.0, ge=0)
+    """Minutes of audio a tenant may have transcribed per UTC day."""
+
+
 class AuthSettings(BaseModel):
+    """Who may use the service (docs/security.md). Keys are made with ``malsori keys create`` or the
+    admin API; once one exists, every request needs a key (or, for sockets, a token)."""
+
     admin_key: str | None = None
-    """When set, changing settings from the control panel requires this key."""
+    """With no API keys: when set, changing settings from the control panel requires this key."""
+    allow_open: bool = False
+    """Serve on an address other than loopback with no API key configured (anyone who can reach
+    the port can then use everything). Off: such a server refuses to start."""
+    token_ttl_s: float = Field(default=60.0, gt=0, le=3600)
+    """Lifetime of a WebSocket token from POST /v1/tokens (it must be used to connect within it)."""
+    limits: TenantLimits = TenantLimits()
+    """Limits of every tenant that has no entry of its own in ``tenant_limits``."""
+    tenant_limits: dict[str, TenantLimits] = {}
+    """Limits by tenant id, e.g. ``MALSORI__AUTH__TENANT_LIMITS='{"acme": {"requests_per_minute": 600}}'``."""
+    mask_transcripts: bool = True
+    """Keep transcript text out of the logs (keys and tokens are always masked)."""
 
 
 class AnalysisSettings(BaseModel):

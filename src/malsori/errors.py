@@ -22,6 +22,9 @@ __all__ = [
     "NotFoundError",
     "ConflictError",
     "AuthError",
+    "CredentialsError",
+    "ForbiddenError",
+    "RateLimitedError",
     "ProtocolError",
 ]
 
@@ -112,6 +115,31 @@ class AuthError(MalsoriError):
     """Missing or wrong credentials (admin key, resume token)."""
 
     code = "unauthorized"
+
+
+class CredentialsError(AuthError):
+    """No API key or token was given where one is needed, or it is unknown, revoked or expired
+    (HTTP 401, WebSocket close code 4401)."""
+
+    code = "unauthenticated"
+
+
+class ForbiddenError(AuthError):
+    """The key is valid but lacks the scope this needs, or acts for another tenant (HTTP 403,
+    WebSocket close code 4403)."""
+
+    code = "forbidden"
+
+
+class RateLimitedError(OverloadedError):
+    """A tenant's or key's limit was reached (HTTP 429 with Retry-After; close code 1013).
+    ``limit`` names which one (``requests_per_minute``, ``live_sessions``, ``audio_minutes_per_day``)."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, limit: str, retry_after: float = 1.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.limit = limit
 
 
 class ProtocolError(MalsoriError):

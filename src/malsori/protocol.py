@@ -16,6 +16,8 @@ from .errors import (
     AudioTooLargeError,
     AuthError,
     ConflictError,
+    CredentialsError,
+    ForbiddenError,
     InvalidOptionsError,
     MalsoriError,
     ModelError,
@@ -48,6 +50,10 @@ class CloseCode(IntEnum):
     TRY_AGAIN_LATER = 1013
     """Refused for now: the session limit, a saturated decoder, the model still loading."""
     BAD_GATEWAY = 1014
+    UNAUTHENTICATED = 4401
+    """No valid API key or token (the HTTP 401 of a socket): get a token from ``POST /v1/tokens``."""
+    FORBIDDEN = 4403
+    """The key or token lacks the ``transcribe`` scope (the HTTP 403 of a socket)."""
 
 
 # Most specific class first: the first isinstance match wins (NotReadyError is an OverloadedError).
@@ -57,6 +63,8 @@ CLOSE_CODES: tuple[tuple[type[MalsoriError], CloseCode], ...] = (
     (AudioTooLargeError, CloseCode.MESSAGE_TOO_BIG),
     (UnsupportedAudioError, CloseCode.UNSUPPORTED_DATA),
     (AudioError, CloseCode.UNSUPPORTED_DATA),
+    (CredentialsError, CloseCode.UNAUTHENTICATED),
+    (ForbiddenError, CloseCode.FORBIDDEN),
     (ProtocolError, CloseCode.POLICY_VIOLATION),
     (InvalidOptionsError, CloseCode.POLICY_VIOLATION),
     (AuthError, CloseCode.POLICY_VIOLATION),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import serve, stream, transcribe, worker
+from . import keys, serve, stream, transcribe, worker
 
 app = typer.Typer(
     name="malsori",
@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (transcribe, serve, stream, worker):
+for module in (transcribe, serve, stream, worker, keys):
     module.register(app)
 
 

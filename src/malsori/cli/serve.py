@@ -64,10 +64,31 @@ def serve(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = build_settings(host, port, model, device, compute_type, data_dir)
     settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+    problem = _exposure_problem(settings)
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     limit_arenas(settings.server.malloc_arenas)  # before uvicorn and the model start their threads
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port, log_level=log_level.lower())
     DrainingServer(config, app.state.services).run()
+
+
+def _exposure_problem(settings: Settings) -> str | None:
+    """Refuse an address other than loopback with no API key (docs/security.md), before uvicorn starts;
+    the app checks again at startup, for servers started without this command."""
+    from ..tenants import exposure_problem, is_loopback
+
+    if is_loopback(settings.server.host) or settings.auth.allow_open:
+        return None
+    from ..storage import open_engine
+    from ..tenants import KeyStore
+
+    engine = open_engine(settings.database_url())
+    try:
+        return exposure_problem(settings, KeyStore(engine).any_keys())
+    finally:
+        engine.dispose()
 
 
 def register(app: typer.Typer) -> None:

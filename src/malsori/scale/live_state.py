@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 
 from ..analysis.sentiment import Sentiment
 from ..engine.audio import SAMPLE_RATE
-from ..errors import AuthError
+from ..errors import AuthError, NotFoundError
 from ..streaming.config import StreamConfig
 from ..streaming.events import End, Error, Event, Final, Language, Partial, WordTiming
 from ..streaming.manager import Deliver, LiveSession, SessionManager
@@ -178,7 +178,7 @@ class LiveStore:
         meta = {
             "token": live.token, "sample_rate": live.sample_rate, "encoding": live.encoding, "protocol": live.protocol,
             "labels": json.dumps(live.labels), "config": json.dumps(live.session.config.to_dict()), "owner": self.gateway_id,
-            "ended": "0",
+            "ended": "0", "tenant": live.tenant_id or "",
         }  # fmt: skip
         writer = self._writers[live.id] = _Writer(live, epoch=epoch, meta=meta)
         if create:
@@ -263,18 +263,23 @@ class LiveStore:
         await self._redis.aclose()
 
     # -- resuming elsewhere ------------------------------------------------------------------------
-    async def adopt(self, session_id: str, token: str | None, manager: SessionManager, runner: LiveRunner) -> None:
+    async def adopt(
+        self, session_id: str, token: str | None, manager: SessionManager, runner: LiveRunner, *, tenant_id: str | None = None
+    ) -> None:
         """Make sure the session a client resumes is here and current: taken over from the gateway
         that ran it (restored from Redis) unless this gateway runs it and still owns it. A session
         Redis does not know is left to the local registry (which says ``not_found``)."""
         keys = self._keys(session_id)
         try:
-            stored = await self._redis.hmget(keys[0], ["token", "epoch"])
+            stored = await self._redis.hmget(keys[0], ["token", "epoch", "tenant"])
         except redis.RedisError as exc:
             log.warning("live session %s: Redis unreachable (%s); resuming from this gateway only", session_id, exc)
             return
         if stored[0] is None:
             return
+        owner = stored[2].decode() if isinstance(stored[2], bytes) else (stored[2] or "")
+        if tenant_id is not None and owner != tenant_id:  # another tenant's session: as if unknown
+            raise NotFoundError(f"no live session {session_id!r} (it ended, or its grace period ran out)")
         expected = stored[0] if isinstance(stored[0], bytes) else str(stored[0]).encode()
         if not token or not secrets.compare_digest(token.encode(), expected):
             raise AuthError("wrong resume token for this session")
@@ -327,6 +332,7 @@ class LiveStore:
             labels=json.loads(text.get("labels") or "{}"),
             protocol=text.get("protocol", "v1"),
             received_samples=client_position,
+            tenant_id=text.get("tenant") or None,
         )
         live.log.extend(log_events)
         return live

@@ -21,7 +21,8 @@ from .. import __version__, memory
 from ..config import Settings
 from ..errors import AudioTooLargeError
 from ..streaming.manager import VadFactory
-from . import http_routes, jobs_routes, meetings_routes, streaming_routes, web_routes
+from . import http_routes, jobs_routes, meetings_routes, streaming_routes, tenants_routes, web_routes
+from .auth import AuthMiddleware
 from .errors import error_response, install_error_handlers
 from .metrics import Metrics, MetricsMiddleware
 from .metrics import router as metrics_router
@@ -192,6 +193,9 @@ def create_app(settings: Settings | None = None, *, transcriber=None, live_vad: 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Keys and limits before any routes module serves (a server exposed with no key stops here),
+        # closed after them all (sessions ending at shutdown are metered).
+        await tenants_routes.startup(services)
         if settings.queue.broker_url:  # scaled out: jobs and requests go to workers (docs/scaling.md)
             from ..scale import require_queue_extra
 
@@ -223,6 +227,7 @@ def create_app(settings: Settings | None = None, *, transcriber=None, live_vad: 
                     await module.shutdown(services)
                 except Exception:
                     log.exception("shutdown of %s failed", module.__name__)
+            await tenants_routes.shutdown(services)
             if load_task is not None and not load_task.done():
                 # A load cannot be interrupted mid-way; let it finish in its thread, then close.
                 with contextlib.suppress(Exception):
@@ -240,11 +245,15 @@ def create_app(settings: Settings | None = None, *, transcriber=None, live_vad: 
     install_error_handlers(app)
     app.include_router(http_routes.router)
     app.include_router(metrics_router)
+    app.include_router(tenants_routes.router)
     for module in _ROUTE_MODULES:
         app.include_router(module.router)
 
     # Outermost last: metrics see every response, including 413s from the body limit and CORS.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_upload_bytes + _BODY_OVERHEAD)
+    # Outside the body limit (an unauthenticated upload is refused before its body is read), inside
+    # CORS (preflights need no key; a 401 still carries the CORS headers a browser needs to read it).
+    app.add_middleware(AuthMiddleware)
     if settings.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -17,6 +17,7 @@ from ..detection import Detectors, SpeechDecision
 from ..engine.audio import SAMPLE_RATE
 from ..engine.options import TranscribeOptions
 from ..engine.windows import Window, WindowResult
+from .auth import TranscribeDep, record_usage
 from .deps import DetectorsDep, ReadyDep
 from .inference import chunk_audio, decode_window, read_upload
 from .services import Services
@@ -38,6 +39,7 @@ async def _detect(
     started = time.perf_counter()
     decision = await run_in_threadpool(lambda: detectors.get(detector).detect(audio, threshold))
     services.metrics.observe_inference("/detect", len(audio) / SAMPLE_RATE, time.perf_counter() - started)
+    record_usage(services.tenants, "/detect", len(audio) / SAMPLE_RATE)
     return decision
 
 
@@ -57,6 +59,7 @@ def _window_json(result: WindowResult, duration: float, elapsed: float) -> dict:
 
 @router.post("/detect", summary="Is this chunk speech? Decision, probability and speech regions")
 async def detect(
+    _: TranscribeDep,
     services: ReadyDep,
     detectors: DetectorsDep,
     file: Annotated[UploadFile, File(description="The chunk (file or raw PCM)")],
@@ -81,6 +84,7 @@ async def _transcribe_chunk(services: Services, audio: np.ndarray, prompt: str |
 
 @router.post("/transcribe-chunk", summary="Transcribe one short chunk, with an optional prompt")
 async def transcribe_chunk(
+    _: TranscribeDep,
     services: ReadyDep,
     detectors: DetectorsDep,
     file: Annotated[UploadFile, File(description="The chunk (file or raw PCM), at most 30 s")],
@@ -109,6 +113,7 @@ async def transcribe_chunk(
 
 @router.post("/transcribe", summary="Detect speech, then transcribe the chunk only if it is speech")
 async def transcribe_detected(
+    _: TranscribeDep,
     services: ReadyDep,
     detectors: DetectorsDep,
     file: Annotated[UploadFile, File(description="The chunk (file or raw PCM), at most 30 s")],

@@ -11,7 +11,8 @@ an ``HTTPConnection``, so WebSocket handlers can take the same dependencies.
 - ``ReadyDep``: the :class:`Services` once the model and its scheduler are loaded (503 before).
 - ``DetectorsDep``: the speech detectors of ``POST /detect`` (503 until the model is loaded).
 - ``JobsDep``: the :class:`~malsori.jobs.JobService` (503 between app construction and startup).
-- ``AdminDep``: a check, for ``dependencies=[AdminDep]``: the ``X-Admin-Key`` header matches
+- ``AdminDep``: a check, for ``dependencies=[AdminDep]``: with API keys, the key's ``admin`` scope
+  (403 otherwise); with none (the open service), the ``X-Admin-Key`` header matches
   ``auth.admin_key`` when one is configured (401 otherwise).
 """
 
@@ -87,8 +88,16 @@ def get_jobs(services: ServicesDep) -> JobService:
 JobsDep = Annotated[JobService, Depends(get_jobs)]
 
 
-def require_admin(settings: SettingsDep, x_admin_key: Annotated[str | None, Header()] = None) -> None:
-    """AuthError (401) unless the admin key matches; no check when no key is configured."""
+def require_admin(conn: HTTPConnection, settings: SettingsDep, x_admin_key: Annotated[str | None, Header()] = None) -> None:
+    """With API keys: ForbiddenError (403) unless the key has the admin scope. Open: AuthError (401)
+    unless the admin key matches; no check when no admin key is configured."""
+    from ..tenants import Scope
+    from .auth import get_principal
+
+    principal = get_principal(conn)
+    if not principal.is_open:
+        principal.require(Scope.ADMIN)
+        return
     expected = settings.auth.admin_key
     if not expected:
         return

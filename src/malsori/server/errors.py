@@ -23,6 +23,7 @@ from ..errors import (
     AuthError,
     ConflictError,
     EmptyAudioError,
+    ForbiddenError,
     InvalidOptionsError,
     MalsoriError,
     ModelError,
@@ -30,6 +31,7 @@ from ..errors import (
     NotFoundError,
     OverloadedError,
     ProtocolError,
+    RateLimitedError,
     UnsupportedAudioError,
 )
 from ..protocol import close_code
@@ -59,6 +61,7 @@ _HTTP_STATUS: tuple[tuple[type[MalsoriError], int], ...] = (
     (ModelError, 503),
     (NotFoundError, 404),
     (ConflictError, 409),
+    (ForbiddenError, 403),
     (AuthError, 401),
     (ProtocolError, 400),
 )
@@ -77,15 +80,20 @@ def ws_close_code(exc: BaseException) -> int:
     return int(close_code(exc))
 
 
-def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
+def error_body(code: str, message: str, **extra: object) -> dict:
+    return {"error": {"code": code, "message": message, **extra}}
 
 
 def error_response(exc: MalsoriError) -> JSONResponse:
     headers = {}
+    extra: dict[str, object] = {}
     if isinstance(exc, OverloadedError):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    return JSONResponse(error_body(exc.code, exc.message), status_code=http_status(exc), headers=headers)
+    if isinstance(exc, RateLimitedError):
+        extra["limit"] = exc.limit
+    if http_status(exc) == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="malsori"'
+    return JSONResponse(error_body(exc.code, exc.message, **extra), status_code=http_status(exc), headers=headers)
 
 
 _HTTP_CODES = {

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
+from .auth import ReadDep
 from .deps import ServicesDep
 
 __all__ = ["router"]
@@ -39,7 +40,7 @@ async def is_ready(services: ServicesDep) -> JSONResponse:
 
 
 @router.get("/stt/status", summary="Model, device, queue depth, active jobs and sessions, uptime")
-async def stt_status(services: ServicesDep) -> dict:
+async def stt_status(_: ReadDep, services: ServicesDep) -> dict:
     settings = services.settings
     transcriber = services.transcriber
     engine = services.engines()[0]  # this process's own model comes first

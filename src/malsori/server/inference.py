@@ -27,6 +27,7 @@ from ..engine.scheduler import Priority
 from ..engine.types import Transcript
 from ..engine.windows import Window, WindowResult
 from ..errors import AudioTooLongError, EmptyAudioError, InvalidOptionsError, OverloadedError
+from .auth import record_usage
 from .services import Services
 
 __all__ = [
@@ -116,7 +117,7 @@ async def transcribe(services: Services, audio: np.ndarray, options: TranscribeO
     except OverloadedError:
         services.metrics.rejected.labels("queue_full").inc()
         raise
-    services.metrics.observe_inference(route, len(audio) / SAMPLE_RATE, time.perf_counter() - started)
+    _observe(services, route, len(audio) / SAMPLE_RATE, time.perf_counter() - started)
     return transcript
 
 
@@ -138,7 +139,7 @@ async def transcribe_stream(
     except OverloadedError:
         services.metrics.rejected.labels("queue_full").inc()
         raise
-    services.metrics.observe_inference(route, len(audio) / SAMPLE_RATE, time.perf_counter() - started)
+    _observe(services, route, len(audio) / SAMPLE_RATE, time.perf_counter() - started)
 
 
 async def decode_window(services: Services, window: Window, options: TranscribeOptions, *, route: str) -> WindowResult:
@@ -150,7 +151,7 @@ async def decode_window(services: Services, window: Window, options: TranscribeO
     except OverloadedError:
         services.metrics.rejected.labels("queue_full").inc()
         raise
-    services.metrics.observe_inference(route, len(window.audio) / SAMPLE_RATE, time.perf_counter() - started)
+    _observe(services, route, len(window.audio) / SAMPLE_RATE, time.perf_counter() - started)
     return result
 
 
@@ -161,6 +162,12 @@ async def _decoder(services: Services) -> WindowDecoder:
         return services.scale.decoder(await run_in_threadpool(services.scale.route))
     _, scheduler = services.require_ready()
     return scheduler.lane(_owner(), Priority.REQUEST)
+
+
+def _observe(services: Services, route: str, audio_s: float, processing_s: float) -> None:
+    """Count a finished request in /metrics and in its tenant's usage (GET /v1/usage)."""
+    services.metrics.observe_inference(route, audio_s, processing_s)
+    record_usage(services.tenants, route, audio_s)
 
 
 def _owner() -> str:

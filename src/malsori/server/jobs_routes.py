@@ -7,6 +7,10 @@
 - ``DELETE /v1/jobs/{id}``: cancel (200 when cancelled, 202 while a running job stops, 409 when done).
 - ``GET /v1/jobs``: newest first, filtered by tenant, meeting and state, with limit and offset.
 
+With API keys (docs/security.md) a job belongs to the key's tenant: another tenant's job is 404 as
+if it did not exist, and listings show only the caller's tenant. Submitting and cancelling need the
+``transcribe`` scope, reading ``read``.
+
 The contract of every routes module: ``router``, ``startup(services)`` (builds the job service on
 ``services.jobs``, recovers what a previous process left, and starts running jobs once the model is
 loaded) and ``shutdown(services)`` (stops the runner; a running job goes back to the queue).
@@ -26,11 +30,13 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import ConflictError, EmptyAudioError, InvalidOptionsError
+from ..errors import ConflictError, EmptyAudioError, InvalidOptionsError, NotFoundError
 from ..formats import CONTENT_TYPES, normalize_format, render
 from ..jobs import JobIds, JobOptions, JobService, transcript_from_dict
 from ..jobs.uploads import UploadSource
 from ..storage import JobRecord, JobState
+from ..tenants import Principal
+from .auth import ReadDep, TranscribeDep, record_usage
 from .deps import JobsDep, ServicesDep
 from .fetch import load_audio_url
 from .services import Services
@@ -160,9 +166,11 @@ def _job_options(
 
 
 async def _submit(
-    jobs: JobService, source: UploadSource, *, filename: str | None, options: JobOptions, ids: JobIds
+    services: Services, jobs: JobService, source: UploadSource, *, filename: str | None, options: JobOptions, ids: JobIds
 ) -> JSONResponse:
     job = await run_in_threadpool(lambda: jobs.submit(source, filename=filename, options=options, ids=ids))
+    # Metered when accepted, at the duration its container declares (scaled out, workers finish jobs).
+    record_usage(services.tenants, "/v1/jobs", float(job.audio_seconds or 0.0))
     body = _job_out(job, with_result=False)
     return JSONResponse(body.model_dump(mode="json"), status_code=202, headers={"Location": body.links.self})
 
@@ -182,6 +190,7 @@ async def _submit(
     },
 )
 async def create_job(
+    principal: TranscribeDep,
     request: Request,
     services: ServicesDep,
     jobs: JobsDep,
@@ -204,7 +213,7 @@ async def create_job(
     user_id: Annotated[str | None, Form(max_length=200)] = None,
 ) -> JSONResponse:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
-        return await _create_from_json(request, services, jobs)
+        return await _create_from_json(request, services, jobs, principal)
     options = _job_options(
         services,
         language=language,
@@ -215,18 +224,19 @@ async def create_job(
         word_timestamps=word_timestamps,
         speakers=(diarize, num_speakers, min_speakers, max_speakers),
     )
-    ids = JobIds(tenant_id=tenant_id, meeting_id=meeting_id, user_id=user_id)
+    ids = JobIds(tenant_id=principal.acting_tenant(tenant_id), meeting_id=meeting_id, user_id=user_id)
     if file is not None and audio_url:
         raise InvalidOptionsError("send either a file or an audio_url, not both")
     if audio_url:
         source = await load_audio_url(audio_url, services.settings)
-        return await _submit(jobs, source, filename=audio_url.rsplit("/", 1)[-1][:200] or None, options=options, ids=ids)
+        name = audio_url.rsplit("/", 1)[-1][:200] or None
+        return await _submit(services, jobs, source, filename=name, options=options, ids=ids)
     if file is None:
         raise EmptyAudioError("no audio was sent: send the file as the multipart field 'file' (or give an audio_url)")
-    return await _submit(jobs, file.file, filename=file.filename, options=options, ids=ids)
+    return await _submit(services, jobs, file.file, filename=file.filename, options=options, ids=ids)
 
 
-async def _create_from_json(request: Request, services: Services, jobs: JobService) -> JSONResponse:
+async def _create_from_json(request: Request, services: Services, jobs: JobService, principal: Principal) -> JSONResponse:
     try:
         body = JobUrlRequest.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -246,12 +256,14 @@ async def _create_from_json(request: Request, services: Services, jobs: JobServi
         speakers=(body.diarize, body.num_speakers, body.min_speakers, body.max_speakers),
     )
     source = await load_audio_url(body.audio_url, services.settings)
-    ids = JobIds(tenant_id=body.tenant_id, meeting_id=body.meeting_id, user_id=body.user_id)
-    return await _submit(jobs, source, filename=body.audio_url.rsplit("/", 1)[-1][:200] or None, options=options, ids=ids)
+    ids = JobIds(tenant_id=principal.acting_tenant(body.tenant_id), meeting_id=body.meeting_id, user_id=body.user_id)
+    name = body.audio_url.rsplit("/", 1)[-1][:200] or None
+    return await _submit(services, jobs, source, filename=name, options=options, ids=ids)
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first")
 async def list_jobs(
+    principal: ReadDep,
     jobs: JobsDep,
     tenant_id: Annotated[str | None, Query(max_length=200)] = None,
     meeting_id: Annotated[str | None, Query(max_length=200)] = None,
@@ -259,6 +271,10 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> JobList:
+    if not principal.is_open:
+        if tenant_id is not None and tenant_id != principal.tenant_id:  # never another tenant's
+            return JobList(data=[], total=0, limit=limit, offset=offset)
+        tenant_id = principal.tenant_id
     records, total = await run_in_threadpool(
         lambda: jobs.list(tenant_id=tenant_id, meeting_id=meeting_id, state=state, limit=limit, offset=offset)
     )
@@ -266,8 +282,8 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job: state, progress, and its transcript once done")
-async def get_job(jobs: JobsDep, job_id: Annotated[str, _ID_PATH]) -> JobOut:
-    return _job_out(await run_in_threadpool(jobs.get, job_id), with_result=True)
+async def get_job(principal: ReadDep, jobs: JobsDep, job_id: Annotated[str, _ID_PATH]) -> JobOut:
+    return _job_out(await _own_job(jobs, job_id, principal), with_result=True)
 
 
 @router.get(
@@ -276,11 +292,12 @@ async def get_job(jobs: JobsDep, job_id: Annotated[str, _ID_PATH]) -> JobOut:
     responses={200: {"content": {t: {} for t in sorted(set(CONTENT_TYPES.values()))}}, 409: {"description": "Not finished"}},
 )
 async def get_result(
+    principal: ReadDep,
     jobs: JobsDep,
     job_id: Annotated[str, _ID_PATH],
     format: Annotated[ResultFormat | None, Query(description="Default: the job's response_format")] = None,
 ) -> Response:
-    job = await run_in_threadpool(jobs.get, job_id)
+    job = await _own_job(jobs, job_id, principal)
     if job.state is not JobState.SUCCEEDED or job.result is None:
         detail = f": {job.error_message}" if job.state is JobState.FAILED and job.error_message else ""
         raise ConflictError(f"job {job_id} is {job.state.value}; its result exists once it has succeeded{detail}")
@@ -294,10 +311,19 @@ async def get_result(
     summary="Cancel a job",
     responses={202: {"description": "Running: it stops at its next progress report"}, 409: {"description": "Already finished"}},
 )
-async def cancel_job(jobs: JobsDep, job_id: Annotated[str, _ID_PATH]) -> JSONResponse:
+async def cancel_job(principal: TranscribeDep, jobs: JobsDep, job_id: Annotated[str, _ID_PATH]) -> JSONResponse:
+    await _own_job(jobs, job_id, principal)
     job = await run_in_threadpool(jobs.cancel, job_id)
     status = 200 if job.state is JobState.CANCELLED else 202
     return JSONResponse(_job_out(job, with_result=False).model_dump(mode="json"), status_code=status)
+
+
+async def _own_job(jobs: JobService, job_id: str, principal: Principal) -> JobRecord:
+    """The job, if the caller's tenant owns it; another tenant's job is NotFoundError like a missing one."""
+    job = await run_in_threadpool(jobs.get, job_id)
+    if not principal.owns(job.tenant_id):
+        raise NotFoundError(f"no job with id {job_id!r}")
+    return job
 
 
 # -- lifecycle -------------------------------------------------------------------------------------

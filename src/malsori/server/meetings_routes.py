@@ -5,6 +5,8 @@
 - ``GET /v1/meetings``: newest first, without transcripts; filtered by tenant and state.
 
 A live session joins a meeting when its start message names a ``meeting_id`` (docs/protocol.md).
+With API keys (docs/security.md) both need the ``read`` scope, and a meeting belongs to its sessions'
+tenant: another tenant's is 404, and the listing shows only the caller's.
 
 Routes-module contract: ``router``, ``async startup(services)`` (opens the meetings table in the
 jobs database, sets ``services.meetings``), ``async shutdown(services)`` (finishes pending writes).
@@ -21,6 +23,7 @@ from ..analysis.meetings import MeetingBook
 from ..errors import NotFoundError
 from ..storage import open_engine
 from ..storage.meetings import MeetingRepository, summary
+from .auth import ReadDep
 from .deps import ServicesDep
 from .services import NotReadyError, Services
 
@@ -44,18 +47,19 @@ def _repository(book: MeetingBook) -> MeetingRepository:
 
 
 @router.get("/{meeting_id}")
-async def get_meeting(book: MeetingsDep, meeting_id: Annotated[str, Path(min_length=1, max_length=128)]) -> dict[str, Any]:
+async def get_meeting(
+    principal: ReadDep, book: MeetingsDep, meeting_id: Annotated[str, Path(min_length=1, max_length=128)]
+) -> dict[str, Any]:
     live = book.get_live(meeting_id)
-    if live is not None:
-        return live.record()
-    record = await run_in_threadpool(_repository(book).get, meeting_id)
-    if record is None:
+    record = live.record() if live is not None else await run_in_threadpool(_repository(book).get, meeting_id)
+    if record is None or not principal.owns(record.get("tenant_id")):
         raise NotFoundError(f"no meeting {meeting_id!r}")
     return record
 
 
 @router.get("")
 async def list_meetings(
+    principal: ReadDep,
     book: MeetingsDep,
     tenant_id: Annotated[str | None, Query(max_length=256)] = None,
     state: Annotated[Literal["live", "ended"] | None, Query()] = None,
@@ -63,6 +67,10 @@ async def list_meetings(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
     """Stored meetings, newest first; a live one shows its state as of its last write (session start or end)."""
+    if not principal.is_open:
+        if tenant_id is not None and tenant_id != principal.tenant_id:  # never another tenant's
+            return {"meetings": [], "limit": limit, "offset": offset}
+        tenant_id = principal.tenant_id
     rows = await run_in_threadpool(_repository(book).list, tenant_id=tenant_id, state=state, limit=limit, offset=offset)
     live = {m["meeting_id"]: m for m in book.live_records()}
     meetings = [summary(live[r["meeting_id"]]) if r["meeting_id"] in live else r for r in rows]

@@ -27,6 +27,7 @@ from ..engine.windows import WindowResult
 from ..errors import InvalidOptionsError, MalsoriError, NotFoundError
 from ..formats import render
 from ..speakers import DiarizeOptions
+from .auth import ReadDep, TranscribeDep
 from .deps import ReadyDep, ServicesDep
 from .diarize import diarize_options, transcribe_maybe_diarized
 from .errors import error_body
@@ -129,6 +130,7 @@ async def _events(first: WindowResult | None, rest: AsyncGenerator[WindowResult,
 
 @router.post("/audio/transcriptions", summary="Transcribe audio (OpenAI-compatible)")
 async def transcriptions(
+    _: TranscribeDep,
     services: ReadyDep,
     file: Annotated[UploadFile, File(description="The audio file (any format ffmpeg reads)")],
     model: Annotated[str | None, Form()] = None,
@@ -163,6 +165,7 @@ async def transcriptions(
 
 @router.post("/audio/translations", summary="Translate audio to English text (OpenAI-compatible)")
 async def translations(
+    _: TranscribeDep,
     services: ReadyDep,
     file: Annotated[UploadFile, File(description="The audio file (any format ffmpeg reads)")],
     model: Annotated[str | None, Form()] = None,
@@ -189,12 +192,12 @@ def _model_card(name: str, started_at: float) -> dict:
 
 
 @router.get("/models", summary="Models this server answers to (OpenAI-compatible)")
-async def models(services: ServicesDep) -> dict:
+async def models(_: ReadDep, services: ServicesDep) -> dict:
     return {"object": "list", "data": [_model_card(n, services.started_at) for n in services.served_model_names()]}
 
 
 @router.get("/models/{model_id}", summary="One model (OpenAI-compatible)")
-async def model(services: ServicesDep, model_id: str) -> dict:
+async def model(_: ReadDep, services: ServicesDep, model_id: str) -> dict:
     if model_id not in services.served_model_names():
         raise NotFoundError(f"model {model_id!r} is not served here")
     return _model_card(model_id, services.started_at)

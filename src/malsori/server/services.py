@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ..scale.gateway import ScaleGateway
     from ..scale.live_state import LiveStore
     from ..streaming.manager import SessionManager
+    from ..tenants import Tenants
     from .live import LiveRunner
     from .metrics import Metrics
 
@@ -77,6 +78,8 @@ class Services:
       in one process.
     - ``routing_mode``: ``auto``, ``cpu`` or ``gpu``, set from the control panel. Kept for when
       scale-out workers exist; with one engine nothing routes by it (see :meth:`routing`).
+    - ``tenants``: API keys, tokens, rate limits and usage (:class:`~malsori.tenants.Tenants`), set
+      when the app starts; ``None`` before.
     - ``load_error``: why the model failed to load, if it did (shown by /is_ready and /stt/status).
     - ``scale``: the :class:`~malsori.scale.gateway.ScaleGateway` when a broker is configured
       (``settings.queue.broker_url``): jobs and synchronous requests then run on workers, and the
@@ -104,6 +107,7 @@ class Services:
     scale: ScaleGateway | None = None
     meetings: MeetingBook | None = None
     sentiment: SentimentService | None = None
+    tenants: Tenants | None = None
     _ready: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     # -- readiness ---------------------------------------------------------------------------------

@@ -7,6 +7,11 @@ whether a session survives a dropped connection. Admission, resume, takeover and
 shared (``malsori.streaming.manager``, ``server.live``). An error becomes a fatal ``error`` event and
 the close code of :func:`server.errors.ws_close_code`; it ends only the offending connection's session.
 
+Every socket authenticates first (``server.auth.authenticate_socket``: a token or key in the query or
+headers, or an ``auth`` first message) when API keys exist; a refusal is an ``error`` event and close
+code 4401 (no valid credentials) or 4403 (no ``transcribe`` scope). A session belongs to its key's
+tenant: only that tenant can resume it, and its audio is metered to it when it ends.
+
 Routes-module contract: ``router``, ``async startup(services)`` (sets ``services.sessions`` and
 ``services.live_runner``), ``async shutdown(services)``.
 """
@@ -14,6 +19,7 @@ Routes-module contract: ``router``, ``async startup(services)`` (sets ``services
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Annotated
 
 import numpy as np
@@ -27,6 +33,8 @@ from ..streaming.events import Error, Event
 from ..streaming.manager import LiveSession, SessionManager, VadFactory
 from ..streaming.resample import StreamResampler
 from ..streaming.vad import VAD_CHUNK
+from ..tenants import OPEN, Principal
+from .auth import USAGE_OPEN_TENANT, authenticate_socket
 from .deps import ServicesDep
 from .errors import ws_close_code
 from .live import LiveRunner, Outbox
@@ -57,8 +65,11 @@ router = APIRouter()
 class LiveConnection:
     """One socket attached to (at most) one session, speaking one protocol."""
 
-    def __init__(self, ws: WebSocket, protocol: LiveProtocol, services: Services, runner: LiveRunner) -> None:
+    def __init__(
+        self, ws: WebSocket, protocol: LiveProtocol, services: Services, runner: LiveRunner, principal: Principal = OPEN
+    ) -> None:
         self.protocol = protocol
+        self.principal = principal
         self.services = services
         self.runner = runner
         self.manager: SessionManager = runner.manager
@@ -89,7 +100,7 @@ class LiveConnection:
         for command in commands if isinstance(commands, list) else [commands]:
             if isinstance(command, Start) and command.spec.resume is not None:
                 resume = command.spec.resume
-                await store.adopt(resume.session_id, resume.token, self.manager, self.runner)
+                await store.adopt(resume.session_id, resume.token, self.manager, self.runner, tenant_id=self.principal.tenant_id)
 
     def open(self, spec: StartSpec) -> None:
         if self.services.live_scheduler is None:  # scaled out, workers decode: no model needed here
@@ -97,9 +108,14 @@ class LiveConnection:
         if spec.resume is not None:
             live = self._resume(spec, spec.resume)
         else:
+            labels, tenant = spec.labels, self.principal.tenant_id
+            if not self.principal.is_open:  # the key decides the tenant; a different label is refused
+                labels = {**labels, "tenant_id": self.principal.acting_tenant(labels.get("tenant_id"))}
+            limit = self.services.tenants.live_session_limit(tenant) if self.services.tenants is not None else 0
             live = self.manager.create(
                 spec.config, sample_rate=spec.sample_rate, encoding=spec.encoding, load=self.runner.load(),
-                labels=spec.labels, protocol=self.protocol.name, session_id=spec.session_id,
+                labels=labels, protocol=self.protocol.name, session_id=spec.session_id,
+                tenant_id=tenant, tenant_limit=limit,
             )  # fmt: skip
             if self.services.live_store is not None and self.protocol.resumable:
                 self.services.live_store.track(live)
@@ -113,7 +129,7 @@ class LiveConnection:
         self.resampler = StreamResampler(live.sample_rate)
 
     def _resume(self, spec: StartSpec, resume: Resume) -> LiveSession:
-        live = self.manager.resume(resume.session_id, resume.token)
+        live = self.manager.resume(resume.session_id, resume.token, tenant_id=self.principal.tenant_id)
         if (live.sample_rate, live.encoding) != (spec.sample_rate, spec.encoding):
             raise InvalidOptionsError("sample_rate and encoding must match the session being resumed")
         self.protocol.opened(live)
@@ -225,6 +241,7 @@ async def _serve(ws: WebSocket, protocol: LiveProtocol, services: Services, runn
     await ws.accept()
     conn = LiveConnection(ws, protocol, services, runner)
     try:
+        conn.principal = await authenticate_socket(ws)
         for greeting in protocol.greeting():
             conn.outbox.send_raw(greeting)
         spec = protocol.opening()
@@ -276,13 +293,29 @@ async def openai_realtime(ws: WebSocket, services: ServicesDep, runner: LiveRunn
 async def startup(services: Services, *, vad_factory: VadFactory | None = None) -> None:
     """Build the session registry and the decode loops; ``vad_factory`` replaces Silero (tests)."""
     s = services.settings.streaming
-    services.sessions = SessionManager(max_sessions=s.max_sessions, resume_grace_s=s.resume_grace_s, vad_factory=vad_factory)
+    services.sessions = SessionManager(
+        max_sessions=s.max_sessions, resume_grace_s=s.resume_grace_s, vad_factory=vad_factory, on_end=_meter(services)
+    )
     services.live_runner = LiveRunner(services, services.sessions)
     broker = services.settings.queue.broker_url
     if broker:  # scaled out: workers decode live windows, sessions are kept in Redis
         from ..scale.live_gateway import start_live
 
         start_live(services, services.settings.queue.redis())
+
+
+_LIVE_ROUTES = {"v1": "/v1/stream", "stt": "/stt/realtime", "raw": "/v1/stream/raw", "openai-realtime": "/v1/realtime"}
+
+
+def _meter(services: Services) -> Callable[[LiveSession], None]:
+    """A session's audio goes to its tenant's usage when it ends."""
+
+    def on_end(live: LiveSession) -> None:
+        if services.tenants is not None:
+            route = _LIVE_ROUTES.get(live.protocol, f"live/{live.protocol}")
+            services.tenants.usage.record(live.tenant_id or USAGE_OPEN_TENANT, route, live.session.audio_seconds)
+
+    return on_end
 
 
 async def shutdown(services: Services) -> None:

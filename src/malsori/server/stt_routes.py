@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from ..engine.options import TranscribeOptions
 from ..engine.types import Transcript
 from ..formats import speaker_summary
+from .auth import TranscribeDep
 from .deps import ReadyDep
 from .diarize import diarize_options, transcribe_maybe_diarized
 from .fetch import load_audio_url
@@ -111,6 +112,7 @@ def _options(services: Services, language: str | None) -> TranscribeOptions:
 
 @router.post("/upload", response_model=SttResult, summary="Transcribe an uploaded file (seed-compatible)")
 async def upload(
+    principal: TranscribeDep,
     services: ReadyDep,
     file: Annotated[UploadFile, File(description="The audio file")],
     meeting_id: Annotated[str | None, Form(max_length=200)] = None,
@@ -122,6 +124,7 @@ async def upload(
     min_speakers: Annotated[int | None, Form(ge=1, le=20)] = None,
     max_speakers: Annotated[int | None, Form(ge=1, le=20)] = None,
 ) -> SttResult:
+    tenant_id = principal.acting_tenant(tenant_id)
     started = time.perf_counter()
     options = _options(services, language)
     speakers = diarize_options(diarize, num_speakers, min_speakers, max_speakers)
@@ -131,10 +134,11 @@ async def upload(
 
 
 @router.post("/process", response_model=SttResult, summary="Transcribe audio from a URL or media path (seed-compatible)")
-async def process(services: ReadyDep, body: ProcessRequest) -> SttResult:
+async def process(principal: TranscribeDep, services: ReadyDep, body: ProcessRequest) -> SttResult:
+    tenant_id = principal.acting_tenant(body.tenant_id)
     started = time.perf_counter()
     options = _options(services, body.language)
     speakers = diarize_options(body.diarize, body.num_speakers, body.min_speakers, body.max_speakers)
     audio = await decode_bytes(services, await load_audio_url(body.audio_url, services.settings))
     transcript = await transcribe_maybe_diarized(services, audio, options, speakers, route="/stt/process")
-    return _result(transcript, meeting_id=body.meeting_id, tenant_id=body.tenant_id, user_id=body.user_id, started=started)
+    return _result(transcript, meeting_id=body.meeting_id, tenant_id=tenant_id, user_id=body.user_id, started=started)

@@ -26,6 +26,8 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import ConflictError
+from ..tenants import Principal, Scope
+from .auth import ReadDep
 from .deps import AdminDep, ServicesDep
 from .services import Services
 
@@ -82,13 +84,17 @@ def _queue_facts(services: Services) -> tuple[dict[str, Any], dict[str, Any]]:
     return queue, latency
 
 
-def _session_rows(services: Services) -> list[dict[str, Any]]:
-    """One dict per live session (SessionManager.list(): id, state, language, audio seconds, ...)."""
-    return [] if services.sessions is None else list(services.sessions.list())
+def _session_rows(services: Services, principal: Principal) -> list[dict[str, Any]]:
+    """One dict per live session (SessionManager.list(): id, state, language, audio seconds, ...):
+    every session for the open service or an admin key, the key's tenant's only for any other."""
+    if services.sessions is None:
+        return []
+    everyone = principal.is_open or Scope.ADMIN in principal.scopes
+    return list(services.sessions.list(None if everyone else principal.tenant_id))
 
 
 @router.get("/v1/admin/status", tags=["admin"])
-async def admin_status(services: ServicesDep) -> dict[str, Any]:
+async def admin_status(principal: ReadDep, services: ServicesDep) -> dict[str, Any]:
     """What the control panel shows; cheap enough to poll every couple of seconds."""
     gpus = cuda_device_count()
     queue, latency = _queue_facts(services)
@@ -102,7 +108,8 @@ async def admin_status(services: ServicesDep) -> dict[str, Any]:
         "gpu_available": gpus > 0 if services.scale is None else services.scale.gpu_available(),
         "gpu_count": gpus,
         "admin_key_required": bool(services.settings.auth.admin_key),
-        "sessions": _session_rows(services),
+        "api_keys_required": not principal.is_open,
+        "sessions": _session_rows(services, principal),
         "active_sessions": services.active_sessions(),
         "active_jobs": services.active_jobs(),
         "queue": queue,

@@ -1,7 +1,7 @@
 """Persistent storage of jobs and their results (SQLAlchemy 2.0: SQLite by default, PostgreSQL too)."""
 
 from .database import create_tables, open_engine, session_factory
-from .models import Base, JobRow
+from .models import ApiKeyRow, Base, JobRow, SecretRow, UsageRow
 from .repository import TERMINAL_STATES, JobRecord, JobRepository, JobState, utcnow
 
 __all__ = [
@@ -10,6 +10,9 @@ __all__ = [
     "session_factory",
     "Base",
     "JobRow",
+    "ApiKeyRow",
+    "UsageRow",
+    "SecretRow",
     "JobState",
     "JobRecord",
     "JobRepository",

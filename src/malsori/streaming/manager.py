@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import AuthError, InvalidOptionsError, NotFoundError, OverloadedError
+from ..errors import AuthError, InvalidOptionsError, NotFoundError, OverloadedError, RateLimitedError
 from .config import StreamConfig
 from .events import Event, Ready
 from .session import StreamingSession
@@ -74,6 +74,8 @@ class LiveSession:
     """Set by :meth:`SessionManager.end` only (and when another gateway took the session over)."""
     journal: Journal | None = None
     """Set when the session's state is kept outside this process (scaled out); None: here only."""
+    tenant_id: str | None = None
+    """The tenant whose key opened it (None: the open service). Only that tenant can resume it."""
 
     def publish(self, events: Sequence[Event]) -> None:
         """Keep events for replay and hand them to the attached connection, if any (through the
@@ -142,6 +144,7 @@ class SessionManager:
         max_busy: float = 0.97,
         clock: Callable[[], float] = time.monotonic,
         vad_factory: VadFactory | None = None,
+        on_end: Callable[[LiveSession], None] | None = None,
     ) -> None:
         self.max_sessions = max_sessions
         self.resume_grace_s = resume_grace_s
@@ -149,6 +152,8 @@ class SessionManager:
         self.max_busy = max_busy
         self._clock = clock
         self._vad_factory = vad_factory
+        self.on_end = on_end
+        """Called once as each session ends (usage metering)."""
         self._sessions: dict[str, LiveSession] = {}
 
     def active_count(self) -> int:
@@ -159,8 +164,12 @@ class SessionManager:
     def get(self, session_id: str) -> LiveSession | None:
         return self._sessions.get(session_id)
 
-    def list(self) -> builtins.list[dict]:
-        return [s.describe() for s in self._sessions.values()]
+    def list(self, tenant_id: str | None = None) -> builtins.list[dict]:
+        """Every session, or (``tenant_id`` given) only that tenant's."""
+        return [s.describe() for s in self._sessions.values() if tenant_id is None or s.tenant_id == tenant_id]
+
+    def tenant_count(self, tenant_id: str) -> int:
+        return sum(1 for s in self._sessions.values() if not s.ended and s.tenant_id == tenant_id)
 
     # -- admission ---------------------------------------------------------------------------------
     def check_admission(self, load: LoadSnapshot) -> None:
@@ -189,7 +198,16 @@ class SessionManager:
         labels: dict[str, str | None] | None = None,
         protocol: str = "v1",
         session_id: str | None = None,
+        tenant_id: str | None = None,
+        tenant_limit: int = 0,
     ) -> LiveSession:
+        """A new session; ``tenant_limit``: at most that many open sessions of ``tenant_id`` (0: no limit)."""
+        if tenant_id is not None and tenant_limit > 0 and self.tenant_count(tenant_id) >= tenant_limit:
+            raise RateLimitedError(
+                f"tenant {tenant_id!r} has its limit of {tenant_limit} live sessions open; end one or try again later",
+                limit="live_sessions",
+                retry_after=5.0,
+            )
         self.check_admission(load)
         if session_id is not None:
             if not session_id or len(session_id) > 128:
@@ -206,6 +224,7 @@ class SessionManager:
             encoding=encoding,
             labels=dict(labels or {}),
             protocol=protocol,
+            tenant_id=tenant_id,
         )
         self._sessions[sid] = live
         return live
@@ -220,13 +239,14 @@ class SessionManager:
         self._sessions[live.id] = live
 
     # -- connections -------------------------------------------------------------------------------
-    def resume(self, session_id: str, token: str | None) -> LiveSession:
+    def resume(self, session_id: str, token: str | None, *, tenant_id: str | None = None) -> LiveSession:
         """The session to resume; :class:`NotFoundError` or :class:`AuthError` (nothing changes then).
+        ``tenant_id`` given: another tenant's session is NotFoundError, token or not.
 
         It may have ended while its client was away: then there is nothing to attach to, only its
         last events to replay (it is kept for that until its grace period runs out)."""
         live = self._sessions.get(session_id)
-        if live is None:
+        if live is None or (tenant_id is not None and live.tenant_id != tenant_id):
             raise NotFoundError(f"no live session {session_id!r} (it ended, or its grace period ran out)")
         if not token or not secrets.compare_digest(token, live.token):
             raise AuthError("wrong resume token for this session")
@@ -260,6 +280,8 @@ class SessionManager:
             return False
         live.publish([*before, live.session.end(reason)])
         live.ended = True
+        if self.on_end is not None:
+            self.on_end(live)
         if live.detached_at is None:
             self.remove(live)
         return True

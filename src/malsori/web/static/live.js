@@ -1,5 +1,6 @@
 // The live page: options, start/stop, captions, figures and the connection state, over the
 // JavaScript client (malsori-client.js), which speaks /v1/stream, resumes and captures the microphone.
+import { bindKeyField, socketToken } from "./auth.js";
 import { MalsoriStream } from "./malsori-client.js";
 import { finalItem, languageLabel } from "./format.js";
 
@@ -89,6 +90,7 @@ async function start() {
     task: $("task").value,
     preset: $("preset").value,
     options: $("speakers").checked ? { diarize: true } : null, // finals then carry `speaker`
+    token: socketToken,
   });
   stream.addEventListener("state", onState);
   stream.addEventListener("final", onFinal);
@@ -149,3 +151,4 @@ window.malsori = {
   finals: () => (stream ? [...stream.finals] : []),
   stop,
 };
+bindKeyField($("api-key"));

@@ -103,6 +103,8 @@
  * @property {number[]} [backoffMs] waits between reconnect attempts; the last one repeats
  * @property {number} [stopTimeoutMs] how long stop() waits for the server's `end` (60000)
  * @property {typeof WebSocket} [WebSocket] a WebSocket constructor (e.g. the `ws` package in Node)
+ * @property {() => Promise<string|null>} [token] where API keys are configured: called before each
+ *   (re)connection for a short-lived token (POST /v1/tokens), sent as the first message
  */
 
 export const SAMPLE_RATE = 16000;
@@ -120,6 +122,8 @@ export const CloseCode = Object.freeze({
   SERVICE_RESTART: 1012,
   TRY_AGAIN_LATER: 1013, // session limit, saturated decoder, model still loading
   BAD_GATEWAY: 1014,
+  UNAUTHENTICATED: 4401, // no valid API key or token
+  FORBIDDEN: 4403, // the key lacks the transcribe scope
 });
 
 /**
@@ -138,6 +142,8 @@ const CLOSE_CODE_ERRORS = new Map([
   [CloseCode.UNSUPPORTED_DATA, "unsupported_audio"],
   [CloseCode.POLICY_VIOLATION, "protocol_error"],
   [CloseCode.INTERNAL_ERROR, "internal_error"],
+  [CloseCode.UNAUTHENTICATED, "unauthenticated"],
+  [CloseCode.FORBIDDEN, "forbidden"],
 ]);
 
 /** A failed session: `code` is the server's stable error code (or one of the client's, below). */
@@ -190,6 +196,7 @@ export class MalsoriStream extends EventTarget {
   constructor(options = {}) {
     super();
     this.url = options.url || defaultUrl();
+    this.token = options.token || null;
     this.sampleRate = options.sampleRate || SAMPLE_RATE;
     this.encoding = options.encoding || "pcm_s16le";
     if (!(this.encoding in ENCODINGS)) {
@@ -386,8 +393,19 @@ export class MalsoriStream extends EventTarget {
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     this.ready = false;
-    ws.onopen = () => {
+    ws.onopen = async () => {
       if (ws !== this.ws) return;
+      if (this.token) {
+        // A fresh token for every connection: a resume may come long after the first one expired.
+        let token = "";
+        try {
+          token = (await this.token()) || "";
+        } catch {
+          // sent empty: the server refuses it with close code 4401 and says why
+        }
+        if (ws !== this.ws) return;
+        if (token) ws.send(JSON.stringify({ type: "auth", token }));
+      }
       const start = { type: "start", sample_rate: this.sampleRate, encoding: this.encoding, task: this.startFields.task };
       if (this.startFields.language) start.language = this.startFields.language;
       if (this.startFields.preset) start.preset = this.startFields.preset;

@@ -3,6 +3,8 @@
 // (a single process has one model, so there is nothing to route between); it calls
 // PUT /v1/admin/routing and shows the server's reason when it refuses (no GPU, wrong admin key).
 
+import { apiKey, authHeaders, bindKeyField } from "./auth.js";
+
 const POLL_MS = 2000;
 const KEY_STORAGE = "malsori-admin-key";
 const $ = (id) => document.getElementById(id);
@@ -89,6 +91,7 @@ function render(data) {
   $("routing").textContent = data.routing || "–";
   $("routing-card").hidden = (data.engines || []).length < 2;
   $("admin-key-box").hidden = !data.admin_key_required;
+  $("api-key-box").hidden = !data.api_keys_required;
   if (!changing) {
     const radio = $(`mode-${data.routing_mode}`);
     if (radio) radio.checked = true;
@@ -107,8 +110,12 @@ function render(data) {
 
 async function poll() {
   try {
-    const response = await fetch("/v1/admin/status", { cache: "no-store" });
+    const response = await fetch("/v1/admin/status", { cache: "no-store", headers: authHeaders() });
     const body = await response.json();
+    if (response.status === 401 || response.status === 403) {
+      $("api-key-box").hidden = false; // the server has keys: ask for one
+      throw new Error(`${errorMessage(body, "an API key is needed")}${apiKey() ? "" : " (enter an API key above)"}`);
+    }
     if (!response.ok) throw new Error(errorMessage(body, `the server answered ${response.status}`));
     $("poll-error").hidden = true;
     render(body);
@@ -134,7 +141,7 @@ async function changeRouting(mode) {
   changing = true;
   const key = $("admin-key").value;
   if (key) sessionStorage.setItem(KEY_STORAGE, key);
-  const headers = { "Content-Type": "application/json" };
+  const headers = authHeaders({ "Content-Type": "application/json" });
   if (key) headers["X-Admin-Key"] = key;
   try {
     const response = await fetch("/v1/admin/routing", { method: "PUT", headers, body: JSON.stringify({ mode }) });
@@ -159,6 +166,7 @@ async function changeRouting(mode) {
 }
 
 $("admin-key").value = sessionStorage.getItem(KEY_STORAGE) || "";
+bindKeyField($("api-key"));
 for (const radio of document.querySelectorAll('input[name="mode"]')) {
   radio.addEventListener("change", () => {
     if (radio.checked) changeRouting(radio.value);

@@ -2,6 +2,7 @@
 // own progress (GET /v1/jobs/{id}) until its transcript is ready, and offer TXT/SRT/VTT downloads
 // from GET /v1/jobs/{id}/result?format=...: the formats come from the API, never re-rendered here, and
 // the file is transcribed once whatever is downloaded. Long files work the same way as short ones.
+import { authHeaders } from "./auth.js";
 import { finalItem } from "./format.js";
 
 const POLL_MS = 500;
@@ -44,6 +45,7 @@ function submit(file, options) {
     if (options.diarize) form.append("diarize", "true");
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/v1/jobs");
+    for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
     xhr.upload.onprogress = (event) => {
       if (event.lengthComputable) {
         const fraction = event.loaded / event.total;
@@ -64,7 +66,7 @@ function submit(file, options) {
 async function follow(job) {
   for (;;) {
     if (cancelled) throw new Error("cancelled");
-    const response = await fetch(job.links.self, { cache: "no-store" });
+    const response = await fetch(job.links.self, { cache: "no-store", headers: authHeaders() });
     const body = await response.json().catch(() => null);
     if (!response.ok) throw new Error(errorMessage(response.status, body));
     job = body;
@@ -117,7 +119,7 @@ async function transcribe(event) {
 
 async function cancel() {
   cancelled = true;
-  if (current && current.job) await fetch(current.job.links.self, { method: "DELETE" }).catch(() => null);
+  if (current && current.job) await fetch(current.job.links.self, { method: "DELETE", headers: authHeaders() }).catch(() => null);
 }
 
 async function download(button) {
@@ -127,7 +129,7 @@ async function download(button) {
   button.disabled = true;
   button.setAttribute("aria-busy", "true");
   try {
-    const response = await fetch(`${current.job.links.result}?format=${encodeURIComponent(format)}`);
+    const response = await fetch(`${current.job.links.result}?format=${encodeURIComponent(format)}`, { headers: authHeaders() });
     if (!response.ok) throw new Error(errorMessage(response.status, await response.text()));
     const blob = await response.blob();
     const link = document.createElement("a");
