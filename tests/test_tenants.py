@@ -60,6 +60,7 @@ ROUTES: dict[tuple[str, str], Scope] = {
     ("DELETE", "/v1/jobs/{job_id}"): Scope.TRANSCRIBE,
     ("GET", "/v1/admin/status"): Scope.READ,
     ("PUT", "/v1/admin/routing"): Scope.ADMIN,
+    ("POST", "/v1/analysis/sentiment"): Scope.TRANSCRIBE,
     ("GET", "/v1/meetings"): Scope.READ,
     ("GET", "/v1/meetings/{meeting_id}"): Scope.READ,
 }
@@ -153,6 +154,8 @@ def _call(client: TestClient, method: str, path: str, headers: dict[str, str], i
         return client.post(url, headers=headers, files=files)
     if method == "POST" and path == "/stt/process":
         return client.post(url, headers=headers, json={"audio_url": "http://127.0.0.1:9/a.wav"})
+    if method == "POST" and path == "/v1/analysis/sentiment":
+        return client.post(url, headers=headers, json={"texts": ["a fine day"]})
     if method == "POST" and path == "/v1/admin/keys":
         return client.post(url, headers=headers, json={"tenant_id": "newco"})
     if method == "PUT":
@@ -210,6 +213,8 @@ def test_own_is_200_and_another_tenants_is_404(keyed):
     for (method, path), scope in ROUTES.items():
         if path in ("/stt/process", "/v1/admin/keys/{key_id}", "/v1/jobs/{job_id}", "/v1/meetings/{meeting_id}"):
             continue  # a URL it cannot fetch, a key to revoke, cancelling a finished job: below or elsewhere
+        if path == "/v1/analysis/sentiment":
+            continue  # its model is the analysis extra (tests/test_sentiment.py); 401 and 403 are checked above
         key = keys.admin if scope is Scope.ADMIN else keys.acme
         r = _call(client, method, path, _auth(key), ids)
         assert r.status_code in (200, 201, 202, 409), (method, path, r.status_code, r.text)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..analysis.service import SentimentService
 from ..engine.options import normalize_language
+from .auth import TranscribeDep
 from .deps import ServicesDep
 from .services import NotReadyError
 
@@ -52,7 +53,7 @@ class SentimentResponse(BaseModel):
     response_model=SentimentResponse,
     summary="Sentiment (negative, neutral, positive) of each text",
 )
-async def sentiment(body: SentimentRequest, service: SentimentDep) -> SentimentResponse:
+async def sentiment(_: TranscribeDep, body: SentimentRequest, service: SentimentDep) -> SentimentResponse:
     texts = service.check(body.texts)
     results = await service.analyze_async(texts, normalize_language(body.language))
     return SentimentResponse(results=[SentimentResult(**r.to_dict()) for r in results])
