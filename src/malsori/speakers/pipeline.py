@@ -2,7 +2,9 @@
 
 The recipe is pyannote 3.x's, on the two ONNX models of :mod:`.models`:
 
-1. The segmentation model runs on 10 s chunks every ``step`` seconds; each chunk says, frame by frame
+1. The segmentation model runs on 10 s chunks every ``step`` seconds (10: chunks side by side, each
+   second segmented and embedded once; a 5 s step did all of it twice for DER 6.6% instead of 9.4% on
+   the call and 13.8% instead of 11.7% on the meeting, see docs/benchmarks.md); each chunk says, frame by frame
    (17 ms), which of up to three *local* speakers talk (two at once where they overlap).
 2. Every local speaker with enough clean speech in a chunk (no overlap) gets a CAM++ embedding of
    those frames.
@@ -108,7 +110,7 @@ class Diarization:
 class Diarizer:
     """Who speaks when in a whole recording. Thread-safe; one per process (:meth:`diarize` is CPU work)."""
 
-    def __init__(self, models: SpeakerModels | None = None, *, step: float = 5.0) -> None:
+    def __init__(self, models: SpeakerModels | None = None, *, step: float = 10.0) -> None:
         started = time.perf_counter()
         self.models = models or SpeakerModels()
         self.step = step
