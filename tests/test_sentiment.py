@@ -13,6 +13,7 @@ import malsori.analysis
 from malsori.analysis import (
     SENTIMENT_LABELS,
     KeywordSentimentAnalyzer,
+    VaderSentimentAnalyzer,
     Sentiment,
     load_sentiment_analyzer,
     shared_sentiment_analyzer,
@@ -75,6 +76,30 @@ def test_model_macro_f1_on_the_labelled_set(analyzer, lang, floor):
     assert macro_f1([row["label"] for row in rows], predicted, SENTIMENT_LABELS) >= floor
 
 
+def test_default_analyzer_labels_clear_cases_by_language():
+    """``auto`` (the default): English through VADER, Korean through the e5 model."""
+    auto = load_sentiment_analyzer()
+    for lang in ("en", "ko"):
+        cases = [(text, label) for lg, text, label in CLEAR if lg == lang]
+        results = auto.analyze([t for t, _ in cases], language=lang)
+        assert [(t, r.label) for (t, _), r in zip(cases, results, strict=True)] == cases
+    assert set(auto._made) == {"en", "other"}
+    assert auto._made["en"].name == "vader" and auto._made["other"].name == "e5-small-mlp"
+
+
+@pytest.mark.parametrize(("lang", "floor"), [("en", 0.75), ("ko", 0.70)])
+def test_default_analyzer_macro_f1_on_the_labelled_set(lang, floor):
+    rows = _load(f"eval_{lang}.jsonl")
+    predicted = [r.label for r in shared_sentiment_analyzer().analyze([row["text"] for row in rows], language=lang)]
+    assert macro_f1([row["label"] for row in rows], predicted, SENTIMENT_LABELS) >= floor
+
+
+def test_vader_scores_are_confidences():
+    results = VaderSentimentAnalyzer().analyze(["I love this!", "I hate this.", "The file is in the folder.", ""])
+    assert [r.label for r in results] == ["positive", "negative", "neutral", "neutral"]
+    assert all(0 <= r.score <= 1 for r in results)
+
+
 def test_model_empty_and_blank_texts_are_neutral(analyzer):
     assert analyzer.analyze([]) == []
     results = analyzer.analyze(["", "   ", "I love it"])
@@ -103,7 +128,7 @@ def test_keyword_fake():
 
 
 def test_unknown_model_name():
-    with pytest.raises(ValueError, match="one of e5, keywords"):
+    with pytest.raises(ValueError, match="one of auto, e5, vader, keywords"):
         load_sentiment_analyzer("bert")
 
 

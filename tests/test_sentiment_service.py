@@ -1,5 +1,6 @@
-"""Sentiment through the server, fast: POST /v1/analysis/sentiment (real model, validation), and live
-finals carrying ``sentiment`` (the fake decoder and a scripted analyzer, over real sockets)."""
+"""Sentiment through the server, fast: POST /v1/analysis/sentiment (real model, validation); live
+finals carrying ``sentiment`` (the fake decoder and a scripted analyzer, over real sockets); segments
+of file transcriptions and jobs with ``sentiment=true`` (fake model, scripted analyzer)."""
 
 from __future__ import annotations
 
@@ -231,3 +232,88 @@ def test_stt_realtime_transcripts_carry_sentiment(live):
         ("charlie delta", "negative"),
         ("echo", "neutral"),
     ]
+
+
+# -- file transcriptions and jobs: per-segment sentiment ---------------------------------------------
+class ParityAnalyzer:
+    """"second N" is positive for even N, negative for odd (the jobs' fake model reads each second so)."""
+
+    name = "parity"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def analyze(self, texts: Sequence[str], language: str | None = None) -> list[Sentiment]:
+        self.calls.append(len(texts))
+        out = []
+        for text in texts:
+            numbers = [int(w) for w in text.split() if w.isdigit()]
+            out.append(Sentiment("positive" if numbers and numbers[0] % 2 == 0 else "negative", 0.7))
+        return out
+
+
+def _expected(segments: list[dict]) -> list[str]:
+    return ["positive" if int(s["text"].split()[1]) % 2 == 0 else "negative" for s in segments]
+
+
+@pytest.fixture
+def files(tmp_path):
+    from fastapi.testclient import TestClient
+    from test_jobs_routes import FakeModel
+
+    model = FakeModel()
+    base = Settings()
+    settings = base.model_copy(update={"server": base.server.model_copy(update={"data_dir": tmp_path / "data"})})
+    with TestClient(create_app(settings, transcriber=model)) as client:
+        analyzer = ParityAnalyzer()
+        client.app.state.services.sentiment = SentimentService(lambda: analyzer)
+        client.app.state.services.jobs.sentiment_analyzer = lambda: analyzer
+        yield client, analyzer
+        model.open()
+
+
+def test_transcription_segments_carry_sentiment(files, testdata):
+    client, analyzer = files
+    audio = (testdata / "en" / "jfk.flac").read_bytes()
+    response = client.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("jfk.flac", audio)},
+        data={"response_format": "verbose_json", "sentiment": "true"},
+    )
+    assert response.status_code == 200, response.text
+    segments = response.json()["segments"]
+    assert len(segments) > 2
+    assert [s["sentiment"]["label"] for s in segments] == _expected(segments)
+    assert all(n <= 16 for n in analyzer.calls)  # in batches, so live finals get a turn between them
+    plain = client.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", audio)}, data={"response_format": "verbose_json"})
+    assert all("sentiment" not in s for s in plain.json()["segments"])
+
+
+def test_transcription_sentiment_needs_verbose_json(files, testdata):
+    client, _ = files
+    response = client.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("jfk.flac", (testdata / "en" / "jfk.flac").read_bytes())},
+        data={"response_format": "json", "sentiment": "true"},
+    )
+    assert response.status_code == 422
+    assert "response_format=verbose_json" in response.json()["error"]["message"]
+
+
+def test_job_segments_carry_sentiment_in_the_stored_result(files, testdata):
+    client, _ = files
+    response = client.post(
+        "/v1/jobs",
+        files={"file": ("jfk.flac", (testdata / "en" / "jfk.flac").read_bytes())},
+        data={"sentiment": "true", "response_format": "verbose_json"},
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    client.app.state.services.jobs.wait(job_id, timeout=30)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "succeeded" and job["options"]["sentiment"] is True
+    stored = job["result"]["segments"]
+    assert len(stored) > 2
+    assert [s["sentiment"]["label"] for s in stored] == _expected(stored)
+    rendered = client.get(f"/v1/jobs/{job_id}/result", params={"format": "verbose_json"}).json()["segments"]
+    assert [s["sentiment"] for s in rendered] == [s["sentiment"] for s in stored]

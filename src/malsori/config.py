@@ -144,8 +144,9 @@ class AuthSettings(BaseModel):
 class AnalysisSettings(BaseModel):
     """Sentiment of texts, finals and segments (malsori.analysis; the ``analysis`` extra)."""
 
-    sentiment_model: str = "e5"
-    """``e5`` (multilingual-e5-small + MLP head, bundled) or ``keywords`` (a keyword fake, for tests)."""
+    sentiment_model: str = "auto"
+    """``auto`` (VADER for English, e5 for other languages), ``e5`` (multilingual-e5-small + MLP head,
+    bundled), ``vader`` (English lexicon) or ``keywords`` (a keyword fake, for tests)."""
     threads: int = Field(default=1, ge=1, le=64)
     """CPU threads of the sentiment model (1: it runs beside Whisper, whose decodes matter more)."""
     max_texts: int = Field(default=64, ge=1)

@@ -153,6 +153,8 @@ def _segment_json(seg: Segment) -> dict:
     }
     if seg.speaker is not None:
         data["speaker"] = seg.speaker
+    if seg.sentiment is not None:
+        data["sentiment"] = seg.sentiment.to_dict()
     return data
 
 

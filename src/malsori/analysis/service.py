@@ -12,7 +12,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from ..engine.types import Transcript
 from ..errors import InvalidOptionsError
+from .segments import SEGMENT_BATCH, label_segments
 from .sentiment import Sentiment, SentimentAnalyzer
 
 __all__ = ["SentimentService"]
@@ -72,6 +74,16 @@ class SentimentService:
     async def analyze_async(self, texts: Sequence[str], language: str | None = None) -> list[Sentiment]:
         """Awaitable without holding the event loop."""
         return await asyncio.wrap_future(self.submit(texts, language))
+
+    async def label_transcript(self, transcript: Transcript) -> Transcript:
+        """``transcript`` with every segment's sentiment; batch by batch, so live finals get a turn between."""
+        segments = list(transcript.segments)
+        done: list[Sentiment] = []
+        for i in range(0, len(segments), SEGMENT_BATCH):
+            texts = [s.text.strip() for s in segments[i : i + SEGMENT_BATCH]]
+            done += await self.analyze_async(texts, transcript.language or None)
+        told = iter(done)
+        return label_segments(transcript, lambda texts, language: [next(told) for _ in texts])
 
     def warm(self) -> Future[None]:
         """Load the analyzer now, in its thread (a live session that asks for sentiment calls this at start)."""

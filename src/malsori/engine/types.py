@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # a type only: the engine runs without the analysis layer
+    from ..analysis.sentiment import Sentiment
 
 __all__ = ["Word", "Segment", "Transcript"]
 
@@ -34,6 +38,8 @@ class Segment:
     tokens: tuple[int, ...] = ()
     speaker: str | None = None
     """Who talks most during the segment, when the transcript was diarized."""
+    sentiment: Sentiment | None = None
+    """The segment text's sentiment, when it was asked for (``sentiment=true``; malsori.analysis)."""
 
     @property
     def confidence(self) -> float:
@@ -45,6 +51,10 @@ class Segment:
         data["tokens"] = list(self.tokens)
         if self.speaker is None:
             data.pop("speaker")
+        if self.sentiment is None:
+            data.pop("sentiment")
+        else:
+            data["sentiment"] = self.sentiment.to_dict()
         if self.words is None:
             data.pop("words")
         else:

@@ -54,6 +54,8 @@ class JobOptions:
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
+    sentiment: bool = False
+    """Each segment carries its sentiment (malsori.analysis)."""
 
     def __post_init__(self) -> None:
         # TranscribeOptions holds the rules for language, task, prompt and beam size; DiarizeOptions the speaker counts.
@@ -67,6 +69,8 @@ class JobOptions:
         object.__setattr__(self, "response_format", normalize_format(self.response_format))
         if not isinstance(self.word_timestamps, bool):
             raise InvalidOptionsError("word_timestamps must be true or false")
+        if not isinstance(self.sentiment, bool):
+            raise InvalidOptionsError("sentiment must be true or false")
 
     def transcribe_options(self) -> TranscribeOptions:
         return TranscribeOptions(

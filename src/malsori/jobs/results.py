@@ -3,6 +3,7 @@ rendered from the database long after the job ran."""
 
 from __future__ import annotations
 
+from ..analysis.sentiment import Sentiment
 from ..engine.types import Segment, Transcript, Word
 
 __all__ = ["transcript_from_dict"]
@@ -23,6 +24,7 @@ def transcript_from_dict(data: dict) -> Transcript:
                 else tuple(Word(w["start"], w["end"], w["word"], w["probability"], w.get("speaker")) for w in words),
                 tokens=tuple(raw.get("tokens", ())),
                 speaker=raw.get("speaker"),
+                sentiment=None if raw.get("sentiment") is None else Sentiment.from_dict(raw["sentiment"]),
             )
         )
     return Transcript(

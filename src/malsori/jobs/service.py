@@ -45,6 +45,7 @@ from .probe import probe_audio
 from .uploads import UploadSource, UploadStore
 
 if TYPE_CHECKING:
+    from ..analysis.sentiment import SentimentAnalyzer
     from ..config import Settings
     from ..engine.options import TranscribeOptions
     from ..engine.types import Transcript
@@ -85,8 +86,13 @@ class JobService:
         max_attempts: int = MAX_ATTEMPTS,
         on_finished: Callable[[JobRecord], None] | None = None,
         dispatch: Callable[[str], None] | None = None,
+        sentiment_model: str = "auto",
     ) -> None:
         self.repository = repository
+        self.sentiment_model = sentiment_model
+        """The analyzer of jobs with ``sentiment`` (``analysis.sentiment_model``), run in the job's thread."""
+        self.sentiment_analyzer: Callable[[], SentimentAnalyzer] = self._shared_sentiment_analyzer
+        """Where that analyzer comes from (the process's shared one; tests put a scripted one here)."""
         self.uploads = uploads
         self.limits = limits
         self.max_pending = max_pending
@@ -115,6 +121,7 @@ class JobService:
             "max_pending": limits.max_pending_jobs,
             "workers": limits.job_workers,
             "beam_size": settings.engine.beam_size,
+            "sentiment_model": settings.analysis.sentiment_model,
             **overrides,
         }
         repository = JobRepository(open_engine(settings.database_url()))
@@ -401,11 +408,20 @@ class JobService:
         lane = _JobLane(self, scheduler, f"job-{job.id}", job.id)
         pipeline = Pipeline(lane) if self._plan is None else Pipeline(lane, plan=self._plan)
         transcript = pipeline.transcribe(audio, options, progress)
-        if speakers is None:
-            return transcript
-        from ..speakers import attribute, shared_diarizer
+        if speakers is not None:
+            from ..speakers import attribute, shared_diarizer
 
-        return attribute(transcript, shared_diarizer().diarize(audio, speakers), keep_words=job_options.word_timestamps)
+            transcript = attribute(transcript, shared_diarizer().diarize(audio, speakers), keep_words=job_options.word_timestamps)
+        if job_options.sentiment:
+            from ..analysis.segments import label_segments
+
+            transcript = label_segments(transcript, self.sentiment_analyzer().analyze)
+        return transcript
+
+    def _shared_sentiment_analyzer(self) -> SentimentAnalyzer:
+        from ..analysis import shared_sentiment_analyzer
+
+        return shared_sentiment_analyzer(self.sentiment_model)
 
 
 class _JobLane:

@@ -106,6 +106,7 @@ class JobUrlRequest(BaseModel):
     response_format: ResultFormat = "json"
     word_timestamps: bool = False
     diarize: bool = False
+    sentiment: bool = False
     num_speakers: int | None = Field(default=None, ge=1, le=20)
     min_speakers: int | None = Field(default=None, ge=1, le=20)
     max_speakers: int | None = Field(default=None, ge=1, le=20)
@@ -148,9 +149,11 @@ def _job_options(
     response_format: str,
     word_timestamps: bool,
     speakers: tuple[bool, int | None, int | None, int | None] = (False, None, None, None),
+    sentiment: bool = False,
 ) -> JobOptions:
     services.check_model(model)
     return JobOptions(
+        sentiment=sentiment,
         diarize=speakers[0],
         num_speakers=speakers[1],
         min_speakers=speakers[2],
@@ -205,6 +208,7 @@ async def create_job(
     response_format: Annotated[ResultFormat, Form(description="Default format of the result endpoint")] = "json",
     word_timestamps: Annotated[bool, Form()] = False,
     diarize: Annotated[bool, Form(description="Find the speakers: segments and words carry `speaker`")] = False,
+    sentiment: Annotated[bool, Form(description="Each segment carries `sentiment` ({label, score})")] = False,
     num_speakers: Annotated[int | None, Form(ge=1, le=20)] = None,
     min_speakers: Annotated[int | None, Form(ge=1, le=20)] = None,
     max_speakers: Annotated[int | None, Form(ge=1, le=20)] = None,
@@ -223,6 +227,7 @@ async def create_job(
         response_format=response_format,
         word_timestamps=word_timestamps,
         speakers=(diarize, num_speakers, min_speakers, max_speakers),
+        sentiment=sentiment,
     )
     ids = JobIds(tenant_id=principal.acting_tenant(tenant_id), meeting_id=meeting_id, user_id=user_id)
     if file is not None and audio_url:
@@ -254,6 +259,7 @@ async def _create_from_json(request: Request, services: Services, jobs: JobServi
         response_format=body.response_format,
         word_timestamps=body.word_timestamps,
         speakers=(body.diarize, body.num_speakers, body.min_speakers, body.max_speakers),
+        sentiment=body.sentiment,
     )
     source = await load_audio_url(body.audio_url, services.settings)
     ids = JobIds(tenant_id=principal.acting_tenant(body.tenant_id), meeting_id=body.meeting_id, user_id=body.user_id)

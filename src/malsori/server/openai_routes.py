@@ -32,7 +32,7 @@ from .deps import ReadyDep, ServicesDep
 from .diarize import diarize_options, transcribe_maybe_diarized
 from .errors import error_body
 from .inference import decode_bytes, read_upload, transcribe_stream
-from .services import Services
+from .services import NotReadyError, Services
 
 __all__ = ["router"]
 
@@ -68,8 +68,11 @@ async def _run(
     route: str,
     stream: bool = False,
     speakers: DiarizeOptions | None = None,
+    sentiment: bool = False,
 ) -> Response:
     services.check_model(model)
+    if sentiment and response_format != "verbose_json":
+        raise InvalidOptionsError("sentiment=true labels the segments: it needs response_format=verbose_json")
     if stream and response_format not in ("json", "text"):
         raise InvalidOptionsError("stream=true sends text events: response_format must be json or text")
     if response_format == "diarized_json" and speakers is None:
@@ -98,6 +101,10 @@ async def _run(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # no proxy buffering
         )
     transcript = await transcribe_maybe_diarized(services, audio, options, speakers, route=route)
+    if sentiment:
+        if services.sentiment is None:  # only between app construction and startup
+            raise NotReadyError("the sentiment service is starting; try again shortly", retry_after=1.0)
+        transcript = await services.sentiment.label_transcript(transcript)
     return Response(render(transcript, response_format), media_type=_MEDIA_TYPES[response_format])
 
 
@@ -146,6 +153,9 @@ async def transcriptions(
     num_speakers: Annotated[int | None, Form(ge=1, le=20, description="With diarize: exactly this many speakers")] = None,
     min_speakers: Annotated[int | None, Form(ge=1, le=20, description="With diarize: at least this many")] = None,
     max_speakers: Annotated[int | None, Form(ge=1, le=20, description="With diarize: at most this many")] = None,
+    sentiment: Annotated[
+        bool, Form(description="Each segment carries `sentiment` ({label, score}); needs response_format=verbose_json")
+    ] = False,
 ) -> Response:
     return await _run(
         services,
@@ -160,6 +170,7 @@ async def transcriptions(
         route="/v1/audio/transcriptions",
         stream=stream,
         speakers=diarize_options(diarize, num_speakers, min_speakers, max_speakers),
+        sentiment=sentiment,
     )
 
 
