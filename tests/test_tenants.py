@@ -523,3 +523,17 @@ def test_meetings_belong_to_their_tenant(keyed):
         assert all(m.get("tenant_id") == "globex" for m in listing), listing
     mine = client.get("/v1/meetings", headers=_auth(keys.acme)).json()["meetings"]
     assert "standup" in {m["meeting_id"] for m in mine}
+
+
+def test_metrics_need_a_read_key_unless_public(tmp_path):
+    settings = _settings(tmp_path)
+    keys = _make_keys(settings)
+    with TestClient(create_app(settings, transcriber=FakeDecoder())) as client:
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers=_auth(keys.acme)).status_code == 200
+    public = _settings(tmp_path, public_metrics=True)
+    with TestClient(create_app(public, transcriber=FakeDecoder())) as client:
+        body = client.get("/metrics")
+        assert body.status_code == 200 and "malsori_http_requests" in body.text
+        assert "acme" not in body.text and "globex" not in body.text  # counts, never tenants
+        assert client.get("/v1/jobs").status_code == 401

@@ -8,7 +8,7 @@ sections, e.g. ``MALSORI__ENGINE__COMPUTE_TYPE=int8`` or ``MALSORI__SERVER__PORT
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,6 +71,8 @@ class ServerSettings(BaseModel):
     malloc_arenas: int = Field(default=2, ge=0)
     """glibc malloc arenas for `malsori serve` (0: glibc's default of 8 per core). Few arenas keep
     resident memory flat over hours of threaded decoding (malsori.memory)."""
+    log_format: Literal["text", "json"] = "text"
+    """``malsori serve``'s log lines: text, or one JSON object per line; both carry request ids and mask keys and tokens."""
     memory_trim_interval_s: float = Field(default=60.0, ge=0)
     """How often free heap memory is handed back to the system (0: never)."""
 
@@ -137,8 +139,9 @@ class AuthSettings(BaseModel):
     """Limits of every tenant that has no entry of its own in ``tenant_limits``."""
     tenant_limits: dict[str, TenantLimits] = {}
     """Limits by tenant id, e.g. ``MALSORI__AUTH__TENANT_LIMITS='{"acme": {"requests_per_minute": 600}}'``."""
-    mask_transcripts: bool = True
-    """Keep transcript text out of the logs (keys and tokens are always masked)."""
+    public_metrics: bool = False
+    """Serve /metrics without a key even when keys exist (counts only, no tenant or text): for a
+    Prometheus on a private network, with /metrics kept off the public side (deploy/nginx does)."""
 
 
 class AnalysisSettings(BaseModel):

@@ -6,7 +6,6 @@ flags; with neither, it serves the bundled ``base`` model on the CPU at 127.0.0.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,6 +52,7 @@ def serve(
     try:
         import uvicorn
 
+        from .. import logs
         from ..memory import limit_arenas
         from ..server.app import create_app
         from ..server.drain import DrainingServer
@@ -60,9 +60,8 @@ def serve(
         typer.echo(f"malsori serve needs the server extra: pip install 'malsori[server]' ({exc.name} is missing)", err=True)
         raise typer.Exit(2) from None
 
-    level = log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = build_settings(host, port, model, device, compute_type, data_dir)
+    logs.configure(log_level, settings.server.log_format)
     settings.server.data_dir.mkdir(parents=True, exist_ok=True)
     problem = _exposure_problem(settings)
     if problem is not None:
@@ -70,7 +69,10 @@ def serve(
         raise typer.Exit(2)
     limit_arenas(settings.server.malloc_arenas)  # before uvicorn and the model start their threads
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port, log_level=log_level.lower())
+    # log_config=None: uvicorn's lines go through malsori.logs (request ids, masked query strings).
+    config = uvicorn.Config(
+        app, host=settings.server.host, port=settings.server.port, log_level=log_level.lower(), log_config=None
+    )
     DrainingServer(config, app.state.services).run()
 
 

@@ -28,6 +28,7 @@ from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
 from ..errors import CredentialsError, MalsoriError
+from ..logs import request_id as request_id_var
 from ..tenants import OPEN, Principal, Scope, Tenants
 from .errors import error_response
 
@@ -60,7 +61,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _FIRST_MESSAGE_TIMEOUT_S = 10.0
 
 current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("malsori_principal", default=None)
-current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("malsori_request_id", default=None)
+current_request_id = request_id_var  # shown on every log line (malsori.logs)
 
 
 def is_public(path: str) -> bool:
@@ -131,7 +132,8 @@ class AuthMiddleware:
             return OPEN, None
         credential = _credential(scope)
         if credential is None:
-            if is_public(scope.get("path", "")) or scope["type"] == "websocket":
+            path = scope.get("path", "")
+            if is_public(path) or (path == "/metrics" and tenants.settings.auth.public_metrics) or scope["type"] == "websocket":
                 return None, None  # public, or a socket that may send a token as its first message
             return None, CredentialsError("an API key is needed: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
         try:

@@ -21,8 +21,10 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.requests import HTTPConnection
 
-from .auth import ReadDep
+from ..tenants import Scope
+from .auth import Require
 from .deps import ServicesDep
 
 if TYPE_CHECKING:
@@ -329,5 +331,7 @@ router = APIRouter()
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(_: ReadDep, services: ServicesDep) -> Response:
+async def metrics(conn: HTTPConnection, services: ServicesDep) -> Response:
+    if not services.settings.auth.public_metrics:  # counts only, but with keys a read key unless said otherwise
+        Require(Scope.READ)(conn)
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
