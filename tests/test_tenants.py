@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -537,3 +538,48 @@ def test_metrics_need_a_read_key_unless_public(tmp_path):
         assert body.status_code == 200 and "malsori_http_requests" in body.text
         assert "acme" not in body.text and "globex" not in body.text  # counts, never tenants
         assert client.get("/v1/jobs").status_code == 401
+
+
+# -- data: delete and retention --------------------------------------------------------------------
+def test_purge_deletes_a_job_with_its_transcript_only_for_its_tenant(keyed):
+    client, keys = keyed
+    job = _job(client, keys.acme)
+    assert client.delete(f"/v1/jobs/{job['id']}?purge=true", headers=_auth(keys.globex)).status_code == 404
+    assert client.delete(f"/v1/jobs/{job['id']}?purge=true", headers=_auth(keys.acme_read)).status_code == 403
+    r = client.delete(f"/v1/jobs/{job['id']}?purge=true", headers=_auth(keys.acme))
+    assert r.status_code == 204 and r.content == b""
+    assert client.get(f"/v1/jobs/{job['id']}", headers=_auth(keys.acme)).status_code == 404
+    assert client.app.state.services.jobs.repository.get(job["id"]) is None
+    assert job["id"] not in {j["id"] for j in client.get("/v1/jobs?limit=500", headers=_auth(keys.acme)).json()["data"]}
+
+
+def test_retention_deletes_finished_jobs_older_than_the_setting(tmp_path):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from malsori.storage import JobRow, utcnow
+
+    settings = _settings(tmp_path)
+    with TestClient(create_app(settings, transcriber=FakeDecoder())) as client:
+        ids = []
+        for _ in range(2):
+            r = client.post("/v1/jobs", files={"file": ("a.wav", WAV)})
+            ids.append(r.json()["id"])
+            client.app.state.services.jobs.wait(ids[-1], timeout=30)
+        repo = client.app.state.services.jobs.repository
+        with repo.engine.begin() as conn:
+            conn.execute(update(JobRow).where(JobRow.id == ids[0]).values(finished_at=utcnow() - timedelta(days=3)))
+        assert client.app.state.services.jobs.expire(2) == 1
+        assert repo.get(ids[0]) is None and repo.get(ids[1]) is not None
+        with repo.engine.begin() as conn:
+            conn.execute(update(JobRow).where(JobRow.id == ids[1]).values(finished_at=utcnow() - timedelta(days=3)))
+    # A server started with the setting deletes what is older at once.
+    kept = settings.model_copy(update={"storage": settings.storage.model_copy(update={"retention_days": 2.0})})
+    with TestClient(create_app(kept, transcriber=FakeDecoder())) as client:
+        jobs = client.app.state.services.jobs
+        for _ in range(200):  # the sweep runs in the background at start: poll, bounded
+            if jobs.repository.get(ids[1]) is None:
+                break
+            time.sleep(0.05)  # polling the database, not waiting for an outcome
+        assert jobs.repository.get(ids[1]) is None

@@ -80,13 +80,21 @@ class ServerSettings(BaseModel):
 class StorageSettings(BaseModel):
     url: str | None = None
     """SQLAlchemy URL (sqlite:///..., postgresql+psycopg://...). Default: SQLite in data_dir."""
+    retention_days: float = Field(default=0.0, ge=0)
+    """Delete finished jobs (audio and transcript) and ended meetings this many days after they
+    finished, checked hourly (0: keep them until deleted with DELETE /v1/jobs/{id}?purge=true)."""
 
 
 class LimitSettings(BaseModel):
     max_upload_bytes: int = 100 * 1024 * 1024
     """Largest accepted upload (bytes)."""
     max_audio_seconds: float = 3600.0
-    """Longest accepted audio (seconds)."""
+    """Longest accepted audio (seconds), counted on the decoded samples (a tiny file that decodes to
+    hours stops here)."""
+    max_channels: int = Field(default=32, ge=1)
+    """Most channels an uploaded file may have (more: 415)."""
+    max_input_sample_rate: int = Field(default=384_000, ge=8000)
+    """Highest sample rate an uploaded file may have, in Hz (higher: 415)."""
     max_pending_requests: int = 64
     """Short requests waiting for the model before new ones get 429."""
     max_pending_jobs: int = 1000
@@ -107,6 +115,9 @@ class StreamingSettings(BaseModel):
     """low-latency, balanced or accurate."""
     max_frame_bytes: int = 1024 * 1024
     """Largest binary audio frame accepted."""
+    idle_timeout_s: float = Field(default=120.0, ge=0)
+    """A socket that sends nothing for this long (before its session is stopping) is closed with
+    ``idle_timeout`` (1008), so idle or stalled connections do not hold session slots (0: never)."""
     stats_interval_s: float = Field(default=1.0, gt=0, le=2.0)
     """How often a session started with ``stats`` gets a ``stats`` event (also after each final)."""
 

@@ -25,6 +25,7 @@ from ..errors import (
 __all__ = [
     "SAMPLE_RATE",
     "AudioLimits",
+    "check_stream",
     "AudioSource",
     "decode_audio",
     "pcm_to_float32",
@@ -40,10 +41,24 @@ AudioSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
 @dataclass(frozen=True)
 class AudioLimits:
-    """Upper bounds for one input. Defaults: 100 MB and one hour."""
+    """Upper bounds for one input. Defaults: 100 MB, one hour, 32 channels, 384 kHz.
+
+    The duration is counted on the decoded samples, as they come: a tiny file that decodes to hours
+    (a decompression bomb: minutes of FLAC silence fit in a few kB) stops at ``max_seconds``, never
+    decoded whole. Channels and rate bound the work per second of audio before any is decoded."""
 
     max_bytes: int = 100 * 1024 * 1024
     max_seconds: float = 3600.0
+    max_channels: int = 32
+    max_sample_rate: int = 384_000
+
+
+def check_stream(channels: int | None, rate: int | None, limits: AudioLimits) -> None:
+    """UnsupportedAudioError when an audio stream has more channels or a higher rate than allowed."""
+    if channels is not None and channels > limits.max_channels:
+        raise UnsupportedAudioError(f"the audio has {channels} channels, over the limit of {limits.max_channels}")
+    if rate is not None and rate > limits.max_sample_rate:
+        raise UnsupportedAudioError(f"the audio's sample rate is {rate} Hz, over the limit of {limits.max_sample_rate} Hz")
 
 
 def _size_of(source: AudioSource) -> int | None:
@@ -89,6 +104,7 @@ def decode_audio(source: AudioSource, limits: AudioLimits = AudioLimits()) -> np
             if not container.streams.audio:
                 raise UnsupportedAudioError("the input has no audio stream")
             stream = container.streams.audio[0]
+            check_stream(stream.channels, stream.rate, limits)
             resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from ..engine.audio import AudioLimits, check_stream
 from ..errors import AudioTooLongError, EmptyAudioError, UnsupportedAudioError
 
 __all__ = ["probe_audio"]
@@ -16,7 +17,7 @@ __all__ = ["probe_audio"]
 _FRAMES_TO_TRY = 16
 
 
-def probe_audio(path: str | os.PathLike, max_seconds: float) -> float | None:
+def probe_audio(path: str | os.PathLike, max_seconds: float, limits: AudioLimits | None = None) -> float | None:
     """The duration the container declares (seconds; None when it declares none).
 
     Raises UnsupportedAudioError (not audio, or undecodable), EmptyAudioError (no samples in the
@@ -29,6 +30,8 @@ def probe_audio(path: str | os.PathLike, max_seconds: float) -> float | None:
             if not container.streams.audio:
                 raise UnsupportedAudioError("the input has no audio stream")
             stream = container.streams.audio[0]
+            if limits is not None:
+                check_stream(stream.channels, stream.rate, limits)
             duration = None
             if stream.duration is not None and stream.time_base is not None:
                 duration = float(stream.duration * stream.time_base)

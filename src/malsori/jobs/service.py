@@ -117,7 +117,12 @@ class JobService:
         """Storage from ``settings.database_url()``, uploads under ``data_dir/uploads``."""
         limits = settings.limits
         kwargs: dict[str, Any] = {
-            "limits": AudioLimits(max_bytes=limits.max_upload_bytes, max_seconds=limits.max_audio_seconds),
+            "limits": AudioLimits(
+                max_bytes=limits.max_upload_bytes,
+                max_seconds=limits.max_audio_seconds,
+                max_channels=limits.max_channels,
+                max_sample_rate=limits.max_input_sample_rate,
+            ),
             "max_pending": limits.max_pending_jobs,
             "workers": limits.job_workers,
             "beam_size": settings.engine.beam_size,
@@ -208,7 +213,7 @@ class JobService:
         job_id = uuid.uuid4().hex
         path = self.uploads.save(job_id, source, max_bytes=self.limits.max_bytes)
         try:
-            declared = probe_audio(path, self.limits.max_seconds)
+            declared = probe_audio(path, self.limits.max_seconds, self.limits)
             record = JobRecord(
                 id=job_id,
                 state=JobState.QUEUED,
@@ -282,6 +287,35 @@ class JobService:
             if job.finished:
                 break
         raise ConflictError(f"job {job_id} has already {job.state.value}; there is nothing to cancel")
+
+    def purge(self, job_id: str) -> None:
+        """Delete a job with its audio and transcript. A queued job is cancelled first; a running one
+        is ConflictError (cancel it, and purge once it stopped)."""
+        job = self.get(job_id)
+        if job.state is JobState.QUEUED and self.repository.cancel(job_id):
+            self._notify()
+            job = self.get(job_id)
+        if not job.finished or job_id in self._running:
+            raise ConflictError(f"job {job_id} is {job.state.value}; cancel it and delete it once it has stopped")
+        self.uploads.delete(job.upload_path)
+        if not self.repository.delete(job_id):
+            raise NotFoundError(f"no job with id {job_id!r}")
+        log.info("job %s deleted with its audio and transcript", job_id)
+
+    def expire(self, older_than_days: float) -> int:
+        """Delete finished jobs (audio and transcript) older than ``older_than_days``; how many."""
+        from datetime import timedelta
+
+        cutoff = utcnow() - timedelta(days=older_than_days)
+        deleted = 0
+        for job in self.repository.finished_before(cutoff):
+            if job.id in self._running:
+                continue
+            self.uploads.delete(job.upload_path)
+            deleted += int(self.repository.delete(job.id))
+        if deleted:
+            log.info("retention: %d jobs older than %g days deleted", deleted, older_than_days)
+        return deleted
 
     def active_count(self) -> int:
         """Jobs queued or running (shown in /stt/status and /metrics)."""

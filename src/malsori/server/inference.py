@@ -54,7 +54,13 @@ async def read_upload(upload: UploadFile | None) -> bytes:
 
 
 def _limits(services: Services, max_seconds: float) -> AudioLimits:
-    return AudioLimits(max_bytes=services.settings.limits.max_upload_bytes, max_seconds=max_seconds)
+    limits = services.settings.limits
+    return AudioLimits(
+        max_bytes=limits.max_upload_bytes,
+        max_seconds=max_seconds,
+        max_channels=limits.max_channels,
+        max_sample_rate=limits.max_input_sample_rate,
+    )
 
 
 async def decode_bytes(services: Services, data: AudioSource, *, max_seconds: float | None = None) -> np.ndarray:

@@ -4,7 +4,11 @@
   ``{"audio_url": ...}``) plus options and ids → 202 with the job.
 - ``GET /v1/jobs/{id}``: state, progress, the transcript once succeeded, the error once failed.
 - ``GET /v1/jobs/{id}/result?format=``: the transcript as json, text, srt, vtt, verbose_json or tsv.
-- ``DELETE /v1/jobs/{id}``: cancel (200 when cancelled, 202 while a running job stops, 409 when done).
+- ``DELETE /v1/jobs/{id}``: cancel (200 when cancelled, 202 while a running job stops, 409 when done);
+  ``?purge=true``: delete the job with its audio and transcript (204; a queued job is cancelled first,
+  a running one is 409 until it stopped).
+- Retention (``storage.retention_days``): finished jobs and ended meetings older than that are
+  deleted, checked at start and hourly.
 - ``GET /v1/jobs``: newest first, filtered by tenant, meeting and state, with limit and offset.
 
 With API keys (docs/security.md) a job belongs to the key's tenant: another tenant's job is 404 as
@@ -314,11 +318,23 @@ async def get_result(
 @router.delete(
     "/{job_id}",
     response_model=JobOut,
-    summary="Cancel a job",
-    responses={202: {"description": "Running: it stops at its next progress report"}, 409: {"description": "Already finished"}},
+    summary="Cancel a job, or with purge=true delete it with its audio and transcript",
+    responses={
+        202: {"description": "Running: it stops at its next progress report"},
+        204: {"description": "Deleted (purge=true)"},
+        409: {"description": "Already finished (cancel), or still running (purge)"},
+    },
 )
-async def cancel_job(principal: TranscribeDep, jobs: JobsDep, job_id: Annotated[str, _ID_PATH]) -> JSONResponse:
+async def cancel_job(
+    principal: TranscribeDep,
+    jobs: JobsDep,
+    job_id: Annotated[str, _ID_PATH],
+    purge: Annotated[bool, Query(description="Delete the job with its audio and transcript (204)")] = False,
+) -> Response:
     await _own_job(jobs, job_id, principal)
+    if purge:
+        await run_in_threadpool(jobs.purge, job_id)
+        return Response(status_code=204)
     job = await run_in_threadpool(jobs.cancel, job_id)
     status = 200 if job.state is JobState.CANCELLED else 202
     return JSONResponse(_job_out(job, with_result=False).model_dump(mode="json"), status_code=status)
@@ -341,6 +357,7 @@ async def startup(services: Services) -> None:
         jobs = await run_in_threadpool(JobService.from_settings, services.settings, dispatch=scale.dispatch_job)
         services.jobs = jobs
         scale.start(jobs)
+        _start_retention(services, jobs)
         return
     jobs = await run_in_threadpool(JobService.from_settings, services.settings, on_finished=_observer(services))
     await run_in_threadpool(jobs.recover)
@@ -352,9 +369,49 @@ async def startup(services: Services) -> None:
         jobs.start(scheduler)
 
     services.tasks["jobs.start"] = asyncio.create_task(start_when_ready())
+    _start_retention(services, jobs)
+
+
+_RETENTION_INTERVAL_S = 3600.0
+
+
+def _start_retention(services: Services, jobs: JobService) -> None:
+    """With ``storage.retention_days``, delete what is older at start and every hour (every gateway
+    may run it: each delete is one conditional statement)."""
+    days = services.settings.storage.retention_days
+    if days <= 0:
+        return
+
+    def sweep() -> None:
+        jobs.expire(days)
+        book = services.meetings
+        store = getattr(book, "store", None)
+        if store is not None and hasattr(store, "delete_ended_before"):
+            from datetime import timedelta
+
+            from ..storage import utcnow
+
+            removed = store.delete_ended_before(utcnow() - timedelta(days=days))
+            if removed:
+                log.info("retention: %d meetings older than %g days deleted", removed, days)
+
+    async def loop() -> None:
+        while True:
+            try:
+                await run_in_threadpool(sweep)
+            except Exception:  # the database away for a moment: try again next time
+                log.exception("retention sweep failed")
+            await asyncio.sleep(_RETENTION_INTERVAL_S)
+
+    services.tasks["jobs.retention"] = asyncio.create_task(loop(), name="malsori-retention")
 
 
 async def shutdown(services: Services) -> None:
+    retention = services.tasks.pop("jobs.retention", None)
+    if retention is not None:
+        retention.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention
     starter = services.tasks.pop("jobs.start", None)
     if starter is not None and not starter.done():
         starter.cancel()

@@ -22,8 +22,10 @@ import logging
 from collections.abc import Callable
 from typing import Annotated
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, WebSocket
+from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect
 
 from ..engine.audio import SAMPLE_RATE, pcm_to_float32
@@ -248,7 +250,7 @@ async def _serve(ws: WebSocket, protocol: LiveProtocol, services: Services, runn
         if spec is not None:
             conn.open(spec)
         while True:
-            message = await ws.receive()
+            message = await _receive(ws, conn)
             if message["type"] == "websocket.disconnect":
                 conn.dropped()
                 break
@@ -263,6 +265,21 @@ async def _serve(ws: WebSocket, protocol: LiveProtocol, services: Services, runn
     except Exception as exc:  # protocol errors end this connection only
         conn.fail(exc)
     await conn.outbox.task
+
+
+async def _receive(ws: WebSocket, conn: LiveConnection) -> Message:
+    """The next message; ProtocolError ``idle_timeout`` after ``streaming.idle_timeout_s`` of silence,
+    except while the session is stopping (the client is waiting for its last finals then)."""
+    limit = conn.services.settings.streaming.idle_timeout_s
+    live = conn.live
+    stopping = live is not None and (live.ended or live.session.state == "finishing")
+    if limit <= 0 or stopping:
+        return await ws.receive()
+    try:
+        with anyio.fail_after(limit):
+            return await ws.receive()
+    except TimeoutError:
+        raise ProtocolError(f"nothing received for {limit:g} s: closing the idle connection", code="idle_timeout") from None
 
 
 @router.websocket("/v1/stream")

@@ -33,6 +33,14 @@ class MeetingRepository:
             row.ended_at = datetime.fromisoformat(ended) if ended else None
             row.record = record
 
+    def delete_ended_before(self, cutoff: datetime) -> int:
+        """Remove meetings (their transcripts with them) that ended before ``cutoff``; how many (retention)."""
+        with self._session.begin() as db:
+            rows = db.scalars(select(MeetingRow).where(MeetingRow.ended_at.is_not(None), MeetingRow.ended_at < cutoff)).all()
+            for row in rows:
+                db.delete(row)
+            return len(rows)
+
     def get(self, meeting_id: str) -> dict[str, Any] | None:
         with self._session() as db:
             row = db.get(MeetingRow, meeting_id)

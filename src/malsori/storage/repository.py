@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, cast, overload
 
-from sqlalchemy import ColumnElement, CursorResult, Engine, case, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, Engine, case, delete, func, select, update
 
 from .database import session_factory
 from .models import JobRow
@@ -248,6 +248,31 @@ class JobRepository:
     def request_cancel(self, job_id: str) -> bool:
         """Mark a running job to stop at its next progress report."""
         return self._update(job_id, [JobState.RUNNING], cancel_requested=True)
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a finished job's row (its transcript with it); False when it is not finished or gone."""
+        with self._sessions.begin() as session:
+            result = cast(
+                CursorResult[Any],
+                session.execute(
+                    delete(JobRow)
+                    .where(JobRow.id == job_id, JobRow.state.in_([s.value for s in TERMINAL_STATES]))
+                    .execution_options(synchronize_session=False)
+                ),
+            )
+            return result.rowcount == 1
+
+    def finished_before(self, cutoff: datetime, limit: int = 1000) -> builtins.list[JobRecord]:
+        """Finished jobs that finished (or, lacking that, were created) before ``cutoff``, oldest first."""
+        when = func.coalesce(JobRow.finished_at, JobRow.created_at)
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(JobRow)
+                .where(JobRow.state.in_([s.value for s in TERMINAL_STATES]), when < cutoff)
+                .order_by(when)
+                .limit(limit)
+            ).all()
+            return [JobRecord.from_row(r) for r in rows]
 
     def requeue(
         self,
