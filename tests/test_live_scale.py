@@ -123,8 +123,13 @@ def fake_worker(redis_url: str, name: str = "worker-fake", queue: str = "stt.cpu
     registry = Registry(redis_url)
 
     def heartbeat() -> None:
+        import redis
+
         while not stop.is_set():
-            registry.announce(info)
+            try:
+                registry.announce(info)
+            except redis.RedisError:
+                pass  # Redis restarting: keep announcing, as the real worker's heartbeat does (scale/worker.py)
             stop.wait(0.5)
 
     beat = threading.Thread(target=heartbeat, daemon=True)

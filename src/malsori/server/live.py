@@ -6,9 +6,9 @@ so a slow decoder makes sessions skip stale partials instead of piling up window
 session ends (stopped and finalized, a fatal error, its grace period over, shutdown) goes through
 :meth:`LiveRunner.end`.
 
-A session started with ``sentiment`` has its finals analysed in the sentiment service's thread
-before they are published (:meth:`LiveRunner._publish`): while one waits, the session's later events
-wait behind it, so the client still gets them in ``seq`` order, and the event loop keeps serving
+A session started with ``diarize`` has its finals' speakers found in a thread, and one started with
+``sentiment`` its finals analysed in the sentiment service's thread, before they are published
+(:meth:`LiveRunner._publish`): while one waits, the session's later events wait behind it, so the client still gets them in ``seq`` order, and the event loop keeps serving
 every session meanwhile.
 """
 
@@ -191,7 +191,7 @@ class LiveRunner:
         if not events:
             return
         previous = self._pending.get(live.id)
-        if previous is None and not self._wants_sentiment(live, events):
+        if previous is None and not self._wants_sentiment(live, events) and not _unlabelled(events):
             self._emit(live, events)
             return
         task = asyncio.create_task(self._publish_in_order(live, list(events), previous), name=f"publish-{live.id}")
@@ -209,11 +209,28 @@ class LiveRunner:
     async def _publish_in_order(self, live: LiveSession, events: list[Event], previous: asyncio.Task | None) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # never raises: a failed or cancelled one is simply over
+        if _unlabelled(events):
+            events = await self._with_speakers(live, events)
         if self._wants_sentiment(live, events):
             events = await self._with_sentiment(live, events)
         if not live.ended:
             self._emit(live, events)
         self.wake(live)
+
+    @staticmethod
+    async def _with_speakers(live: LiveSession, events: list[Event]) -> list[Event]:
+        """``events`` with every final's speakers found, in a thread (the clustering is CPU work; the
+        publications of one session run one after another, so its finals are clustered in order).
+        When it fails, the final goes out with its speaker unknown (null)."""
+
+        def label(final: Final) -> Final:
+            try:
+                return final.labelled()
+            except Exception as exc:
+                log.warning("live session %s: speakers failed (%s: %s); final sent without", live.id, type(exc).__name__, exc)
+                return replace(final, label_speakers=None)
+
+        return [await asyncio.to_thread(label, e) if isinstance(e, Final) else e for e in events]
 
     async def _with_sentiment(self, live: LiveSession, events: list[Event]) -> list[Event]:
         """``events`` with every final's ``sentiment`` (null when the analyzer failed: the text still goes out)."""
@@ -473,3 +490,8 @@ class LiveRunner:
             await store.flush()
         with contextlib.suppress(asyncio.CancelledError):
             await self._sweeper
+
+
+def _unlabelled(events: Sequence[Event]) -> bool:
+    """Whether a final of ``events`` still has its speakers to find (``diarize``)."""
+    return any(isinstance(e, Final) and e.label_speakers is not None for e in events)

@@ -4,7 +4,8 @@ for replay, and each wire protocol renders it its own way (``ready``, ``session_
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
 from ..analysis.sentiment import Sentiment
@@ -73,6 +74,18 @@ class Final(Event):
     """With ``sentiment``: the text's sentiment (None when it could not be told: the analyzer failed)."""
     analyzed: bool = False
     """The session asked for sentiment (``sentiment`` is on the wire, maybe null)."""
+    label_speakers: Callable[[], tuple[str | None, tuple[WordTiming, ...] | None]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    """With ``diarize``, until :meth:`labelled`: the work that finds ``speaker`` and the words' speakers
+    (CPU-bound, about 0.1-0.3 s: the live runner runs it in a thread, finals in order)."""
+
+    def labelled(self) -> Final:
+        """This final with its speakers found (blocking; itself when there is nothing to find)."""
+        if self.label_speakers is None:
+            return self
+        speaker, words = self.label_speakers()
+        return replace(self, speaker=speaker, words=words, label_speakers=None)
 
     def to_dict(self) -> dict:
         data = {"type": self.type, "seq": self.seq, "text": self.text, "start": self.start, "end": self.end}

@@ -676,13 +676,15 @@ class StreamingSession:
                     for w in (s.words or ())
                     if w.word.strip()
                 )[repeated:]
-            speaker = None
+            label = None
             if self._speakers is not None:
-                speaker, words = self._label_speakers(start, end, words or ())
+                label = self._speaker_labelling(start, end, words or ())
             if not self.config.word_timestamps:
                 words = None
             diarized = self._speakers is not None
-            events.append(Final(self._next_seq(), text, start, end, result.language, words, speaker=speaker, diarized=diarized))
+            events.append(
+                Final(self._next_seq(), text, start, end, result.language, words, diarized=diarized, label_speakers=label)
+            )
             self.finals += 1
             prompt_chars = self.config.advanced.prompt_chars
             settled = (self._settled + " " + text).strip()
@@ -699,16 +701,25 @@ class StreamingSession:
             events.extend(self._finalize(nxt, nxt.candidate[1]))  # type: ignore[index]
         return events
 
-    def _label_speakers(
+    def _speaker_labelling(
         self, start: float, end: float, words: tuple[WordTiming, ...]
-    ) -> tuple[str | None, tuple[WordTiming, ...]]:
-        """The speaker of a final and of each of its words (online clustering, :mod:`malsori.speakers.online`)."""
-        assert self._speakers is not None
+    ) -> Callable[[], tuple[str | None, tuple[WordTiming, ...] | None]]:
+        """The work that finds the speaker of a final and of each of its words (online clustering,
+        :mod:`malsori.speakers.online`), on a copy of its audio taken now: whoever runs it (the live
+        runner, in a thread) must run a session's in the order of its finals."""
+        speakers, keep_words = self._speakers, self.config.word_timestamps
+        assert speakers is not None
         a, b = max(round(start * _SR), self._buffer.base), min(round(end * _SR), self._buffer.end)
-        if b <= a:
-            return None, words
-        speaker, labels = self._speakers.label(self._buffer.slice(a, b), a / _SR, [(w.start, w.end) for w in words])
-        return speaker, tuple(replace(w, speaker=who) for w, who in zip(words, labels, strict=True))
+        audio = self._buffer.slice(a, b).copy() if b > a else None
+
+        def label() -> tuple[str | None, tuple[WordTiming, ...] | None]:
+            if audio is None:
+                return None, words if keep_words else None
+            speaker, labels = speakers.label(audio, a / _SR, [(w.start, w.end) for w in words])
+            labelled = tuple(replace(w, speaker=who) for w, who in zip(words, labels, strict=True))
+            return speaker, labelled if keep_words else None
+
+        return label
 
     # -- events ------------------------------------------------------------------------------------
     def _next_seq(self) -> int:
