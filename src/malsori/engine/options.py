@@ -24,6 +24,8 @@ def normalize_language(language: str | None) -> str | None:
     """``None``/``""``/``auto`` mean detect; otherwise a Whisper language code (``en``, ``de``, ...)."""
     if language is None:
         return None
+    if not isinstance(language, str):  # a client's JSON may carry anything (tests/test_fuzz_keyed.py)
+        raise InvalidOptionsError(f"language must be a language code such as en, not {language!r}")
     code = language.strip().lower()
     if code in ("", "auto", "detect"):
         return None

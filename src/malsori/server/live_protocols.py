@@ -150,6 +150,9 @@ def _stream_config(data: Mapping[str, Any], default_preset: str) -> StreamConfig
         options = {**options, "diarize": data["diarize"]}
     if "sentiment" in data:  # likewise (options.sentiment works too)
         options = {**options, "sentiment": data["sentiment"]}
+    for name in ("preset", "task"):
+        if data.get(name) is not None and not isinstance(data[name], str):
+            raise InvalidOptionsError(f"{name} must be a string, not {data[name]!r}")
     return StreamConfig.from_preset(
         data.get("preset") or default_preset,
         language=data.get("language"),
