@@ -15,9 +15,11 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import wave
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -321,10 +323,13 @@ def test_live_captions_from_the_fake_microphone(page, live_server, speech_wav, a
     _, loop_s = speech_wav
     page.goto(f"{live_server.url}/")
     page.select_option("#language", "")  # detect: the page must show the detected language
+    meeting = f"browser-{time.time_ns()}"
+    page.fill("#meeting", meeting)
     page.click("#start")
     state = page.locator("#conn-state")
     expect(state).to_have_attribute("data-state", "live", timeout=30_000)
     expect(page.locator("#language")).to_be_disabled()  # options are fixed while a session runs
+    expect(page.locator("#meeting")).to_be_disabled()
 
     # the control panel lists this session, with its state, while it runs
     session_id = page.evaluate("window.malsori.stream.sessionId")
@@ -338,9 +343,15 @@ def test_live_captions_from_the_fake_microphone(page, live_server, speech_wav, a
 
     finals = _first_pass(page, loop_s)
     page.screenshot(path=str(artifacts / "browser-live-captions.png"), full_page=True)
+    # The statistics beside the captions: shown, and updated while the session runs.
+    expect(page.locator("#st-wpm")).to_have_text(re.compile(r"^\d+$"))
+    updates = page.evaluate("window.malsori.statsUpdates()")
+    page.wait_for_function("(n) => window.malsori.statsUpdates() > n", arg=updates, timeout=10_000, polling=100)
+    assert int(page.locator("#stats").get_attribute("data-updates")) > updates
     page.click("#stop")
     expect(state).to_have_attribute("data-state", "stopped", timeout=90_000)
     expect(state).to_have_text("Stopped")  # the server confirmed the end of the session
+    _check_stats_shown(page, meeting)
     expect(page.locator("#start")).to_be_enabled()
 
     text = " ".join(f["text"] for f in finals)
@@ -354,6 +365,24 @@ def test_live_captions_from_the_fake_microphone(page, live_server, speech_wav, a
     expect(page.locator("#fig-latency")).to_have_text(re.compile(r"^\d+\.\d\d s$"))
     assert int(page.locator("#fig-words").inner_text()) >= len(text.split())
     assert float(page.locator("#fig-audio").inner_text().split()[0]) >= LEAD_S + 9.5
+
+
+def _check_stats_shown(page, meeting: str) -> None:
+    """The last stats (sent before ``end``) count every final; the page shows them and their chart;
+    the meeting is kept by the server with the same transcript."""
+    everything = page.evaluate("window.malsori.finals()")
+    stats = page.evaluate("window.malsori.stats()")
+    assert stats["meeting_id"] == meeting
+    assert stats["stats"]["finals"] == len(everything)
+    assert stats["stats"]["words"] == sum(len(f["text"].split()) for f in everything)
+    assert page.locator("#st-wpm").inner_text() == str(round(stats["stats"]["wpm"]))
+    assert re.fullmatch(r"\d+%", page.locator("#st-silence").inner_text())
+    assert re.fullmatch(r"\d+\.\d\d s", page.locator("#st-latency").inner_text())
+    points = page.locator("#st-wpm-chart polyline").get_attribute("points") or ""
+    assert len(points.split()) >= 2  # a line, not a dot: it was drawn from several stats events
+    assert page.locator("#st-meeting-link").inner_text() == meeting
+    record = httpx.get(page.url.rstrip("/") + f"/v1/meetings/{meeting}").json()
+    assert [t["text"] for t in record["transcript"]] == [f["text"] for f in everything]
 
 
 def test_a_dropped_connection_resumes_without_losing_or_repeating_finals(page, live_server, speech_wav, artifacts):

@@ -3,10 +3,12 @@
 import { bindKeyField, socketToken } from "./auth.js";
 import { MalsoriStream } from "./malsori-client.js";
 import { finalItem, languageLabel } from "./format.js";
+import { StatsView } from "./stats-view.js";
 
 const $ = (id) => document.getElementById(id);
 let stream = null;
-const optionControls = ["language", "task", "preset", "speakers"].map($);
+const optionControls = ["language", "task", "preset", "speakers", "meeting"].map($);
+const statsView = new StatsView($);
 
 function showError(message) {
   const box = $("live-error");
@@ -84,6 +86,8 @@ async function start() {
   $("partial").textContent = "";
   $("fig-latency").textContent = "–";
   $("fig-language").textContent = "–";
+  const meetingId = $("meeting").value.trim() || null;
+  statsView.reset(meetingId);
   setRunning(true);
   stream = new MalsoriStream({
     language: $("language").value,
@@ -91,10 +95,13 @@ async function start() {
     preset: $("preset").value,
     options: $("speakers").checked ? { diarize: true } : null, // finals then carry `speaker`
     token: socketToken,
+    stats: true,
+    meetingId,
   });
   stream.addEventListener("state", onState);
   stream.addEventListener("final", onFinal);
   stream.addEventListener("figures", onFigures);
+  stream.addEventListener("stats", ({ detail }) => statsView.show(detail));
   stream.addEventListener("partial", ({ detail }) => {
     $("live-placeholder").hidden = true;
     $("partial").textContent = (detail.text || "").trim();
@@ -149,6 +156,8 @@ window.malsori = {
   state: () => (stream ? stream.state : "idle"),
   dropConnection: () => stream && stream.dropConnection(),
   finals: () => (stream ? [...stream.finals] : []),
+  stats: () => (stream ? stream.lastStats : null),
+  statsUpdates: () => statsView.count,
   stop,
 };
 bindKeyField($("api-key"));

@@ -98,6 +98,8 @@
  * @property {"low-latency"|"balanced"|"accurate"|null} [preset] null: the server's default
  * @property {boolean} [wordTimestamps] finals carry `words`
  * @property {Object<string, number|boolean>} [options] single preset values (`{endpoint_s: 0.5}`)
+ * @property {boolean} [stats] the server sends `stats` events (running statistics, about every second)
+ * @property {string|null} [meetingId] the session joins this meeting (kept by the server: GET /v1/meetings/{id})
  * @property {number} [bufferSeconds] recent audio kept to resend after a resume (30, the server's grace)
  * @property {number} [graceSeconds] how long to keep trying to reconnect after a drop (30)
  * @property {number[]} [backoffMs] waits between reconnect attempts; the last one repeats
@@ -187,7 +189,8 @@ const END_REASONS = { error: "the server failed", expired: "the session expired"
 /**
  * One live transcription session over /v1/stream. Events (`addEventListener(type, ({detail}) => ...)`):
  * - the server's, each once, in order: `ready` (every connection, resumed or not), `partial`,
- *   `final` (with `latencyMs`), `language`, `error` (a ServerErrorEvent), `end`;
+ *   `final` (with `latencyMs`), `language`, `error` (a ServerErrorEvent), `end`, and with
+ *   `stats: true` `stats` (the latest statistics: each supersedes the one before);
  * - the client's: `state` ({state, resumes, attempt, error, confirmed}), `fatal` ({error}: the
  *   session failed), `figures` (see figures()), and with the microphone `level` ({rms}) and `format`.
  */
@@ -212,6 +215,8 @@ export class MalsoriStream extends EventTarget {
       preset: options.preset || null,
       wordTimestamps: Boolean(options.wordTimestamps),
       options: options.options || null,
+      stats: Boolean(options.stats),
+      meetingId: options.meetingId || null,
     };
     this.bufferSamples = (options.bufferSeconds ?? 30) * this.sampleRate;
     this.graceMs = (options.graceSeconds ?? 30) * 1000;
@@ -234,6 +239,8 @@ export class MalsoriStream extends EventTarget {
     this.resumes = 0; // how many times the session was resumed after a drop
     /** @type {FinalEvent[]} every final of the session, once, in order */
     this.finals = [];
+    /** The latest `stats` event (with `stats: true`), or null. */
+    this.lastStats = null;
     /** @type {MalsoriError|null} */
     this.error = null;
     this.ended = false; // the server's `end` arrived
@@ -411,6 +418,8 @@ export class MalsoriStream extends EventTarget {
       if (this.startFields.preset) start.preset = this.startFields.preset;
       if (this.startFields.wordTimestamps) start.word_timestamps = true;
       if (this.startFields.options) start.options = this.startFields.options;
+      if (this.startFields.stats) start.stats = true;
+      if (this.startFields.meetingId) start.meeting_id = this.startFields.meetingId;
       if (resuming) Object.assign(start, { session_id: this.sessionId, resume_token: this.resumeToken, last_seq: this.lastSeq });
       ws.send(JSON.stringify(start));
     };
@@ -453,6 +462,10 @@ export class MalsoriStream extends EventTarget {
       }
       case "language":
         this.emit("language", message);
+        break;
+      case "stats":
+        this.lastStats = message;
+        this.emit("stats", message);
         break;
       case "error":
         if (message.fatal !== false) this.pendingError = new MalsoriError(message.message || message.code, { code: message.code });
