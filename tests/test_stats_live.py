@@ -80,3 +80,56 @@ def test_lj_talk_stats_every_2_s_consistent_with_finals_and_the_meeting_survives
     assert after.status_code == 200
     assert after.json() == before
     assert MEETING in [m["meeting_id"] for m in httpx.get(f"{live_server.url}/v1/meetings").json()["meetings"]]
+
+
+# -- finals at sentence ends (segmentation: "sentence") ---------------------------------------------
+KO = [f"ko/zeroth_104_003_{k}.flac" for k in ("0019", "0193", "0294")]
+
+
+def _sentence_finals(live_server, audio, language: str) -> list[dict]:
+    from test_streaming_ws import stream
+
+    start = {"language": language, "segmentation": "sentence"}
+    ready, events, _, code = asyncio.run(stream(ws_url(live_server, "/v1/stream"), audio, start=start))
+    assert code == 1000 and ready["config"]["segmentation"] == "sentence"
+    return [e for e in events if e["type"] == "final"]
+
+
+def _check_cut_at_sentence_ends(finals: list[dict]) -> None:
+    """A sentence end is always the end of a final, never inside one."""
+    from malsori.streaming.sentences import sentence_end
+
+    for f in finals:
+        words = f["text"].split()
+        assert not any(sentence_end(w) for w in words[:-1]), f["text"]
+
+
+def test_lj_talk_sentence_finals(live_server, testdata, manifest):
+    from test_streaming_ws import reference
+
+    from malsori.evaluation import wer
+    from malsori.streaming.sentences import sentence_end
+
+    finals = _sentence_finals(live_server, load(testdata, *LJ), "en")
+    _check_cut_at_sentence_ends(finals)
+    texts = [f["text"] for f in finals]
+    # The first clip is read with pauses at its commas ("Printing, in the only sense ..., differs
+    # ... in the Exhibition"): one final, not one per pause.
+    assert texts[0].startswith("Printing") and "exhibition" in texts[0].lower(), texts
+    # "... comparatively modern." ends a sentence; the talk's last words ("... printed book,") end
+    # none and go out when the stream stops.
+    assert any(t.endswith("modern.") for t in texts) and texts[-1].endswith("book,"), texts
+    assert wer(reference(manifest, *LJ), " ".join(f["text"] for f in finals)) <= 0.10
+
+
+def test_korean_sentence_finals(live_server, testdata):
+    from malsori.evaluation import wer
+    from malsori.streaming.sentences import sentence_end
+
+    finals = _sentence_finals(live_server, load(testdata, *KO), "ko")
+    _check_cut_at_sentence_ends(finals)
+    texts = [f["text"] for f in finals]
+    assert sum(1 for t in texts if sentence_end(t.split()[-1])) >= 2, texts
+    rows = {line.split("\t")[0]: line.rstrip("\n").split("\t")[4] for line in (testdata / "ko" / "manifest.tsv").open()}
+    error = wer(" ".join(rows[k] for k in KO), " ".join(texts), language="ko")  # CER, spaces removed
+    assert error <= 0.35, (error, texts)

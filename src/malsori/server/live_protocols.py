@@ -146,10 +146,9 @@ def _stream_config(data: Mapping[str, Any], default_preset: str) -> StreamConfig
         raise InvalidOptionsError("options must be an object of preset values to override")
     if not isinstance(data.get("word_timestamps", False), bool):
         raise InvalidOptionsError("word_timestamps must be true or false")
-    if "diarize" in data:  # a start field, like word_timestamps (options.diarize works too)
-        options = {**options, "diarize": data["diarize"]}
-    if "sentiment" in data:  # likewise (options.sentiment works too)
-        options = {**options, "sentiment": data["sentiment"]}
+    for key in ("diarize", "sentiment", "segmentation"):  # start fields, like word_timestamps (options.<key> works too)
+        if key in data:
+            options = {**options, key: data[key]}
     for name in ("preset", "task"):
         if data.get(name) is not None and not isinstance(data[name], str):
             raise InvalidOptionsError(f"{name} must be a string, not {data[name]!r}")
@@ -236,7 +235,7 @@ class V1Protocol(LiveProtocol):
     resumable = True
     _START_FIELDS: ClassVar[set[str]] = {
         "type", "sample_rate", "encoding", "language", "task", "preset", "word_timestamps", "options", "diarize",
-        "sentiment", "session_id", "resume_token", "last_seq", "stats", "meeting_id",
+        "sentiment", "session_id", "resume_token", "last_seq", "stats", "meeting_id", "segmentation",
     }  # fmt: skip
 
     def text(self, text: str) -> Command:
@@ -275,7 +274,7 @@ class SttProtocol(LiveProtocol):
     name = "stt"
     _START_FIELDS: ClassVar[set[str]] = {
         "type", "session_id", "tenant_id", "meeting_id", "user_id", "language", "sample_rate", "encoding", "task", "preset",
-        "stats", "sentiment",
+        "stats", "sentiment", "segmentation",
     }  # fmt: skip
     _LABELS = ("session_id", "tenant_id", "meeting_id", "user_id")
 

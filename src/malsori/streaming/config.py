@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from ..engine.options import TASKS, TranscribeOptions, normalize_language
 from ..errors import InvalidOptionsError
+from .sentences import SEGMENTATIONS
 
 __all__ = ["StreamConfig", "AdvancedStreamConfig", "PRESETS"]
 
@@ -116,6 +117,9 @@ class StreamConfig:
     """Label each final with its speaker (online clustering of voices; :mod:`malsori.speakers.online`)."""
     sentiment: bool = False
     """Give each final its sentiment (``malsori.analysis``; computed off the event loop by the server)."""
+    segmentation: str = "pause"
+    """Where finals end: ``pause`` (at every pause, as soon as possible) or ``sentence`` (at sentence
+    ends, holding back the words after the last one for at most one more phrase; ``sentences.py``)."""
 
     step_s: float = 0.6
     """New audio between two partial decodes of the open phrase."""
@@ -140,6 +144,12 @@ class StreamConfig:
             raise InvalidOptionsError("diarize must be true or false")
         if not isinstance(self.sentiment, bool):
             raise InvalidOptionsError("sentiment must be true or false")
+        if self.segmentation not in SEGMENTATIONS:
+            raise InvalidOptionsError(f"segmentation must be one of {', '.join(SEGMENTATIONS)}, not {self.segmentation!r}")
+        if self.segmentation == "sentence" and self.diarize:
+            # A diarized final is labelled after it is cut (in a thread); joining and splitting
+            # finals before their labels are known is not done yet.
+            raise InvalidOptionsError("segmentation 'sentence' cannot be combined with diarize yet")
         _check(
             (0.1 <= self.step_s <= 5.0, "step_s must be between 0.1 and 5"),
             (0.1 <= self.min_partial_s <= 5.0, "min_partial_s must be between 0.1 and 5"),

@@ -51,6 +51,7 @@ from .commit import MAX_REPEAT, Decision, LocalAgreement, early_commit, repeated
 from .config import StreamConfig
 from .events import End, Error, Event, Final, Language, Partial, WordTiming
 from .guard import clean_text
+from .sentences import SentenceJoiner
 from .vad import VAD_CHUNK, StreamingVad
 
 if TYPE_CHECKING:
@@ -209,6 +210,7 @@ class StreamingSession:
         self.finals = 0
         self.decodes = 0
         self._resumed_at: Checkpoint | None = None
+        self._sentences = SentenceJoiner() if config.segmentation == "sentence" else None
         self._speakers: OnlineSpeakers | None = None
         if config.diarize:
             from ..speakers import shared_diarizer
@@ -316,8 +318,14 @@ class StreamingSession:
         events: list[Event] = []
         for prob in self._vad(pcm):
             events.extend(self._step(float(prob)))
+        if self._sentences is not None:  # words held back for the rest of their sentence, and none came
+            speaking = self._open is not None or bool(self._pending)
+            events.extend(self._number(self._sentences.due(self.audio_seconds, speaking)))
         self._trim()
         return events
+
+    def _number(self, finals: list[Final]) -> list[Event]:
+        return [replace(f, seq=self._next_seq()) for f in finals]
 
     def _step(self, prob: float) -> list[Event]:
         c, a = self.config, self.config.advanced
@@ -416,7 +424,13 @@ class StreamingSession:
         if self._open is not None:
             events = self._close(self._speech_end(self._open))
         self._stopping = True
-        return events
+        return events + self._flush_sentences()
+
+    def _flush_sentences(self) -> list[Event]:
+        """Once stopped with every phrase finalized, the words held for a sentence end go out."""
+        if self._sentences is None or self._open is not None or self._pending or not self._stopping:
+            return []
+        return self._number(self._sentences.flush())
 
     # -- decoding ----------------------------------------------------------------------------------
     def _prompt(self, ph: _Phrase) -> str | None:
@@ -682,9 +696,8 @@ class StreamingSession:
             if not self.config.word_timestamps:
                 words = None
             diarized = self._speakers is not None
-            events.append(
-                Final(self._next_seq(), text, start, end, result.language, words, diarized=diarized, label_speakers=label)
-            )
+            final = Final(0, text, start, end, result.language, words, diarized=diarized, label_speakers=label)
+            events.extend(self._number([final] if self._sentences is None else self._sentences.push(final)))
             self.finals += 1
             prompt_chars = self.config.advanced.prompt_chars
             settled = (self._settled + " " + text).strip()
@@ -699,7 +712,7 @@ class StreamingSession:
         while self._pending and self._pending[0].candidate is not None and self._pending[0].candidate[0] == self._pending[0].end:
             nxt = self._pending[0]
             events.extend(self._finalize(nxt, nxt.candidate[1]))  # type: ignore[index]
-        return events
+        return events + self._flush_sentences()
 
     def _speaker_labelling(
         self, start: float, end: float, words: tuple[WordTiming, ...]
