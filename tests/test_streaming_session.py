@@ -198,7 +198,7 @@ def test_advanced_knobs_are_overridden_by_their_flat_names_and_shown_flat():
 
 def test_only_knobs_the_presets_set_differently_are_top_level():
     advanced = {f.name for f in fields(AdvancedStreamConfig)}
-    top = {f.name for f in fields(StreamConfig)} - {"advanced", "language", "task", "word_timestamps", "preset", "partials", "diarize", "sentiment"}
+    top = {f.name for f in fields(StreamConfig)} - {"advanced", "language", "task", "word_timestamps", "preset", "partials", "diarize", "sentiment", "segmentation"}
     for name in top:
         assert len({StreamConfig.from_preset(p).to_dict()[name] for p in PRESETS}) > 1, name
     for name in advanced:
