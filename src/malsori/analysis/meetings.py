@@ -235,6 +235,10 @@ class MeetingBook:
         record = meeting.record()
         return self._writer.submit(self._save, record)
 
+    def written(self) -> concurrent.futures.Future:
+        """Done once every write asked for so far is done (the writer takes them in order)."""
+        return self._writer.submit(lambda: None)
+
     def _save(self, record: dict[str, Any]) -> None:
         assert self.store is not None
         try:

@@ -14,6 +14,7 @@ jobs database, sets ``services.meetings``), ``async shutdown(services)`` (finish
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -71,6 +72,7 @@ async def list_meetings(
         if tenant_id is not None and tenant_id != principal.tenant_id:  # never another tenant's
             return {"meetings": [], "limit": limit, "offset": offset}
         tenant_id = principal.tenant_id
+    await asyncio.wrap_future(book.written())  # a meeting that just started or ended is in the store
     rows = await run_in_threadpool(_repository(book).list, tenant_id=tenant_id, state=state, limit=limit, offset=offset)
     live = {m["meeting_id"]: m for m in book.live_records()}
     meetings = [summary(live[r["meeting_id"]]) if r["meeting_id"] in live else r for r in rows]
