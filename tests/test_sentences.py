@@ -106,6 +106,8 @@ def test_segmentation_is_validated():
     assert StreamConfig.from_preset("balanced", segmentation="sentence").segmentation == "sentence"
     with pytest.raises(InvalidOptionsError, match="segmentation"):
         StreamConfig.from_preset("balanced", segmentation="paragraph")
+    with pytest.raises(InvalidOptionsError, match="diarize"):  # not together yet: labels come after the cut
+        StreamConfig.from_preset("balanced", segmentation="sentence", diarize=True)
 
 
 # -- a session with the fake decoder: the words are the tone bursts' names (no punctuation), so

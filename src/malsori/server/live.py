@@ -8,8 +8,8 @@ session ends (stopped and finalized, a fatal error, its grace period over, shutd
 
 A session started with ``diarize`` has its finals' speakers found in a thread, and one started with
 ``sentiment`` its finals analysed in the sentiment service's thread, before they are published
-(:meth:`LiveRunner._publish`): while one waits, the session's later events wait behind it, so the client still gets them in ``seq`` order, and the event loop keeps serving
-every session meanwhile.
+(:meth:`LiveRunner._publish`): while one waits, the session's later events wait behind it, so the
+client still gets them in ``seq`` order, and the event loop keeps serving every session meanwhile.
 """
 
 from __future__ import annotations
