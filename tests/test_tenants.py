@@ -522,7 +522,11 @@ def test_meetings_belong_to_their_tenant(keyed):
     for query in ("", "?tenant_id=acme"):
         listing = client.get(f"/v1/meetings{query}", headers=_auth(keys.globex)).json()["meetings"]
         assert all(m.get("tenant_id") == "globex" for m in listing), listing
-    mine = client.get("/v1/meetings", headers=_auth(keys.acme)).json()["meetings"]
+    for _ in range(200):  # the ended meeting is written in the background: poll, bounded
+        mine = client.get("/v1/meetings", headers=_auth(keys.acme)).json()["meetings"]
+        if "standup" in {m["meeting_id"] for m in mine}:
+            break
+        time.sleep(0.05)
     assert "standup" in {m["meeting_id"] for m in mine}
 
 
