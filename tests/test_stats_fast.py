@@ -132,3 +132,24 @@ def test_a_meeting_of_another_tenant_is_refused(server):
     events, code = run(exchange(server.url + "/stt/realtime", [{**first, "session_id": "t-2", "tenant_id": "other"}]))
     assert code == 1008 and events[-1]["code"] == "invalid_options"
     assert server.services.sessions.active_count() == 0
+
+
+def test_the_python_client_asks_for_stats_and_reads_them(server):
+    from malsori.client import AsyncStreamClient, FinalEvent, StatsEvent, StreamOptions
+
+    async def body():
+        got = []
+        options = StreamOptions(language="en", stats=True, meeting_id="fast-m5")
+        async with AsyncStreamClient(server.url + "/v1/stream", options=options) as stream:
+            for frame in frames(AUDIO):
+                await stream.send_audio(frame)
+            await stream.stop()
+            async for event in stream:
+                got.append(event)
+        return got
+
+    events = run(body())
+    stats = [e for e in events if isinstance(e, StatsEvent)]
+    assert stats and all(e.seq is None and e.meeting_id == "fast-m5" for e in stats)
+    assert stats[-1].stats["words"] == 4 and stats[-1].meeting["finals"] == 2  # type: ignore[index]
+    assert [e.text for e in events if isinstance(e, FinalEvent)] == ["alpha bravo", "charlie delta"]

@@ -22,6 +22,7 @@ __all__ = [
     "LanguageEvent",
     "ErrorEvent",
     "EndEvent",
+    "StatsEvent",
     "StreamEvent",
     "parse_event",
 ]
@@ -106,7 +107,21 @@ class EndEvent:
     type: str = "end"
 
 
-StreamEvent = ReadyEvent | PartialEvent | FinalEvent | LanguageEvent | ErrorEvent | EndEvent
+@dataclass(frozen=True)
+class StatsEvent:
+    """Running statistics (a session started with ``stats``; docs/protocol.md, "Statistics and
+    meetings"). Not numbered (``seq`` None): each one supersedes the one before, none is replayed."""
+
+    session_id: str
+    stats: Mapping[str, Any]
+    meeting_id: str | None = None
+    meeting: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    seq: int | None = None
+    type: str = "stats"
+
+
+StreamEvent = ReadyEvent | PartialEvent | FinalEvent | LanguageEvent | ErrorEvent | EndEvent | StatsEvent
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -147,6 +162,16 @@ def parse_event(message: Mapping[str, Any]) -> StreamEvent:
                 None if seq is None else int(seq),
                 str(message.get("code", "error")),
                 str(message.get("message", "")),
+                _rest(message, known),
+            )
+        if kind == "stats":
+            known = {"type", "seq", "session_id", "stats", "meeting_id", "meeting"}
+            meeting = message.get("meeting_id")
+            return StatsEvent(
+                str(message["session_id"]),
+                dict(message["stats"]),
+                None if meeting is None else str(meeting),
+                None if message.get("meeting") is None else dict(message["meeting"]),
                 _rest(message, known),
             )
         seq = int(message["seq"])

@@ -49,6 +49,10 @@ class StreamOptions:
     preset: str | None = None
     word_timestamps: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
+    stats: bool = False
+    """The server sends :class:`~malsori.client.events.StatsEvent` about every second."""
+    meeting_id: str | None = None
+    """The session joins this meeting (``GET /v1/meetings/{id}``)."""
 
     def __post_init__(self) -> None:
         if self.encoding not in ENCODINGS:
@@ -78,6 +82,10 @@ class StreamOptions:
             message["word_timestamps"] = True
         if self.options:
             message["options"] = dict(self.options)
+        if self.stats:
+            message["stats"] = True
+        if self.meeting_id:
+            message["meeting_id"] = self.meeting_id
         if session_id is not None:
             message.update(session_id=session_id, resume_token=resume_token, last_seq=last_seq)
         return message
