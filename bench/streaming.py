@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -153,9 +154,9 @@ async def paced_frames(samples: np.ndarray, record: Record, encode):
         record.sent.append(time.monotonic())
 
 
-async def stream_malsori(url: str, audio: Audio) -> Record:
+async def stream_malsori(url: str, audio: Audio, stats: bool = False) -> Record:
     record = Record()
-    options = StreamOptions(language="en", encoding="pcm_s16le")
+    options = StreamOptions(language="en", encoding="pcm_s16le", stats=stats)
     client = AsyncStreamClient(url, options, reconnect=ReconnectPolicy(max_attempts=0), open_timeout=READY_TIMEOUT_S)
     deadline = audio.duration + TAIL_TIMEOUT_S
     try:
@@ -541,6 +542,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, help="use only the first N LJ Speech clips (quick runs)")
     parser.add_argument("--mix", default="rotated", choices=("rotated", "lockstep"), help="what several streams send")
     parser.add_argument("--lockstep", default="8", help="stream counts that also get a lockstep row (the worst case)")
+    parser.add_argument("--stats", action="store_true", help="malsori streams ask for stats events (issue 13's cost check)")
     parser.add_argument("--write", action="store_true", help="write the table to docs/benchmarks.md")
     args = parser.parse_args()
 
@@ -575,7 +577,8 @@ def main() -> None:
                 pid = server.pid
             try:
                 log("malsori:")
-                got, file_scores, per_file = run_system("malsori", stream_malsori, url, pid, talk, counts, files,
+                streamer = functools.partial(stream_malsori, stats=args.stats)
+                got, file_scores, per_file = run_system("malsori", streamer, url, pid, talk, counts, files,
                                                         offline_wer, log, dump, args.mix, lockstep, args.clips)
                 rows += got
                 file_results["malsori"] = (file_scores, per_file)
