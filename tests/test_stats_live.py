@@ -21,7 +21,10 @@ async def _stream(url: str, audio, *, speed: float = 2.0, frame_s: float = 0.1) 
     import websockets
 
     got: list[tuple[float, dict]] = []
-    start = {"type": "start", "sample_rate": SR, "encoding": "pcm_s16le", "language": "en", "stats": True, "meeting_id": MEETING}
+    start = {
+        "type": "start", "sample_rate": SR, "encoding": "pcm_s16le", "language": "en",
+        "stats": True, "meeting_id": MEETING, "sentiment": True,
+    }  # fmt: skip
     loop = asyncio.get_running_loop()
     async with websockets.connect(url, max_size=None) as ws:
         await ws.send(json.dumps(start))
@@ -69,6 +72,11 @@ def test_lj_talk_stats_every_2_s_consistent_with_finals_and_the_meeting_survives
     assert last["audio_s"] == pytest.approx(events[-1]["audio_seconds"], abs=0.01)
     assert 0.0 < last["silence_ratio"] < 0.5  # four read sentences with 0.6 s between them
     assert last["latency"]["count"] == len(finals) and 0 < last["latency"]["p50_ms"] <= last["latency"]["p95_ms"]
+    # Finals carry their sentiment, and the statistics count it.
+    labels = [f["sentiment"]["label"] for f in finals]
+    assert set(labels) <= {"negative", "neutral", "positive"}
+    assert last["sentiment"]["counts"] == {k: labels.count(k) for k in ("negative", "neutral", "positive")}
+    assert len(last["sentiment"]["trend"]) == len(finals)
 
     url = f"{live_server.url}/v1/meetings/{MEETING}"
     before = httpx.get(url).json()
