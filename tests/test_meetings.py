@@ -101,3 +101,31 @@ def test_a_meeting_outlives_its_book_and_is_taken_up_again(db_url):
         assert meeting_id not in {m["meeting_id"] for m in book.store.list(tenant_id="globex")}  # type: ignore[union-attr]
     finally:
         _close(book)
+
+
+def test_a_live_meeting_is_written_as_its_finals_arrive(tmp_path):
+    """At most every WRITE_EVERY_S (the clock here moves 1 s per reading), so a dead server loses little."""
+    from malsori.analysis.meetings import WRITE_EVERY_S
+
+    clock = Clock()
+    book = _book(f"sqlite:///{tmp_path / 'm.db'}", clock)
+    try:
+        meeting = book.join("m-live", "s-1")
+        written = []
+        for i in range(30):
+            meeting.add_final("s-1", _final(i + 1, f"word{i}", i, i + 0.5), None)
+            book.changed(meeting)
+            book.written().result(10)
+            written.append(len(book.store.get("m-live")["transcript"]))  # type: ignore[union-attr]
+        assert written[-1] >= 30 - WRITE_EVERY_S and book.store.get("m-live")["state"] == "live"  # type: ignore[union-attr]
+        assert len(set(written)) < 30  # not a write per final
+    finally:
+        _close(book)
+
+    # The server died mid-meeting: a session joining later finds what was written, the lost session ended.
+    book = _book(f"sqlite:///{tmp_path / 'm.db'}", clock)
+    try:
+        meeting = book.join("m-live", "s-2")
+        assert meeting.parts["s-1"].end_reason == "lost" and len(meeting.transcript) == written[-1]
+    finally:
+        _close(book)

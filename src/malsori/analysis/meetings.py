@@ -8,7 +8,9 @@ microphone per participant). Its statistics are those of all its finals together
 come from each session's own diarization, so they are qualified by the session's number in the
 meeting from the second session on (``2/SPEAKER_00``); the first session's stay as they are.
 
-A meeting is ``live`` while any of its sessions runs and ``ended`` after the last one ends. A session
+A meeting is ``live`` while any of its sessions runs and ``ended`` after the last one ends. Its record
+is written when a session joins or leaves, and while it runs at most every :data:`WRITE_EVERY_S` as
+finals arrive (:meth:`MeetingBook.changed`), so a server that dies loses at most that much of it. A session
 joining an ended meeting (also after a restart) takes it up again: its record is read back and its
 statistics rebuilt from the stored transcript.
 
@@ -34,6 +36,9 @@ __all__ = ["Meeting", "MeetingBook", "MeetingStore", "check_meeting_id"]
 log = logging.getLogger(__name__)
 
 MAX_ID_CHARS = 128
+WRITE_EVERY_S = 10.0
+"""A live meeting's record is rewritten at most this often as its finals arrive (the whole record is
+one JSON row: about 0.2 KB per final, so an hour's meeting is a write of a few hundred KB)."""
 
 
 def check_meeting_id(value: Any) -> str:
@@ -184,6 +189,7 @@ class MeetingBook:
         self.store = store
         self.clock = clock
         self._live: dict[str, Meeting] = {}
+        self._written_at: dict[str, datetime] = {}
         # Ended meetings whose last write is still under way: read (and joined) from here until it is done.
         self._writing: dict[str, tuple[Meeting, concurrent.futures.Future | None]] = {}
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="meetings")
@@ -228,10 +234,19 @@ class MeetingBook:
             self._live.pop(meeting.id, None)
             self._writing[meeting.id] = (meeting, written)
 
+    def changed(self, meeting: Meeting) -> None:
+        """A final was added: write the record if the last write is :data:`WRITE_EVERY_S` old."""
+        last = self._written_at.get(meeting.id)
+        if last is None or (self.clock() - last).total_seconds() >= WRITE_EVERY_S:
+            self.persist(meeting)
+
     def persist(self, meeting: Meeting) -> concurrent.futures.Future | None:
         """Write the meeting's record now (its state as of this call) on the writer thread."""
         if self.store is None:
             return None
+        self._written_at[meeting.id] = self.clock()
+        if not meeting.live:
+            self._written_at.pop(meeting.id, None)
         record = meeting.record()
         return self._writer.submit(self._save, record)
 

@@ -266,6 +266,8 @@ class LiveRunner:
                 analysis.stats.add(Utterance.of(event), latency)
                 if analysis.meeting is not None:
                     analysis.meeting.add_final(live.id, event, latency)
+                    if self.services.meetings is not None:
+                        self.services.meetings.changed(analysis.meeting)
         live.publish(events)
         if finals and analysis is not None and analysis.send:
             self._send_stats(live, analysis)
