@@ -245,7 +245,7 @@ async def _first_message_auth(ws: WebSocket) -> Principal:
             data = None
         if not isinstance(data, dict) or data.get("type") != "auth" or not isinstance(data.get("token"), str):
             raise CredentialsError(
-                "authenticate first: connect with ?token=<token from POST /v1/tokens>, "
+                "an API key is needed: connect with ?token=<a token from POST /v1/tokens, made with your API key>, "
                 'or send {"type": "auth", "token": ...} as the first message'
             )
         principal = await anyio.to_thread.run_sync(tenants.authenticate, data["token"])
