@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import statistics
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 from common import TESTDATA, machine_line, replace_section
 from load import start_server
 
-from malsori.engine import SAMPLE_RATE, decode_audio
+from malsori.engine import SAMPLE_RATE, decode_audio, wav_bytes
 from malsori.evaluation import load_manifest, wer
 
 TALK_S = 60.0
@@ -44,13 +42,7 @@ def talk_wav() -> tuple[bytes, str, float]:
         if total >= TALK_S * SAMPLE_RATE:
             break
     audio = np.concatenate(parts)
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes((np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue(), " ".join(texts), len(audio) / SAMPLE_RATE
+    return wav_bytes(audio), " ".join(texts), len(audio) / SAMPLE_RATE
 
 
 def main() -> int:

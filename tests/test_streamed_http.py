@@ -11,11 +11,9 @@ talk made of LJ Speech clips: the first delta's latency, the same text as a plai
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import threading
 import time
-import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ import pytest
 from inprocess import running_app
 
 from malsori.config import Settings
-from malsori.engine.audio import SAMPLE_RATE, decode_audio
+from malsori.engine.audio import SAMPLE_RATE, decode_audio, wav_bytes
 from malsori.engine.decoder import DirectDecoder
 from malsori.engine.types import Segment
 from malsori.engine.windows import WindowResult
@@ -37,16 +35,6 @@ from malsori.server.app import create_app
 
 TALK_S = 60.0
 GAP_S = 0.5
-
-
-def _wav(audio: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes((np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -71,7 +59,7 @@ def talk(manifest) -> Talk:
         if total >= TALK_S * SAMPLE_RATE:
             break
     audio = np.concatenate(parts)
-    return Talk(_wav(audio), " ".join(texts), len(audio) / SAMPLE_RATE)
+    return Talk(wav_bytes(audio), " ".join(texts), len(audio) / SAMPLE_RATE)
 
 
 def events_of(body: str) -> list[dict]:
@@ -197,7 +185,7 @@ def test_errors_before_the_first_event_keep_their_status_codes(tmp_path, talk):
         full = app.post(talk.wav, stream="true")
         srt = app.post(talk.wav, stream="true", response_format="srt")
         empty = app.post(b"", stream="true")
-        silence = app.post(_wav(np.zeros(2 * SAMPLE_RATE, np.float32)), stream="true")
+        silence = app.post(wav_bytes(np.zeros(2 * SAMPLE_RATE, np.float32)), stream="true")
     assert full.status_code == 429 and full.headers["retry-after"] == "3"
     assert full.json() == {"error": {"code": "overloaded", "message": "the decode queue is full"}}
     assert srt.status_code == 422 and "response_format must be json or text" in srt.json()["error"]["message"]

@@ -1,6 +1,6 @@
 """The engine: audio arrays in, typed transcripts out. Knows Whisper; knows nothing of the web."""
 
-from .audio import SAMPLE_RATE, AudioLimits, decode_audio, float32_to_pcm16, pcm_to_float32
+from .audio import SAMPLE_RATE, AudioLimits, decode_audio, float32_to_pcm16, pcm_to_float32, wav_bytes
 from .decoder import WindowDecoder, decode_async, decode_now
 from .models import ModelInfo, list_models, resolve_model
 from .options import LANGUAGES, TranscribeOptions
@@ -15,6 +15,7 @@ __all__ = [
     "decode_audio",
     "pcm_to_float32",
     "float32_to_pcm16",
+    "wav_bytes",
     "ModelInfo",
     "list_models",
     "resolve_model",

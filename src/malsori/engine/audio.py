@@ -30,6 +30,7 @@ __all__ = [
     "decode_audio",
     "pcm_to_float32",
     "float32_to_pcm16",
+    "wav_bytes",
     "PCM_ENCODINGS",
 ]
 
@@ -152,3 +153,17 @@ def pcm_to_float32(data: bytes, encoding: str = "pcm_s16le") -> np.ndarray:
 def float32_to_pcm16(samples: np.ndarray) -> bytes:
     """Float32 samples in [-1, 1] to little-endian int16 bytes."""
     return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+def wav_bytes(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """Mono float32 samples in [-1, 1] as a 16-bit PCM WAV file, in memory (to upload or send)."""
+    import io
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(float32_to_pcm16(samples))
+    return buffer.getvalue()
