@@ -452,6 +452,11 @@ def test_tenant_limits_audio_minutes_live_sessions_and_usage(tmp_path):
                 events, code = _close(second)
             assert code == 1013 and events[-1]["code"] == "rate_limited", events
             first.send_text(json.dumps({"type": "stop"}))
+            assert _close(first)[1] == 1000
+        with client.websocket_connect(f"/v1/stream?token={token}") as again:  # the slot came back with the end
+            _ready(again)
+            again.send_text(json.dumps({"type": "stop"}))
+            _close(again)
         r = client.post("/v1/audio/transcriptions", headers=_auth(keys.acme), files={"file": ("a.wav", WAV)})
         assert r.status_code == 200
         r = client.post("/v1/audio/transcriptions", headers=_auth(keys.acme), files={"file": ("a.wav", WAV)})
@@ -587,3 +592,32 @@ def test_retention_deletes_finished_jobs_older_than_the_setting(tmp_path):
                 break
             time.sleep(0.05)  # polling the database, not waiting for an outcome
         assert jobs.repository.get(ids[1]) is None
+
+
+def test_live_session_slots_are_shared_through_redis_and_leases_run_out(redis_server):
+    import asyncio
+
+    from malsori.tenants import SessionSlots
+
+    now = [1000.0]
+
+    async def run() -> list[bool]:
+        # Two gateways, one Redis, a limit of 2 sessions for acme.
+        a = SessionSlots(redis_server.url, "malsori-test-slots", clock=lambda: now[0])
+        b = SessionSlots(redis_server.url, "malsori-test-slots", clock=lambda: now[0])
+        try:
+            seen = [await a.acquire("acme", "s1", 2), await b.acquire("acme", "s2", 2), await b.acquire("acme", "s3", 2)]
+            seen.append(await b.acquire("globex", "s4", 2))  # another tenant has its own slots
+            await a.release("acme", "s1")
+            seen.append(await b.acquire("acme", "s3", 2))
+            now[0] += 20
+            await b.refresh([("acme", "s3")])  # b is alive and renews; s2's gateway went quiet
+            now[0] += 20
+            seen.append(await a.acquire("acme", "s5", 2))  # s2's lease ran out: room for one
+            seen.append(await a.acquire("acme", "s6", 2))
+            return seen
+        finally:
+            await a.close()
+            await b.close()
+
+    assert asyncio.run(run()) == [True, True, False, True, True, True, False]

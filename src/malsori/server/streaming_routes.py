@@ -18,7 +18,9 @@ Routes-module contract: ``router``, ``async startup(services)`` (sets ``services
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Annotated
 
@@ -29,7 +31,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect
 
 from ..engine.audio import SAMPLE_RATE, pcm_to_float32
-from ..errors import AudioTooLargeError, InvalidOptionsError, MalsoriError, ProtocolError
+from ..errors import AudioTooLargeError, InvalidOptionsError, MalsoriError, ProtocolError, RateLimitedError
 from ..protocol import CloseCode
 from ..streaming.events import Error, Event
 from ..streaming.manager import LiveSession, SessionManager, VadFactory
@@ -72,6 +74,8 @@ class LiveConnection:
     ) -> None:
         self.protocol = protocol
         self.principal = principal
+        self._slot: tuple[str, str] | None = None
+        """The tenant's live-session slot this connection holds for the session it opens (tenant, session id)."""
         self.services = services
         self.runner = runner
         self.manager: SessionManager = runner.manager
@@ -95,14 +99,35 @@ class LiveConnection:
                 self.silence(command.samples)
 
     async def prepare(self, commands: Commands) -> None:
-        """Scaled out, a resume may name a session another gateway ran: bring it here first."""
+        """Before a start: take the tenant's live-session slot for a new session; scaled out, bring a
+        session another gateway ran here when a resume names it."""
         store = self.services.live_store
-        if store is None:
-            return
         for command in commands if isinstance(commands, list) else [commands]:
-            if isinstance(command, Start) and command.spec.resume is not None:
-                resume = command.spec.resume
+            if not isinstance(command, Start):
+                continue
+            resume = command.spec.resume
+            if resume is None:
+                await self.reserve(command.spec)
+            elif store is not None:
                 await store.adopt(resume.session_id, resume.token, self.manager, self.runner, tenant_id=self.principal.tenant_id)
+
+    async def reserve(self, spec: StartSpec) -> None:
+        """RateLimitedError (close 1013) when the tenant has its ``live_sessions`` open already
+        (across gateways when scaled out: malsori.tenants.limits.SessionSlots)."""
+        tenants, tenant = self.services.tenants, self.principal.tenant_id
+        if tenants is None or tenant is None or self._slot is not None:
+            return
+        limit = tenants.live_session_limit(tenant)
+        if limit <= 0:
+            return
+        session_id = spec.session_id or f"s-{uuid.uuid4().hex[:16]}"
+        if not await tenants.slots.acquire(tenant, session_id, limit):
+            raise RateLimitedError(
+                f"tenant {tenant!r} has its limit of {limit} live sessions open; end one or try again later",
+                limit="live_sessions",
+                retry_after=5.0,
+            )
+        self._slot = (tenant, session_id)
 
     def open(self, spec: StartSpec) -> None:
         if self.services.live_scheduler is None:  # scaled out, workers decode: no model needed here
@@ -113,12 +138,16 @@ class LiveConnection:
             labels, tenant = spec.labels, self.principal.tenant_id
             if not self.principal.is_open:  # the key decides the tenant; a different label is refused
                 labels = {**labels, "tenant_id": self.principal.acting_tenant(labels.get("tenant_id"))}
-            limit = self.services.tenants.live_session_limit(tenant) if self.services.tenants is not None else 0
-            live = self.manager.create(
-                spec.config, sample_rate=spec.sample_rate, encoding=spec.encoding, load=self.runner.load(),
-                labels=labels, protocol=self.protocol.name, session_id=spec.session_id,
-                tenant_id=tenant, tenant_limit=limit,
-            )  # fmt: skip
+            try:
+                live = self.manager.create(
+                    spec.config, sample_rate=spec.sample_rate, encoding=spec.encoding, load=self.runner.load(),
+                    labels=labels, protocol=self.protocol.name, tenant_id=tenant,
+                    session_id=spec.session_id or (self._slot[1] if self._slot else None),
+                )  # fmt: skip
+            except Exception:
+                self._give_back_slot()
+                raise
+            self._slot = None  # the session holds it now: released when it ends
             if self.services.live_store is not None and self.protocol.resumable:
                 self.services.live_store.track(live)
             self.protocol.opened(live)
@@ -129,6 +158,12 @@ class LiveConnection:
             self.runner.start(live, stats=spec.stats, meeting_id=live.labels.get("meeting_id"))
         self.live = live
         self.resampler = StreamResampler(live.sample_rate)
+
+    def _give_back_slot(self) -> None:
+        if self._slot is not None and self.services.tenants is not None:
+            tenant, session_id = self._slot
+            _spawn(self.services.tenants.slots.release(tenant, session_id))
+        self._slot = None
 
     def _resume(self, spec: StartSpec, resume: Resume) -> LiveSession:
         live = self.manager.resume(resume.session_id, resume.token, tenant_id=self.principal.tenant_id)
@@ -248,6 +283,7 @@ async def _serve(ws: WebSocket, protocol: LiveProtocol, services: Services, runn
             conn.outbox.send_raw(greeting)
         spec = protocol.opening()
         if spec is not None:
+            await conn.reserve(spec)
             conn.open(spec)
         while True:
             message = await _receive(ws, conn)
@@ -321,6 +357,20 @@ async def startup(services: Services, *, vad_factory: VadFactory | None = None) 
         start_live(services, services.settings.queue.redis())
 
 
+_background: set[asyncio.Task] = set()
+
+
+def _spawn(coro) -> None:
+    """Run ``coro`` on the event loop without waiting for it (a slot's release), keeping a reference."""
+    try:
+        task = asyncio.get_running_loop().create_task(coro)
+    except RuntimeError:  # no loop (a session ended while the server shut down): its lease runs out
+        coro.close()
+        return
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
 _LIVE_ROUTES = {"v1": "/v1/stream", "stt": "/stt/realtime", "raw": "/v1/stream/raw", "openai-realtime": "/v1/realtime"}
 
 
@@ -331,6 +381,8 @@ def _meter(services: Services) -> Callable[[LiveSession], None]:
         if services.tenants is not None:
             route = _LIVE_ROUTES.get(live.protocol, f"live/{live.protocol}")
             services.tenants.usage.record(live.tenant_id or USAGE_OPEN_TENANT, route, live.session.audio_seconds)
+            if live.tenant_id is not None:
+                _spawn(services.tenants.slots.release(live.tenant_id, live.id))
 
     return on_end
 

@@ -142,6 +142,9 @@ async def startup(services: Services) -> None:
         while True:
             await asyncio.sleep(_FLUSH_INTERVAL_S)
             await anyio.to_thread.run_sync(tenants.usage.flush)
+            # Renew the live-session leases of this gateway's open sessions (a dead gateway's run out).
+            live = services.sessions.all() if services.sessions is not None else []
+            await tenants.slots.refresh([(s.tenant_id, s.id) for s in live if s.tenant_id is not None and not s.ended])
 
     services.tasks["tenants.flush"] = asyncio.create_task(flush_loop(), name="malsori-usage-flush")
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import AuthError, InvalidOptionsError, NotFoundError, OverloadedError, RateLimitedError
+from ..errors import AuthError, InvalidOptionsError, NotFoundError, OverloadedError
 from .config import StreamConfig
 from .events import Event, Ready
 from .session import StreamingSession
@@ -199,15 +199,8 @@ class SessionManager:
         protocol: str = "v1",
         session_id: str | None = None,
         tenant_id: str | None = None,
-        tenant_limit: int = 0,
     ) -> LiveSession:
-        """A new session; ``tenant_limit``: at most that many open sessions of ``tenant_id`` (0: no limit)."""
-        if tenant_id is not None and tenant_limit > 0 and self.tenant_count(tenant_id) >= tenant_limit:
-            raise RateLimitedError(
-                f"tenant {tenant_id!r} has its limit of {tenant_limit} live sessions open; end one or try again later",
-                limit="live_sessions",
-                retry_after=5.0,
-            )
+        """A new session (of ``tenant_id``: the tenant's own limit is the transport's, malsori.tenants)."""
         self.check_admission(load)
         if session_id is not None:
             if not session_id or len(session_id) > 128:

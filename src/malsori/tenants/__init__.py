@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ForbiddenError, RateLimitedError
 from .keys import DEFAULT_SCOPES, KEY_PATTERN, ApiKey, KeyStore, NewKey, Scope, parse_scopes
-from .limits import MemoryCounter, RateLimiter, RedisCounter
+from .limits import MemoryCounter, RateLimiter, RedisCounter, SessionSlots
 from .tokens import TOKEN_PATTERN, TokenIssuer
 from .usage import UsageMeter
 
@@ -38,6 +38,7 @@ __all__ = [
     "TokenIssuer",
     "UsageMeter",
     "RateLimiter",
+    "SessionSlots",
     "DEFAULT_SCOPES",
     "KEY_PATTERN",
     "TOKEN_PATTERN",
@@ -119,6 +120,7 @@ class Tenants:
         self.tokens = TokenIssuer(engine, ttl_s=settings.auth.token_ttl_s)
         counter = RedisCounter(redis_url, settings.queue.key_prefix) if redis_url else MemoryCounter()
         self.limiter = RateLimiter(settings.auth, counter)
+        self.slots = SessionSlots(redis_url, settings.queue.key_prefix)
         self.usage = UsageMeter(engine)
 
     @classmethod
@@ -166,5 +168,6 @@ class Tenants:
 
     async def close(self) -> None:
         await self.limiter.counter.close()
+        await self.slots.close()
         self.usage.flush()
         self.engine.dispose()

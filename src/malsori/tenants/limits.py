@@ -7,7 +7,7 @@ configured) the counters live in Redis (``INCR`` + ``EXPIRE`` on ``<prefix>:rl:.
 counts against the same limit; in one process they are a dictionary. If Redis cannot be reached the
 request is let through and a warning logged: a limiter outage should not take the service down.
 
-Concurrent live sessions per tenant are counted by the session registry (this process's sessions);
+Concurrent live sessions per tenant are leases (:class:`SessionSlots`), in Redis when scaled out too;
 audio minutes per day by the usage meter (:mod:`malsori.tenants.usage`, in the database, shared).
 """
 
@@ -23,7 +23,7 @@ from ..errors import RateLimitedError
 if TYPE_CHECKING:
     from ..config import AuthSettings, TenantLimits
 
-__all__ = ["Counter", "MemoryCounter", "RedisCounter", "RateLimiter", "WINDOW_S"]
+__all__ = ["Counter", "MemoryCounter", "RedisCounter", "RateLimiter", "SessionSlots", "WINDOW_S"]
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +111,85 @@ class RateLimiter:
                     limit=f"{kind}_requests_per_minute",
                     retry_after=max(1.0, reset_in),
                 )
+
+
+class SessionSlots:
+    """Live sessions open per tenant, as leases: ``acquire`` takes one (False when the tenant has
+    ``limit`` already), ``release`` gives it back when the session ends, and the server renews the
+    leases of its open sessions every couple of seconds (:meth:`refresh`), so the slots of a gateway
+    that died free themselves after ``lease_s``. In this process, or scaled out in Redis (a sorted set
+    per tenant, scored by lease expiry), so the limit holds across gateways."""
+
+    def __init__(self, redis_url: str | None = None, prefix: str = "malsori", *, lease_s: float = 30.0, clock=time.time) -> None:
+        self.lease_s = lease_s
+        self._clock = clock
+        self._prefix = prefix
+        self._local: dict[str, dict[str, float]] = {}
+        self._redis = None
+        if redis_url:
+            import redis.asyncio as aredis
+
+            self._redis = aredis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+            self._acquire = self._redis.register_script(_ACQUIRE)
+
+    def _key(self, tenant: str) -> str:
+        return f"{self._prefix}:live:tenant:{tenant}"
+
+    async def acquire(self, tenant: str, session_id: str, limit: int) -> bool:
+        now = self._clock()
+        if self._redis is None:
+            leases = {s: t for s, t in self._local.get(tenant, {}).items() if t > now}
+            if session_id not in leases and len(leases) >= limit:
+                return False
+            leases[session_id] = now + self.lease_s
+            self._local[tenant] = leases
+            return True
+        try:
+            args = [now, now + self.lease_s, limit, session_id, int(self.lease_s) + 1]
+            return bool(await self._acquire(keys=[self._key(tenant)], args=args))
+        except Exception as exc:  # Redis down: let the session in rather than refuse everyone
+            log.warning("live session slots unavailable (%s); session not counted", exc.__class__.__name__)
+            return True
+
+    async def release(self, tenant: str, session_id: str) -> None:
+        if self._redis is None:
+            self._local.get(tenant, {}).pop(session_id, None)
+            return
+        try:
+            await self._redis.zrem(self._key(tenant), session_id)
+        except Exception as exc:
+            log.warning("live session slot not released (%s); its lease runs out", exc.__class__.__name__)
+
+    async def refresh(self, held: list[tuple[str, str]]) -> None:
+        """Renew the leases of sessions still open here (tenant, session id)."""
+        expiry = self._clock() + self.lease_s
+        if self._redis is None:
+            for tenant, session_id in held:
+                self._local.setdefault(tenant, {})[session_id] = expiry
+            return
+        if not held:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for tenant, session_id in held:
+                    pipe.zadd(self._key(tenant), {session_id: expiry})
+                    pipe.expire(self._key(tenant), int(self.lease_s) + 1)
+                await pipe.execute()
+        except Exception as exc:
+            log.warning("live session leases not renewed (%s)", exc.__class__.__name__)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+
+# KEYS[1] the tenant's set; ARGV: now, expiry, limit, session id, key ttl. Expired leases go first.
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if not redis.call('ZSCORE', KEYS[1], ARGV[4]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
