@@ -99,3 +99,38 @@ def test_an_idle_socket_is_closed(client, start):
     assert code == 1008
     assert events[-1]["type"] == "error" and events[-1]["code"] == "idle_timeout", events
     assert client.app.state.services.sessions.active_count() == 0  # its session slot is free again
+
+
+def test_an_oversize_form_field_is_a_4xx(client):
+    r = client.post("/v1/jobs", files={"file": ("a.wav", _wav())}, data={"meeting_id": "m" * (2 << 20)})
+    assert 400 <= r.status_code < 500, r.text
+
+
+def test_a_stalled_upload_is_dropped_with_408(tmp_path):
+    import socket
+
+    from inprocess import running_app
+
+    base = Settings()
+    settings = base.model_copy(
+        update={
+            "server": base.server.model_copy(update={"data_dir": tmp_path}),
+            "limits": base.limits.model_copy(update={"body_timeout_s": 0.5}),
+        }
+    )
+    with (
+        running_app(create_app(settings, transcriber=FakeDecoder())) as port,
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
+        sock.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+        )
+        sock.sendall(b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF')  # then nothing
+        sock.settimeout(30)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]

@@ -91,6 +91,9 @@ class LimitSettings(BaseModel):
     max_audio_seconds: float = 3600.0
     """Longest accepted audio (seconds), counted on the decoded samples (a tiny file that decodes to
     hours stops here)."""
+    body_timeout_s: float = Field(default=60.0, ge=0)
+    """Longest wait for the next piece of a request body before the request is dropped with 408
+    (slow-loris uploads hold a connection and memory otherwise; 0: wait forever)."""
     max_channels: int = Field(default=32, ge=1)
     """Most channels an uploaded file may have (more: 415)."""
     max_input_sample_rate: int = Field(default=384_000, ge=8000)

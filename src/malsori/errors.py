@@ -25,6 +25,7 @@ __all__ = [
     "CredentialsError",
     "ForbiddenError",
     "RateLimitedError",
+    "RequestTimeoutError",
     "ProtocolError",
 ]
 
@@ -140,6 +141,12 @@ class RateLimitedError(OverloadedError):
     def __init__(self, message: str, *, limit: str, retry_after: float = 1.0) -> None:
         super().__init__(message, retry_after=retry_after)
         self.limit = limit
+
+
+class RequestTimeoutError(MalsoriError):
+    """A request body stopped arriving (a slow or stalled upload): HTTP 408."""
+
+    code = "request_timeout"
 
 
 class ProtocolError(MalsoriError):

@@ -19,7 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from .. import __version__, memory
 from ..config import Settings
-from ..errors import AudioTooLargeError
+from ..errors import AudioError, AudioTooLargeError, RequestTimeoutError
 from ..streaming.manager import VadFactory
 from . import http_routes, jobs_routes, meetings_routes, streaming_routes, tenants_routes, web_routes
 from .auth import AuthMiddleware
@@ -121,11 +121,13 @@ async def _load_model(services: Services, closers: list) -> None:
 
 class BodyLimitMiddleware:
     """Refuse request bodies over the limit with 413 before reading them (Content-Length), or as
-    soon as a chunked body passes it."""
+    soon as a chunked body passes it; and with 408 a body whose next piece does not come within
+    ``timeout_s`` (a slow-loris upload), while the body is still arriving only."""
 
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app, max_bytes: int, timeout_s: float = 0.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -143,11 +145,22 @@ class BodyLimitMiddleware:
                     return
         seen = 0
         exceeded = False
+        complete = False
+        failure: AudioError | RequestTimeoutError = too_large
 
         async def limited_receive():
-            nonlocal seen, exceeded
-            message = await receive()
+            nonlocal seen, exceeded, complete, failure
+            if complete or self.timeout_s <= 0:
+                message = await receive()  # the body is in: waiting for a disconnect is not slow
+            else:
+                try:
+                    with anyio.fail_after(self.timeout_s):
+                        message = await receive()
+                except TimeoutError:
+                    exceeded, failure = True, RequestTimeoutError(f"the request body stalled for {self.timeout_s:g} s")
+                    raise failure from None
             if message["type"] == "http.request":
+                complete = not message.get("more_body", False)
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     exceeded = True
@@ -160,7 +173,7 @@ class BodyLimitMiddleware:
             if not exceeded:
                 await send(message)
             elif message["type"] == "http.response.start":
-                await error_response(too_large)(scope, receive, send)
+                await error_response(failure)(scope, receive, send)
 
         await self.app(scope, limited_receive, guarded_send)
 
@@ -250,7 +263,11 @@ def create_app(settings: Settings | None = None, *, transcriber=None, live_vad: 
         app.include_router(module.router)
 
     # Outermost last: metrics see every response, including 413s from the body limit and CORS.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_upload_bytes + _BODY_OVERHEAD)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.limits.max_upload_bytes + _BODY_OVERHEAD,
+        timeout_s=settings.limits.body_timeout_s,
+    )
     # Outside the body limit (an unauthenticated upload is refused before its body is read), inside
     # CORS (preflights need no key; a 401 still carries the CORS headers a browser needs to read it).
     app.add_middleware(AuthMiddleware)

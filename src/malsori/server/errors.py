@@ -32,6 +32,7 @@ from ..errors import (
     OverloadedError,
     ProtocolError,
     RateLimitedError,
+    RequestTimeoutError,
     UnsupportedAudioError,
 )
 from ..protocol import close_code
@@ -61,6 +62,7 @@ _HTTP_STATUS: tuple[tuple[type[MalsoriError], int], ...] = (
     (ModelError, 503),
     (NotFoundError, 404),
     (ConflictError, 409),
+    (RequestTimeoutError, 408),
     (ForbiddenError, 403),
     (AuthError, 401),
     (ProtocolError, 400),
