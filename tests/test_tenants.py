@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 import wave
 from collections.abc import Iterator
@@ -621,3 +622,24 @@ def test_live_session_slots_are_shared_through_redis_and_leases_run_out(redis_se
             await b.close()
 
     assert asyncio.run(run()) == [True, True, False, True, True, True, False]
+
+
+def test_malsori_stream_with_an_api_key(tmp_path):
+    import subprocess
+    import sys
+
+    settings = _settings(tmp_path)
+    keys = _make_keys(settings)
+    wav = tmp_path / "speech.wav"
+    wav.write_bytes(_wav(tone_speech([0.3, "alpha", "bravo", 0.8])))
+    app = create_app(settings, transcriber=FakeDecoder(), live_vad=EnergyVad)
+    command = [sys.executable, "-m", "malsori.cli.app", "stream", str(wav)]
+    env = {k: v for k, v in os.environ.items() if k != "MALSORI_API_KEY"}
+    with running_app(app) as port:
+        url = ["--url", f"ws://127.0.0.1:{port}/v1/stream"]
+        refused = subprocess.run([*command, *url], capture_output=True, text=True, timeout=60, env=env)
+        done = subprocess.run(
+            [*command, *url], capture_output=True, text=True, timeout=60, env={**env, "MALSORI_API_KEY": keys.acme}
+        )
+    assert refused.returncode != 0 and "API key" in refused.stderr, refused.stderr
+    assert done.returncode == 0 and done.stdout.strip() == "alpha bravo", (done.stdout, done.stderr)

@@ -143,9 +143,11 @@ class _Printer:
         self.out.flush()
 
 
-async def _run(url: str, options: StreamOptions, chunks: AsyncIterator[bytes], timestamps: bool) -> None:
+async def _run(
+    url: str, options: StreamOptions, chunks: AsyncIterator[bytes], timestamps: bool, headers: dict[str, str] | None = None
+) -> None:
     printer = _Printer(sys.stdout)
-    client = AsyncStreamClient(url, options)
+    client = AsyncStreamClient(url, options, headers=headers)
     try:
         async for event in client.stream(chunks):
             if isinstance(event, PartialEvent):
@@ -178,6 +180,9 @@ def stream(
         16000, "--sample-rate", min=MIN_SAMPLE_RATE, max=MAX_SAMPLE_RATE, help="Sample rate of stdin or mic audio (Hz)"
     ),
     timestamps: bool = typer.Option(False, "--timestamps", help="Print each final line with its times"),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="MALSORI_API_KEY", help="API key, for a server that has keys (sent as Authorization: Bearer)"
+    ),
 ) -> None:
     """Stream audio to a malsori server and print the words as they are recognized."""
     if mic == (source is not None):
@@ -199,7 +204,8 @@ def stream(
             chunks = _stdin_chunks(chunk_bytes, bytes_per_second, realtime, ENCODINGS[encoding])
         else:
             chunks = _chunks_of(_file_pcm(path, encoding), chunk_bytes, bytes_per_second, realtime)
-        asyncio.run(_run(url, options, chunks, timestamps))
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        asyncio.run(_run(url, options, chunks, timestamps, headers))
     except MalsoriError as exc:
         raise _fail(f"{exc} ({exc.code})") from None
     except KeyboardInterrupt:
