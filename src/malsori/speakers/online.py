@@ -101,10 +101,12 @@ class OnlineSpeakers:
         return seg, labels
 
     def label(
-        self, audio: np.ndarray, offset: float, words: Sequence[tuple[float, float]] = ()
+        self, audio: np.ndarray, offset: float, words: Sequence[tuple[float, float]] = (), *, start: float | None = None
     ) -> tuple[str | None, list[str | None]]:
         """The speaker of one final (16 kHz audio starting ``offset`` seconds into the stream), and of
-        each of its ``words`` (absolute start and end seconds)."""
+        each of its ``words`` (absolute start and end seconds). ``audio`` may begin before the final,
+        at ``offset``, with the final itself from ``start`` on: the segmentation model tells voices
+        apart better with the seconds before, and the embeddings get more of each voice."""
         if len(audio) < 0.4 * SAMPLE_RATE:
             return None, [None] * len(words)
         # Activity per global speaker on one frame grid over the final.
@@ -140,5 +142,6 @@ class OnlineSpeakers:
 
         word_labels = [who(s, e) for s, e in words]
         votes = Counter(j for j in word_labels if j is not None)
-        final = votes.most_common(1)[0][0] if votes else speakers[int(np.argmax(grid.sum(axis=0)))]
+        own = grid[times >= start] if start is not None and (times >= start).any() else grid
+        final = votes.most_common(1)[0][0] if votes else speakers[int(np.argmax(own.sum(axis=0)))]
         return speaker_label(final), [None if j is None else speaker_label(j) for j in word_labels]

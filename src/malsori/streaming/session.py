@@ -64,6 +64,7 @@ _SR = SAMPLE_RATE
 # is the fallback when decodes lag far behind, so no window reaches Whisper's 30 s (28 s with margin).
 _VAD_CUT_AFTER_S = 6.0
 _VAD_CUT_MAX_S = 27.0
+_SPEAKER_CONTEXT = 10 * _SR  # audio before a final its speakers are found with (the segmentation window)
 _UTTERANCE_CHARS = 1000  # text kept of the speech since the last pause: the most ``context_chars`` takes
 
 
@@ -414,6 +415,8 @@ class StreamingSession:
         keep = self._buffer.end - int(self.config.advanced.pad_s * _SR) - VAD_CHUNK
         for ph in itertools.chain(self._pending, [self._open] if self._open else []):
             keep = min(keep, ph.start)
+        if self._speakers is not None:
+            keep -= _SPEAKER_CONTEXT  # the seconds before a final, for its speakers (_speaker_labelling)
         self._buffer.trim_before(keep)
 
     def finish(self) -> list[Event]:
@@ -723,12 +726,14 @@ class StreamingSession:
         speakers, keep_words = self._speakers, self.config.word_timestamps
         assert speakers is not None
         a, b = max(round(start * _SR), self._buffer.base), min(round(end * _SR), self._buffer.end)
-        audio = self._buffer.slice(a, b).copy() if b > a else None
+        # With up to 10 s of what came before (the segmentation model's window) as context.
+        c = max(min(a, b - _SPEAKER_CONTEXT), self._buffer.base)
+        audio = self._buffer.slice(c, b).copy() if b > a else None
 
         def label() -> tuple[str | None, tuple[WordTiming, ...] | None]:
             if audio is None:
                 return None, words if keep_words else None
-            speaker, labels = speakers.label(audio, a / _SR, [(w.start, w.end) for w in words])
+            speaker, labels = speakers.label(audio, c / _SR, [(w.start, w.end) for w in words], start=a / _SR)
             labelled = tuple(replace(w, speaker=who) for w, who in zip(words, labels, strict=True))
             return speaker, labelled if keep_words else None
 
