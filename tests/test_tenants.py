@@ -430,12 +430,14 @@ def test_rate_limit_per_key_is_429_with_retry_after_and_the_limit(tmp_path):
     settings = _settings(tmp_path, limits=TenantLimits(key_requests_per_minute=3))
     keys = _make_keys(settings)
     with TestClient(create_app(settings, transcriber=FakeDecoder())) as client:
+        # One minute window for the whole test: a request that crossed into the next would start over.
+        client.app.state.services.tenants.limiter.counter._clock = lambda: 960_000.0 + 0.5
         for _ in range(3):
             assert client.get("/v1/models", headers=_auth(keys.acme)).status_code == 200
         r = client.get("/v1/models", headers=_auth(keys.acme))
         assert r.status_code == 429
         assert r.json()["error"]["limit"] == "key_requests_per_minute" and r.json()["error"]["code"] == "rate_limited"
-        assert 1 <= int(r.headers["retry-after"]) <= 60
+        assert int(r.headers["retry-after"]) == 60  # the window has 59.5 s left: rounded up
         assert client.get("/v1/models", headers=_auth(keys.acme_read)).status_code == 200  # another key: its own count
         assert client.get("/health").status_code == 200
 
@@ -504,8 +506,9 @@ def test_rate_limits_are_shared_through_redis(redis_server):
 
     async def run() -> list[int]:
         # Two gateways, one Redis: the tenant's 5 requests a minute are counted once across both.
-        a = RateLimiter(settings, RedisCounter(redis_server.url, "malsori-test"))
-        b = RateLimiter(settings, RedisCounter(redis_server.url, "malsori-test"))
+        clock = lambda: 1_200_000.0 + 1  # noqa: E731  (one minute window for the whole test)
+        a = RateLimiter(settings, RedisCounter(redis_server.url, "malsori-test", clock=clock))
+        b = RateLimiter(settings, RedisCounter(redis_server.url, "malsori-test", clock=clock))
         try:
             return [*await _hits(a, 3), *await _hits(b, 3)]
         finally:
