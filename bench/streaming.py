@@ -154,9 +154,9 @@ async def paced_frames(samples: np.ndarray, record: Record, encode):
         record.sent.append(time.monotonic())
 
 
-async def stream_malsori(url: str, audio: Audio, stats: bool = False) -> Record:
+async def stream_malsori(url: str, audio: Audio, stats: bool = False, options: StreamOptions | None = None) -> Record:
     record = Record()
-    options = StreamOptions(language="en", encoding="pcm_s16le", stats=stats)
+    options = options or StreamOptions(language="en", encoding="pcm_s16le", stats=stats)
     client = AsyncStreamClient(url, options, reconnect=ReconnectPolicy(max_attempts=0), open_timeout=READY_TIMEOUT_S)
     deadline = audio.duration + TAIL_TIMEOUT_S
     try:

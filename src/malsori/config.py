@@ -115,7 +115,7 @@ class StreamingSettings(BaseModel):
     resume_grace_s: float = 30.0
     """How long a session waits for its client to reconnect after a dropped connection."""
     default_preset: str = "balanced"
-    """low-latency, balanced or accurate."""
+    """low-latency, balanced, accurate or korean."""
     max_frame_bytes: int = 1024 * 1024
     """Largest binary audio frame accepted."""
     idle_timeout_s: float = Field(default=120.0, ge=0)

@@ -173,7 +173,7 @@ def stream(
     ),
     language: str | None = typer.Option(None, "--language", "-l", help="Language code (default: detect)"),
     task: str = typer.Option("transcribe", "--task", help="transcribe or translate (to English)"),
-    preset: str | None = typer.Option(None, "--preset", help="low-latency, balanced or accurate"),
+    preset: str | None = typer.Option(None, "--preset", help="low-latency, balanced, accurate or korean"),
     realtime: bool = typer.Option(False, "--realtime", help="Send at real-time pace, as if spoken live"),
     encoding: str = typer.Option("pcm_s16le", "--encoding", help="pcm_s16le or pcm_f32le (stdin and mic)"),
     sample_rate: int = typer.Option(

@@ -95,7 +95,7 @@
  * @property {"pcm_s16le"|"pcm_f32le"} [encoding] ("pcm_s16le")
  * @property {string|null} [language] Whisper code; null or "" detects it
  * @property {"transcribe"|"translate"} [task]
- * @property {"low-latency"|"balanced"|"accurate"|null} [preset] null: the server's default
+ * @property {"low-latency"|"balanced"|"accurate"|"korean"|null} [preset] null: the server's default
  * @property {boolean} [wordTimestamps] finals carry `words`
  * @property {Object<string, number|boolean>} [options] single preset values (`{endpoint_s: 0.5}`)
  * @property {boolean} [stats] the server sends `stats` events (running statistics, about every second)

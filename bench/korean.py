@@ -1,0 +1,269 @@
+"""Korean benchmark (issue 18): malsori against plain faster-whisper on real Korean speech, in one run.
+
+Audio: the 10 Zeroth-Korean read sentences of ``shared/testdata/ko`` (speaker 104) and
+``multi/test_ko.wav`` (a second speaker), 99 s in all. Scored with :func:`malsori.evaluation.korean_cer`
+(NFC, punctuation and every space removed; "CER" spells Arabic digits out in Sino-Korean numerals as the
+references do, "CER digits as given" does not).
+
+Sections, all in the same process and run:
+
+- **offline**: plain ``WhisperModel(model_dir, device="cpu", compute_type="int8").transcribe(audio,
+  beam_size=5, language="ko")`` one file after another, against malsori's ``Pipeline`` (all files at
+  once, batched; and one file at a time), same model directory, beam, threads; one warm-up excluded;
+  audio decoding excluded. Speed figures depend on the load, printed beside them (``/proc/loadavg``).
+- **causes**: malsori's text with one thing changed at a time (beam, fallback, thresholds, VAD, encoder
+  padding and minimum input, batching), to show where Korean accuracy goes.
+- **prompt**: an initial prompt (polite style, with punctuation) and hotwords.
+- **detect**: each clip on its own with no language given: share detected as ``ko``.
+- **live**: the clips joined with 0.6 s pauses as one talk, streamed at real time to a fresh
+  ``malsori serve`` on ``/v1/stream`` with the ``korean`` preset (``bench/streaming.py``'s client);
+  streaming CER of the finals against offline CER of the same audio (``Pipeline``, language ``ko``);
+  final latency from each phrase's end of speech (energy) to the first final covering it.
+
+    flock /tmp/malsori-bench.lock .venv/bin/python bench/korean.py --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import DOC, REPO, TESTDATA, machine_line, replace_block
+
+from malsori.engine import EngineConfig, Pipeline, TranscribeOptions, Transcriber, decode_audio, resolve_model
+from malsori.evaluation import korean_cer, korean_clips
+
+SECTION = "## Korean (issue 18)"
+PROMPT = "안녕하세요. 오늘 회의를 시작하겠습니다."
+HOTWORDS = "대통령, 교수, 전기, 커피"
+
+
+def load() -> str:
+    return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def cer_cells(refs: list[str], hyps: list[str]) -> str:
+    return f"{100 * korean_cer(refs, hyps):.1f}% | {100 * korean_cer(refs, hyps, numbers=False):.1f}%"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--beam", type=int, default=5)
+    ap.add_argument("--sections", default="offline,causes,prompt,detect,live")
+    ap.add_argument("--preset", default="korean", help="live preset")
+    ap.add_argument("--write", action="store_true", help=f"write the results into {DOC.relative_to(REPO)}")
+    args = ap.parse_args()
+    sections = set(args.sections.split(","))
+
+    clips = [(c.path, c.reference) for c in korean_clips(TESTDATA)]
+    refs = [r for _, r in clips]
+    audios = [decode_audio(p) for p, _ in clips]
+    duration = sum(len(a) for a in audios) / 16000
+    model_dir = resolve_model("base")
+    transcriber = Transcriber(EngineConfig(model="base", device="cpu", compute_type="int8", cpu_threads=args.threads))
+    lines: list[str] = []
+
+    def out(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    def malsori(batched: bool = True, audio_list=None, **options) -> list[str]:
+        o = TranscribeOptions(**{"language": "ko", "beam_size": args.beam, **options})
+        audio_list = audios if audio_list is None else audio_list
+        if batched:
+            return [t.text for t in Pipeline(transcriber).transcribe_many(audio_list, o)]
+        return [Pipeline(transcriber).transcribe(a, o).text for a in audio_list]
+
+    out(
+        f"{len(clips)} Korean clips ({duration:.1f} s): `ko/` (Zeroth-Korean, 10) and `multi/test_ko.wav`; model `base`, "
+        f"int8, {args.threads} CPU threads. CER: NFC, punctuation and spaces removed, digits spelled out in "
+        'Sino-Korean numerals; "digits as given" leaves them.'
+    )
+    out()
+
+    if "offline" in sections:
+        from faster_whisper import WhisperModel
+
+        plain = WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=args.threads)
+
+        def faster_whisper() -> list[str]:
+            return [" ".join(s.text.strip() for s in plain.transcribe(a, beam_size=args.beam, language="ko")[0]) for a in audios]
+
+        plain.transcribe(audios[0], beam_size=args.beam, language="ko")  # warm-up, excluded
+        malsori(audio_list=audios[:1])
+        runs = []
+        for name, fn in (
+            (f"faster-whisper `transcribe()` (beam {args.beam})", faster_whisper),
+            ("malsori batched", lambda: malsori(True)),
+            ("malsori one by one", lambda: malsori(False)),
+        ):
+            before = load()
+            started = time.perf_counter()
+            hyps = fn()
+            runs.append((name, hyps, time.perf_counter() - started, before, load()))
+        base_wall = runs[0][2]
+        out(f"Offline, language forced `ko`, beam {args.beam}:")
+        out()
+        out("| system | CER | CER digits as given | wall s | throughput | vs faster-whisper | load before / after |")
+        out("|---|---:|---:|---:|---:|---:|---|")
+        for name, hyps, wall, before, after in runs:
+            out(
+                f"| {name} | {cer_cells(refs, hyps)} | {wall:.1f} | {duration / wall:.1f}x | {base_wall / wall:.2f}x | "
+                f"{before[13:]} / {after[13:]} |"
+            )
+        out()
+
+    if "causes" in sections:
+        from malsori.engine import transcriber as engine
+
+        out("Causes, one change at a time from malsori's defaults (batched; accuracy only, so no timing):")
+        out()
+        out("| change | CER | CER digits as given |")
+        out("|---|---:|---:|")
+        variants: list[tuple[str, dict]] = [
+            ("none (defaults)", {}),
+            ("beam 1 (greedy, with fallback)", {"beam_size": 1}),
+            ("beam 3", {"beam_size": 3}),
+            (
+                "greedy, best_of 2, temperatures 0 and 0.4 (the live presets' finals)",
+                {"beam_size": 1, "best_of": 2, "temperatures": (0.0, 0.4)},
+            ),
+            ("no temperature fallback", {"temperatures": (0.0,)}),
+            (
+                "no thresholds (no-speech, log-prob, compression ratio)",
+                {"no_speech_threshold": None, "log_prob_threshold": None, "compression_ratio_threshold": None},
+            ),
+            ("compression ratio threshold 3.0", {"compression_ratio_threshold": 3.0}),
+            ("no VAD", {"vad_filter": False}),
+        ]
+        for label, options in variants:
+            out(f"| {label} | {cer_cells(refs, malsori(**options))} |")
+        out(f"| one file at a time (no batching) | {cer_cells(refs, malsori(False))} |")
+        pads, minimum = dict(engine._PAD_FRAMES_BY_LANGUAGE), engine._MIN_FRAMES
+        try:
+            for frames in (100, 200, 300, 500, 1000):
+                engine._PAD_FRAMES_BY_LANGUAGE = {**pads, "ko": frames}
+                label = f"encoder padding {frames / 100:g} s" + (" (default for ko)" if frames == pads.get("ko") else "")
+                out(f"| {label} | {cer_cells(refs, malsori())} |")
+                if frames == 200:
+                    out(f"| encoder padding 2 s, one file at a time | {cer_cells(refs, malsori(False))} |")
+            engine._PAD_FRAMES_BY_LANGUAGE = pads
+            for frames in (1000, 1500, 3000):
+                engine._MIN_FRAMES = frames
+                out(f"| minimum encoder input {frames / 100:g} s (default {minimum / 100:g}) | {cer_cells(refs, malsori())} |")
+        finally:
+            engine._PAD_FRAMES_BY_LANGUAGE, engine._MIN_FRAMES = pads, minimum
+        out()
+
+    if "prompt" in sections:
+        out("Prompt and vocabulary (batched, beam as above):")
+        out()
+        out("| option | CER | CER digits as given | sentences ending in punctuation |")
+        out("|---|---:|---:|---:|")
+        for label, options in (
+            ("none", {}),
+            (f"initial_prompt `{PROMPT}`", {"initial_prompt": PROMPT}),
+            (f"hotwords `{HOTWORDS}`", {"hotwords": HOTWORDS}),
+        ):
+            hyps = malsori(**options)
+            marked = sum(h.rstrip().endswith((".", "?", "!")) for h in hyps)
+            out(f"| {label} | {cer_cells(refs, hyps)} | {marked} of {len(hyps)} |")
+        out()
+
+    if "detect" in sections:
+        o = TranscribeOptions(beam_size=args.beam)
+        found = [Pipeline(transcriber).transcribe(a, o) for a in audios]
+        ko = sum(t.language == "ko" for t in found)
+        others = sorted({t.language for t in found} - {"ko"})
+        out(
+            f"Language detection, each clip alone, no language given: {ko} of {len(found)} detected `ko` "
+            f"({100 * ko / len(found):.0f}%){'; others: ' + ', '.join(others) if others else ''}; "
+            f"lowest probability {min(t.language_probability for t in found if t.language == 'ko'):.2f}."
+        )
+        out()
+
+    if "live" in sections:
+        out(live(args.preset, transcriber, clips, args.beam))
+        out()
+
+    meta = (
+        f"Command: `flock /tmp/malsori-bench.lock .venv/bin/python bench/korean.py {' '.join(sys.argv[1:])}`  \n"
+        f"Machine: {machine_line()}; date {dt.date.today().isoformat()}; other work shared the CPU "
+        "(load figures beside the timings)."
+    )
+    print("\n" + meta)
+    if args.write:
+        # One block per set of sections: accuracy-only sections need no quiet machine, timed ones do.
+        replace_block(SECTION, f"bench/korean.py {args.sections}", meta + "\n\n" + "\n".join(lines))
+    return 0
+
+
+def live(preset: str, transcriber: Transcriber, clips: list[tuple[Path, str]], beam: int) -> str:
+    from streaming import PAUSE_S, Audio, Phrase, Scores, pct, speech_bounds, start_malsori, stream_malsori
+
+    from malsori.client import StreamOptions
+
+    pieces, phrases, t = [], [], 0.0
+    for i, (path, ref) in enumerate(clips):
+        samples = decode_audio(path)
+        s0, s1 = speech_bounds(samples)
+        d = len(samples) / 16000
+        phrases.append(Phrase(t, t + d, t + s0, t + s1, ref))
+        pieces.append(samples)
+        t += d
+        if i < len(clips) - 1:
+            pieces.append(np.zeros(int(PAUSE_S * 16000), np.float32))
+            t += PAUSE_S
+    talk = Audio(f"Korean talk ({len(clips)} clips)", np.concatenate(pieces), tuple(phrases))
+    offline = Pipeline(transcriber).transcribe(talk.samples, TranscribeOptions(language="ko", beam_size=beam)).text
+    refs = [" ".join(p.reference for p in phrases)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server, url = start_malsori(Path(tmp))
+        try:
+            before = load()
+            record = asyncio.run(stream_malsori(url, talk, options=StreamOptions(language="ko", preset=preset)))
+            after = load()
+        finally:
+            server.stop()
+    finals = [e for e in record.events if e[1]]
+    text = " ".join(e[2].strip() for e in finals if e[2].strip())
+    from_speech, missed = [], 0
+    for phrase in phrases:
+        end_wall = record.sent_at(phrase.speech_end)
+        final_at = next((w for w, f, _t, _s, e in record.events if f and e >= phrase.speech_end - 0.3), None)
+        if final_at is None:
+            missed += 1
+        else:
+            from_speech.append(final_at - end_wall)
+    scores = Scores()
+    scores.add(talk, record)
+    stream_cer, offline_cer = korean_cer(refs, [text]), korean_cer(refs, [offline])
+    return "\n".join(
+        [
+            f"Live: the {len(clips)} clips joined with {PAUSE_S} s pauses ({talk.duration:.0f} s), one stream at real time "
+            f"to `malsori serve` `/v1/stream`, preset `{preset}`, language `ko`; {before} before, {after} after.",
+            "",
+            "| streaming CER | offline CER (same audio) | difference | final p50 / p95 from end of speech | "
+            "from end of clip | missed | errors |",
+            "|---:|---:|---:|---:|---:|---:|---|",
+            f"| {100 * stream_cer:.1f}% | {100 * offline_cer:.1f}% | {100 * (stream_cer - offline_cer):+.1f} | "
+            f"{pct(from_speech, 50):.2f} / {pct(from_speech, 95):.2f} s | "
+            f"{pct(scores.final_latency, 50):.2f} / {pct(scores.final_latency, 95):.2f} s | {missed} of {len(phrases)} | "
+            f"{record.error or 'none'} |",
+            "",
+            f"Streamed finals: {text}",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
