@@ -317,3 +317,23 @@ def test_job_segments_carry_sentiment_in_the_stored_result(files, testdata):
     assert [s["sentiment"]["label"] for s in stored] == _expected(stored)
     rendered = client.get(f"/v1/jobs/{job_id}/result", params={"format": "verbose_json"}).json()["segments"]
     assert [s["sentiment"] for s in rendered] == [s["sentiment"] for s in stored]
+
+
+def test_cli_stream_prints_each_finals_sentiment(live, tmp_path):
+    import subprocess
+    import sys
+    import wave
+
+    from malsori.engine.audio import float32_to_pcm16
+
+    server, _ = live
+    path = tmp_path / "talk.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(float32_to_pcm16(SPEECH))
+    command = [sys.executable, "-m", "malsori.cli.app", "stream", str(path), "--url", server.url + "/v1/stream", "--sentiment"]
+    done = subprocess.run([*command, "--language", "en"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["alpha bravo  [positive 0.80]", "charlie delta  [negative 0.80]", "echo  [neutral 0.80]"]

@@ -143,6 +143,14 @@ class _Printer:
         self.out.flush()
 
 
+def _label(event: FinalEvent) -> str:
+    """`` [positive 0.93]`` when the final carries a sentiment, else nothing."""
+    found = event.extra.get("sentiment")
+    if not isinstance(found, dict) or "label" not in found:
+        return ""
+    return f"  [{found['label']} {float(found.get('score', 0.0)):.2f}]"
+
+
 async def _run(
     url: str, options: StreamOptions, chunks: AsyncIterator[bytes], timestamps: bool, headers: dict[str, str] | None = None
 ) -> None:
@@ -155,7 +163,8 @@ async def _run(
             elif isinstance(event, FinalEvent):
                 text = event.text.strip()
                 if text:
-                    printer.line(f"[{event.start:7.2f} → {event.end:7.2f}] {text}" if timestamps else text)
+                    line = f"[{event.start:7.2f} → {event.end:7.2f}] {text}" if timestamps else text
+                    printer.line(line + _label(event))
             elif isinstance(event, LanguageEvent):
                 typer.echo(f"language: {event.language}", err=True)
             elif isinstance(event, ErrorEvent) and not event.extra.get("fatal", True):
@@ -180,6 +189,7 @@ def stream(
         16000, "--sample-rate", min=MIN_SAMPLE_RATE, max=MAX_SAMPLE_RATE, help="Sample rate of stdin or mic audio (Hz)"
     ),
     timestamps: bool = typer.Option(False, "--timestamps", help="Print each final line with its times"),
+    sentiment: bool = typer.Option(False, "--sentiment", help="Print each final's sentiment: [negative|neutral|positive score]"),
     api_key: str | None = typer.Option(
         None, "--api-key", envvar="MALSORI_API_KEY", help="API key, for a server that has keys (sent as Authorization: Bearer)"
     ),
@@ -195,7 +205,9 @@ def stream(
             if not path.is_file():
                 raise _fail(f"no such file: {source}")
             sample_rate = 16_000  # decoded files are always 16 kHz mono
-        options = StreamOptions(sample_rate=sample_rate, encoding=encoding, language=language, task=task, preset=preset)
+        options = StreamOptions(
+            sample_rate=sample_rate, encoding=encoding, language=language, task=task, preset=preset, sentiment=sentiment
+        )
         bytes_per_second = options.bytes_per_second
         chunk_bytes = int(CHUNK_S * sample_rate) * ENCODINGS[encoding]
         if mic:

@@ -48,6 +48,8 @@ class StreamOptions:
     task: str = "transcribe"
     preset: str | None = None
     word_timestamps: bool = False
+    sentiment: bool = False
+    """Each final carries ``sentiment`` (``FinalEvent.extra["sentiment"]``: ``{"label", "score"}`` or None)."""
     options: Mapping[str, Any] = field(default_factory=dict)
     stats: bool = False
     """The server sends :class:`~malsori.client.events.StatsEvent` about every second."""
@@ -80,6 +82,8 @@ class StreamOptions:
             message["preset"] = self.preset
         if self.word_timestamps:
             message["word_timestamps"] = True
+        if self.sentiment:
+            message["sentiment"] = True
         if self.options:
             message["options"] = dict(self.options)
         if self.stats:
