@@ -430,16 +430,51 @@ def test_rate_limit_per_key_is_429_with_retry_after_and_the_limit(tmp_path):
     settings = _settings(tmp_path, limits=TenantLimits(key_requests_per_minute=3))
     keys = _make_keys(settings)
     with TestClient(create_app(settings, transcriber=FakeDecoder())) as client:
-        # One minute window for the whole test: a request that crossed into the next would start over.
-        client.app.state.services.tenants.limiter.counter._clock = lambda: 960_000.0 + 0.5
-        for _ in range(3):
-            assert client.get("/v1/models", headers=_auth(keys.acme)).status_code == 200
+        # 3 a minute: one request every 20 s, a burst of 1. The clock is ours.
+        now = [960_000.5]
+        client.app.state.services.tenants.limiter.counter._clock = lambda: now[0]
+        assert client.get("/v1/models", headers=_auth(keys.acme)).status_code == 200
         r = client.get("/v1/models", headers=_auth(keys.acme))
         assert r.status_code == 429
         assert r.json()["error"]["limit"] == "key_requests_per_minute" and r.json()["error"]["code"] == "rate_limited"
-        assert int(r.headers["retry-after"]) == 60  # the window has 59.5 s left: rounded up
+        assert int(r.headers["retry-after"]) == 20  # the next request is due 20 s after the first
+        now[0] += 15.2
+        r = client.get("/v1/models", headers=_auth(keys.acme))
+        assert r.status_code == 429 and int(r.headers["retry-after"]) == 5  # 4.8 s left: rounded up
+        now[0] += 4.8
+        assert client.get("/v1/models", headers=_auth(keys.acme)).status_code == 200  # due now
+        assert client.get("/v1/models", headers=_auth(keys.acme)).status_code == 429  # and spaced again
         assert client.get("/v1/models", headers=_auth(keys.acme_read)).status_code == 200  # another key: its own count
         assert client.get("/health").status_code == 200
+
+
+def test_rate_limit_spreads_a_tenant_over_the_minute():
+    """A tenant sending at 150 % of its limit gets its limit, spaced evenly: never the whole minute's
+    share in its first seconds (as fixed one-minute windows gave), and a burst of a tenth of it."""
+    import asyncio
+
+    from malsori.config import AuthSettings
+    from malsori.tenants import MemoryCounter, RateLimiter
+    from malsori.tenants.limits import burst_for
+
+    limit = 30  # one every 2 s, a burst of 3
+    assert burst_for(limit) == 3
+    now = [1_800_000.0]
+    limiter = RateLimiter(AuthSettings(limits=TenantLimits(requests_per_minute=limit)), MemoryCounter(clock=lambda: now[0]))
+
+    async def run() -> list[float]:
+        admitted = []
+        for i in range(int(limit * 1.5 * 3)):  # three minutes, open loop at 45 a minute
+            now[0] = 1_800_000.0 + i * 60 / (limit * 1.5)
+            if (await _hits(limiter, 1)) == [200]:
+                admitted.append(now[0] - 1_800_000.0)
+        return admitted
+
+    admitted = asyncio.run(run())
+    assert limit * 3 <= len(admitted) <= limit * 3 + burst_for(limit)
+    for start in range(0, 180, 5):  # in any 10 s: the burst plus one every 2 s, not 30
+        assert sum(start <= t < start + 10 for t in admitted) <= 3 + 5, (start, admitted)
+    assert sum(t < 20 for t in admitted) <= 3 + 10
 
 
 def test_tenant_limits_audio_minutes_live_sessions_and_usage(tmp_path):
@@ -499,23 +534,31 @@ def test_rate_limits_are_shared_through_redis(redis_server):
     import asyncio
 
     from malsori.config import AuthSettings
+    from malsori.errors import RateLimitedError
     from malsori.tenants import RateLimiter
     from malsori.tenants.limits import RedisCounter
 
-    settings = AuthSettings(limits=TenantLimits(requests_per_minute=5))
+    settings = AuthSettings(limits=TenantLimits(requests_per_minute=50))  # one every 1.2 s, a burst of 5
 
-    async def run() -> list[int]:
-        # Two gateways, one Redis: the tenant's 5 requests a minute are counted once across both.
-        clock = lambda: 1_200_000.0 + 1  # noqa: E731  (one minute window for the whole test)
-        a = RateLimiter(settings, RedisCounter(redis_server.url, "malsori-test", clock=clock))
-        b = RateLimiter(settings, RedisCounter(redis_server.url, "malsori-test", clock=clock))
+    async def run() -> list[int | float]:
+        # Two gateways, one Redis: the tenant's requests are counted once across both.
+        now = [1_200_000.0]
+        a = RateLimiter(settings, RedisCounter(redis_server.url, "malsori-test", clock=lambda: now[0]))
+        b = RateLimiter(settings, RedisCounter(redis_server.url, "malsori-test", clock=lambda: now[0]))
         try:
-            return [*await _hits(a, 3), *await _hits(b, 3)]
+            outcomes: list[int | float] = [*await _hits(a, 3), *await _hits(b, 3)]
+            now[0] += 0.1
+            try:
+                await b.check_request("acme", "k1", None)
+            except RateLimitedError as exc:  # the next is due 1.2 s after the burst: 1.1 s from now
+                outcomes.append(round(exc.retry_after, 3))
+            now[0] += 1.1
+            return [*outcomes, *await _hits(a, 2)]
         finally:
             await a.counter.close()
             await b.counter.close()
 
-    assert asyncio.run(run()) == [200, 200, 200, 200, 200, 429]
+    assert asyncio.run(run()) == [200, 200, 200, 200, 200, 429, 1.1, 200, 429]
 
 
 def test_meetings_belong_to_their_tenant(keyed):

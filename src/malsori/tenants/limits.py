@@ -1,11 +1,16 @@
-"""Rate limits of tenants and keys: fixed one-minute windows counted in this process or in Redis.
+"""Rate limits of tenants and keys: a smooth limiter (GCRA) kept in this process or in Redis.
 
 Every authenticated request counts once against its key's ``requests_per_minute`` and once against
-its tenant's; over either, it is refused with :class:`~malsori.errors.RateLimitedError` (429,
-``Retry-After`` the seconds left in the window, the body naming the limit). Scaled out (a broker
-configured) the counters live in Redis (``INCR`` + ``EXPIRE`` on ``<prefix>:rl:...``), so every gateway
-counts against the same limit; in one process they are a dictionary. If Redis cannot be reached the
-request is let through and a warning logged: a limiter outage should not take the service down.
+its tenant's; over either, it is refused with :class:`~malsori.errors.RateLimitedError` (429, the body
+naming the limit, ``Retry-After`` the seconds until the next request would be admitted). The limiter
+is the generic cell rate algorithm: a limit of N a minute admits one request every 60/N s, with a
+small burst (:func:`burst_for`, a tenth of the limit, at least 1) for requests that come together, so
+a tenant over its limit gets its share spread over the minute instead of all of it in the first
+seconds of each fixed window. The state per key is one number, the theoretical arrival time of the
+next request. Scaled out (a broker configured) it lives in Redis (``<prefix>:rl:...``, updated by an
+atomic Lua script), so every gateway counts against the same limit; in one process it is a dictionary.
+If Redis cannot be reached the request is let through and a warning logged: a limiter outage should
+not take the service down.
 
 Concurrent live sessions per tenant are leases (:class:`SessionSlots`), in Redis when scaled out too;
 audio minutes per day by the usage meter (:mod:`malsori.tenants.usage`, in the database, shared).
@@ -14,6 +19,7 @@ audio minutes per day by the usage meter (:mod:`malsori.tenants.usage`, in the d
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Protocol
@@ -23,36 +29,51 @@ from ..errors import RateLimitedError
 if TYPE_CHECKING:
     from ..config import AuthSettings, TenantLimits
 
-__all__ = ["Counter", "MemoryCounter", "RedisCounter", "RateLimiter", "SessionSlots", "WINDOW_S"]
+__all__ = ["Counter", "MemoryCounter", "RedisCounter", "RateLimiter", "SessionSlots", "WINDOW_S", "burst_for"]
 
 log = logging.getLogger(__name__)
 
 WINDOW_S = 60
+"""The period the limits are given in (requests per minute)."""
+
+
+def burst_for(limit: int) -> int:
+    """Requests admitted back to back before the spacing applies: a tenth of the limit, at least 1."""
+    return max(1, limit // 10)
 
 
 class Counter(Protocol):
-    async def hit(self, name: str, window_s: int) -> tuple[int, float]:
-        """Count one more in the current window of ``name``: the count now and seconds until the window ends."""
+    async def hit(self, name: str, interval_s: float, burst: int) -> tuple[bool, float]:
+        """Admit one more request of ``name`` spaced ``interval_s`` apart with ``burst`` back to back:
+        whether it is admitted and, if not, the seconds until one would be."""
         ...
 
     async def close(self) -> None: ...
+
+
+def _gcra(tat: float | None, now: float, interval_s: float, burst: int) -> tuple[bool, float, float]:
+    """One step of the algorithm: (admitted, retry after, the new theoretical arrival time)."""
+    tat = now if tat is None or tat < now else tat
+    tolerance = (burst - 1) * interval_s
+    if tat - now > tolerance + 1e-6:  # (a microsecond of slack for the floating point sums)
+        return False, tat - tolerance - now, tat
+    return True, 0.0, tat + interval_s
 
 
 class MemoryCounter:
     def __init__(self, clock=time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._counts: dict[tuple[str, int], int] = {}
+        self._tats: dict[str, float] = {}
 
-    async def hit(self, name: str, window_s: int) -> tuple[int, float]:
+    async def hit(self, name: str, interval_s: float, burst: int) -> tuple[bool, float]:
         now = self._clock()
-        window = int(now // window_s)
         with self._lock:
-            if len(self._counts) > 50_000:  # old windows: drop them all now and then
-                self._counts = {k: v for k, v in self._counts.items() if k[1] >= window}
-            count = self._counts.get((name, window), 0) + 1
-            self._counts[(name, window)] = count
-        return count, (window + 1) * window_s - now
+            if len(self._tats) > 50_000:  # keys idle long enough to be back at a full burst: drop them
+                self._tats = {k: t for k, t in self._tats.items() if t > now}
+            ok, retry_after, tat = _gcra(self._tats.get(name), now, interval_s, burst)
+            self._tats[name] = tat
+        return ok, retry_after
 
     async def close(self) -> None:
         return None
@@ -65,23 +86,37 @@ class RedisCounter:
         self._redis = aredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._prefix = prefix
         self._clock = clock
+        self._script = self._redis.register_script(_GCRA)
 
-    async def hit(self, name: str, window_s: int) -> tuple[int, float]:
+    async def hit(self, name: str, interval_s: float, burst: int) -> tuple[bool, float]:
         now = self._clock()
-        window = int(now // window_s)
-        key = f"{self._prefix}:rl:{name}:{window}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, window_s * 2)
-            count, _ = await pipe.execute()
-        return int(count), (window + 1) * window_s - now
+        ok, retry_after = await self._script(keys=[f"{self._prefix}:rl:{name}"], args=[repr(now), repr(interval_s), burst])
+        return bool(int(ok)), float(retry_after)
 
     async def close(self) -> None:
         await self._redis.aclose()
 
 
+# KEYS[1] the theoretical arrival time of the next request; ARGV: now, interval, burst.
+# Returns {1, "0"} when admitted, {0, "<seconds to wait>"} when not (a string: Lua numbers come back
+# as integers). The key expires when it would be back at a full burst anyway.
+_GCRA = """
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local tolerance = (tonumber(ARGV[3]) - 1) * interval
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tolerance + 1e-6 then
+  return {0, string.format('%.6f', tat - tolerance - now)}
+end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+return {1, '0'}
+"""
+
+
 class RateLimiter:
-    """Requests per minute per key and per tenant (0: no limit)."""
+    """Requests per minute per key and per tenant (0: no limit), spaced evenly with a small burst."""
 
     def __init__(self, settings: AuthSettings, counter: Counter) -> None:
         self.settings = settings
@@ -101,15 +136,15 @@ class RateLimiter:
             if limit <= 0:
                 continue
             try:
-                count, reset_in = await self.counter.hit(f"{kind}:{ident}", WINDOW_S)
+                ok, retry_after = await self.counter.hit(f"{kind}:{ident}", WINDOW_S / limit, burst_for(limit))
             except Exception as exc:  # Redis down: let the request through rather than fail it
                 log.warning("rate limiter unavailable (%s); request not counted", exc.__class__.__name__)
                 return
-            if count > limit:
+            if not ok:
                 raise RateLimitedError(
-                    f"{whose} limit of {limit} requests per minute is reached; try again in {max(1, round(reset_in))} s",
+                    f"{whose} limit of {limit} requests per minute is reached; try again in {max(1, math.ceil(retry_after))} s",
                     limit=f"{kind}_requests_per_minute",
-                    retry_after=max(1.0, reset_in),
+                    retry_after=max(1.0, retry_after),
                 )
 
 
