@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from logscan import LOGS, SECRETS, leaks, remember_log, remember_secret
 
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = Path(os.environ.get("MALSORI_TESTDATA", REPO.parent / "shared" / "testdata"))
@@ -53,6 +54,7 @@ class LiveServer:
         self.args = tuple(args)
         self.log_path = data_dir.parent / f"server-{self.port}.log"
         self.process = None
+        remember_log(self.log_path)
 
     def start(self, timeout: float = 180.0) -> "LiveServer":
         import subprocess
@@ -125,3 +127,52 @@ def redis_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+# -- no secrets in the run's logs (tests/logscan.py) --------------------------------------------------
+@pytest.hookimpl(trylast=True)  # after the tmp_path plugin's own configure
+def pytest_configure(config) -> None:
+    import logging
+
+    from malsori import logs
+    from malsori.tenants import keys, tokens
+
+    create, issue = keys.KeyStore.create, tokens.TokenIssuer.issue
+
+    def recording_create(self, *args, **kwargs):
+        made = create(self, *args, **kwargs)
+        remember_secret(made.secret)
+        return made
+
+    def recording_issue(self, *args, **kwargs):
+        token, expires = issue(self, *args, **kwargs)
+        remember_secret(token)
+        return token, expires
+
+    keys.KeyStore.create = recording_create  # type: ignore[method-assign]
+    tokens.TokenIssuer.issue = recording_issue  # type: ignore[method-assign]
+    # In-process servers log through this process's logging: one file, formatted as `malsori serve` does.
+    path = config._tmp_path_factory.getbasetemp() / "inprocess-servers.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.addFilter(logs.RequestIdFilter())
+    handler.setFormatter(logs.MaskingFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    config._malsori_log_handler = handler
+    remember_log(path)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    import logging
+
+    handler = getattr(session.config, "_malsori_log_handler", None)
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    found = leaks(LOGS, SECRETS)
+    if found:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["secrets in the logs of this run:", *found[:20]]
+        if reporter is not None:
+            reporter.write_line("")
+            reporter.write_line("\n".join(lines), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

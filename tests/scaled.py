@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from logscan import remember_log
 
 REPO = Path(__file__).resolve().parents[1]
 PG_SERVER = os.environ.get("MALSORI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -75,6 +76,7 @@ class WorkerProcess:
     def __init__(self, name: str, queues: str, env: dict[str, str], logdir: Path) -> None:
         self.name, self.queues, self.env = name, queues, dict(env)
         self.log_path = logdir / f"worker-{name}.log"
+        remember_log(self.log_path)
         self.process: subprocess.Popen | None = None
         self.metrics_url: str | None = None
 

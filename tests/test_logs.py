@@ -106,3 +106,20 @@ def test_logs_of_a_keyed_session_hold_no_key_token_or_text(tmp_path):
     # The lines are there, masked: the access line of the query-string key, the socket's token, request ids.
     assert "api_key=***" in output and "token=***" in output
     assert f"[{request_id}]" in output
+
+
+def test_the_run_wide_scan_finds_keys_tokens_and_recorded_secrets(tmp_path):
+    """tests/logscan.py greps every server log of the run at its end (conftest): it must see a leak."""
+    import logscan
+
+    key = KeyStore(open_engine(_settings(tmp_path).database_url())).create("acme").secret
+    assert key in logscan.SECRETS and key.split("_", 2)[2] in logscan.SECRETS  # recorded by conftest
+    clean, raw, bare, token = (tmp_path / f"{n}.log" for n in ("clean", "raw", "bare", "token"))
+    clean.write_text(logs.mask(f"GET /v1/jobs?api_key={key} Bearer {key} {key}\n"))
+    raw.write_text(f"GET /v1/jobs with {key}\n")
+    bare.write_text(f"secret part {key.split('_', 2)[2]}\n")
+    token.write_text("GET /v1/stream?t=mst_eyJ0ZW5hbnQ.c2lnbmF0dXJl\n")
+    assert logscan.leaks([clean], logscan.SECRETS) == []
+    assert len(logscan.leaks([raw], {key})) == 2  # the pattern and the recorded key
+    assert logscan.leaks([bare], logscan.SECRETS) and logscan.leaks([token], set())
+    assert any(p.name == "inprocess-servers.log" for p in logscan.LOGS)
