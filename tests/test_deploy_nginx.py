@@ -316,7 +316,9 @@ def test_a_live_stream_over_wss_gives_the_same_finals_as_direct(proxy, tls, serv
     direct, direct_code = asyncio.run(_stream_finals(f"ws://127.0.0.1:{server}/v1/stream", audio, None))
     proxied, proxied_code = asyncio.run(_stream_finals(proxy.url.replace("https", "wss") + "/v1/stream", audio, tls))
     assert direct_code == proxied_code == 1000
-    assert proxied == direct, (proxied, direct)
+    # Where a live stream's phrases are cut depends on timing (when each window's decode comes back), so
+    # two runs of one stream can split or word a phrase differently: the same text up to that, not equal.
+    assert wer(" ".join(direct), " ".join(proxied)) <= 0.10, (proxied, direct)
     assert wer(f"{JFK} {LJ001_0001} {LJ001_0002}", " ".join(proxied)) <= 0.10, proxied
 
 

@@ -231,7 +231,9 @@ def test_a_client_that_goes_away_cancels_the_windows_still_queued(tmp_path, talk
             time.sleep(0.01)
         app.decoder.gate.set()
         calls = len(app.decoder.calls)
-    assert calls == 2  # the first window and the one already decoding; the third never ran
+    # The third window never ran; the second ran only if the decoder took it before the client left (on a
+    # fast machine the cancel can come first: seen in a quiet full run).
+    assert calls in (1, 2), app.decoder.calls
 
 
 # -- model tier: the real server and model ----------------------------------------------------------------
