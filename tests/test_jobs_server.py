@@ -6,9 +6,7 @@ running: a new server on the same data directory finishes it with the right text
 
 from __future__ import annotations
 
-import io
 import time
-import wave
 
 import httpx
 import numpy as np
@@ -34,18 +32,12 @@ def _poll(base: str, job_id: str, timeout: float = 240.0) -> dict:
 @pytest.fixture(scope="module")
 def lj_talk(manifest) -> tuple[bytes, str]:
     """The first LJ Speech sentences as one WAV with short pauses, and its reference text."""
-    from malsori.engine.audio import SAMPLE_RATE, decode_audio, float32_to_pcm16
+    from malsori.engine.audio import SAMPLE_RATE, decode_audio, wav_bytes
 
     clips = [c for c in manifest if "ljspeech" in str(c.path)][:LJ_CLIPS]
     pause = np.zeros(int(0.4 * SAMPLE_RATE), np.float32)
     audio = np.concatenate([part for c in clips for part in (decode_audio(c.path), pause)])
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes(float32_to_pcm16(audio))
-    return buffer.getvalue(), " ".join(c.reference for c in clips)
+    return wav_bytes(audio), " ".join(c.reference for c in clips)
 
 
 def test_jfk_as_a_job(live_server, testdata, manifest):

@@ -9,9 +9,7 @@ right after accepting jobs loses none; Redis killed and restarted empty mid-run 
 
 from __future__ import annotations
 
-import io
 import time
-import wave
 
 import httpx
 import numpy as np
@@ -20,6 +18,7 @@ from conftest import LiveServer
 from redisserver import RedisServer
 from scaled import WorkerProcess, pg_database, scaled_env
 
+from malsori.engine.audio import wav_bytes
 from malsori.evaluation import wer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.model]
@@ -62,18 +61,6 @@ def cluster(tmp_path_factory):
             for process in (*gateways, *workers):
                 process.stop()
             redis.kill()
-
-
-def _wav(audio: np.ndarray) -> bytes:
-    from malsori.engine.audio import SAMPLE_RATE, float32_to_pcm16
-
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes(float32_to_pcm16(audio))
-    return buffer.getvalue()
 
 
 def _submit(gateway: LiveServer, name: str, data: bytes) -> str:
@@ -153,7 +140,7 @@ def _talk(clips) -> bytes:
     from malsori.engine.audio import SAMPLE_RATE, decode_audio
 
     pause = np.zeros(int(0.4 * SAMPLE_RATE), np.float32)
-    return _wav(np.concatenate([part for c in clips for part in (decode_audio(c.path), pause)]))
+    return wav_bytes(np.concatenate([part for c in clips for part in (decode_audio(c.path), pause)]))
 
 
 def test_a_running_job_is_cancelled_through_the_other_gateway(cluster, lj):

@@ -322,17 +322,12 @@ def test_job_segments_carry_sentiment_in_the_stored_result(files, testdata):
 def test_cli_stream_prints_each_finals_sentiment(live, tmp_path):
     import subprocess
     import sys
-    import wave
 
-    from malsori.engine.audio import float32_to_pcm16
+    from malsori.engine.audio import wav_bytes
 
     server, _ = live
     path = tmp_path / "talk.wav"
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes(float32_to_pcm16(SPEECH))
+    path.write_bytes(wav_bytes(SPEECH))
     command = [sys.executable, "-m", "malsori.cli.app", "stream", str(path), "--url", server.url + "/v1/stream", "--sentiment"]
     done = subprocess.run([*command, "--language", "en"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

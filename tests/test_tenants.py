@@ -9,23 +9,20 @@ limits (in process and shared through a real Redis), usage, and the CLI.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
-import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from inprocess import running_app
 
 from malsori.config import Settings, TenantLimits
-from malsori.engine.audio import SAMPLE_RATE, decode_audio
+from malsori.engine.audio import SAMPLE_RATE, decode_audio, wav_bytes
 from malsori.engine.decoder import DirectDecoder
 from malsori.engine.fake import FakeDecoder, tone_speech
 from malsori.engine.types import Segment
@@ -70,18 +67,8 @@ SOCKETS = ("/v1/stream", "/stt/realtime", "/v1/stream/raw", "/v1/realtime?intent
 START = {"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le", "language": "en"}
 
 
-def _wav(audio: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(SAMPLE_RATE)
-        wav.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
-
-
 SPEECH = tone_speech([0.3, "alpha", "bravo", 0.5])
-WAV = _wav(SPEECH)
+WAV = wav_bytes(SPEECH)
 
 
 @dataclass
@@ -280,7 +267,7 @@ def test_openai_sdk_with_a_tenant_key(tmp_path, manifest):
 
     settings = _settings(tmp_path)
     keys = _make_keys(settings)
-    speech = _wav(decode_audio(next(r.path for r in manifest if r.path.parent.name == "ljspeech")))
+    speech = wav_bytes(decode_audio(next(r.path for r in manifest if r.path.parent.name == "ljspeech")))
     app = create_app(settings, transcriber=Namer(), live_vad=EnergyVad)
     with running_app(app) as port:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=keys.acme, max_retries=0)
@@ -677,7 +664,7 @@ def test_malsori_stream_with_an_api_key(tmp_path):
     settings = _settings(tmp_path)
     keys = _make_keys(settings)
     wav = tmp_path / "speech.wav"
-    wav.write_bytes(_wav(tone_speech([0.3, "alpha", "bravo", 0.8])))
+    wav.write_bytes(wav_bytes(tone_speech([0.3, "alpha", "bravo", 0.8])))
     app = create_app(settings, transcriber=FakeDecoder(), live_vad=EnergyVad)
     command = [sys.executable, "-m", "malsori.cli.app", "stream", str(wav)]
     env = {k: v for k, v in os.environ.items() if k != "MALSORI_API_KEY"}

@@ -9,7 +9,6 @@ the panel must ask for a key and then show the status.
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 from inprocess import running_app
 
 from malsori.config import Settings
+from malsori.engine.audio import wav_bytes
 from malsori.engine.fake import FakeDecoder, tone_speech
 from malsori.server.app import create_app
 from malsori.storage import open_engine
@@ -30,11 +30,7 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-ru
 
 
 def _wav(path: Path, audio: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    path.write_bytes(wav_bytes(audio))
     return path
 
 
