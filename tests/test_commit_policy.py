@@ -11,6 +11,7 @@ from malsori.streaming.commit import (
     LocalAgreement,
     agreed_prefix,
     early_commit,
+    echoed_prefix,
     repeated_prefix,
     window_cut,
     word_key,
@@ -207,3 +208,15 @@ def test_a_continuation_that_repeats_the_last_settled_words_drops_them():
     assert repeated_prefix(["printing", "beautiful", "letters"], ["creating", "beautiful", "letters", "then"]) == 3
     assert repeated_prefix(["the", "art", "of"], ["making", "books"]) == 0
     assert repeated_prefix(["so", "that"], ["that's", "it"]) == 0
+
+
+def test_a_hypothesis_that_echoes_its_prompt_drops_the_echo_however_long():
+    prompt = "printing in the only sense with which we are at present concerned".split()
+    heard = "in the only sense with which we are at present concerned differs from most".split()
+    assert echoed_prefix(prompt, heard) == 11  # ten-odd words: past what a cut word re-heard can be
+    # One word in eight may differ (heard again, not copied); a short run is speech, not an echo.
+    assert echoed_prefix(prompt, "in the only sense with which we are at present concern differs".split()) == 11
+    assert echoed_prefix(prompt, "at present concerned differs".split()) == 0
+    assert echoed_prefix(prompt, "we are at present concerned as ever".split()) == 5
+    # Words of the prompt that are not its end are not an echo.
+    assert echoed_prefix(prompt, "in the only sense we know".split()) == 0

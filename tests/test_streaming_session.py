@@ -372,6 +372,38 @@ def test_agreed_words_are_finalized_before_the_pause_and_the_final_decodes_only_
     assert continued and all(w.prompt for w in continued)
 
 
+def test_a_continued_phrase_whose_decode_echoes_its_prompt_loses_the_echo_not_speech():
+    # Whisper given the text settled before as its prompt sometimes starts by saying the prompt's end
+    # again, ten words and more (a live final "... at present concerned in the only sense with which
+    # we are at present concerned differs ..."): every such echo is dropped, and nothing else.
+    from malsori.engine.types import Word
+
+    class Echo(FakeDecoder):
+        """Starts each window decoded with six or more words of prompt by saying its last nine again."""
+
+        def _decode(self, window, options):
+            result = super()._decode(window, options)
+            said = (window.prompt or "").split()[-9:]
+            if len(said) < 6 or not result.segments:
+                return result
+            first = result.segments[0]
+            t = window.offset
+            echo = tuple(Word(t + 0.01 * i, t + 0.01 * (i + 1), " " + w, 0.5) for i, w in enumerate(said))
+            words = echo + tuple(first.words or ()) if first.words is not None else None
+            echoed = replace(first, start=t, text=" ".join(said) + " " + first.text, words=words)
+            return replace(result, segments=(echoed, *result.segments[1:]))
+
+    words = list(VOCABULARY[:20])
+    audio = tone_speech([0.3, *words, 1.0])
+    events, decoder = run(make_session(commit_after_s=2.0, commit_force_s=3.0), audio, decoder=Echo())
+    assert sum(len((w.prompt or "").split()) >= 6 for w in decoder.windows) >= 3, "decodes were given long prompts"
+    assert " ".join(finals(events)).split() == words, "nothing lost or repeated"
+    for p in (e for e in events if isinstance(e, Partial)):
+        said = p.text.split()
+        first = words.index(said[0])
+        assert said == words[first : first + len(said)], p.text
+
+
 def test_commits_need_two_agreeing_hypotheses_and_cut_only_between_words():
     from malsori.engine.types import Segment, Word
 

@@ -30,12 +30,14 @@ from .vad import VAD_CHUNK
 
 __all__ = [
     "COMMIT_MIN_WORDS",
+    "ECHO_MIN",
     "MAX_REPEAT",
     "Decision",
     "LocalAgreement",
     "Reason",
     "agreed_prefix",
     "early_commit",
+    "echoed_prefix",
     "repeated_prefix",
     "window_cut",
     "word_key",
@@ -46,6 +48,8 @@ COMMIT_MIN_WORDS = 2
 """Fewest words finalized at once before a pause."""
 MAX_REPEAT = 5
 """Longest run of finalized words a continuing hypothesis may repeat (see :func:`repeated_prefix`)."""
+ECHO_MIN = 4
+"""Fewest words of its prompt a hypothesis must start with to be taken for an echo (see :func:`echoed_prefix`)."""
 _CLAUSE_END = tuple(",.;:!?。，、！？")
 _FRAME = _SR // 100  # 10 ms energy frames
 _CUT_SEARCH_S = 0.1  # an early cut goes at the quietest 10 ms this close to the gap between two words
@@ -105,6 +109,19 @@ def repeated_prefix(before: Sequence[str], keys: Sequence[str]) -> int:
     for k in range(min(MAX_REPEAT, len(before), len(keys)), 0, -1):
         differ = sum(a != b for a, b in zip(keys[:k], before[-k:], strict=True))
         if differ == 0 or (k >= 3 and differ == 1):
+            return k
+    return 0
+
+
+def echoed_prefix(prompt: Sequence[str], keys: Sequence[str]) -> int:
+    """How many leading ``keys`` echo the end of the ``prompt`` the window was decoded with.
+
+    Given the text settled before it as its prompt, Whisper sometimes starts a window by saying the
+    end of that prompt again, however long ("printing in the only sense ... concerned" then "in the
+    only sense ... concerned differs from ..."): a run of ``ECHO_MIN`` or more words equal to the
+    prompt's last words is that echo (one word in eight may differ, as heard again), not speech."""
+    for k in range(min(len(prompt), len(keys)), ECHO_MIN - 1, -1):
+        if sum(a != b for a, b in zip(keys[:k], prompt[-k:], strict=True)) <= k // 8:
             return k
     return 0
 

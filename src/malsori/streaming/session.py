@@ -47,7 +47,7 @@ from ..engine.audio import SAMPLE_RATE
 from ..engine.options import TranscribeOptions
 from ..engine.types import Segment
 from ..engine.windows import Window, WindowResult
-from .commit import MAX_REPEAT, Decision, LocalAgreement, early_commit, repeated_prefix, window_cut, word_key
+from .commit import MAX_REPEAT, Decision, LocalAgreement, early_commit, echoed_prefix, repeated_prefix, window_cut, word_key
 from .config import StreamConfig
 from .events import End, Error, Event, Final, Language, Partial, WordTiming
 from .guard import clean_text
@@ -66,11 +66,6 @@ _VAD_CUT_AFTER_S = 6.0
 _VAD_CUT_MAX_S = 27.0
 _SPEAKER_CONTEXT = 10 * _SR  # audio before a final its speakers are found with (the segmentation window)
 _UTTERANCE_CHARS = 1000  # text kept of the speech since the last pause: the most ``context_chars`` takes
-
-
-def _repeated_words(before: list[str], text: str) -> int:
-    """How many leading words of ``text`` repeat the words finalized just before (see ``repeated_prefix``)."""
-    return repeated_prefix(before, [word_key(t) for t in text.split()])
 
 
 @dataclass(frozen=True)
@@ -136,10 +131,25 @@ class _Phrase:
     a hypothesis that starts by repeating them heard the end of a word cut at the boundary."""
     hard: bool = False
     """Closed by a full pause (``endpoint_s``) or the end of the stream, not split off longer speech."""
+    at_pause: bool = False
+    """Ends where the speaker paused: ``hard``, or settled from a speculative decode at a short pause."""
     seed: str = ""
     """The words after those finalized early, shown as the partial until the next decode."""
     continued: bool = False
     """Starts where agreed words of the same speech were finalized (never dropped as a click)."""
+    prompt: list[str] = field(default_factory=list)
+    """Word keys of the prompt its last decode was given: a hypothesis may echo its end."""
+
+    def repeats(self, keys: Sequence[str]) -> int:
+        """How many leading word ``keys`` of a hypothesis of this phrase are not its speech: words
+        finalized just before, heard again at the cut (``before``), or an echo of the prompt."""
+        return max(repeated_prefix(self.before, keys), echoed_prefix(self.prompt, keys))
+
+    def strip_repeats(self, text: str) -> tuple[str, int]:
+        """``text`` without its leading :meth:`repeats`, and how many words went."""
+        words = text.split()
+        n = self.repeats([word_key(w) for w in words])
+        return " ".join(words[n:]), n
 
 
 class _Buffer:
@@ -399,7 +409,7 @@ class StreamingSession:
         ph = self._open
         assert ph is not None
         self._open = None
-        ph.hard = not keep_open
+        ph.hard = ph.at_pause = not keep_open
         ph.end = max(end, ph.start)
         self._last_end = ph.end
         speech_in = ph.speech if not keep_open else self._speech_in(ph.probs[: (ph.end - ph.start) // VAD_CHUNK])
@@ -445,10 +455,12 @@ class StreamingSession:
 
     def _request(self, kind: str, ph: _Phrase, end: int, words: bool = False) -> DecodeRequest:
         audio = self._buffer.slice(ph.start, end)
+        prompt = self._prompt(ph)
+        ph.prompt = [word_key(w) for w in (prompt or "").split()]
         window = Window(
             audio,
             offset=ph.start / _SR,
-            prompt=self._prompt(ph),
+            prompt=prompt,
             language=self._language,
             words=words or kind == "cut",
             fallback=kind != "partial",
@@ -574,8 +586,8 @@ class StreamingSession:
             if self._open is not ph and self._open is not None:  # words were finalized: show the words after them
                 ph = self._open
                 text = ph.seed
-        if ph.before and text:
-            text = " ".join(text.split()[_repeated_words(ph.before, text) :])
+        if text:
+            text = ph.strip_repeats(text)[0]
         if text and self.config.partials:
             stable, unstable = ph.agreement.update(text)
             if text != ph.partial_text:
@@ -601,7 +613,7 @@ class StreamingSession:
         a = self.config.advanced
         words = [w for seg in result.segments for w in (seg.words or ()) if w.word.strip()]
         keys = [word_key(w.word) for w in words]
-        repeated = repeated_prefix(ph.before, keys)
+        repeated = ph.repeats(keys)
         words, keys = words[repeated:], keys[repeated:]
         previous, ph.hypothesis = ph.hypothesis, keys
         decision = early_commit(
@@ -653,6 +665,7 @@ class StreamingSession:
         cut, result = ph.candidate
         if cut - ph.start < self.config.advanced.soft_after_s * _SR or not self._clean(result):
             return []
+        ph.at_pause = True
         return self._settle(ph, cut, result)[0]
 
     def _clean(self, result: WindowResult) -> str:
@@ -672,9 +685,7 @@ class StreamingSession:
         if self._pending and self._pending[0] is ph:
             self._pending.popleft()
         events: list[Event] = []
-        text = self._clean(result)
-        repeated = _repeated_words(ph.before, text) if text else 0
-        text = " ".join(text.split()[repeated:])
+        text, repeated = ph.strip_repeats(self._clean(result))
         if text:
             if not self._language_announced:
                 self._language = result.language
@@ -700,7 +711,7 @@ class StreamingSession:
                 words = None
             diarized = self._speakers is not None
             final = Final(0, text, start, end, result.language, words, diarized=diarized, label_speakers=label)
-            events.extend(self._number([final] if self._sentences is None else self._sentences.push(final)))
+            events.extend(self._number([final] if self._sentences is None else self._sentences.push(final, ph.at_pause)))
             self.finals += 1
             prompt_chars = self.config.advanced.prompt_chars
             settled = (self._settled + " " + text).strip()
