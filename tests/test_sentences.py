@@ -84,6 +84,30 @@ def test_held_words_wait_for_one_more_piece_only():
     assert (out[0].start, out[0].end) == (0.0, 5.0) and j.held_text == ""
 
 
+def test_pieces_finalized_early_are_parts_of_one_phrase_and_held_words_wait_for_its_end():
+    j = SentenceJoiner()
+    assert j.push(final("Printing, in the only sense with which we are at present concerned,", 0.0, 4.0)) == []
+    # The next phrase comes in pieces settled before its pause: the held words wait for all of them.
+    assert j.push(final("differs from most if not from", 4.4, 6.2), pause=False) == []
+    assert j.push(final("all the arts and crafts", 6.2, 7.6), pause=False) == []
+    out = j.push(final("represented in the Exhibition", 7.6, 9.6))
+    assert texts(out) == [
+        "Printing, in the only sense with which we are at present concerned, differs from most if not from "
+        "all the arts and crafts represented in the Exhibition"
+    ]
+    assert (out[0].start, out[0].end) == (0.0, 9.6) and j.held_text == ""
+    # Early pieces with no pause at all go out once max_hold_s of speech is held.
+    j = SentenceJoiner(max_hold_s=5.0)
+    assert j.push(final("and so on", 0.0, 2.0), pause=False) == []
+    assert j.push(final("and so forth", 2.0, 4.0), pause=False) == []
+    assert texts(j.push(final("and then some", 4.0, 6.0), pause=False)) == ["and so on and so forth and then some"]
+    # The words after a sentence end keep whether a pause ended their piece.
+    j = SentenceJoiner()
+    j.push(final("It was late", 0.0, 1.0), pause=False)
+    assert texts(j.push(final("at night. Then", 1.0, 2.0))) == ["It was late at night."]
+    assert texts(j.push(final("she left", 2.5, 3.0))) == ["Then she left"]
+
+
 def test_a_split_uses_word_times_when_the_final_has_them():
     j = SentenceJoiner()
     out = j.push(final("It is over. Ask not", 10.0, 12.0, words=True))

@@ -123,10 +123,10 @@ def test_lj_talk_sentence_finals(live_server, testdata, manifest):
     texts = [f["text"] for f in finals]
     # The first clip is read with pauses at its commas ("Printing, in the only sense ..., differs
     # ... in the Exhibition"): one final, not one per pause.
-    assert texts[0].startswith("Printing") and "exhibition" in texts[0].lower(), texts
-    # "... comparatively modern." ends a sentence; the talk's last words ("... printed book,") end
-    # none and go out when the stream stops.
-    assert any(t.endswith("modern.") for t in texts) and texts[-1].endswith("book,"), texts
+    assert texts[0].lower().startswith("printing") and "exhibition" in texts[0].lower(), texts
+    # "... comparatively modern." ends a sentence; the talk's last words ("... printed book,", or
+    # "book." as Whisper hears it in some windows) go out when the stream stops even without an end.
+    assert any(t.endswith("modern.") for t in texts) and texts[-1].rstrip(",.").endswith("printed book"), texts
     assert wer(reference(manifest, *LJ), " ".join(f["text"] for f in finals)) <= 0.10
 
 

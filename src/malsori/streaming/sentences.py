@@ -2,22 +2,30 @@
 finals a session settles at pauses.
 
 A session settles text where the speaker pauses; a pause often falls inside a sentence (after a comma,
-a breath) and a sentence often ends without one. :class:`SentenceJoiner` re-cuts that stream: it
-takes each settled piece (:meth:`~SentenceJoiner.push`) and says which finals go out now, holding
-back at most the words after the last sentence end, and never for more than one more piece.
+a breath) and a sentence often ends without one. Long speech is also settled early, before any pause
+(``commit.py``): those pieces end at no pause. :class:`SentenceJoiner` re-cuts that stream: it takes
+each settled piece (:meth:`~SentenceJoiner.push`, saying whether it ended at a pause) and says which
+finals go out now, holding back at most the words after the last sentence end, and never past one
+more pause (one extra phrase) or ``max_hold_s`` of speech.
 
-Decisions, for each piece pushed (``held``: words held back from the piece before, at most one):
+Decisions, for each piece pushed (``held``: words held back, with whether a pause ended them):
 
-============  =================================  ==============================================
-held          the piece (held + its text)        goes out now / is held
-============  =================================  ==============================================
-none          ends a sentence                    all of it / nothing
-none          a sentence end inside, more after  up to the last sentence end / the rest
-none          no sentence end                    nothing / all of it
-some          a sentence end in the new text     up to the last sentence end / the rest
-some          no sentence end in the new text    all of it, as one final / nothing (the held
-                                                 words may wait for one more piece, no longer)
-============  =================================  ==============================================
+====  =================================  ======================================================
+held  the piece (held + its text)        goes out now / is held
+====  =================================  ======================================================
+none  ends a sentence                    all of it / nothing
+none  a sentence end inside, more after  up to the last sentence end / the rest
+none  no sentence end                    nothing / all of it
+some  a sentence end in the new text     up to the last sentence end / the rest
+some  no sentence end in the new text,   all of it, as one final / nothing (the first held words
+      and two pauses in all (or          waited one more phrase, no longer)
+      ``max_hold_s`` of speech)
+some  no sentence end in the new text,   nothing / all of it
+      fewer pauses
+====  =================================  ======================================================
+
+A *phrase* is speech between two pauses: pieces finalized early are parts of one, so words held
+after a pause wait for the end of the next phrase, whatever number of pieces it comes in.
 
 Held words go out on their own (:meth:`~SentenceJoiner.flush`) when the stream ends and when the
 session has been silent for ``hold_s`` after them (the transport asks :meth:`~SentenceJoiner.due`),
@@ -73,14 +81,17 @@ def last_sentence_end(words: list[str]) -> int:
 
 @dataclass(frozen=True)
 class _Piece:
-    """Words of settled text with their times (one final, or part of one)."""
+    """Words of settled text with their times (one final, or part of one); ``pause``: a pause ended
+    it; ``pauses``: how many pauses ended the pieces it was joined from."""
 
     final: Final
     words: tuple[str, ...]
+    pause: bool = True
+    pauses: int = 1
 
     @classmethod
-    def of(cls, final: Final) -> _Piece:
-        return cls(final, tuple(final.text.split()))
+    def of(cls, final: Final, pause: bool = True) -> _Piece:
+        return cls(final, tuple(final.text.split()), pause, int(pause))
 
     def split(self, n: int) -> tuple[_Piece, _Piece]:
         """The first ``n`` words and the rest, each a final with its own times."""
@@ -91,7 +102,7 @@ class _Piece:
             timed_head, timed_tail = f.words[:n], f.words[n:]
         first = replace(f, text=" ".join(head), end=at, words=timed_head)
         second = replace(f, text=" ".join(tail), start=at, words=timed_tail)
-        return _Piece(first, head), _Piece(second, tail)
+        return _Piece(first, head, False, 0), _Piece(second, tail, self.pause, int(self.pause))
 
     def _time_after(self, n: int) -> float:
         f = self.final
@@ -109,24 +120,26 @@ def _join(a: _Piece, b: _Piece) -> _Piece:
         words = fa.words + fb.words
     speaker = fa.speaker if fa.speaker == fb.speaker else fa.speaker or fb.speaker
     final = replace(fb, text=" ".join(a.words + b.words), start=fa.start, words=words, speaker=speaker)
-    return _Piece(final, a.words + b.words)
+    return _Piece(final, a.words + b.words, b.pause, a.pauses + b.pauses)
 
 
 class SentenceJoiner:
     """Re-cuts settled text at sentence ends; see the module's decision table. Finals it returns
     have ``seq`` 0: the session numbers them as it sends them."""
 
-    def __init__(self, hold_s: float = 2.0) -> None:
+    def __init__(self, hold_s: float = 2.0, max_hold_s: float = 20.0) -> None:
         self.hold_s = hold_s
+        self.max_hold_s = max_hold_s
         self._held: _Piece | None = None
 
     @property
     def held_text(self) -> str:
         return "" if self._held is None else self._held.final.text
 
-    def push(self, final: Final) -> list[Final]:
-        """A piece of settled text (a final at a pause, or finalized early); the finals to send now."""
-        piece = _Piece.of(final)
+    def push(self, final: Final, pause: bool = True) -> list[Final]:
+        """A piece of settled text (a final at a pause, or, with ``pause=False``, finalized early in
+        speech that goes on); the finals to send now."""
+        piece = _Piece.of(final, pause)
         if not piece.words:
             return []
         held, self._held = self._held, None
@@ -138,8 +151,8 @@ class SentenceJoiner:
         if cut > offset:  # a sentence ends in the new text: send up to it, hold the rest
             out, self._held = combined.split(cut)
             return [out.final]
-        if held is not None:  # held words waited one piece already: no longer
-            return [combined.final]
+        if held is not None and (combined.pauses >= 2 or combined.final.end - combined.final.start >= self.max_hold_s):
+            return [combined.final]  # the first held words waited one more phrase (or long enough): no longer
         self._held = combined
         return []
 
