@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from logscan import LOGS, SECRETS, leaks, remember_log, remember_secret
+from logscan import LOGS, RUNS, SECRETS, leaks, remember_log, remember_secret, remember_transcripts
 
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = Path(os.environ.get("MALSORI_TESTDATA", REPO.parent / "shared" / "testdata"))
@@ -159,6 +159,11 @@ def pytest_configure(config) -> None:
     logging.getLogger().addHandler(handler)
     config._malsori_log_handler = handler
     remember_log(path)
+    if (TESTDATA / "manifest.tsv").is_file():  # what the tests' speech says must not be logged either
+        from malsori.evaluation import korean_clips, load_manifest
+
+        korean = korean_clips(TESTDATA) if (TESTDATA / "ko" / "manifest.tsv").is_file() else []
+        remember_transcripts(c.reference for c in [*load_manifest(TESTDATA), *korean])
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
@@ -168,10 +173,10 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     if handler is not None:
         logging.getLogger().removeHandler(handler)
         handler.close()
-    found = leaks(LOGS, SECRETS)
+    found = leaks(LOGS, SECRETS, RUNS)
     if found:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        lines = ["secrets in the logs of this run:", *found[:20]]
+        lines = ["secrets or transcript text in the logs of this run:", *found[:20]]
         if reporter is not None:
             reporter.write_line("")
             reporter.write_line("\n".join(lines), red=True)

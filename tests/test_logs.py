@@ -123,3 +123,16 @@ def test_the_run_wide_scan_finds_keys_tokens_and_recorded_secrets(tmp_path):
     assert len(logscan.leaks([raw], {key})) == 2  # the pattern and the recorded key
     assert logscan.leaks([bare], logscan.SECRETS) and logscan.leaks([token], set())
     assert any(p.name == "inprocess-servers.log" for p in logscan.LOGS)
+
+
+def test_the_run_wide_scan_finds_transcript_text_of_the_test_data(tmp_path, manifest):
+    """The same scan looks for the words the tests' speech says (every reference, in runs of five)."""
+    import logscan
+
+    said = next(c.reference for c in manifest if c.path.name == "LJ001-0001.flac")
+    assert tuple(logscan._words(said)[:5]) in logscan.RUNS  # recorded by conftest
+    leak, other = tmp_path / "leak.log", tmp_path / "other.log"
+    # As a model would write it: other case and punctuation, one word misheard further on.
+    leak.write_text("INFO malsori.live [r1]: final 'printing in the only sense with witch we are'\n")
+    other.write_text("INFO malsori.live [r2]: final text of 12 words, 3.1 s (masked)\n")
+    assert logscan.leaks([leak], set(), logscan.RUNS) and logscan.leaks([other], set(), logscan.RUNS) == []
