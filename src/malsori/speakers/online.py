@@ -14,6 +14,7 @@ is ``None``: not known, rather than a guess.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -53,23 +54,40 @@ class OnlineSpeakers:
     def count(self) -> int:
         return len(self._sums)
 
-    def _match(self, vec: np.ndarray, seconds: float, taken: set[int]) -> int | None:
-        """The global index of one local speaker's embedding (new when far from all and long enough)."""
-        short = seconds < self.min_seconds
+    def _assign(self, found: Sequence[tuple[float, int, np.ndarray]]) -> dict[int, int | None]:
+        """The global index of each local speaker of one piece (``(seconds, local index, embedding)``).
+
+        Jointly, not one by one: of all the ways to give the local speakers distinct known speakers
+        (each within its threshold) or none, the one with the least total cosine distance, where a
+        local speaker left unmatched costs its threshold. Taken greedily, the voice with the most
+        speech in a piece grabs the closest known speaker even when another voice of the piece is
+        that speaker's own (early in a call, when one speaker is known from a second of speech).
+        Unmatched, a long one is a new speaker; a short one (under ``min_seconds``) stays unknown."""
+        if not found:
+            return {}
+        limits = [self.short_threshold if seconds < self.min_seconds else self.threshold for seconds, _, _ in found]
+        distances = np.zeros((len(found), 0))
         if self._sums:
             centroids = np.stack([s / np.linalg.norm(s) for s in self._sums])
-            distances = 1.0 - centroids @ vec
-            for j in taken:
-                distances[j] = np.inf  # two voices of one piece are two speakers
-            best = int(np.argmin(distances))
-            if distances[best] < (self.short_threshold if short else self.threshold):
-                if not short:
-                    self._sums[best] = self._sums[best] + vec * min(seconds, 5.0)
-                return best
-        if short or len(self._sums) >= self.max_speakers:
-            return None
-        self._sums.append(vec * min(seconds, 5.0))
-        return len(self._sums) - 1
+            distances = 1.0 - np.stack([vec for _, _, vec in found]) @ centroids.T
+        best: tuple[float, tuple[int | None, ...]] = (float(sum(limits)), (None,) * len(found))
+        candidates = [[None, *(j for j in range(distances.shape[1]) if distances[i, j] < limits[i])] for i in range(len(found))]
+        for choice in itertools.product(*candidates):
+            chosen = [j for j in choice if j is not None]
+            if len(chosen) != len(set(chosen)):
+                continue  # two voices of one piece are two speakers
+            cost = sum(limits[i] if j is None else float(distances[i, j]) for i, j in enumerate(choice))
+            if cost < best[0]:
+                best = (cost, choice)
+        labels: dict[int, int | None] = {}
+        for (seconds, k, vec), j in sorted(zip(found, best[1], strict=True), key=lambda f: -f[0][0]):  # most speech first
+            if j is not None and seconds >= self.min_seconds:
+                self._sums[j] = self._sums[j] + vec * min(seconds, 5.0)
+            elif j is None and seconds >= self.min_seconds and len(self._sums) < self.max_speakers:
+                self._sums.append(vec * min(seconds, 5.0))
+                j = len(self._sums) - 1
+            labels[k] = j
+        return labels
 
     def _piece(self, audio: np.ndarray) -> tuple[np.ndarray, list[int | None]]:
         """(frames, 3) local activity of one piece of up to 10 s, and the global index of each local speaker."""
@@ -90,15 +108,9 @@ class OnlineSpeakers:
             idx = _frames_of(active, centres, 0.0, len(feats))
             if len(idx) >= 20:
                 found.append((seconds, k, self.models.embed(feats[idx])))
-        labels: list[int | None] = [None] * seg.shape[1]
-        taken: set[int] = set()
         with self._lock:
-            for seconds, k, vec in sorted(found, key=lambda f: -f[0]):  # the most speech first
-                j = self._match(vec, seconds, taken)
-                if j is not None:
-                    taken.add(j)
-                labels[k] = j
-        return seg, labels
+            assigned = self._assign(found)
+        return seg, [assigned.get(k) for k in range(seg.shape[1])]
 
     def label(
         self, audio: np.ndarray, offset: float, words: Sequence[tuple[float, float]] = (), *, start: float | None = None
