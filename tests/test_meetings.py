@@ -5,6 +5,8 @@ restart are in tests/test_stats_fast.py and tests/test_stats_live.py."""
 
 from __future__ import annotations
 
+import json
+
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -62,7 +64,7 @@ def test_a_meeting_outlives_its_book_and_is_taken_up_again(db_url):
     # Another process (a restarted server): the record is read back as it was written.
     book = _book(db_url, clock)
     try:
-        stored = book.store.get(meeting_id)  # type: ignore[union-attr]
+        stored = book.store.get(meeting_id, "acme")  # type: ignore[union-attr]
         assert stored is not None and stored["state"] == "ended" and stored["tenant_id"] == "acme"
         assert [t["text"] for t in stored["transcript"]] == ["hello there everyone", "this is bad"]
         assert stored["stats"]["words"] == 6 and stored["stats"]["speaking_s"] == 2.5
@@ -74,8 +76,14 @@ def test_a_meeting_outlives_its_book_and_is_taken_up_again(db_url):
         assert stored["stats"]["sentiment"]["mean"] == 0.1  # (0.8 - 0.6) / 2
         assert [(s["session_id"], s["end_reason"], s["audio_s"]) for s in stored["sessions"]] == [("s-1", "stopped", 5.0)]
 
-        with pytest.raises(InvalidOptionsError, match="another tenant"):
-            book.join(meeting_id, "s-x", tenant_id="globex")
+        # Ids belong to tenants: another tenant naming the same id gets a meeting of its own, and
+        # learns nothing of acme's (no refusal, no transcript).
+        other = book.join(meeting_id, "s-x", tenant_id="globex")
+        assert other.tenant_id == "globex" and other.transcript == [] and other.record()["stats"]["words"] == 0
+        book.leave(other, "s-x", "stopped", audio_s=1.0)
+        book.written().result(5)
+        assert book.store.get(meeting_id, "globex")["sessions"][0]["session_id"] == "s-x"  # type: ignore[union-attr,index]
+        assert book.store.get(meeting_id, "acme")["transcript"][0]["text"] == "hello there everyone"  # type: ignore[union-attr,index]
 
         # A second session joins the ended meeting: statistics go on from the stored transcript.
         meeting = book.join(meeting_id, "s-2", tenant_id="acme")
@@ -93,14 +101,44 @@ def test_a_meeting_outlives_its_book_and_is_taken_up_again(db_url):
 
     book = _book(db_url, clock)
     try:
-        again = book.store.get(meeting_id)  # type: ignore[union-attr]
+        again = book.store.get(meeting_id, "acme")  # type: ignore[union-attr]
         assert again == record
         listed = book.store.list(tenant_id="acme", state="ended")  # type: ignore[union-attr]
         row = next(m for m in listed if m["meeting_id"] == meeting_id)
         assert row["transcript_finals"] == 3 and "transcript" not in row
-        assert meeting_id not in {m["meeting_id"] for m in book.store.list(tenant_id="globex")}  # type: ignore[union-attr]
+        globex = book.store.list(tenant_id="globex")  # type: ignore[union-attr]
+        assert [(m["meeting_id"], m["transcript_finals"]) for m in globex if m["meeting_id"] == meeting_id] == [(meeting_id, 0)]
     finally:
         _close(book)
+
+
+def test_meetings_of_an_older_database_are_found_by_their_tenant(tmp_path):
+    """Before ids were the tenant's own, the meetings table had no meeting_id column and a row's key
+    was the meeting id: such a database gets the column on start, and its meetings are still found
+    by their tenant (and by any tenant's search on a server without keys)."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    record = {"meeting_id": "standup", "state": "ended", "tenant_id": "acme", "started_at": "2026-11-30T10:00:00+00:00"}
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE meetings (id VARCHAR(128) PRIMARY KEY, state VARCHAR(16), tenant_id VARCHAR(256), "
+            "started_at DATETIME, ended_at DATETIME, record JSON)"
+        )
+        db.execute("INSERT INTO meetings VALUES ('standup', 'ended', 'acme', '2026-11-30 10:00:00', NULL, ?)", (json.dumps(record),))
+    repository = MeetingRepository(open_engine(f"sqlite:///{path}"))
+    try:
+        assert repository.get("standup", "acme") == record and repository.find("standup") == record
+        assert repository.get("standup", "globex") is None and repository.get("standup") is None
+        repository.save({**record, "state": "live"})  # written again: the same row, now with its meeting_id
+        assert repository.get("standup", "acme")["state"] == "live"  # type: ignore[index]
+        assert [m["meeting_id"] for m in repository.list(tenant_id="acme")] == ["standup"]
+        # A meeting without a tenant takes the id alone as its key: the older row moves aside, found still.
+        repository.save({**record, "tenant_id": None, "state": "ended"})
+        assert repository.get("standup")["tenant_id"] is None  # type: ignore[index]
+        assert repository.get("standup", "acme")["state"] == "live"  # type: ignore[index]
+    finally:
+        repository.close()
 
 
 def test_a_live_meeting_is_written_as_its_finals_arrive(tmp_path):

@@ -555,12 +555,25 @@ def test_meetings_belong_to_their_tenant(keyed):
         assert ws.receive_json()["type"] == "ready"
         assert client.get("/v1/meetings/standup", headers=_auth(keys.acme)).status_code == 200
         assert client.get("/v1/meetings/standup", headers=_auth(keys.globex)).status_code == 404
+        # The same id named by another tenant is that tenant's own meeting: nothing tells it acme's exists.
+        with client.websocket_connect(f"/v1/stream?token={_token(client, keys.globex)}") as theirs:
+            theirs.send_text(json.dumps({**START, "meeting_id": "standup"}))
+            assert theirs.receive_json()["type"] == "ready"
+            got = client.get("/v1/meetings/standup", headers=_auth(keys.globex)).json()
+            assert got["tenant_id"] == "globex" and len(got["sessions"]) == 1
+            theirs.send_text(json.dumps({"type": "stop"}))
+            _close(theirs)
+        mine = client.get("/v1/meetings/standup", headers=_auth(keys.acme)).json()
+        assert mine["tenant_id"] == "acme" and len(mine["sessions"]) == 1
         ws.send_text(json.dumps({"type": "stop"}))
         _close(ws)
-    assert client.get("/v1/meetings/standup", headers=_auth(keys.globex)).status_code == 404
+    assert client.get("/v1/meetings/standup", headers=_auth(keys.globex)).json()["tenant_id"] == "globex"
+    assert client.get("/v1/meetings/standup", headers=_auth(keys.acme)).json()["tenant_id"] == "acme"
     for query in ("", "?tenant_id=acme"):
         listing = client.get(f"/v1/meetings{query}", headers=_auth(keys.globex)).json()["meetings"]
         assert all(m.get("tenant_id") == "globex" for m in listing), listing
+    for query in ("", "?tenant_id=acme", "?tenant_id=globex"):  # a keyed caller cannot pick a tenant
+        assert client.get(f"/v1/meetings/standup{query}", headers=_auth(keys.globex)).json()["tenant_id"] == "globex"
     for _ in range(200):  # the ended meeting is written in the background: poll, bounded
         mine = client.get("/v1/meetings", headers=_auth(keys.acme)).json()["meetings"]
         if "standup" in {m["meeting_id"] for m in mine}:

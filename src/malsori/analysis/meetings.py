@@ -8,6 +8,11 @@ microphone per participant). Its statistics are those of all its finals together
 come from each session's own diarization, so they are qualified by the session's number in the
 meeting from the second session on (``2/SPEAKER_00``); the first session's stay as they are.
 
+Meeting ids belong to a tenant: two tenants' sessions that name the same ``meeting_id`` join two
+meetings, and neither learns that the other's exists. A meeting is known by ``(tenant_id, meeting_id)``
+(:attr:`Meeting.key`); the tenant is the session's (its key's tenant, or the ``tenant_id`` label on a
+server without keys).
+
 A meeting is ``live`` while any of its sessions runs and ``ended`` after the last one ends. Its record
 is written when a session joins or leaves, and while it runs at most every :data:`WRITE_EVERY_S` as
 finals arrive (:meth:`MeetingBook.changed`), so a server that dies loses at most that much of it. A session
@@ -60,7 +65,7 @@ class MeetingStore(Protocol):
 
     def save(self, record: dict[str, Any]) -> None: ...
 
-    def get(self, meeting_id: str) -> dict[str, Any] | None: ...
+    def get(self, meeting_id: str, tenant_id: str | None = None) -> dict[str, Any] | None: ...
 
 
 @dataclass
@@ -95,6 +100,10 @@ class Meeting:
     parts: dict[str, _Part] = field(default_factory=dict)
     transcript: list[dict[str, Any]] = field(default_factory=list)
     stats: LiveStats = field(default_factory=LiveStats)
+
+    @property
+    def key(self) -> tuple[str | None, str]:
+        return self.tenant_id, self.id
 
     @property
     def live(self) -> bool:
@@ -188,19 +197,27 @@ class MeetingBook:
     def __init__(self, store: MeetingStore | None, *, clock: Callable[[], datetime] = _utcnow) -> None:
         self.store = store
         self.clock = clock
-        self._live: dict[str, Meeting] = {}
-        self._written_at: dict[str, datetime] = {}
+        self._live: dict[tuple[str | None, str], Meeting] = {}
+        self._written_at: dict[tuple[str | None, str], datetime] = {}
         # Ended meetings whose last write is still under way: read (and joined) from here until it is done.
-        self._writing: dict[str, tuple[Meeting, concurrent.futures.Future | None]] = {}
+        self._writing: dict[tuple[str | None, str], tuple[Meeting, concurrent.futures.Future | None]] = {}
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="meetings")
 
-    def get_live(self, meeting_id: str) -> Meeting | None:
-        """The meeting as held here: live, or ended with its record not written yet."""
+    def get_live(self, meeting_id: str, tenant_id: str | None = None) -> Meeting | None:
+        """The tenant's meeting as held here: live, or ended with its record not written yet."""
         self._forget_written()
-        if meeting_id in self._live:
-            return self._live[meeting_id]
-        writing = self._writing.get(meeting_id)
+        key = (tenant_id, meeting_id)
+        if key in self._live:
+            return self._live[key]
+        writing = self._writing.get(key)
         return None if writing is None else writing[0]
+
+    def find_live(self, meeting_id: str) -> Meeting | None:
+        """A meeting of that id held here, of any tenant (the newest; for a server without keys)."""
+        self._forget_written()
+        held = [m for m in self._live.values() if m.id == meeting_id]
+        held += [m for m, _ in self._writing.values() if m.id == meeting_id]
+        return max(held, key=lambda m: m.started_at, default=None)
 
     def _forget_written(self) -> None:
         for key in [k for k, (_, done) in self._writing.items() if done is None or done.done()]:
@@ -210,18 +227,14 @@ class MeetingBook:
         return [m.record() for m in self._live.values()]
 
     def join(self, meeting_id: str, session_id: str, *, protocol: str = "v1", tenant_id: str | None = None) -> Meeting:
-        """Add a session to a meeting (started now, or taken up again from the store)."""
-        meeting = self.get_live(meeting_id)
+        """Add a session to the tenant's meeting (started now, or taken up again from the store)."""
+        meeting = self.get_live(meeting_id, tenant_id)
         if meeting is None:
             # One primary-key read, at session start only.
-            record = self.store.get(meeting_id) if self.store is not None else None
-            if record is not None and record.get("tenant_id") != tenant_id:
-                raise InvalidOptionsError(f"meeting {meeting_id!r} belongs to another tenant; pick another meeting_id")
+            record = self.store.get(meeting_id, tenant_id) if self.store is not None else None
             meeting = Meeting.from_record(record) if record is not None else Meeting(meeting_id, self.clock(), tenant_id)
-        elif meeting.tenant_id != tenant_id:
-            raise InvalidOptionsError(f"meeting {meeting_id!r} belongs to another tenant; pick another meeting_id")
-        self._writing.pop(meeting_id, None)
-        self._live[meeting_id] = meeting
+        self._writing.pop(meeting.key, None)
+        self._live[meeting.key] = meeting
         meeting.join(session_id, protocol, self.clock())
         self.persist(meeting)
         return meeting
@@ -231,12 +244,12 @@ class MeetingBook:
         meeting.leave(session_id, reason, audio_s, self.clock())
         written = self.persist(meeting)
         if not meeting.live:
-            self._live.pop(meeting.id, None)
-            self._writing[meeting.id] = (meeting, written)
+            self._live.pop(meeting.key, None)
+            self._writing[meeting.key] = (meeting, written)
 
     def changed(self, meeting: Meeting) -> None:
         """A final was added: write the record if the last write is :data:`WRITE_EVERY_S` old."""
-        last = self._written_at.get(meeting.id)
+        last = self._written_at.get(meeting.key)
         if last is None or (self.clock() - last).total_seconds() >= WRITE_EVERY_S:
             self.persist(meeting)
 
@@ -244,9 +257,9 @@ class MeetingBook:
         """Write the meeting's record now (its state as of this call) on the writer thread."""
         if self.store is None:
             return None
-        self._written_at[meeting.id] = self.clock()
+        self._written_at[meeting.key] = self.clock()
         if not meeting.live:
-            self._written_at.pop(meeting.id, None)
+            self._written_at.pop(meeting.key, None)
         record = meeting.record()
         return self._writer.submit(self._save, record)
 

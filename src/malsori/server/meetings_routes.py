@@ -49,10 +49,21 @@ def _repository(book: MeetingBook) -> MeetingRepository:
 
 @router.get("/{meeting_id}")
 async def get_meeting(
-    principal: ReadDep, book: MeetingsDep, meeting_id: Annotated[str, Path(min_length=1, max_length=128)]
+    principal: ReadDep,
+    book: MeetingsDep,
+    meeting_id: Annotated[str, Path(min_length=1, max_length=128)],
+    tenant_id: Annotated[str | None, Query(max_length=256, description="Without keys: the tenant label of the meeting")] = None,
 ) -> dict[str, Any]:
-    live = book.get_live(meeting_id)
-    record = live.record() if live is not None else await run_in_threadpool(_repository(book).get, meeting_id)
+    """The caller's tenant's meeting of that id (ids belong to tenants). Without keys, tenants are
+    labels: ``tenant_id`` picks one; without it, the newest meeting of that id."""
+    repository = _repository(book)
+    if principal.is_open and tenant_id is None:
+        live = book.find_live(meeting_id)
+        record = live.record() if live is not None else await run_in_threadpool(repository.find, meeting_id)
+    else:
+        tenant = tenant_id if principal.is_open else principal.tenant_id
+        live = book.get_live(meeting_id, tenant)
+        record = live.record() if live is not None else await run_in_threadpool(repository.get, meeting_id, tenant)
     if record is None or not principal.owns(record.get("tenant_id")):
         raise NotFoundError(f"no meeting {meeting_id!r}")
     return record
@@ -74,8 +85,8 @@ async def list_meetings(
         tenant_id = principal.tenant_id
     await asyncio.wrap_future(book.written())  # a meeting that just started or ended is in the store
     rows = await run_in_threadpool(_repository(book).list, tenant_id=tenant_id, state=state, limit=limit, offset=offset)
-    live = {m["meeting_id"]: m for m in book.live_records()}
-    meetings = [summary(live[r["meeting_id"]]) if r["meeting_id"] in live else r for r in rows]
+    live = {(m["tenant_id"], m["meeting_id"]): m for m in book.live_records()}
+    meetings = [summary(live[key]) if (key := (r["tenant_id"], r["meeting_id"])) in live else r for r in rows]
     return {"meetings": meetings, "limit": limit, "offset": offset}
 
 

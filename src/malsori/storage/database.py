@@ -63,7 +63,7 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.close()
 
 
-_ADDED_COLUMNS = {"jobs": {"worker": "VARCHAR(200)"}}
+_ADDED_COLUMNS = {"jobs": {"worker": "VARCHAR(200)"}, "meetings": {"meeting_id": "VARCHAR(128)"}}
 """Nullable columns added after the first release: ``create_all`` does not add columns to a table that exists."""
 
 

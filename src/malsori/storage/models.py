@@ -46,6 +46,10 @@ class MeetingRow(Base):
     __tablename__ = "meetings"
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    """The meeting id for a meeting without a tenant; else a digest of tenant and meeting id
+    (``storage.meetings.row_id``): ids belong to tenants, and both ids together may be too long."""
+    meeting_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    """The meeting id as sessions name it (None in rows written before it was added: ``id`` then)."""
     state: Mapped[str] = mapped_column(String(16), index=True)
     tenant_id: Mapped[str | None] = mapped_column(String(256), index=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
