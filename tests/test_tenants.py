@@ -582,6 +582,29 @@ def test_meetings_belong_to_their_tenant(keyed):
     assert "standup" in {m["meeting_id"] for m in mine}
 
 
+def test_session_ids_chosen_by_clients_are_the_tenants_own(keyed):
+    """/stt/realtime lets the caller name its session: two tenants naming the same id at once both get
+    their session (neither is refused as "already live", which would tell it the other's exists),
+    each echoed as it was sent; the same tenant naming it twice is refused."""
+    client, keys = keyed
+    start = {"type": "start_session", "session_id": "call-1", "meeting_id": "sid-m", "language": "en"}
+    with client.websocket_connect(f"/stt/realtime?token={_token(client, keys.acme)}") as mine:
+        mine.send_text(json.dumps(start))
+        assert mine.receive_json() == {"type": "session_started", "session_id": "call-1", "tenant_id": "acme", "meeting_id": "sid-m", "seq": 0}
+        with client.websocket_connect(f"/stt/realtime?token={_token(client, keys.globex)}") as theirs:
+            theirs.send_text(json.dumps(start))
+            got = theirs.receive_json()
+            assert got["type"] == "session_started" and (got["session_id"], got["tenant_id"]) == ("call-1", "globex"), got
+            theirs.send_text(json.dumps({"type": "end_session"}))
+            _close(theirs)
+        with client.websocket_connect(f"/stt/realtime?token={_token(client, keys.acme)}") as again:
+            again.send_text(json.dumps(start))
+            events, code = _close(again)
+            assert code == 1008 and "already live" in events[-1]["message"], events
+        mine.send_text(json.dumps({"type": "end_session"}))
+        _close(mine)
+
+
 def test_metrics_need_a_read_key_unless_public(tmp_path):
     settings = _settings(tmp_path)
     keys = _make_keys(settings)

@@ -327,7 +327,8 @@ class SttProtocol(LiveProtocol):
         self._ids = {k: labels.get(k) for k in ("session_id", "tenant_id", "meeting_id")}
 
     def opened(self, live: LiveSession) -> None:
-        self._echo({**live.labels, "session_id": live.id})
+        # The id as the caller chose it (kept in its tenant's namespace when keyed), else the one made.
+        self._echo({**live.labels, "session_id": live.labels.get("session_id") or live.id})
 
     def render(self, event: Event) -> dict[str, Any] | None:
         ids = self._ids

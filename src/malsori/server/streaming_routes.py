@@ -120,7 +120,7 @@ class LiveConnection:
         limit = tenants.live_session_limit(tenant)
         if limit <= 0:
             return
-        session_id = spec.session_id or f"s-{uuid.uuid4().hex[:16]}"
+        session_id = self._chosen_id(spec) or f"s-{uuid.uuid4().hex[:16]}"
         if not await tenants.slots.acquire(tenant, session_id, limit):
             raise RateLimitedError(
                 f"tenant {tenant!r} has its limit of {limit} live sessions open; end one or try again later",
@@ -142,7 +142,7 @@ class LiveConnection:
                 live = self.manager.create(
                     spec.config, sample_rate=spec.sample_rate, encoding=spec.encoding, load=self.runner.load(),
                     labels=labels, protocol=self.protocol.name, tenant_id=tenant,
-                    session_id=spec.session_id or (self._slot[1] if self._slot else None),
+                    session_id=self._chosen_id(spec) or (self._slot[1] if self._slot else None),
                 )  # fmt: skip
             except Exception:
                 self._give_back_slot()
@@ -158,6 +158,18 @@ class LiveConnection:
             self.runner.start(live, stats=spec.stats, meeting_id=live.labels.get("meeting_id"))
         self.live = live
         self.resampler = StreamResampler(live.sample_rate)
+
+    def _chosen_id(self, spec: StartSpec) -> str | None:
+        """The id the client chose for its session (``/stt/realtime``), as this server keeps it: with
+        keys, in its tenant's own namespace (``acme/call-1``), so two tenants may both name a session
+        ``call-1`` and neither is refused, or learns that the other's is live. The protocol echoes
+        the id as the client sent it."""
+        chosen = spec.session_id
+        if chosen is None or self.principal.is_open or self.principal.tenant_id is None:
+            return chosen
+        if not 1 <= len(chosen) <= 128:
+            raise InvalidOptionsError("session_id must be 1 to 128 characters")
+        return f"{self.principal.tenant_id}/{chosen}"
 
     def _give_back_slot(self) -> None:
         if self._slot is not None and self.services.tenants is not None:

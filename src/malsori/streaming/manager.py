@@ -203,7 +203,7 @@ class SessionManager:
         """A new session (of ``tenant_id``: the tenant's own limit is the transport's, malsori.tenants)."""
         self.check_admission(load)
         if session_id is not None:
-            if not session_id or len(session_id) > 128:
+            if not session_id or len(session_id) > 128 + 1 + 256:  # a chosen id (128) in a tenant's namespace
                 raise InvalidOptionsError("session_id must be 1 to 128 characters")
             if session_id in self._sessions:
                 raise InvalidOptionsError(f"session {session_id!r} is already live; resume it with its token or pick another id")
