@@ -84,6 +84,8 @@ class ScaleGateway:
         self.jobs: JobService | None = None
         self._pending: dict[str, _Pending] = {}
         self._undispatched: set[str] = set()
+        self._redis_run_id: str | None = None  # the Redis this gateway's sweep saw last
+        self._redis_restarted = False  # it saw another before: a resync is a restart's, even with no job queued
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -304,11 +306,14 @@ class ScaleGateway:
         assert self.jobs is not None
         redis = self.registry.redis
         self._retry_undispatched()  # this gateway's own: jobs it accepted while Redis was away
+        run_id = str(redis.info("server")["run_id"])
+        if self._redis_run_id not in (None, run_id):
+            self._redis_restarted = True
+        self._redis_run_id = run_id
         lock = redis.lock(self.registry.key("sweep"), timeout=60, blocking=False)
         if not lock.acquire(blocking=False):
             return
         try:
-            run_id = str(redis.info("server")["run_id"])
             known = redis.get(self.registry.key("redis_run_id"))
             now = time.time()
             if known is None or known.decode() != run_id:
@@ -319,9 +324,12 @@ class ScaleGateway:
                     self.dispatch_job(job_id)
                 redis.set(self.registry.key("redis_run_id"), run_id)
                 redis.set(self.registry.key("registry_since"), now)
-                if known is not None or queued:
+                # A restarted Redis comes back empty (its run id key too): counted when this gateway saw
+                # the one before, also when every job had left the queue (a worker had prefetched them).
+                if known is not None or queued or self._redis_restarted:
                     self.registry.count("redis_resyncs")
                     log.info("Redis %s is new to this deployment: %d queued job(s) sent again", run_id[:8], len(queued))
+                self._redis_restarted = False
             since = float(redis.get(self.registry.key("registry_since")) or now)
             if now - since < self.q.worker_ttl_s:
                 return  # workers have not all announced themselves to this Redis yet
