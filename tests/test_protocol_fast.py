@@ -268,6 +268,7 @@ REFUSALS = [
     ("/stt/realtime", [{**START_SESSION, "colour": "red"}], 1008, "protocol_error"),
     ("/stt/realtime", [{**START_SESSION, "tenant_id": 7}], 1008, "invalid_options"),
     ("/stt/realtime", [{**START_SESSION, "encoding": "mp3"}], 1008, "invalid_options"),
+    ("/stt/realtime", [{**START_SESSION, "session_id": "x" * 129}], 1008, "invalid_options"),
     ("/stt/realtime", [_b64(b"\x00\x00")], 1008, "protocol_error"),
     ("/stt/realtime", [b"\x00\x00"], 1008, "protocol_error"),
     ("/stt/realtime", [START_SESSION, START_SESSION], 1008, "protocol_error"),

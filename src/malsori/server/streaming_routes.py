@@ -165,10 +165,10 @@ class LiveConnection:
         ``call-1`` and neither is refused, or learns that the other's is live. The protocol echoes
         the id as the client sent it."""
         chosen = spec.session_id
+        if chosen is not None and not 1 <= len(chosen) <= 128:  # checked here: the manager sees it scoped
+            raise InvalidOptionsError("session_id must be 1 to 128 characters")
         if chosen is None or self.principal.is_open or self.principal.tenant_id is None:
             return chosen
-        if not 1 <= len(chosen) <= 128:
-            raise InvalidOptionsError("session_id must be 1 to 128 characters")
         return f"{self.principal.tenant_id}/{chosen}"
 
     def _give_back_slot(self) -> None:

@@ -50,7 +50,7 @@ class MeetingRepository:
                 db.add(row)
             row.meeting_id = meeting_id
             row.state = record["state"]
-            row.tenant_id = record.get("tenant_id")
+            row.tenant_id = tenant_id
             row.ended_at = datetime.fromisoformat(ended) if ended else None
             row.record = record
 
