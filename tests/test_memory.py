@@ -9,9 +9,7 @@ import pytest
 
 from malsori import memory
 
-pytestmark = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc malloc only"
-)
+pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc malloc only")
 
 
 def _rss_mb() -> float:
@@ -41,3 +39,20 @@ def test_trim_hands_freed_heap_back():
 def test_arena_limit():
     assert memory.limit_arenas(0) is False  # 0 leaves glibc's default alone
     assert memory.limit_arenas(2) is True
+
+
+def test_fixed_mmap_threshold_returns_big_blocks_on_free():
+    """Above a fixed threshold a freed block leaves the process at once, even after glibc's moving
+    threshold would have risen past it (it rises to the size of every mapped block freed)."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    assert memory.fix_mmap_threshold(0) is False  # 0 leaves glibc's default alone
+    assert memory.fix_mmap_threshold(4 << 20) is True
+    size = 16 << 20  # under glibc's 32 MB cap on the moving threshold
+    for _ in range(3):  # with the moving threshold, the second block would come from the heap
+        block = libc.malloc(size)
+        ctypes.memset(block, 1, size)
+        peak = _rss_mb()
+        libc.free(block)
+        assert peak - _rss_mb() > 12, "a freed 16 MB block stayed resident"

@@ -73,6 +73,9 @@ class ServerSettings(BaseModel):
     resident memory flat over hours of threaded decoding (malsori.memory)."""
     log_format: Literal["text", "json"] = "text"
     """``malsori serve``'s log lines: text, or one JSON object per line; both carry request ids and mask keys and tokens."""
+    malloc_mmap_threshold_kb: int = Field(default=4096, ge=0)
+    """glibc malloc: blocks of this many KiB and more get a mapping of their own, returned to the system
+    when freed (0: glibc's moving threshold). Keeps the model's per-batch workspaces out of the heap (malsori.memory)."""
     memory_trim_interval_s: float = Field(default=60.0, ge=0)
     """How often free heap memory is handed back to the system (0: never)."""
 

@@ -7,6 +7,11 @@ resident memory climbing in steps until every arena has grown (docs/benchmarks.m
 Two remedies, both no-ops where the C library is not glibc:
 
 - :func:`limit_arenas` caps the number of arenas (``mallopt(M_ARENA_MAX)``), before threads start;
+- :func:`fix_mmap_threshold` sends every block from a given size up to ``mmap`` of its own, which is
+  unmapped when it is freed (``mallopt(M_MMAP_THRESHOLD)``). glibc's default threshold moves: each
+  time a mapped block is freed, the threshold rises to its size, so from then on the model's
+  per-batch workspaces (tens of MB for a batch of long windows) come from the heap, and a heap
+  fragmented by them stays resident. Fixing the threshold keeps them out of the heap;
 - :func:`trim` hands free memory back to the system (``malloc_trim(0)``), which the server calls
   periodically (``server.memory_trim_interval_s``).
 """
@@ -18,11 +23,12 @@ import ctypes.util
 import functools
 import logging
 
-__all__ = ["limit_arenas", "trim"]
+__all__ = ["fix_mmap_threshold", "limit_arenas", "trim"]
 
 log = logging.getLogger(__name__)
 
 _M_ARENA_MAX = -8  # glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
 
 
 @functools.cache
@@ -44,6 +50,17 @@ def limit_arenas(count: int) -> bool:
     applied = bool(libc.mallopt(_M_ARENA_MAX, count))
     if not applied:
         log.warning("mallopt(M_ARENA_MAX, %d) was refused", count)
+    return applied
+
+
+def fix_mmap_threshold(nbytes: int) -> bool:
+    """Serve blocks of ``nbytes`` and more with mmap, always (0: leave glibc's moving threshold). True when applied."""
+    libc = _libc()
+    if nbytes <= 0 or libc is None:
+        return False
+    applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, nbytes))
+    if not applied:
+        log.warning("mallopt(M_MMAP_THRESHOLD, %d) was refused", nbytes)
     return applied
 
 

@@ -53,7 +53,7 @@ def serve(
         import uvicorn
 
         from .. import logs
-        from ..memory import limit_arenas
+        from ..memory import fix_mmap_threshold, limit_arenas
         from ..server.app import create_app
         from ..server.drain import DrainingServer
     except ImportError as exc:
@@ -68,6 +68,7 @@ def serve(
         typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(2)
     limit_arenas(settings.server.malloc_arenas)  # before uvicorn and the model start their threads
+    fix_mmap_threshold(settings.server.malloc_mmap_threshold_kb * 1024)
     app = create_app(settings)
     # log_config=None: uvicorn's lines go through malsori.logs (request ids, masked query strings).
     config = uvicorn.Config(

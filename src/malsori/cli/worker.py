@@ -44,6 +44,10 @@ def worker(
     if not names:
         typer.echo("--queues names no queue", err=True)
         raise typer.Exit(2)
+    from ..memory import fix_mmap_threshold, limit_arenas
+
+    limit_arenas(settings.server.malloc_arenas)  # a worker decodes like the server: the same allocator settings
+    fix_mmap_threshold(settings.server.malloc_mmap_threshold_kb * 1024)
     run_worker(settings, names, name=name, log_level=log_level)
 
 
