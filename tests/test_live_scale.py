@@ -40,12 +40,16 @@ def test_windows_and_results_cross_the_wire_unchanged():
     from malsori.scale.live_wire import WindowRequest, decode_reply, decode_request, encode_reply, encode_request
 
     audio = tone_speech(["alpha", 0.3, "bravo"])
-    windows = (Window(audio, offset=1.5, prompt="before", language="en", words=True, fallback=False), Window(audio[:800]))
+    windows = (
+        Window(audio, offset=1.5, prompt="before", prompt_tokens=(50364, 440, 50464), language="en", words=True, fallback=False),
+        Window(audio[:800]),
+    )
     options = TranscribeOptions(word_timestamps=True, temperatures=(0.0, 0.4), beam_size=2)
     request = decode_request(encode_request(WindowRequest("r1", "replies", 123.0, options, windows, 100.0)))
     assert (request.id, request.reply_to, request.deadline, request.options) == ("r1", "replies", 123.0, options)
     for got, sent in zip(request.windows, windows, strict=True):
         assert np.array_equal(got.audio, sent.audio) and got.offset == sent.offset and got.prompt == sent.prompt
+        assert got.prompt_tokens == sent.prompt_tokens and isinstance(got.prompt_tokens, tuple)
         assert (got.language, got.words, got.fallback) == (sent.language, sent.words, sent.fallback)
     results = decode_now(FakeDecoder(), list(windows), options)
     rid, back, error, _ = decode_reply(encode_reply("r1", results, worker="w"))

@@ -44,16 +44,73 @@ def test_windows_of_several_inputs_share_one_submission_and_assemble_in_order():
     assert first.language == "en"
 
 
-def test_condition_on_previous_text_submits_one_window_at_a_time_with_the_text_before_it():
+def test_condition_on_previous_text_gives_each_window_the_tokens_decoded_before_it():
     decoder = FakeDecoder()
     options = TranscribeOptions(language="en", condition_on_previous_text=True, initial_prompt="Names:")
     transcript = Pipeline(decoder, plan=three_windows).transcribe(tone_speech(SCRIPT), options)
+    # Three windows are one run (two windows a run at least): one after another.
     assert [len(batch) for batch, _ in decoder.calls] == [1, 1, 1]
-    prompts = [w.prompt for w in decoder.windows]
-    assert prompts[0] == "Names:"
-    assert prompts[1].startswith("Names: ") and "bravo" in prompts[1]
-    assert "delta" in prompts[2]
+    windows = decoder.windows
+    assert [w.prompt for w in windows] == ["Names:"] * 3
+    first, second = (decoder._decode(w, options).tokens for w in windows[:2])
+    assert first and second
+    assert windows[0].prompt_tokens == ()
+    assert windows[1].prompt_tokens == first  # the model's own output before it, as Whisper conditions
+    assert windows[2].prompt_tokens == first + second
     assert transcript.text == "alpha bravo charlie delta echo"
+
+
+EIGHT = ["alpha", 1.0, "bravo", 1.0, "charlie", 1.0, "delta", 1.0, "echo", 1.0, "foxtrot", 1.0, "golf", 1.0, "hotel"]
+
+
+def eight_windows(audio, options) -> list[tuple[int, int]]:
+    step = len(audio) // 8
+    return [(k * step, (k + 1) * step if k < 7 else len(audio)) for k in range(8)]
+
+
+def test_context_runs_keep_batches_full_and_chain_each_window_to_its_predecessor():
+    """Eight windows with the context on: four runs of two, decoded in two batches of four, the
+    second window of each run carrying the first's tokens; without it, one batch of eight."""
+    decoder = FakeDecoder()
+    audio = tone_speech(EIGHT)
+    options = TranscribeOptions(language="en", condition_on_previous_text=True)
+    with_context = Pipeline(decoder, plan=eight_windows).transcribe(audio, options)
+    assert [len(batch) for batch, _ in decoder.calls] == [4, 4]
+    first_step, second_step = (batch for batch, _ in decoder.calls)
+    assert [w.offset for w in first_step] == [eight_windows(audio, options)[k][0] / SAMPLE_RATE for k in (0, 2, 4, 6)]
+    assert all(w.prompt_tokens == () for w in first_step)
+    for before, window in zip(first_step, second_step, strict=True):
+        assert window.prompt_tokens == decoder._decode(before, options).tokens != ()
+    without = Pipeline(FakeDecoder(), plan=eight_windows).transcribe(audio, options.with_(condition_on_previous_text=False))
+    assert with_context.text == without.text == "alpha bravo charlie delta echo foxtrot golf hotel"
+
+
+def test_streamed_context_sends_the_first_window_alone_then_the_runs():
+    decoder = FakeDecoder()
+
+    async def stream() -> list[str]:
+        options = TranscribeOptions(language="en", condition_on_previous_text=True)
+        return [r.text async for r in Pipeline(decoder, plan=eight_windows).astream(tone_speech(EIGHT), options)]
+
+    assert asyncio.run(stream()) == ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    assert [len(batch) for batch, _ in decoder.calls] == [1, 4, 3]
+    assert decoder.calls[1][0][0].prompt_tokens != ()  # the first window's second half carries its tokens
+
+
+def test_the_context_goes_back_to_the_run_start_and_stops_after_a_hot_decode():
+    from malsori.engine.pipeline import _previous_tokens, _run_starts
+    from malsori.engine.windows import WindowResult
+
+    def result(tokens, temperature=0.0):
+        return WindowResult((), "en", 1.0, 0.0, -0.1, 1.0, temperature, tuple(tokens))
+
+    assert _run_starts(10, 4) == {0, 3, 6, 8} and _run_starts(3, 1) == {0}
+    results = [result([1, 2]), result([3], 0.8), result([4]), result([5]), None]
+    assert _previous_tokens(results, frozenset({0}), 4) == (4, 5)  # not past the window decoded at 0.8
+    assert _previous_tokens(results, frozenset({0, 3}), 4) == (5,)  # not past its run's first window
+    assert _previous_tokens(results, frozenset({0}), 1) == (1, 2)
+    long = [result(range(200)), result(range(200, 400))]
+    assert _previous_tokens(long, frozenset({0}), 2) == tuple(range(400 - 223, 400))
 
 
 def test_an_input_without_windows_is_an_empty_transcript():

@@ -152,4 +152,5 @@ class FakeDecoder(DirectDecoder):
                 run.append(w)
         language = window.language or options.language or "en"
         no_speech = 0.01 if segments else 0.95
-        return WindowResult(tuple(segments), language, 0.99, no_speech, -0.2 if segments else -1.5, 1.2, 0.0)
+        tokens = tuple(VOCABULARY.index(w.word.strip()) for w in words)  # a word's index stands for its token
+        return WindowResult(tuple(segments), language, 0.99, no_speech, -0.2 if segments else -1.5, 1.2, 0.0, tokens)

@@ -46,6 +46,44 @@ def _default_plan(audio: np.ndarray, options: TranscribeOptions) -> list[tuple[i
     return plan_windows(audio, options.vad_filter)
 
 
+CONTEXT_RUNS = 4
+"""Contiguous runs an input's windows are split into with ``condition_on_previous_text`` (see _Run)."""
+_CONTEXT_TOKENS = 223
+"""Tokens of the windows before a window carried as its prompt, at most (Whisper's limit, as the decoder keeps)."""
+
+
+def _run_starts(n: int, runs: int) -> frozenset[int]:
+    """First windows of ``runs`` contiguous runs of ``n`` windows as equal as can be (longer ones first)."""
+    runs = max(1, min(n, runs))
+    size, extra = divmod(n, runs)
+    return frozenset(r * size + min(r, extra) for r in range(runs))
+
+
+def _context_runs(n: int) -> int:
+    """Runs for an input of ``n`` windows: ``CONTEXT_RUNS``, fewer when that would leave runs of one
+    window (with no context at all): two windows a run at least."""
+    return max(1, min(CONTEXT_RUNS, n // 2))
+
+
+def _previous_tokens(results: Sequence[WindowResult | None], starts: frozenset[int], k: int) -> tuple[int, ...]:
+    """What the model decoded before window ``k`` in its run (text and timestamp tokens, as Whisper
+    conditions on them), the last ``_CONTEXT_TOKENS`` or so, back to the last window decoded at a
+    temperature over 0.5 (whose text is not trusted, as in Whisper's own prompt reset)."""
+    parts: list[tuple[int, ...]] = []
+    size = 0
+    j = k - 1
+    while j >= 0 and size < _CONTEXT_TOKENS:
+        result = results[j]
+        if result is None or result.temperature > 0.5:
+            break
+        parts.append(result.tokens)
+        size += len(result.tokens)
+        if j in starts:
+            break
+        j -= 1
+    return tuple(t for part in reversed(parts) for t in part)[-_CONTEXT_TOKENS:]
+
+
 class _Run:
     """The planned windows of some inputs, their results so far, and what to submit next."""
 
@@ -59,35 +97,42 @@ class _Run:
         self.results: list[list[WindowResult | None]] = [[None] * len(p) for p in self.plans]
         self.total_s = sum(len(a) for a in audios) / SAMPLE_RATE
         self.done_s = 0.0
-        # Input i's window k may only be decoded after window k-1 when it carries that window's text.
-        self.sequential = options.condition_on_previous_text
+        # With ``condition_on_previous_text`` a window after the first carries the text of the windows
+        # before it, so it waits for them. To keep batches full, each input's windows are split into
+        # up to ``CONTEXT_RUNS`` contiguous runs decoded side by side: step k decodes the k-th window
+        # of every run in one batch, each with its predecessor's text. Only the first window of a run
+        # goes without the text before it.
+        self.context = options.condition_on_previous_text
+        self.run_starts = [_run_starts(len(p), _context_runs(len(p)) if self.context else len(p)) for p in self.plans]
         # Each input's first window goes alone and the rest once it is done, so its text is back after
         # one window's decode instead of a whole batch's (streamed results; see Pipeline.astream).
         self.first_alone = first_alone
-        self._next = [0] * len(audios)
+        self._submitted = [[False] * len(p) for p in self.plans]
 
     def ready(self) -> list[tuple[tuple[int, int], Window]]:
-        """Windows that can be submitted now (every one, unless each needs the text before it, or the
-        first goes alone)."""
+        """Windows that can be submitted now: each whose run predecessor is done (with the context on;
+        every window otherwise), except that with ``first_alone`` an input's other windows wait for its first."""
         out: list[tuple[tuple[int, int], Window]] = []
         for i, plan in enumerate(self.plans):
-            k = self._next[i]
-            one = self.sequential or (self.first_alone and k == 0)
-            waits = self.sequential or (self.first_alone and k == 1)  # on the window before it
-            last = k + 1 if one else len(plan)
-            if k < len(plan) and (not waits or k == 0 or self.results[i][k - 1] is not None):
-                out.extend(((i, j), self._window(i, j)) for j in range(k, min(last, len(plan))))
-                self._next[i] = min(last, len(plan))
+            results, submitted, starts = self.results[i], self._submitted[i], self.run_starts[i]
+            for k in range(len(plan)):
+                if submitted[k]:
+                    continue
+                if self.first_alone and k > 0 and results[0] is None:
+                    break
+                if k in starts or results[k - 1] is not None:
+                    submitted[k] = True
+                    out.append(((i, k), self._window(i, k)))
         return out
 
     def _window(self, i: int, k: int) -> Window:
         start, end = self.plans[i][k]
-        prompt = self.options.initial_prompt
-        if self.sequential and k > 0:
-            prev = self.results[i][k - 1]
-            if prev is not None and prev.temperature <= 0.5 and prev.text:
-                prompt = ((prompt + " ") if prompt else "") + prev.text
-        return Window(self.audios[i][start:end], offset=start / SAMPLE_RATE, prompt=prompt)
+        context: tuple[int, ...] = ()
+        if self.context and k not in self.run_starts[i]:
+            context = _previous_tokens(self.results[i], self.run_starts[i], k)
+        return Window(
+            self.audios[i][start:end], offset=start / SAMPLE_RATE, prompt=self.options.initial_prompt, prompt_tokens=context
+        )
 
     def accept(self, key: tuple[int, int], window: Window, result: WindowResult) -> None:
         self.results[key[0]][key[1]] = result

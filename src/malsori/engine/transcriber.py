@@ -116,7 +116,15 @@ def _joined(first: WindowResult, rest: WindowResult) -> WindowResult:
 
 
 def _has_prompt(window: Window) -> bool:
-    return bool(window.prompt and window.prompt.strip())
+    return bool(window.prompt and window.prompt.strip()) or bool(window.prompt_tokens)
+
+
+def _previous_tokens(window: Window, tok) -> list[int]:
+    """The prompt of a window: its text prompt encoded, then its prompt tokens (text and timestamps
+    only), the last ones up to Whisper's limit."""
+    text = tok.encode(" " + window.prompt.strip()) if window.prompt and window.prompt.strip() else []
+    decoded = [t for t in window.prompt_tokens if t < tok.eot or t >= tok.timestamp_begin]
+    return [*text, *decoded][-(_MAX_TEXT_TOKENS // 2 - 1) :]
 
 
 def _pad_frames(language: str | None) -> int:
@@ -214,10 +222,8 @@ class Transcriber(DirectDecoder):
                 rest = np.asarray(w.audio[int(at * SAMPLE_RATE) :], dtype=np.float32)
                 if not speech_regions(rest):
                     continue
-                prompt = w.prompt
-                if options.condition_on_previous_text and r.text:
-                    prompt = ((prompt + " ") if prompt else "") + r.text
-                follow[i] = replace(w, audio=rest, offset=w.offset + at, prompt=prompt, language=r.language)
+                carried = (*w.prompt_tokens, *r.tokens) if options.condition_on_previous_text else w.prompt_tokens
+                follow[i] = replace(w, audio=rest, offset=w.offset + at, prompt_tokens=carried, language=r.language)
             if not follow:
                 break
             tails = {}
@@ -287,10 +293,7 @@ class Transcriber(DirectDecoder):
             lang_probs.append(float(prob))
 
         tokenizers = [self._tokenizer(lang, options.task) for lang in languages]
-        previous = [
-            tok.encode(" " + (w.prompt or "").strip())[-(_MAX_TEXT_TOKENS // 2 - 1) :] if _has_prompt(w) else []
-            for w, tok in zip(windows, tokenizers, strict=True)
-        ]
+        previous = [_previous_tokens(w, tok) for w, tok in zip(windows, tokenizers, strict=True)]
         # Every prompt of a batch keeps as many previous-text tokens as the shortest (the last ones, which
         # matter most), so <|startoftranscript|> sits at the same position, as CTranslate2 requires.
         keep = min(len(p) for p in previous)

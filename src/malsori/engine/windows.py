@@ -28,6 +28,10 @@ class Window:
     """Seconds added to every timestamp of the result."""
     prompt: str | None = None
     """Text said before this window (context for the decoder)."""
+    prompt_tokens: tuple[int, ...] = ()
+    """Tokens the model decoded just before this window (``WindowResult.tokens`` of the windows before
+    it, timestamps included), given to the decoder after ``prompt``: Whisper conditions on its own
+    previous output in that form, and does worse on the same text re-encoded without timestamps."""
     language: str | None = None
     """Overrides the options' language for this window."""
     words: bool = False

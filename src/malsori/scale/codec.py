@@ -94,6 +94,7 @@ class AudioStore:
                     "key": key,
                     "offset": window.offset,
                     "prompt": window.prompt,
+                    "prompt_tokens": list(window.prompt_tokens),
                     "language": window.language,
                     "words": window.words,
                     "fallback": window.fallback,
@@ -111,7 +112,7 @@ class AudioStore:
                 raise LookupError(f"the audio of a window ({ref['key']}) is gone from Redis (expired or lost in a restart)")
             audio = np.frombuffer(raw, dtype=np.float32).copy()
             fields = {k: ref[k] for k in ("offset", "prompt", "language", "words", "fallback")}
-            windows.append(Window(audio, **fields))
+            windows.append(Window(audio, **fields, prompt_tokens=tuple(ref.get("prompt_tokens") or ())))
         return windows
 
     def delete(self, refs: Sequence[dict[str, Any]]) -> None:

@@ -22,7 +22,7 @@ from ..engine.windows import Window, WindowResult
 __all__ = ["WindowRequest", "encode_request", "decode_request", "encode_reply", "decode_reply", "options_key"]
 
 _LENGTH = struct.Struct("<I")
-_WINDOW_FIELDS = ("offset", "prompt", "language", "words", "fallback")
+_WINDOW_FIELDS = ("offset", "prompt", "prompt_tokens", "language", "words", "fallback")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ def decode_request(data: bytes) -> WindowRequest:
     windows, position = [], 0
     for w in header["windows"]:
         n = int(w.pop("samples"))
+        w["prompt_tokens"] = tuple(w.get("prompt_tokens") or ())
         windows.append(Window(audio[position : position + n], **w))
         position += n
     if position != len(audio):
