@@ -17,6 +17,8 @@ input (all LJ Speech clips concatenated into one ~4 minute recording).
 Run it alone on the machine (figures are meaningless while other work shares the CPU)::
 
     flock /tmp/malsori-bench.lock .venv/bin/python bench/files.py --write
+
+``--only-long`` runs the long input alone (a couple of minutes; printed, not written).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 from common import DOC, REPO, TESTDATA, cpu_name, replace_block  # noqa: E402  (also puts src/ on sys.path)
 
 from malsori.engine import EngineConfig, Pipeline, Transcriber, TranscribeOptions, decode_audio, resolve_model  # noqa: E402
-from malsori.evaluation import TestClip, corpus_wer, load_manifest  # noqa: E402
+from malsori.evaluation import TestClip, corpus_wer, load_manifest, normalize  # noqa: E402
 
 SECTION = "## File transcription"
 
@@ -122,9 +124,14 @@ def main() -> int:
     ap.add_argument("--no-one-by-one", action="store_true", help="skip malsori one file at a time")
     ap.add_argument("--no-languages", action="store_true", help="skip the multi/ languages accuracy check")
     ap.add_argument("--no-long", action="store_true", help="skip the long-input check")
+    ap.add_argument("--only-long", action="store_true", help="run only the long-input check (not with --write)")
     ap.add_argument("--gap", type=float, default=0.5, help="seconds of silence between clips of the long input")
     ap.add_argument("--write", action="store_true", help=f"write the results into {DOC.relative_to(REPO)}")
     args = ap.parse_args()
+    if args.only_long:
+        if args.write or args.no_long:
+            ap.error("--only-long prints the long-input table only; it cannot --write or go with --no-long")
+        args.sets, args.no_languages, args.no_one_by_one = "", True, True
 
     language = None if args.language in ("detect", "auto") else args.language
     manifest = load_manifest(TESTDATA)
@@ -156,25 +163,26 @@ def main() -> int:
             runs[n][system.name] = timed(system, audio[n], [language] * len(audio[n]))
             print(f"  {n:<13} {system.name:<20} {runs[n][system.name].wall:6.1f} s", file=sys.stderr, flush=True)
 
-    lang_note = "forced `en` for every system" if language else "detected by each system"
-    out(f"English sets, beam {args.beam}, language {lang_note}, {args.threads} CPU threads, int8, model `{args.model}`.")
-    out("Throughput is audio seconds per wall second (higher is faster); the ratio compares it to faster-whisper's.")
-    out()
-    out("| set | files | audio s | system | WER | wall s | throughput | vs faster-whisper |")
-    out("|---|---:|---:|---|---:|---:|---:|---:|")
-    for n in names + (["all"] if len(names) > 1 else []):
-        set_names = names if n == "all" else [n]
-        refs = [c.reference for s in set_names for c in clips[s]]
-        dur = sum(len(a) for s in set_names for a in audio[s]) / 16000
-        base_wall = sum(runs[s][plain.name].wall for s in set_names)
-        for system in systems:
-            hyps = [t for s in set_names for t in runs[s][system.name].texts]
-            wall = sum(runs[s][system.name].wall for s in set_names)
-            err = corpus_wer(refs, hyps)
-            out(
-                f"| {n} | {len(refs)} | {dur:.1f} | {system.name} | {100 * err:.1f}% | {wall:.1f} | "
-                f"{dur / wall:.1f}x | {base_wall / wall:.2f}x |"
-            )
+    if names:
+        lang_note = "forced `en` for every system" if language else "detected by each system"
+        out(f"English sets, beam {args.beam}, language {lang_note}, {args.threads} CPU threads, int8, model `{args.model}`.")
+        out("Throughput is audio seconds per wall second (higher is faster); the ratio compares it to faster-whisper's.")
+        out()
+        out("| set | files | audio s | system | WER | wall s | throughput | vs faster-whisper |")
+        out("|---|---:|---:|---|---:|---:|---:|---:|")
+        for n in names + (["all"] if len(names) > 1 else []):
+            set_names = names if n == "all" else [n]
+            refs = [c.reference for s in set_names for c in clips[s]]
+            dur = sum(len(a) for s in set_names for a in audio[s]) / 16000
+            base_wall = sum(runs[s][plain.name].wall for s in set_names)
+            for system in systems:
+                hyps = [t for s in set_names for t in runs[s][system.name].texts]
+                wall = sum(runs[s][system.name].wall for s in set_names)
+                err = corpus_wer(refs, hyps)
+                out(
+                    f"| {n} | {len(refs)} | {dur:.1f} | {system.name} | {100 * err:.1f}% | {wall:.1f} | "
+                    f"{dur / wall:.1f}x | {base_wall / wall:.2f}x |"
+                )
 
     # -- Other languages: does the short encoder cost accuracy? -------------------------------------
     if not args.no_languages:
@@ -206,13 +214,25 @@ def main() -> int:
         ]
         out()
         out(f"One long input: the {len(lj)} LJ Speech clips in order with {args.gap} s gaps, {dur:.0f} s of audio, "
-            "transcribed as one recording.")
+            "transcribed as one recording. With `condition_on_previous_text` malsori decodes the input's windows "
+            "in contiguous runs side by side (as many as keep its batches as full as without context, two windows a run "
+            "at least), each window prompted with the tokens its predecessor decoded.")
         out()
-        out("| system | WER | wall s | throughput |")
-        out("|---|---:|---:|---:|")
-        for label, system in variants:
-            r = timed(system, [long_audio], [language])
-            out(f"| {label} | {100 * corpus_wer([ref], r.texts):.1f}% | {r.wall:.1f} | {dur / r.wall:.1f}x |")
+        out("| system | WER | errors | wall s | throughput | vs faster-whisper |")
+        out("|---|---:|---:|---:|---:|---:|")
+        long_runs = [(label, timed(system, [long_audio], [language])) for label, system in variants]
+        base = long_runs[0][1]
+        base_wer = corpus_wer([ref], base.texts)
+        for label, r in long_runs:
+            err = corpus_wer([ref], r.texts)
+            out(f"| {label} | {100 * err:.1f}% | {round(err * len(normalize(ref).split()))} | {r.wall:.1f} | "
+                f"{dur / r.wall:.1f}x | {base.wall / r.wall:.2f}x |")
+        ctx_label, ctx = long_runs[1]
+        ctx_wer = corpus_wer([ref], ctx.texts)
+        met = ctx_wer <= base_wer + 1e-9 and base.wall / ctx.wall >= 1.5
+        out()
+        out(f"Target (issue 17): WER at most faster-whisper's at 1.5x its speed or more: {ctx_label} "
+            f"{100 * ctx_wer:.1f}% against {100 * base_wer:.1f}%, {base.wall / ctx.wall:.2f}x: {'met' if met else 'not met'}.")
 
     command = "flock /tmp/malsori-bench.lock .venv/bin/python " + " ".join(["bench/files.py", *sys.argv[1:]])
     meta = (

@@ -186,3 +186,40 @@ def test_a_model_that_cannot_load_is_a_model_error():
 
     with pytest.raises(ModelError, match="could not be loaded on cpu/bogus"):
         Transcriber(EngineConfig(model="tiny.en", device="cpu", compute_type="bogus"))
+
+
+@pytest.mark.model
+def test_a_window_ending_with_its_last_phrase_said_twice_loses_the_repeat(transcriber):
+    """Seen on the 237 s LJ Speech concatenation with the context on: a window closes by repeating its
+    last phrase in the pause after the speech. The repeat goes (text, tokens and timed words); a
+    phrase of fewer than four words said twice stays."""
+    from malsori.engine.transcriber import _without_repeated_tail
+    from malsori.engine.windows import WindowResult
+
+    tok = transcriber._tokenizer("en", "transcribe")
+    ts = tok.timestamp_begin
+
+    def result(*texts: str) -> WindowResult:
+        segments, raw = [], []
+        for n, text in enumerate(texts):
+            tokens = tuple(tok.encode(" " + text))
+            words = tuple(Word(n, n + 0.5, " " + w, 0.9) for w in text.split())
+            segments.append(Segment(n, float(n), n + 1.0, text, -0.2, 0.01, 1.2, 0.0, words, tokens))
+            raw += [ts + 50 * n, *tokens, ts + 50 * (n + 1)]
+        return WindowResult(tuple(segments), "en", 1.0, 0.01, -0.2, 1.2, 0.0, tuple(raw))
+
+    looped = result(
+        "The Middle Ages brought calligraphy to perfection,", "and it was natural, therefore, and it was natural therefore."
+    )
+    fixed = _without_repeated_tail(looped, tok)
+    assert fixed.text == "The Middle Ages brought calligraphy to perfection, and it was natural, therefore,"
+    assert [w.word.strip() for w in fixed.segments[-1].words] == ["and", "it", "was", "natural,", "therefore,"]
+    text_tokens = [t for t in fixed.tokens if t < tok.eot]
+    assert text_tokens == [t for s in fixed.segments for t in s.tokens] and fixed.tokens[-1] == ts + 100
+    # Across segments: the repeat in a segment of its own goes with it.
+    split = _without_repeated_tail(
+        result("and then in the same operations with ugly ones.", "Then in the same operations with ugly ones."), tok
+    )
+    assert split.text == "and then in the same operations with ugly ones." and len(split.segments) == 1
+    for kept in (result("I said no, no, no."), result("Yes I do, yes I do."), result("one two three four five six")):
+        assert _without_repeated_tail(kept, tok) == kept

@@ -20,6 +20,7 @@ before it is done, so a caller can show text while the rest decodes (streamed HT
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -46,8 +47,10 @@ def _default_plan(audio: np.ndarray, options: TranscribeOptions) -> list[tuple[i
     return plan_windows(audio, options.vad_filter)
 
 
-CONTEXT_RUNS = 4
-"""Contiguous runs an input's windows are split into with ``condition_on_previous_text`` (see _Run)."""
+CONTEXT_BATCH = 8
+"""Windows a decoder takes in one batch by default (``EngineConfig.max_batch_size``): with
+``condition_on_previous_text`` an input's windows go in as many runs as keep its batches that full
+(see _Run and _context_runs)."""
 _CONTEXT_TOKENS = 223
 """Tokens of the windows before a window carried as its prompt, at most (Whisper's limit, as the decoder keeps)."""
 
@@ -60,9 +63,13 @@ def _run_starts(n: int, runs: int) -> frozenset[int]:
 
 
 def _context_runs(n: int) -> int:
-    """Runs for an input of ``n`` windows: ``CONTEXT_RUNS``, fewer when that would leave runs of one
-    window (with no context at all): two windows a run at least."""
-    return max(1, min(CONTEXT_RUNS, n // 2))
+    """Runs for an input of ``n`` windows: as many as take no more batches of ``CONTEXT_BATCH`` than
+    decoding every window at once would (ten windows: five runs of two, two batches of five), but
+    two windows a run at least, so that half the windows carry context (five windows: runs of three
+    and two, three batches instead of one). A long input's windows nearly all carry context: 150
+    windows go in eight runs, 142 with the tokens before them."""
+    rounds = math.ceil(n / CONTEXT_BATCH)
+    return max(1, min(math.ceil(n / rounds) if n else 1, n // 2))
 
 
 def _previous_tokens(results: Sequence[WindowResult | None], starts: frozenset[int], k: int) -> tuple[int, ...]:
@@ -99,7 +106,7 @@ class _Run:
         self.done_s = 0.0
         # With ``condition_on_previous_text`` a window after the first carries the text of the windows
         # before it, so it waits for them. To keep batches full, each input's windows are split into
-        # up to ``CONTEXT_RUNS`` contiguous runs decoded side by side: step k decodes the k-th window
+        # contiguous runs decoded side by side (_context_runs): step k decodes the k-th window
         # of every run in one batch, each with its predecessor's text. Only the first window of a run
         # goes without the text before it.
         self.context = options.condition_on_previous_text

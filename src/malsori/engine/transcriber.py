@@ -56,6 +56,7 @@ _CPU_CHUNK = 1  # windows per encoder or alignment call on the CPU (see Transcri
 _MAX_TEXT_TOKENS = 448
 _MAX_RESUMES = 3  # decodes again of one window's rest when Whisper stops early
 _MIN_RESUME_S = 0.5
+_MIN_REPEAT_WORDS = 4  # a window's text ending with a run of this many words said twice has looped
 _PREPEND_PUNCTUATION = "\"'“¿([{-"
 _APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 
@@ -113,6 +114,41 @@ def _joined(first: WindowResult, rest: WindowResult) -> WindowResult:
             "tokens": first.tokens + rest.tokens,
         }
     )
+
+
+def _word_key(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def _without_repeated_tail(result: WindowResult, tok) -> WindowResult:
+    """The result without a repeat of its last words: a window decoded with the tokens before it as
+    its prompt sometimes ends by saying its last phrase again ("... and it was natural, therefore,
+    and it was natural, therefore," on the LJ Speech concatenation), in the pause after the speech.
+    The words are compared without case and punctuation; ``_MIN_REPEAT_WORDS`` or more must repeat,
+    so a word or two said twice stays."""
+    text = [(n, k, t) for n, seg in enumerate(result.segments) for k, t in enumerate(seg.tokens)]
+    starts = [j for j, (_, _, t) in enumerate(text) if tok.decode([t]).startswith(" ") or j == 0]
+    words = [_word_key(tok.decode([t for _, _, t in text[a:b]])) for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+    cut = None
+    for size in range(len(words) // 2, _MIN_REPEAT_WORDS - 1, -1):
+        if words[-size:] == words[-2 * size : -size] and all(words[-size:]):
+            cut = starts[len(words) - size]
+            break
+    if cut is None or [t for t in result.tokens if t < tok.eot] != [t for _, _, t in text]:
+        return result  # no repeat, or segments that do not hold every text token decoded (left alone)
+    last_seg, last_tok = text[cut - 1][:2]
+    segments = list(result.segments[: last_seg + 1])
+    kept = segments[-1].tokens[: last_tok + 1]
+    timed = segments[-1].words
+    if timed:  # the words timed in the part dropped from this segment go too
+        dropped = sum(1 for j in starts if j >= cut and text[j][0] == last_seg)
+        timed = timed[: max(0, len(timed) - dropped)]
+    segments[-1] = replace(segments[-1], text=tok.decode(list(kept)).strip(), tokens=kept, words=timed)
+    # The raw tokens up to the last text token kept, then the closing timestamp, as the decode ended.
+    positions = [j for j, t in enumerate(result.tokens) if t < tok.eot]
+    end = positions[cut - 1]
+    closing = [t for t in result.tokens[end + 1 :] if t >= tok.timestamp_begin][-1:]
+    return replace(result, segments=tuple(segments), tokens=(*result.tokens[: end + 1], *closing))
 
 
 def _has_prompt(window: Window) -> bool:
@@ -230,7 +266,10 @@ class Transcriber(DirectDecoder):
             for (i, w), r in zip(follow.items(), self._decode_sorted(list(follow.values()), options), strict=True):
                 out[i] = _joined(out[i], r)
                 tails[i] = (w, r)
-        return out
+        return [
+            _without_repeated_tail(r, self._tokenizer(r.language, options.task)) if w.prompt_tokens and r.segments else r
+            for w, r in zip(windows, out, strict=True)
+        ]
 
     def _decode_sorted(self, windows: Sequence[Window], options: TranscribeOptions) -> list[WindowResult]:
         """Batches of similar length; windows with a prompt and without one never share a batch, because
