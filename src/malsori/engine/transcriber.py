@@ -38,7 +38,7 @@ from .options import TranscribeOptions
 from .types import Segment, Word
 from .windows import Window, WindowResult, speech_regions
 
-__all__ = ["EngineConfig", "Transcriber"]
+__all__ = ["EngineConfig", "Transcriber", "encoder_frames", "fallback_decode"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ _MIN_FRAMES = 500  # encoder inputs under about 4 s loop ("Gothic and Roman" x4 
 _MAX_FRAMES = 3000
 _CPU_CHUNK = 1  # windows per encoder or alignment call on the CPU (see Transcriber._encode)
 _MAX_TEXT_TOKENS = 448
+_DROP_PROMPT_ABOVE = 0.5  # fallback steps above this decode without the previous text (see fallback_decode)
+_REPETITION_PENALTY_PER_T = 0.25  # a fallback step at temperature t penalizes repeated tokens by 1 + t/4
+_NO_REPEAT_NGRAM = 4  # steps above 0.5 never repeat a 4-token run
 _MAX_RESUMES = 3  # decodes again of one window's rest when Whisper stops early
 _MIN_RESUME_S = 0.5
 _MIN_REPEAT_WORDS = 4  # a window's text ending with a run of this many words said twice has looped
@@ -171,6 +174,41 @@ def _pad_frames(language: str | None) -> int:
 def _token_cap(duration: float) -> int:
     """Most tokens a window of ``duration`` seconds can honestly produce (text and timestamps)."""
     return int(14 * duration + 24)
+
+
+def encoder_frames(window: Window, options: TranscribeOptions) -> int:
+    """A window's own encoder length in mel frames: its audio plus its language's silence, rounded up
+    to ``_FRAME_BUCKET`` (0.5 s), at least ``_MIN_FRAMES``, at most 30 s.
+
+    A batch is encoded at its longest window's length, and Whisper's encoder has no mask, so the extra
+    silence can change a window's text (a word, now and then). Windows with equal ``encoder_frames``
+    (and prompts of equal length) decode exactly as they would alone: a caller that forms batches by
+    this key (the server's scheduler may) gets text independent of the companions. Not done by default
+    in :meth:`Transcriber.decode_windows`: batches split by it cost 25-45% more time on the English test
+    sets (docs/benchmarks.md "Reproducible output (issue 17)")."""
+    n = max(1, math.ceil(len(window.audio) / _HOP)) + _pad_frames(window.language or options.language)
+    return min(_MAX_FRAMES, max(_MIN_FRAMES, math.ceil(n / _FRAME_BUCKET) * _FRAME_BUCKET))
+
+
+def fallback_decode(temperature: float, options: TranscribeOptions) -> dict:
+    """CTranslate2 ``generate`` settings for one step of the temperature fallback.
+
+    0 is the plain decode (beam ``options.beam_size``). Whisper retries a failed window by sampling at
+    a higher temperature; CTranslate2 cannot seed its sampling per call (its generator is one per
+    worker thread, seeded once, so a window's draws would depend on every decode before it in that
+    thread), so here a step above 0 is a deterministic decode that departs further from the plain one
+    the higher its temperature: a beam of ``max(beam_size, best_of)`` with a repetition penalty of
+    1 + t/4 and, above 0.5, no 4-token run repeated and no previous text in the prompt (Whisper also
+    stops carrying the text of a window decoded above 0.5). docs/benchmarks.md "Reproducible output
+    (issue 17)" has the measurements."""
+    if temperature <= 0:
+        return dict(beam_size=options.beam_size, patience=1.0)
+    return dict(
+        beam_size=max(options.beam_size, options.best_of),
+        patience=1.0,
+        repetition_penalty=1.0 + _REPETITION_PENALTY_PER_T * temperature,
+        no_repeat_ngram_size=_NO_REPEAT_NGRAM if temperature > _DROP_PROMPT_ABOVE else 0,
+    )
 
 
 class Transcriber(DirectDecoder):
@@ -294,10 +332,10 @@ class Transcriber(DirectDecoder):
             return self._tokenizers[key]
 
     def _features_for(self, windows: Sequence[Window], options: TranscribeOptions) -> tuple[np.ndarray, list[int]]:
-        """Log-mel features of each window, padded with silence to one shared, short length."""
+        """Log-mel features of each window, padded with silence to one shared, short length: the
+        longest :func:`encoder_frames` of the batch."""
         n_frames = [max(1, math.ceil(len(w.audio) / _HOP)) for w in windows]
-        needed = max(n + _pad_frames(w.language or options.language) for n, w in zip(n_frames, windows, strict=True))
-        target = min(_MAX_FRAMES, max(_MIN_FRAMES, math.ceil(needed / _FRAME_BUCKET) * _FRAME_BUCKET))
+        target = max(encoder_frames(w, options) for w in windows)
         feats = np.empty((len(windows), self._features.mel_filters.shape[0], target), dtype=np.float32)
         for row, w in enumerate(windows):
             audio = np.asarray(w.audio, dtype=np.float32)[: (target - 1) * _HOP]
@@ -342,6 +380,8 @@ class Transcriber(DirectDecoder):
             )
             for tok, prev in zip(tokenizers, previous, strict=True)
         ]
+        # Fallback steps above _DROP_PROMPT_ABOVE decode without the previous text (see fallback_decode).
+        bare = [self._fw.get_prompt(tok, [], options.without_timestamps, hotwords=options.hotwords) for tok in tokenizers]
         durations = [len(w.audio) / SAMPLE_RATE for w in windows]
         # Bound the output by the audio's length: about 14 tokens a second covers fast speech and
         # scripts with many tokens per word, and stops a decode that has started to loop. The batch
@@ -353,13 +393,10 @@ class Transcriber(DirectDecoder):
 
         def generate(indices: list[int], temperature: float):
             enc = encoded if indices == list(range(len(windows))) else self._subset(encoded, feats, indices)
-            if temperature > 0:
-                kwargs = dict(beam_size=1, num_hypotheses=options.best_of, sampling_topk=0, sampling_temperature=temperature)
-            else:
-                kwargs = dict(beam_size=options.beam_size, patience=1.0)
+            use = bare if temperature > _DROP_PROMPT_ABOVE else prompts
             return self._ct2.generate(
                 enc,
-                [prompts[i] for i in indices],
+                [use[i] for i in indices],
                 length_penalty=1.0,
                 max_length=max_length,
                 return_scores=True,
@@ -367,11 +404,12 @@ class Transcriber(DirectDecoder):
                 suppress_blank=True,
                 suppress_tokens=suppress,
                 max_initial_timestamp_index=50,
-                **kwargs,
+                **fallback_decode(temperature, options),
             )
 
-        # Temperature fallback as in Whisper: retry a window whose text is too repetitive or unlikely
-        # at the next temperature; after the last one, keep the most likely non-repetitive attempt.
+        # Temperature fallback with Whisper's rules: retry a window whose text is too repetitive or
+        # unlikely at the next step; after the last one, keep the most likely non-repetitive attempt.
+        # Every step is deterministic (fallback_decode), so a window in the same batch gives the same text.
         best: list[tuple | None] = [None] * len(windows)
         attempts: list[list[tuple]] = [[] for _ in windows]
         pending = list(range(len(windows)))
