@@ -53,8 +53,8 @@ class TranscribeOptions:
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     """Temperature fallback: the next step is tried when a decode looks wrong (repetitive, unlikely), with
     Whisper's rules. Deterministic: a step above 0 is a beam decode that departs further from the plain
-    one the higher its temperature (repetition penalty 1 + t/4; above 0.5 no repeated 4-token run and no
-    previous text), not sampling, so the same window in the same batch always gives the same text
+    one the higher its temperature (repetition penalty 1 + t/4; above 0.5 no repeated 4-token run and
+    no context decoded before the window), not sampling, so the same window in the same batch always gives the same text
     (``transcriber.fallback_decode``)."""
     best_of: int = 5
     """Beam width of the fallback steps (at least ``beam_size``): the hypotheses Whisper's sampling drew."""

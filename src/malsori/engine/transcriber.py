@@ -54,7 +54,7 @@ _MIN_FRAMES = 500  # encoder inputs under about 4 s loop ("Gothic and Roman" x4 
 _MAX_FRAMES = 3000
 _CPU_CHUNK = 1  # windows per encoder or alignment call on the CPU (see Transcriber._encode)
 _MAX_TEXT_TOKENS = 448
-_DROP_PROMPT_ABOVE = 0.5  # fallback steps above this decode without the previous text (see fallback_decode)
+_DROP_PROMPT_ABOVE = 0.5  # fallback steps above this decode without the decoded context (see fallback_decode)
 _REPETITION_PENALTY_PER_T = 0.25  # a fallback step at temperature t penalizes repeated tokens by 1 + t/4
 _NO_REPEAT_NGRAM = 4  # steps above 0.5 never repeat a 4-token run
 _MAX_RESUMES = 3  # decodes again of one window's rest when Whisper stops early
@@ -198,9 +198,10 @@ def fallback_decode(temperature: float, options: TranscribeOptions) -> dict:
     worker thread, seeded once, so a window's draws would depend on every decode before it in that
     thread), so here a step above 0 is a deterministic decode that departs further from the plain one
     the higher its temperature: a beam of ``max(beam_size, best_of)`` with a repetition penalty of
-    1 + t/4 and, above 0.5, no 4-token run repeated and no previous text in the prompt (Whisper also
-    stops carrying the text of a window decoded above 0.5). docs/benchmarks.md "Reproducible output
-    (issue 17)" has the measurements."""
+    1 + t/4 and, above 0.5, no 4-token run repeated and none of the tokens decoded before the window
+    in its prompt (``Window.prompt_tokens``; its text prompt stays). The pipeline, like Whisper, does
+    not carry the text of a window decoded above 0.5 into the next. docs/benchmarks.md "Reproducible
+    output (issue 17)" has the measurements."""
     if temperature <= 0:
         return dict(beam_size=options.beam_size, patience=1.0)
     return dict(
@@ -380,8 +381,16 @@ class Transcriber(DirectDecoder):
             )
             for tok, prev in zip(tokenizers, previous, strict=True)
         ]
-        # Fallback steps above _DROP_PROMPT_ABOVE decode without the previous text (see fallback_decode).
-        bare = [self._fw.get_prompt(tok, [], options.without_timestamps, hotwords=options.hotwords) for tok in tokenizers]
+        # Fallback steps above _DROP_PROMPT_ABOVE decode without the tokens decoded before the window
+        # (its text prompt, the caller's words, stays): a loop often echoes them (see fallback_decode).
+        own = [_previous_tokens(replace(w, prompt_tokens=()), tok) for w, tok in zip(windows, tokenizers, strict=True)]
+        keep_own = min(len(p) for p in own)
+        bare = [
+            self._fw.get_prompt(
+                tok, prev[len(prev) - keep_own :] if keep_own else [], options.without_timestamps, hotwords=options.hotwords
+            )
+            for tok, prev in zip(tokenizers, own, strict=True)
+        ]
         durations = [len(w.audio) / SAMPLE_RATE for w in windows]
         # Bound the output by the audio's length: about 14 tokens a second covers fast speech and
         # scripts with many tokens per word, and stops a decode that has started to loop. The batch
