@@ -8,9 +8,15 @@ Retry-After and sends that clip again) and how many windows the server's schedul
 (from /stt/status). Loopback only: it starts ``malsori serve`` on a free port of 127.0.0.1 with a
 fresh data directory, or takes ``--url`` of a server on this machine.
 
+With ``--cli`` the same clips are also transcribed the way the CLI does it, in this process, once before
+the levels and once after them (the server idle): ``Pipeline(Transcriber).transcribe_many`` over all of
+them at once, as ``bench/files.py``'s "malsori batched" (same model, beam 5, ``language=en``, audio
+decoding excluded), so the widest level's throughput is compared with the CLI's batched throughput of
+the same session on the same files.
+
 Run it alone on the machine::
 
-    flock /tmp/malsori-bench.lock .venv/bin/python bench/load.py --write
+    flock /tmp/malsori-bench.lock chrt -r 1 .venv/bin/python bench/load.py --cli --write
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from common import DOC, REPO, TESTDATA, cpu_name, free_port, replace_section  # noqa: E402  (puts src/ on sys.path)
+from common import DOC, REPO, TESTDATA, cpu_name, free_port, replace_block  # noqa: E402  (puts src/ on sys.path)
 
 from malsori.evaluation import corpus_wer, load_manifest  # noqa: E402
 
@@ -82,7 +88,10 @@ def start_server(data_dir: Path, model: str, log_path: Path) -> tuple[subprocess
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(port), "--data-dir", str(data_dir), "--model", model, "--log-level", "warning"]
     log = open(log_path, "ab")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    # This tree's code, not whichever malsori the interpreter has installed (a worktree's venv link
+    # points at another checkout's editable install).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -150,6 +159,34 @@ async def run_level(url: str, clips: list[Clip], concurrency: int, requests: int
     return level
 
 
+@dataclass(frozen=True)
+class CliRun:
+    wall_s: float
+    audio_s: float
+    wer: float
+
+
+class Cli:
+    """The CLI's batched transcription of the clips, in this process (see the module docstring)."""
+
+    def __init__(self, model: str, clips: list[Clip], beam: int = 5) -> None:
+        from malsori.engine import EngineConfig, Pipeline, Transcriber, TranscribeOptions, decode_audio
+
+        self.pipeline = Pipeline(Transcriber(EngineConfig(model=model, device="cpu", compute_type="int8")))
+        self.options = TranscribeOptions(beam_size=beam, language="en")
+        self.audios = [decode_audio(c.data) for c in clips]
+        self.references = [c.reference for c in clips]
+        self.pipeline.transcribe(self.audios[0], self.options)  # warm-up, untimed
+        self.runs: list[CliRun] = []
+
+    def run(self) -> CliRun:
+        started = time.perf_counter()
+        texts = [t.text for t in self.pipeline.transcribe_many(self.audios, self.options)]
+        wall = time.perf_counter() - started
+        self.runs.append(CliRun(wall, sum(len(a) for a in self.audios) / 16000, corpus_wer(self.references, texts)))
+        return self.runs[-1]
+
+
 def table(levels: list[Level]) -> list[str]:
     rows = [
         "| clients | requests ok | wall s | requests/s | audio s/s | p50 latency s | p95 latency s | WER | windows per batch | 429s | other errors |",
@@ -176,6 +213,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=32, help="requests per level (default: each of the 32 clips once)")
     parser.add_argument("--max-seconds", type=float, default=240.0, help="time limit per level")
     parser.add_argument("--clips", type=int, default=None, help="use only the first N LJ Speech clips")
+    parser.add_argument("--cli", action="store_true", help="also time the CLI's batched transcription of the clips (see above)")
     parser.add_argument("--write", action="store_true", help=f"write the results into {DOC.relative_to(REPO)}")
     args = parser.parse_args()
 
@@ -189,7 +227,10 @@ def main() -> int:
         url = args.url.rstrip("/")
     else:
         process, url = start_server(Path(scratch.name) / "data", args.model, Path(scratch.name) / "server.log")
+    cli = Cli(args.model, clips) if args.cli else None
     try:
+        if cli is not None:
+            print(f"cli: {cli.run().wall_s:.1f} s", flush=True)
         # One untimed request so the first level does not pay for first-call setup.
         asyncio.run(run_level(url, clips[:1], 1, 1, 60.0))
         levels = []
@@ -197,6 +238,8 @@ def main() -> int:
             level = asyncio.run(run_level(url, clips, n, args.requests, args.max_seconds))
             levels.append(level)
             print(table([level])[-1], flush=True)
+        if cli is not None:
+            print(f"cli: {cli.run().wall_s:.1f} s", flush=True)
     finally:
         if process is not None:
             process.terminate()
@@ -214,7 +257,7 @@ def main() -> int:
         f"server on the same machine over loopback.",
         "",
         "```",
-        "flock /tmp/malsori-bench.lock .venv/bin/python bench/load.py --write",
+        "flock /tmp/malsori-bench.lock chrt -r 1 .venv/bin/python " + " ".join(["bench/load.py", *sys.argv[1:]]),
         "```",
         "",
         f"Each level sends {args.requests} requests (the LJ Speech clips of `shared/testdata`, 1.8 to 10 s each"
@@ -234,11 +277,30 @@ def main() -> int:
             f"At {widest.concurrency} clients: {widest.errors} errors other than 429s, {widest.refused_429} 429s, "
             f"throughput {ratio:.2f}x that of sequential requests.",
         ]
+    if cli is not None and cli.runs:
+        cli_speed = sum(r.audio_s for r in cli.runs) / sum(r.wall_s for r in cli.runs)
+        wide_speed = widest.audio_s / widest.wall_s
+        lines += [
+            "",
+            f"The CLI's batched transcription of the same {len(clips)} clips in the same session (`Pipeline.transcribe_many`, "
+            f"as `bench/files.py`'s malsori batched; audio decoding excluded), before and after the levels: "
+            + ", ".join(f"{r.wall_s:.1f} s ({r.audio_s / r.wall_s:.1f}x, WER {r.wer * 100:.1f}%)" for r in cli.runs)
+            + f"; together {cli_speed:.1f}x. {widest.concurrency} clients reach {wide_speed / cli_speed:.0%} of it"
+            + (f"; sequential requests {(sequential.audio_s / sequential.wall_s) / cli_speed:.0%}." if sequential else "."),
+        ]
+        if sequential is not None and widest is not sequential:
+            over_seq, over_cli = wide_speed / (sequential.audio_s / sequential.wall_s), wide_speed / cli_speed
+            lines += [
+                "",
+                f"Targets (issue 17) at {widest.concurrency} clients: throughput at least 3x sequential: "
+                f"{'met' if over_seq >= 3 else 'not met'} ({over_seq:.2f}x); at least 80% of the CLI's batched: "
+                f"{'met' if over_cli >= 0.8 else 'not met'} ({over_cli:.0%}).",
+            ]
     body = "\n".join(lines)
     print()
     print(body)
     if args.write:
-        replace_section(SECTION, body)
+        replace_block(SECTION, "bench/load.py", body)
     failed = widest.errors > 0 or (sequential is not None and widest.ok / widest.wall_s < sequential.ok / sequential.wall_s)
     return 1 if failed else 0
 
