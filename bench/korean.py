@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import sys
 import tempfile
@@ -59,6 +60,7 @@ def main() -> int:
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--sections", default="offline,causes,prompt,detect,live")
     ap.add_argument("--preset", default="korean", help="live preset")
+    ap.add_argument("--options", default="{}", help='live: JSON overrides of the preset, e.g. \'{"commit_after_s": 0}\'')
     ap.add_argument("--write", action="store_true", help=f"write the results into {DOC.relative_to(REPO)}")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
@@ -191,7 +193,7 @@ def main() -> int:
         out()
 
     if "live" in sections:
-        out(live(args.preset, transcriber, clips, args.beam))
+        out(live(args.preset, transcriber, clips, args.beam, json.loads(args.options)))
         out()
 
     meta = (
@@ -206,7 +208,7 @@ def main() -> int:
     return 0
 
 
-def live(preset: str, transcriber: Transcriber, clips: list[tuple[Path, str]], beam: int) -> str:
+def live(preset: str, transcriber: Transcriber, clips: list[tuple[Path, str]], beam: int, overrides: dict | None = None) -> str:
     from streaming import PAUSE_S, Audio, Phrase, Scores, pct, speech_bounds, start_malsori, stream_malsori
 
     from malsori.client import StreamOptions
@@ -230,7 +232,7 @@ def live(preset: str, transcriber: Transcriber, clips: list[tuple[Path, str]], b
         server, url = start_malsori(Path(tmp))
         try:
             before = load()
-            record = asyncio.run(stream_malsori(url, talk, options=StreamOptions(language="ko", preset=preset)))
+            record = asyncio.run(stream_malsori(url, talk, options=StreamOptions(language="ko", preset=preset, options=overrides or {})))
             after = load()
         finally:
             server.stop()
@@ -250,7 +252,8 @@ def live(preset: str, transcriber: Transcriber, clips: list[tuple[Path, str]], b
     return "\n".join(
         [
             f"Live: the {len(clips)} clips joined with {PAUSE_S} s pauses ({talk.duration:.0f} s), one stream at real time "
-            f"to `malsori serve` `/v1/stream`, preset `{preset}`, language `ko`; {before} before, {after} after.",
+            f"to `malsori serve` `/v1/stream`, preset `{preset}`{f' with {overrides}' if overrides else ''}, language `ko`; "
+            f"{before} before, {after} after.",
             "",
             "| streaming CER | offline CER (same audio) | difference | final p50 / p95 from end of speech | "
             "from end of clip | missed | errors |",
