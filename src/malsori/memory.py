@@ -42,26 +42,25 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
+def _mallopt(param: int, name: str, value: int) -> bool:
+    """``mallopt(param, value)`` for a positive value (0 or less: glibc's default stays). True when applied."""
+    libc = _libc()
+    if value <= 0 or libc is None:
+        return False
+    applied = bool(libc.mallopt(param, value))
+    if not applied:
+        log.warning("mallopt(%s, %d) was refused", name, value)
+    return applied
+
+
 def limit_arenas(count: int) -> bool:
     """Cap glibc's malloc arenas at ``count`` (0: leave glibc's default). True when applied."""
-    libc = _libc()
-    if count <= 0 or libc is None:
-        return False
-    applied = bool(libc.mallopt(_M_ARENA_MAX, count))
-    if not applied:
-        log.warning("mallopt(M_ARENA_MAX, %d) was refused", count)
-    return applied
+    return _mallopt(_M_ARENA_MAX, "M_ARENA_MAX", count)
 
 
 def fix_mmap_threshold(nbytes: int) -> bool:
     """Serve blocks of ``nbytes`` and more with mmap, always (0: leave glibc's moving threshold). True when applied."""
-    libc = _libc()
-    if nbytes <= 0 or libc is None:
-        return False
-    applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, nbytes))
-    if not applied:
-        log.warning("mallopt(M_MMAP_THRESHOLD, %d) was refused", nbytes)
-    return applied
+    return _mallopt(_M_MMAP_THRESHOLD, "M_MMAP_THRESHOLD", nbytes)
 
 
 def trim() -> bool:
