@@ -297,27 +297,25 @@ class E5Onnx:
             )
             return g.op("Add", y, g.const(f"{name}.b", f32(f"{name}.b")))  # onnxruntime fuses it
 
+        def add_norm(x: str, y: str, name: str) -> str:
+            """LayerNorm(x + y) with the weights ``name``.w and ``name``.b (the residual of a BERT layer)."""
+            return g.op(
+                "LayerNormalization",
+                g.op("Add", x, y),
+                g.const(f"{name}.w", f32(f"{name}.w")),
+                g.const(f"{name}.b", f32(f"{name}.b")),
+                epsilon=eps,
+            )
+
         for layer in range(self.NL):
             p = f"l{layer}"
             q, k, v = (linear(h, f"{p}.{n}", H, H) for n in ("q", "k", "v"))
             ctx = g.op("MultiHeadAttention", q, k, v, domain="com.microsoft", num_heads=self.NH)
             ao = linear(ctx, f"{p}.ao", H, H)
-            h = g.op(
-                "LayerNormalization",
-                g.op("Add", h, ao),
-                g.const(f"{p}.aln.w", f32(f"{p}.aln.w")),
-                g.const(f"{p}.aln.b", f32(f"{p}.aln.b")),
-                epsilon=eps,
-            )
+            h = add_norm(h, ao, f"{p}.aln")
             mid = g.op("Gelu", linear(h, f"{p}.fi", FF, H), domain="com.microsoft")
             fo = linear(mid, f"{p}.fo", H, FF)
-            h = g.op(
-                "LayerNormalization",
-                g.op("Add", h, fo),
-                g.const(f"{p}.oln.w", f32(f"{p}.oln.w")),
-                g.const(f"{p}.oln.b", f32(f"{p}.oln.b")),
-                epsilon=eps,
-            )
+            h = add_norm(h, fo, f"{p}.oln")
         g.op("ReduceMean", h, out="pooled", axes=[1], keepdims=0)
         model = g.model([_value_info("x", [1, "T", H])], [_value_info("pooled", [1, H])])
 
