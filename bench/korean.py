@@ -238,16 +238,9 @@ def live(preset: str, transcriber: Transcriber, clips: list[tuple[Path, str]], b
             server.stop()
     finals = [e for e in record.events if e[1]]
     text = " ".join(e[2].strip() for e in finals if e[2].strip())
-    from_speech, missed = [], 0
-    for phrase in phrases:
-        end_wall = record.sent_at(phrase.speech_end)
-        final_at = next((w for w, f, _t, _s, e in record.events if f and e >= phrase.speech_end - 0.3), None)
-        if final_at is None:
-            missed += 1
-        else:
-            from_speech.append(final_at - end_wall)
     scores = Scores()
     scores.add(talk, record)
+    from_speech, missed = scores.final_latency, scores.missed
     stream_cer, offline_cer = korean_cer(refs, [text]), korean_cer(refs, [offline])
     return "\n".join(
         [
@@ -260,7 +253,8 @@ def live(preset: str, transcriber: Transcriber, clips: list[tuple[Path, str]], b
             "|---:|---:|---:|---:|---:|---:|---|",
             f"| {100 * stream_cer:.1f}% | {100 * offline_cer:.1f}% | {100 * (stream_cer - offline_cer):+.1f} | "
             f"{pct(from_speech, 50):.2f} / {pct(from_speech, 95):.2f} s | "
-            f"{pct(scores.final_latency, 50):.2f} / {pct(scores.final_latency, 95):.2f} s | {missed} of {len(phrases)} | "
+            f"{pct(scores.final_from_clip_end, 50):.2f} / {pct(scores.final_from_clip_end, 95):.2f} s | "
+            f"{missed} of {len(phrases)} | "
             f"{record.error or 'none'} |",
             "",
             f"Streamed finals: {text}",

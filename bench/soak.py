@@ -124,7 +124,7 @@ class Tally:
             one = Scores()
             one.add(Audio(audio.name, audio.samples, (phrase,)), record)
             if one.final_latency:
-                sent_end = record.sent_at(phrase.end - 1 / SAMPLE_RATE)
+                sent_end = record.sent_at(phrase.speech_end - 1 / SAMPLE_RATE)
                 self.finals.append((sent_end + one.final_latency[0], one.final_latency[0]))
             else:
                 self.missed.append(ended)

@@ -5,7 +5,7 @@ WebSocket server does (minus the socket and JSON), feeding LJ Speech clips conca
 at real-time pace in 100 ms frames to N sessions at once, and reports:
 
 - final latency: arrival of the first final covering a phrase (end >= last speech - 0.3 s) minus
-  the wall time the phrase's clip end was fed (as bench/streaming.py measures it), p50/p95;
+  the wall time the phrase's last speech sample was fed (as bench/streaming.py measures it), p50/p95;
 - first partial/text after speech onset (first 20 ms frame above an energy threshold);
 - streaming WER of the finals vs the references (evaluation.corpus_wer);
 - every batched decode: kind (beam), batch size, window seconds, wait in the queue, decode time;
@@ -144,7 +144,7 @@ def score(records: list[Record], phrases: list[Phrase]) -> dict:
         hyps.append(" ".join(e.text for _, e in finals))
         for p in phrases:
             onset = rec.fed_at(p.speech_start)
-            end_wall = rec.fed_at(p.end - 1 / SAMPLE_RATE)
+            end_wall = rec.fed_at(p.speech_end - 1 / SAMPLE_RATE)
             t = next((w for w, e in texts if w >= onset and e.end > p.speech_start), None)
             if t is not None:
                 first.append(t - onset)

@@ -6,7 +6,8 @@ stamped with the wall time it arrived:
 - **first text**: wall time of the first event with text covering a phrase, minus the wall time the
   phrase's first speech sample was sent (speech onset: first 20 ms frame above an energy threshold).
 - **final latency**: wall time when the first final covering a phrase arrives, minus the wall time
-  the phrase's last sample was sent. Phrases are the known clip boundaries of the concatenation; a
+  the phrase's last speech sample was sent (its energy end, not the end of the clip with its trailing
+  silence; measured from the clip's end until 2026-12-03). Phrases are the known clip boundaries of the concatenation; a
   final covers a phrase when its end time reaches the phrase's last speech (less 0.3 s of tolerance
   for timestamp jitter). A phrase no final covers counts as missed.
 - **WER**: finals joined in order vs the references joined, scored as shared/testdata/README.md says;
@@ -243,6 +244,9 @@ async def stream_whisperlive(url: str, audio: Audio) -> Record:
 class Scores:
     first_text: list[float] = field(default_factory=list)
     final_latency: list[float] = field(default_factory=list)
+    """From the wall time the phrase's last speech sample was sent (its energy end, not the clip's end)."""
+    final_from_clip_end: list[float] = field(default_factory=list)
+    """From the wall time the clip's last sample (trailing silence included) was sent: kinder, for comparison."""
     missed: int = 0
     errors: list[str] = field(default_factory=list)
     references: list[str] = field(default_factory=list)
@@ -261,7 +265,8 @@ class Scores:
         self.hypotheses.append(text)
         for phrase in audio.phrases:
             onset_wall = record.sent_at(phrase.speech_start) if record.sent else None
-            end_wall = record.sent_at(phrase.end - 1 / SAMPLE_RATE) if record.sent else None
+            end_wall = record.sent_at(phrase.speech_end - 1 / SAMPLE_RATE) if record.sent else None
+            clip_end_wall = record.sent_at(phrase.end - 1 / SAMPLE_RATE) if record.sent else None
             text_at = next((w for w, _f, t, _s, e in record.events
                             if onset_wall is not None and w >= onset_wall and e > phrase.speech_start), None)
             final_at = next((w for w, f, _t, _s, e in record.events
@@ -272,6 +277,7 @@ class Scores:
                 self.missed += 1
             else:
                 self.final_latency.append(final_at - end_wall)
+                self.final_from_clip_end.append(final_at - clip_end_wall)  # type: ignore[operator]
 
     @property
     def wer(self) -> float | None:
@@ -351,7 +357,7 @@ class Server:
         self.log.close()
 
 
-def start_malsori(workdir: Path) -> tuple[Server, str]:
+def start_malsori(workdir: Path, env: dict[str, str] | None = None) -> tuple[Server, str]:
     import httpx
 
     port = free_port()
@@ -364,7 +370,7 @@ def start_malsori(workdir: Path) -> tuple[Server, str]:
 
     command = [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(port),
                "--data-dir", str(workdir / "malsori-data"), "--log-level", "warning"]
-    server = Server("malsori", command, {"PYTHONPATH": str(REPO / "src")}, ready, workdir / "malsori.log")
+    server = Server("malsori", command, {"PYTHONPATH": str(REPO / "src"), **(env or {})}, ready, workdir / "malsori.log")
     return server, f"ws://127.0.0.1:{port}/v1/stream"
 
 
@@ -489,7 +495,8 @@ def markdown(rows: list[Row], files: list[Audio], file_results: dict[str, tuple[
         "Model: bundled `base` (the same directory for both), language en, each system's default settings.",
         "",
         "First text: first event with text for a phrase after its speech onset was sent. Final: the first final "
-        "covering a phrase after the phrase's last sample was sent (p50/p95 over all phrases of all streams). "
+        "covering a phrase after the phrase's last speech sample was sent (energy end of speech, not the clip's "
+        "end; p50/p95 over all phrases of all streams). "
         "Missed: phrases no final covered. WER: finals vs references (Whisper normalizer); offline: malsori "
         "`Transcriber` on the same concatenated audio. RSS growth: (peak during the run - before) / streams; "
         "per extra session: (peak of the row - peak of the one-stream row) / (streams - 1).",
