@@ -160,6 +160,37 @@ def test_per_window_word_timings_in_one_batch(transcriber, manifest):
     assert wer(_clip(manifest, "jfk.flac").reference, "".join(s.text for s in together[0].segments)) == 0.0
 
 
+@pytest.mark.model
+def test_a_prefix_starts_the_output_and_only_the_rest_is_decoded(transcriber, manifest):
+    """A live final starts from the words its partials agreed on (``Window.prefix``): the result holds
+    them and the rest of the speech, timestamped and word-timed; windows with prefixes of different
+    lengths (and none) share a batch; the prefix is forced, not checked."""
+    from malsori.engine.windows import Window
+
+    clip = _clip(manifest, "jfk.flac")
+    jfk = decode_audio(clip.path)
+    lj_clip = sorted((c for c in manifest if c.path.parent.name == "ljspeech"), key=lambda c: c.path.name)[0]
+    windows = [
+        Window(jfk, prefix="And so my fellow Americans,"),
+        Window(decode_audio(lj_clip.path)),
+        Window(jfk, prefix="And so, my fellow Americans, ask not what your country", words=True),
+        Window(jfk, prefix="Hello there"),
+    ]
+    results = transcriber.decode_windows(windows, TranscribeOptions(language="en"))
+    for r in results[:3:2]:
+        assert wer(clip.reference, r.text) == 0.0, r.text
+        assert all(0.0 <= s.start <= s.end <= 11.0 for s in r.segments)
+    assert results[0].text.startswith("And so my fellow Americans,")
+    words = [w for s in results[2].segments for w in (s.words or ())]
+    assert normalize("".join(w.word for w in words)) == normalize(results[2].text)
+    assert wer(lj_clip.reference, results[1].text) <= 0.1, results[1].text
+    assert results[3].text.startswith("Hello there"), results[3].text
+    plain = transcriber.decode_windows(
+        [Window(jfk, prefix="And so my fellow")], TranscribeOptions(language="en", without_timestamps=True)
+    )
+    assert wer(clip.reference, plain[0].text) == 0.0, plain[0].text
+
+
 def _ljspeech_clip(manifest):
     clip = sorted((c for c in manifest if c.path.parent.name == "ljspeech"), key=lambda c: c.path.name)[0]
     return decode_audio(clip.path)

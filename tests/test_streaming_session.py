@@ -198,7 +198,17 @@ def test_advanced_knobs_are_overridden_by_their_flat_names_and_shown_flat():
 
 def test_only_knobs_the_presets_set_differently_are_top_level():
     advanced = {f.name for f in fields(AdvancedStreamConfig)}
-    top = {f.name for f in fields(StreamConfig)} - {"advanced", "language", "task", "word_timestamps", "preset", "partials", "diarize", "sentiment", "segmentation"}
+    top = {f.name for f in fields(StreamConfig)} - {
+        "advanced",
+        "language",
+        "task",
+        "word_timestamps",
+        "preset",
+        "partials",
+        "diarize",
+        "sentiment",
+        "segmentation",
+    }
     for name in top:
         assert len({StreamConfig.from_preset(p).to_dict()[name] for p in PRESETS}) > 1, name
     for name in advanced:
@@ -370,6 +380,22 @@ def test_agreed_words_are_finalized_before_the_pause_and_the_final_decodes_only_
     # The rest of the speech is decoded with the settled words as its context.
     continued = [w for w in decoder.windows if w.offset > 1.0]
     assert continued and all(w.prompt for w in continued)
+
+
+@pytest.mark.parametrize("holdback", [2, 0])
+def test_prefix_finals_start_the_final_decode_from_the_agreed_words(holdback):
+    words = list(VOCABULARY[:12])
+    audio = tone_speech([0.3, *words, 1.0])  # 4.6 s of speech, then a pause
+    events, decoder = run(make_session(step_s=0.3, commit_after_s=0, prefix_finals=True, prefix_holdback_words=holdback), audio)
+    assert finals(events) == [" ".join(words)]
+    # The partials of the whole phrase agreed on all its words by the pause; the final's prefix is
+    # those less the last ``holdback``.
+    prefix = [w for w in decoder.windows if w.fallback][-1].prefix
+    assert prefix is not None and prefix.split() == words[: len(words) - holdback], prefix
+    assert all(w.prefix is None for w in decoder.windows if not w.fallback), "partials decode their whole window"
+    # Off (every preset but korean): no final gets a prefix.
+    _, plain = run(make_session(step_s=0.3, commit_after_s=0), audio)
+    assert all(w.prefix is None for w in plain.windows)
 
 
 def test_a_continued_phrase_whose_decode_echoes_its_prompt_loses_the_echo_not_speech():

@@ -166,6 +166,15 @@ def _previous_tokens(window: Window, tok) -> list[int]:
     return [*text, *decoded][-(_MAX_TEXT_TOKENS // 2 - 1) :]
 
 
+def _forced_prefix(window: Window, tok, without_timestamps: bool) -> list[int]:
+    """The tokens a window's ``prefix`` puts at the start of its output (after ``<|0.00|>`` when the
+    output is timestamped), at most half of Whisper's text length."""
+    if not (window.prefix and window.prefix.strip()):
+        return []
+    text = tok.encode(" " + window.prefix.strip())[: _MAX_TEXT_TOKENS // 2 - 1]
+    return text if without_timestamps else [tok.timestamp_begin, *text]
+
+
 def _pad_frames(language: str | None) -> int:
     """Silence after a window's speech in its encoder input, in mel frames (see ``_PAD_FRAMES_BY_LANGUAGE``)."""
     return _PAD_FRAMES_BY_LANGUAGE.get(language or "", _PAD_FRAMES)
@@ -381,6 +390,9 @@ class Transcriber(DirectDecoder):
             )
             for tok, prev in zip(tokenizers, previous, strict=True)
         ]
+        # A window's prefix is forced after the prompt: the decoder's output goes on after it.
+        forced = [_forced_prefix(w, tok, options.without_timestamps) for w, tok in zip(windows, tokenizers, strict=True)]
+        prompts = [[*p, *f] for p, f in zip(prompts, forced, strict=True)]
         # Fallback steps above _DROP_PROMPT_ABOVE decode without the tokens decoded before the window
         # (its text prompt, the caller's words, stays): a loop often echoes them (see fallback_decode).
         own = [_previous_tokens(replace(w, prompt_tokens=()), tok) for w, tok in zip(windows, tokenizers, strict=True)]
@@ -433,10 +445,11 @@ class Transcriber(DirectDecoder):
                 tokens = list(res.sequences_ids[0])
                 score = res.scores[0] if res.scores else 0.0
                 avg_logprob = score * len(tokens) / (len(tokens) + 1)  # length_penalty 1
-                ratio = compression_ratio(tokenizers[i].decode(tokens).strip())
                 # A decode that runs to its length bound without closing has looped (short phrases
                 # repeated have a low compression ratio, so the ratio alone misses them).
-                looped = len(tokens) >= caps[i]
+                # CTranslate2 returns a forced prefix with the tokens after it (include_prompt_in_result).
+                looped = len(tokens) - (len(forced[i]) if temperature <= _DROP_PROMPT_ABOVE else 0) >= caps[i]
+                ratio = compression_ratio(tokenizers[i].decode(tokens).strip())
                 attempt = (tokens, avg_logprob, ratio, float(res.no_speech_prob), temperature, looped)
                 attempts[i].append(attempt)
                 repetitive = looped or (cr_limit is not None and ratio > cr_limit)

@@ -39,6 +39,10 @@ class Window:
     fallback: bool = True
     """Apply the options' temperature fallback to this window; False keeps the first decode (a
     live preview), so windows that differ only in this share a batch."""
+    prefix: str | None = None
+    """Words the window's speech is known to start with (a live phrase's agreed words): given to the
+    decoder as the start of its output, which goes on after them, so only the rest is decoded. The
+    result's text and tokens include them. Dropped by the temperature fallback's later steps."""
 
 
 @dataclass(frozen=True)

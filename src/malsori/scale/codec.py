@@ -98,6 +98,7 @@ class AudioStore:
                     "language": window.language,
                     "words": window.words,
                     "fallback": window.fallback,
+                    "prefix": window.prefix,
                 }
             )
         pipe.execute()
@@ -112,6 +113,7 @@ class AudioStore:
                 raise LookupError(f"the audio of a window ({ref['key']}) is gone from Redis (expired or lost in a restart)")
             audio = np.frombuffer(raw, dtype=np.float32).copy()
             fields = {k: ref[k] for k in ("offset", "prompt", "language", "words", "fallback")}
+            fields["prefix"] = ref.get("prefix")  # absent in windows queued by an older gateway
             windows.append(Window(audio, **fields, prompt_tokens=tuple(ref.get("prompt_tokens") or ())))
         return windows
 

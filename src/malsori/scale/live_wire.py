@@ -22,7 +22,7 @@ from ..engine.windows import Window, WindowResult
 __all__ = ["WindowRequest", "encode_request", "decode_request", "encode_reply", "decode_reply", "options_key"]
 
 _LENGTH = struct.Struct("<I")
-_WINDOW_FIELDS = ("offset", "prompt", "prompt_tokens", "language", "words", "fallback")
+_WINDOW_FIELDS = ("offset", "prompt", "prompt_tokens", "language", "words", "fallback", "prefix")
 
 
 @dataclass(frozen=True)

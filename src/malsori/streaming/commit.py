@@ -136,6 +136,11 @@ class LocalAgreement:
         self._previous: list[str] = []
         self._stable: list[str] = []
 
+    @property
+    def stable(self) -> list[str]:
+        """The stable words so far, as the hypotheses wrote them."""
+        return list(self._stable)
+
     def update(self, text: str) -> tuple[str, str]:
         words = text.split()
         keys = [word_key(w) for w in words]

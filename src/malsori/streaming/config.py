@@ -58,6 +58,15 @@ class AdvancedStreamConfig:
     prompt_chars: int = 0
     """Settled text carried into the next decode as the prompt (the original design's prefix).
     Off by default: on short windows the prompt makes Whisper loop (see ``PRESETS``)."""
+    prefix_finals: bool = False
+    """A phrase's final decode is given the words its partials agreed on (all but the last
+    ``prefix_holdback_words``) as the start of its output, so only the rest is decoded: the final still
+    hears the whole phrase. Measured on Korean finals at pauses only (docs/benchmarks.md "Korean"): the
+    same CER, a final decode about 10% shorter (the encoder, which a prefix does not shorten, is most of
+    it), so no preset turns it on. Off: every final decodes its whole window."""
+    prefix_holdback_words: int = 2
+    """Agreed words at the end that a final's prefix leaves out: Whisper may still revise the last words
+    it heard without what follows them."""
     partial_backoff: float = 2.0
     """Under load, the next partial waits this many times the last partial's turnaround (0: off)."""
     min_speech_s: float = 0.25
@@ -81,6 +90,7 @@ class AdvancedStreamConfig:
             (0 <= self.prompt_chars <= 1000, "prompt_chars must be between 0 and 1000"),
             (0.0 <= self.min_speech_s <= 2.0, "min_speech_s must be between 0 and 2"),
             (0.0 <= self.partial_backoff <= 10.0, "partial_backoff must be between 0 and 10"),
+            (0 <= self.prefix_holdback_words <= 20, "prefix_holdback_words must be between 0 and 20"),
         )
 
     @property

@@ -464,11 +464,21 @@ class StreamingSession:
             language=self._language,
             words=words or kind == "cut",
             fallback=kind != "partial",
+            prefix=self._final_prefix(ph) if kind == "final" else None,
         )
         options = self._partial_options if kind == "partial" else self._final_options
         self._inflight = DecodeRequest(next(self._ids), kind, ph.id, ph.start, end, window, options)
         self.decodes += 1
         return self._inflight
+
+    def _final_prefix(self, ph: _Phrase) -> str | None:
+        """With ``prefix_finals``: the words the phrase's partials agreed on, less the last
+        ``prefix_holdback_words``, which its final decode starts from (None: nothing agreed yet)."""
+        a = self.config.advanced
+        if not a.prefix_finals:
+            return None
+        stable = ph.agreement.stable
+        return " ".join(stable[: max(0, len(stable) - a.prefix_holdback_words)]) or None
 
     def next_window(self, partials: bool = True, commits: bool = False) -> DecodeRequest | None:
         """The window to decode now, or None (a decode is in flight, or nothing new to decode).
