@@ -33,9 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import machine_line, replace_section
-from streaming import Audio, Scores, load_talk, pct, run_concurrent, start_malsori, stream_audios, stream_malsori
-
-from malsori.evaluation import corpus_wer
+from streaming import (
+    Audio,
+    Scores,
+    load_talk,
+    offline_talk_wer,
+    pct,
+    run_concurrent,
+    start_malsori,
+    stream_audios,
+    stream_malsori,
+)
 
 TITLE = "## Live capacity (issue 17)"
 
@@ -180,12 +188,7 @@ def main() -> None:
     talk = load_talk(args.clips)
     log(f"talk: {talk.duration:.1f} s, {len(talk.phrases)} phrases; rows {', '.join(s.label for s in specs)}; {args.runs} runs")
 
-    from malsori.engine import EngineConfig, Pipeline, TranscribeOptions, Transcriber
-
-    transcriber = Transcriber(EngineConfig(model="base"))
-    offline = Pipeline(transcriber).transcribe(talk.samples, TranscribeOptions(language="en"))
-    offline_wer = corpus_wer([" ".join(p.reference for p in talk.phrases)], [offline.text])
-    del transcriber
+    offline_wer = offline_talk_wer(talk)
     log(f"offline WER {100 * offline_wer:.2f}%")
 
     runs: list[dict[RowSpec, Figures]] = []

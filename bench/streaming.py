@@ -120,6 +120,15 @@ def load_talk(limit: int | None = None, rotate: int = 0) -> Audio:
     return Audio(name, np.concatenate(pieces), tuple(phrases))
 
 
+def offline_talk_wer(talk: Audio) -> float:
+    """WER of malsori's offline transcription (bundled base, language en) of the whole talk."""
+    from malsori.engine import EngineConfig, Pipeline, TranscribeOptions, Transcriber
+
+    transcriber = Transcriber(EngineConfig(model="base"))
+    offline = Pipeline(transcriber).transcribe(talk.samples, TranscribeOptions(language="en"))
+    return corpus_wer([" ".join(p.reference for p in talk.phrases)], [offline.text])
+
+
 def load_files() -> list[Audio]:
     out = []
     for clip in load_manifest(TESTDATA):
@@ -562,12 +571,7 @@ def main() -> None:
     model_dir = Path(resolve_model("base"))
     log(f"talk: {talk.duration:.1f} s, {len(talk.phrases)} phrases; {len(files)} files; model {model_dir}")
 
-    from malsori.engine import EngineConfig, Pipeline, TranscribeOptions, Transcriber
-
-    transcriber = Transcriber(EngineConfig(model="base"))
-    offline = Pipeline(transcriber).transcribe(talk.samples, TranscribeOptions(language="en"))
-    offline_wer = corpus_wer([" ".join(p.reference for p in talk.phrases)], [offline.text])
-    del transcriber
+    offline_wer = offline_talk_wer(talk)
     log(f"offline WER {100 * offline_wer:.2f}%")
 
     rows: list[Row] = []
