@@ -77,11 +77,23 @@ def test_window_audio_travels_by_reference_and_comes_back_exactly(redis_server):
     store = AudioStore(registry.redis, "codec", ttl_s=30)
     audio = np.random.default_rng(0).standard_normal(16000 * 3).astype(np.float32)
     refs = store.put(
-        [Window(audio, offset=4.0, prompt="before", prompt_tokens=(50364, 440), language="de", words=True, fallback=False)]
+        [
+            Window(
+                audio,
+                offset=4.0,
+                prompt="before",
+                prompt_tokens=(50364, 440),
+                language="de",
+                words=True,
+                fallback=False,
+                prefix="Und so",
+            )
+        ]
     )
-    assert set(refs[0]) == {"key", "offset", "prompt", "prompt_tokens", "language", "words", "fallback"}  # no samples in the task
+    fields = {"key", "offset", "prompt", "prompt_tokens", "language", "words", "fallback", "prefix"}
+    assert set(refs[0]) == fields  # no samples in the task
     (back,) = store.get(refs)
-    assert back.prompt_tokens == (50364, 440)
+    assert back.prompt_tokens == (50364, 440) and back.prefix == "Und so"
     assert np.array_equal(back.audio, audio) and (back.offset, back.prompt, back.language, back.words, back.fallback) == (
         4.0,
         "before",
