@@ -32,7 +32,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import machine_line, replace_section
+from common import machine_line, replace_block
 from streaming import (
     Audio,
     Scores,
@@ -203,8 +203,6 @@ def main() -> None:
     command = "flock /tmp/malsori-bench.lock chrt -r 1 .venv/bin/python bench/live_capacity.py " + " ".join(sys.argv[1:])
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
-        TITLE,
-        "",
         f"Command: `{command.strip()}`  ",
         f"Machine: {machine_line()}; load average after the runs {load}  ",
         f"Audio: {talk.name}, {talk.duration:.0f} s, sent at real-time pace in 100 ms frames by every stream of a "
@@ -221,11 +219,10 @@ def main() -> None:
         lines += ["| " + " | ".join(cells(f"{spec.label}, run {r + 1}", run[spec])) + " |" for spec in specs]
     lines += ["| " + " | ".join(cells(f"**{spec.label}, median**", med[spec])) + " |" for spec in specs]
     lines += ["", "| target (issue 17) | median | target | met |", "|---|---:|---:|---|", *verdicts(med, offline_wer)]
-    section = "\n".join(lines) + "\n"
-    print(section)
-    if args.write:
-        title, _, body = section.partition("\n")
-        replace_section(title, body)
+    body = "\n".join(lines)
+    print(f"{TITLE}\n\n{body}")
+    if args.write:  # only the generated block: the reading written under it by hand stays
+        replace_block(TITLE, "bench/live_capacity.py", body)
 
 
 if __name__ == "__main__":
