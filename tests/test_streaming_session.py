@@ -430,6 +430,30 @@ def test_a_continued_phrase_whose_decode_echoes_its_prompt_loses_the_echo_not_sp
         assert said == words[first : first + len(said)], p.text
 
 
+def test_a_decode_that_loops_on_its_prompt_is_decoded_again_without_it():
+    # Under load a short continued phrase decoded with the text settled before as its prompt looped
+    # ("of find typography, a find typography, a find typography, a find typography."): such a result is
+    # dropped and the phrase decoded again without a prompt, so its final has its words once.
+    class Looping(FakeDecoder):
+        """Says every window decoded with a prompt three times over."""
+
+        def _decode(self, window, options):
+            result = super()._decode(window, options)
+            if not window.prompt or not result.segments:
+                return result
+            first = result.segments[0]
+            return replace(result, segments=(replace(first, text=" ".join([first.text.strip()] * 3)), *result.segments[1:]))
+
+    words = list(VOCABULARY[:20])
+    audio = tone_speech([0.3, *words, 1.0])
+    events, decoder = run(make_session(commit_after_s=2.0, commit_force_s=3.0), audio, decoder=Looping())
+    prompted = [w for w in decoder.windows if w.prompt]
+    assert prompted, "continued phrases were decoded with a prompt (and looped)"
+    again = {w.offset for w in decoder.windows if not w.prompt and w.fallback}  # finals and cuts without one
+    assert any(w.offset in again for w in prompted if w.fallback), "a looped final was decoded again without the prompt"
+    assert " ".join(finals(events)).split() == words, "nothing lost or repeated"
+
+
 def test_commits_need_two_agreeing_hypotheses_and_cut_only_between_words():
     from malsori.engine.types import Segment, Word
 

@@ -29,6 +29,8 @@ How speech becomes text:
 - A phrase reaching ``max_window_s`` without a commit is split by a word-timestamped ``cut`` decode.
 - Which words those two settle, and where the cut goes, is decided in ``commit.py`` (pure functions
   with decision tables); this class keeps the phrases and applies the decisions.
+- A decode given a prompt whose text loops (the guard would collapse a repeated run) is dropped, and
+  its phrase is decoded again without a prompt (:meth:`_without_prompt`).
 - Closed phrases wait in order for their final decode; none is ever dropped. A final due while a
   partial decodes overtakes it (the partial is superseded, see :meth:`superseded`).
 """
@@ -50,7 +52,7 @@ from ..engine.windows import Window, WindowResult
 from .commit import MAX_REPEAT, Decision, LocalAgreement, early_commit, echoed_prefix, repeated_prefix, window_cut, word_key
 from .config import StreamConfig
 from .events import End, Error, Event, Final, Language, Partial, WordTiming
-from .guard import clean_text
+from .guard import clean_text, collapse_repetitions
 from .sentences import SentenceJoiner
 from .vad import VAD_CHUNK, StreamingVad
 
@@ -139,6 +141,8 @@ class _Phrase:
     """Starts where agreed words of the same speech were finalized (never dropped as a click)."""
     prompt: list[str] = field(default_factory=list)
     """Word keys of the prompt its last decode was given: a hypothesis may echo its end."""
+    bare: bool = False
+    """A decode of it given a prompt looped: it is decoded without one from then on."""
 
     def repeats(self, keys: Sequence[str]) -> int:
         """How many leading word ``keys`` of a hypothesis of this phrase are not its speech: words
@@ -150,6 +154,12 @@ class _Phrase:
         words = text.split()
         n = self.repeats([word_key(w) for w in words])
         return " ".join(words[n:]), n
+
+
+def _looped(result: WindowResult) -> bool:
+    """The decoder repeated itself: the guard would have to collapse a repeated run of its words."""
+    words = result.text.split()
+    return bool(words) and collapse_repetitions(" ".join(words)) != " ".join(words)
 
 
 class _Buffer:
@@ -447,6 +457,8 @@ class StreamingSession:
 
     # -- decoding ----------------------------------------------------------------------------------
     def _prompt(self, ph: _Phrase) -> str | None:
+        if ph.bare:
+            return None
         chars = self.config.advanced.context_chars
         if ph.continued and chars and self._utterance:
             context = self._utterance[-chars:]
@@ -574,6 +586,8 @@ class StreamingSession:
         if request.kind == "partial":
             self._partial_lag = max(0, self._buffer.end - request.end)
         events: list[Event] = []
+        if request.window.prompt and _looped(result):
+            return self._without_prompt(request)
         if self._pending and self._pending[0].id == request.phrase:
             closed = self._pending[0]
             if request.kind == "final" and request.end == closed.end:
@@ -605,6 +619,18 @@ class StreamingSession:
                 start, end = round(ph.start / _SR, 3), round(request.end / _SR, 3)
                 events.append(Partial(self._next_seq(), text, stable, unstable, start, end))
         return events
+
+    def _without_prompt(self, request: DecodeRequest) -> list[Event]:
+        """A decode given the text settled before as its prompt looped on it (a short continued phrase
+        under load: "of find typography, a find typography, a find typography, a find typography."):
+        its result is dropped and the phrase is decoded again, and from then on, without a prompt.
+        A final or cut is asked again at once (:meth:`next_window`); a partial waits for the next step."""
+        for ph in itertools.chain(self._pending, [self._open] if self._open else []):
+            if ph.id == request.phrase:
+                ph.bare = True
+                if ph is self._open:
+                    ph.candidate_for = -1
+        return []
 
     # -- settling text before the pause (the decisions are in commit.py) -----------------------------
     def _apply_cut(self, ph: _Phrase, request: DecodeRequest, result: WindowResult) -> list[Event]:
