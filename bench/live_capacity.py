@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import json
 import os
 import shutil
 import statistics
@@ -44,6 +46,8 @@ from streaming import (
     stream_audios,
     stream_malsori,
 )
+
+from malsori.client import StreamOptions  # src/ is on sys.path through common
 
 TITLE = "## Live capacity (issue 17)"
 
@@ -123,17 +127,18 @@ HEADER = [
 ]
 
 
-def run_once(specs: list[RowSpec], talk: Audio, clips: int | None, log) -> dict[RowSpec, Figures]:
+def run_once(specs: list[RowSpec], talk: Audio, clips: int | None, log, options: dict) -> dict[RowSpec, Figures]:
     workdir = Path(tempfile.mkdtemp(prefix="malsori-bench-capacity-"))
     most = max(spec.streams for spec in specs)
     server, url = start_malsori(workdir, {"MALSORI__STREAMING__MAX_SESSIONS": str(max(16, most + 1))})
     out: dict[RowSpec, Figures] = {}
     try:
         warm = Audio("warm-up", talk.samples[: int(talk.phrases[0].end * 16000)], talk.phrases[:1])
-        asyncio.run(stream_malsori(url, warm))
+        stream = functools.partial(stream_malsori, options=StreamOptions(language="en", encoding="pcm_s16le", options=options))
+        asyncio.run(stream(url, warm))
         for spec in specs:
             audios = stream_audios(talk, spec.streams, spec.mix, clips)
-            records = asyncio.run(run_concurrent(stream_malsori, url, audios))
+            records = asyncio.run(run_concurrent(stream, url, audios))
             scores = Scores()
             for audio, record in zip(audios, records, strict=True):
                 scores.add(audio, record)
@@ -177,6 +182,7 @@ def main() -> None:
     parser.add_argument("--rows", default="1,8:lockstep,24:rotated", help="streams[:mix] per row, comma-separated")
     parser.add_argument("--runs", type=int, default=3, help="repeat every row this many times (medians reported)")
     parser.add_argument("--clips", type=int, help="use only the first N LJ Speech clips (quick runs)")
+    parser.add_argument("--options", type=json.loads, default={}, help="stream options as JSON, e.g. '{\"commit_after_s\": 0}'")
     parser.add_argument("--write", action="store_true", help="write the section to docs/benchmarks.md")
     args = parser.parse_args()
     log = lambda message: print(message, flush=True)  # noqa: E731
@@ -194,7 +200,7 @@ def main() -> None:
     runs: list[dict[RowSpec, Figures]] = []
     for r in range(args.runs):
         log(f"run {r + 1}:  " + " | ".join(HEADER))
-        runs.append(run_once(specs, talk, args.clips, log))
+        runs.append(run_once(specs, talk, args.clips, log, args.options))
 
     med = {
         spec: Figures(*(median([getattr(run[spec], name) for run in runs]) for name in Figures.__dataclass_fields__))
