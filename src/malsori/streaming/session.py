@@ -587,7 +587,9 @@ class StreamingSession:
             self._partial_lag = max(0, self._buffer.end - request.end)
         events: list[Event] = []
         if request.window.prompt and _looped(result):
-            return self._without_prompt(request)
+            # A looped partial is only dropped: the prompt still helps its phrase's other decodes
+            # (Korean, a continued phrase: "등은" with the prompt, "인생은" without).
+            return [] if request.kind == "partial" else self._without_prompt(request)
         if self._pending and self._pending[0].id == request.phrase:
             closed = self._pending[0]
             if request.kind == "final" and request.end == closed.end:
@@ -624,7 +626,7 @@ class StreamingSession:
         """A decode given the text settled before as its prompt looped on it (a short continued phrase
         under load: "of find typography, a find typography, a find typography, a find typography."):
         its result is dropped and the phrase is decoded again, and from then on, without a prompt.
-        A final or cut is asked again at once (:meth:`next_window`); a partial waits for the next step."""
+        The final or cut is asked again at once (:meth:`next_window`)."""
         for ph in itertools.chain(self._pending, [self._open] if self._open else []):
             if ph.id == request.phrase:
                 ph.bare = True
