@@ -9,6 +9,7 @@ can be observed without sleeping. One test runs the real model on jfk.flac.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import shutil
 import threading
@@ -368,6 +369,37 @@ def test_stored_result_renders_like_the_original_transcript():
     for fmt in FORMATS:
         assert render(restored, fmt) == render(original, fmt), fmt
     assert restored.to_dict() == original.to_dict()
+
+
+def test_an_idle_sqlite_store_holds_no_file_open_however_many_connections_a_burst_opened(tmp_path):
+    """A burst of concurrent readers opens several SQLite connections; once they are given back no
+    descriptor of the database is left open, so an idle server's open files do not grow with its
+    past load (a pooled connection's lock would make SQLite keep every other closed one's fd)."""
+    path = tmp_path / "malsori.db"
+    engine = open_engine(f"sqlite:///{path}")
+    repository = JobRepository(engine)
+    repository.list(limit=1)
+
+    def database_fds() -> int:
+        targets = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except FileNotFoundError:  # the fd os.listdir itself had open
+                pass
+        return sum(1 for target in targets if target.startswith(str(path)))
+
+    assert database_fds() == 0
+    held = [engine.connect() for _ in range(4)]
+    for conn in held:
+        conn.exec_driver_sql("SELECT count(*) FROM jobs").fetchall()
+    assert database_fds() >= 4  # the burst did open them
+    for conn in held:
+        conn.close()
+    assert database_fds() == 0
+    repository.add(JobRecord(id="a", state=JobState.QUEUED, created_at=utcnow()))
+    assert repository.get("a") is not None and database_fds() == 0
+    engine.dispose()
 
 
 @pytest.mark.model
