@@ -386,7 +386,9 @@ def test_agreed_words_are_finalized_before_the_pause_and_the_final_decodes_only_
 def test_prefix_finals_start_the_final_decode_from_the_agreed_words(holdback):
     words = list(VOCABULARY[:12])
     audio = tone_speech([0.3, *words, 1.0])  # 4.6 s of speech, then a pause
-    events, decoder = run(make_session(step_s=0.3, commit_after_s=0, prefix_finals=True, prefix_holdback_words=holdback), audio)
+    # speculate_s 0: the final is asked at pad_s, after one more partial (which agrees on the last word).
+    session = make_session(step_s=0.3, commit_after_s=0, prefix_finals=True, prefix_holdback_words=holdback, speculate_s=0)
+    events, decoder = run(session, audio)
     assert finals(events) == [" ".join(words)]
     # The partials of the whole phrase agreed on all its words by the pause; the final's prefix is
     # those less the last ``holdback``.
@@ -546,6 +548,57 @@ def test_a_speculative_final_is_kept_when_speech_resumes_in_a_long_phrase():
     assert finals(events) == [" ".join(words), "juliett kilo"]
     final_windows = [w for w in decoder.windows if w.fallback]
     assert len(final_windows) == 2, "the decode at the pause was not thrown away"
+
+
+def _final_requests(session, audio, *, partials=True, hold=None):
+    """Feed ``audio`` in 0.1 s frames, decoding each request at once (fake decoder), except the first
+    final request for which ``hold(request)`` is true: it is kept in flight, never applied. Returns the
+    events, the final requests and the held one."""
+    decoder, events, asked, held, n = FakeDecoder(), [], [], None, SR // 10
+    for i in range(0, len(audio), n):
+        events += session.feed(audio[i : i + n])
+        if (request := session.next_window(partials=partials)) is None:
+            continue
+        if request.kind == "final":
+            asked.append(request)
+            if held is None and hold is not None and hold(request):
+                held = request
+                continue
+        events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
+    return events, asked, held
+
+
+def test_an_idle_decoder_decodes_a_pause_speculatively_sooner_than_a_loaded_one():
+    audio = tone_speech([0.3, "alpha", "bravo", "charlie", 1.0])
+    speech_end = 0.3 + 3 * 0.38 - 0.08  # the last tone's end
+    for partials, pause in ((True, 0.1), (False, 0.3)):
+        events, asked, _ = _final_requests(make_session(), audio, partials=partials)
+        assert finals(events) == ["alpha bravo charlie"]
+        first = asked[0]
+        # Asked once the silence reached the pause (in 32 ms VAD chunks, fed 0.1 s at a time), with
+        # the audio up to then: the phrase's final was ready that much sooner.
+        assert pause <= first.end / SR - speech_end <= pause + 0.2, (partials, first.end / SR - speech_end)
+        assert len(asked) == 1, "the speculative decode became the final: no second decode"
+    # speculate_s 0: only at pad_s, however idle the decoder.
+    _, asked, _ = _final_requests(make_session(speculate_s=0), audio)
+    assert asked[0].end / SR - speech_end >= 0.3
+
+
+def test_a_decode_asked_at_a_short_gap_is_thrown_away_when_speech_resumes():
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]
+    # 3.4 s of speech (past soft_after_s), a 0.2 s gap (past speculate_s, short of pad_s), more speech.
+    audio = tone_speech([0.3, *words, 0.2, "juliett", "kilo", 1.0])
+    events, asked, _ = _final_requests(make_session(), audio)
+    assert finals(events) == [" ".join([*words, "juliett", "kilo"])], "a short gap is no place for a final"
+    gap = 0.3 + 9 * 0.38
+    assert any(gap - 0.1 < r.end / SR < gap + 0.25 for r in asked), "the gap was decoded speculatively"
+
+    # Still decoding when speech resumed and the real pause came: the pause's final overtakes it.
+    session = make_session()
+    events, asked, held = _final_requests(session, audio, hold=lambda r: r.end / SR < gap + 0.25)
+    assert held is not None and held.id in session.superseded()
+    assert finals(events) == [" ".join([*words, "juliett", "kilo"])]
+    assert session.apply(held, FakeDecoder().decode_windows([held.window], held.options)[0]) == []
 
 
 def test_scheduler_skips_windows_whose_caller_gave_up():

@@ -55,6 +55,11 @@ class AdvancedStreamConfig:
     """Silero probability that starts speech; speech continues while above :attr:`vad_release`."""
     pad_s: float = 0.3
     """Audio kept before the detected onset and after the detected end of speech."""
+    speculate_s: float = 0.1
+    """While the decoder has time to spare (the transport says so, as for partials), a phrase is
+    decoded speculatively after this much silence rather than after ``pad_s``, so its final is ready
+    sooner when the pause goes on to ``endpoint_s``; when speech resumes first, that decode is thrown
+    away (0: only at ``pad_s``)."""
     prompt_chars: int = 0
     """Settled text carried into the next decode as the prompt (the original design's prefix).
     Off by default: on short windows the prompt makes Whisper loop (see ``PRESETS``)."""
@@ -62,8 +67,9 @@ class AdvancedStreamConfig:
     """A phrase's final decode is given the words its partials agreed on (all but the last
     ``prefix_holdback_words``) as the start of its output, so only the rest is decoded: the final still
     hears the whole phrase. Measured on Korean finals at pauses only (docs/benchmarks.md "Korean"): the
-    same CER, a final decode about 10% shorter (the encoder, which a prefix does not shorten, is most of
-    it), so no preset turns it on. Off: every final decodes its whole window."""
+    same CER, a final decode about 10% shorter, so no preset turns it on: CTranslate2 runs the forced
+    tokens through the decoder one step each, as if it decoded them (a Korean clip: 0.67 s to generate
+    with 90% of its tokens forced, 0.65 s without). Off: every final decodes its whole window."""
     prefix_holdback_words: int = 2
     """Agreed words at the end that a final's prefix leaves out: Whisper may still revise the last words
     it heard without what follows them."""
@@ -87,6 +93,7 @@ class AdvancedStreamConfig:
             (1.0 <= self.commit_force_s <= 28.0, "commit_force_s must be between 1 and 28"),
             (0.1 <= self.vad_threshold <= 0.95, "vad_threshold must be between 0.1 and 0.95"),
             (0.0 <= self.pad_s <= 1.0, "pad_s must be between 0 and 1"),
+            (0.0 <= self.speculate_s <= 1.0, "speculate_s must be between 0 and 1"),
             (0 <= self.prompt_chars <= 1000, "prompt_chars must be between 0 and 1000"),
             (0.0 <= self.min_speech_s <= 2.0, "min_speech_s must be between 0 and 2"),
             (0.0 <= self.partial_backoff <= 10.0, "partial_backoff must be between 0 and 10"),

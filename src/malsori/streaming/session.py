@@ -16,11 +16,13 @@ How speech becomes text:
   marks the prefix two consecutive hypotheses agree on as ``stable``.
 - A window is always built from the newest audio when the previous decode returns, so a session that
   falls behind skips intermediate partials instead of queueing them: latency never accumulates.
-- As soon as the speaker pauses (``pad_s`` of silence), the phrase is decoded speculatively. If the
-  pause reaches ``endpoint_s`` with no new speech, that result becomes the ``final`` at once, so a
-  final arrives about ``endpoint_s`` after the phrase ends rather than ``endpoint_s`` plus a decode.
-  If speech resumes, a phrase of ``soft_after_s`` or more keeps that decode as the final of the
-  speech before the pause (``reuse_candidates``); a shorter one simply continues.
+- As soon as the speaker pauses (``pad_s`` of silence; ``speculate_s`` while the decoder has time to
+  spare), the phrase is decoded speculatively. If the pause reaches ``endpoint_s`` with no new
+  speech, that result becomes the ``final`` at once, so a final arrives about ``endpoint_s`` after
+  the phrase ends rather than ``endpoint_s`` plus a decode. If speech resumes after a pause of
+  ``pad_s``, a phrase of ``soft_after_s`` or more keeps that decode as the final of the speech before
+  the pause (``reuse_candidates``); a shorter one simply continues. A decode asked at a shorter gap is
+  thrown away when speech resumes, and overtaken by the next pause's.
 - Once ``commit_after_s`` of a phrase is unsettled, partial decodes carry word timings and the words
   two consecutive hypotheses agree on (and that end ``commit_holdback_s`` before the newest audio)
   are finalized before any pause, cut at a quiet gap between words, preferably after punctuation.
@@ -83,6 +85,8 @@ class DecodeRequest:
     options: TranscribeOptions
     lagging: bool = False
     """Asked while this session's decodes took longer than a step (a loaded decoder)."""
+    speech: int = -1
+    """A final's: where the phrase's speech ended when it was asked (its last speech chunk's end)."""
 
 
 @dataclass(frozen=True)
@@ -120,8 +124,14 @@ class _Phrase:
     last_speech: int
     speech: int = 0
     end: int | None = None
-    candidate: tuple[int, WindowResult] | None = None
+    candidate: tuple[int, int, WindowResult] | None = None
+    """A speculative final decode's window end, the speech end it was asked at, and its result."""
     candidate_for: int = -1
+    """The speech end (``last_speech``) the last speculative final was asked at."""
+    paused_at: int = -1
+    """The speech end at which the silence last reached ``pad_s``: a speculative decode asked at that
+    speech end may be kept as a final when speech resumes (``reuse_candidates``); one asked at a
+    shorter gap (``speculate_s``) is thrown away."""
     last_partial_end: int = 0
     probs: list[float] = field(default_factory=list)
     agreement: LocalAgreement = field(default_factory=LocalAgreement)
@@ -379,6 +389,8 @@ class StreamingSession:
             self._silence = 0
         else:
             self._silence += VAD_CHUNK
+            if self._paused():
+                ph.paused_at = ph.last_speech
             if self._silence >= c.endpoint_s * _SR:
                 events.extend(self._close(self._speech_end(ph)))
                 return events
@@ -425,9 +437,9 @@ class StreamingSession:
         speech_in = ph.speech if not keep_open else self._speech_in(ph.probs[: (ph.end - ph.start) // VAD_CHUNK])
         if speech_in < self.config.advanced.min_speech_s * _SR and not (ph.continued and ph.hypothesis):
             return []  # a click or a breath: no decode, no text
-        if ph.candidate is not None and ph.candidate[0] == ph.end and not self._pending:
+        if ph.candidate is not None and self._covers(ph, ph.candidate[0], ph.candidate[1]) and not self._pending:
             # The speculative decode already covers the whole phrase: final now, no decode.
-            return self._finalize(ph, ph.candidate[1])
+            return self._finalize(ph, ph.candidate[2])
         self._pending.append(ph)
         return []
 
@@ -465,7 +477,7 @@ class StreamingSession:
             return context.split(" ", 1)[1] if len(self._utterance) > chars and " " in context else context
         return self._settled or None
 
-    def _request(self, kind: str, ph: _Phrase, end: int, words: bool = False) -> DecodeRequest:
+    def _request(self, kind: str, ph: _Phrase, end: int, words: bool = False, speech: int = -1) -> DecodeRequest:
         audio = self._buffer.slice(ph.start, end)
         prompt = self._prompt(ph)
         ph.prompt = [word_key(w) for w in (prompt or "").split()]
@@ -479,7 +491,7 @@ class StreamingSession:
             prefix=self._final_prefix(ph) if kind == "final" else None,
         )
         options = self._partial_options if kind == "partial" else self._final_options
-        self._inflight = DecodeRequest(next(self._ids), kind, ph.id, ph.start, end, window, options)
+        self._inflight = DecodeRequest(next(self._ids), kind, ph.id, ph.start, end, window, options, speech=speech)
         self.decodes += 1
         return self._inflight
 
@@ -508,7 +520,7 @@ class StreamingSession:
         if self._ended:
             return None
         if self._inflight is not None:
-            if self._inflight.kind != "partial" or not self._final_due():
+            if not self._overtakable(self._inflight) or not self._final_due(early=partials):
                 return None
             self._superseded.append(self._inflight.id)
             self._inflight = None
@@ -520,11 +532,10 @@ class StreamingSession:
         if ph is None:
             return None
         now = self._buffer.end
-        if self._paused():
-            end = self._speech_end(ph)
-            if ph.candidate_for != end and ph.speech >= a.min_speech_s * _SR:
-                ph.candidate_for = end
-                return self._request("final", ph, end)
+        if self._paused(early=partials):
+            if ph.candidate_for != ph.last_speech and ph.speech >= a.min_speech_s * _SR:
+                ph.candidate_for = ph.last_speech
+                return self._request("final", ph, self._speech_end(ph), speech=ph.last_speech)
             return None
         if now - ph.start >= c.max_window_s * _SR:
             return self._request("cut", ph, now)
@@ -549,21 +560,47 @@ class StreamingSession:
             return request
         return None
 
-    def _paused(self) -> bool:
+    def _paused(self, early: bool = False) -> bool:
+        """The speaker has paused: ``pad_s`` of silence (less when the pause ends the phrase sooner), or
+        with ``early`` (the decoder has time to spare) ``speculate_s`` when that is set and shorter."""
         c = self.config
-        return self._silence >= min(c.advanced.pad_s, c.endpoint_s) * _SR
+        pause = min(c.advanced.pad_s, c.endpoint_s)
+        if early and c.advanced.speculate_s:
+            pause = min(pause, c.advanced.speculate_s)
+        return self._silence >= pause * _SR
 
-    def _final_due(self) -> bool:
+    def _final_due(self, early: bool = False) -> bool:
         """A final decode would be asked for now (a closed phrase waits, or a pause began)."""
         if self._pending:
             return True
         ph = self._open
         return (
             ph is not None
-            and self._paused()
-            and ph.candidate_for != self._speech_end(ph)
+            and self._paused(early)
+            and ph.candidate_for != ph.last_speech
             and ph.speech >= self.config.advanced.min_speech_s * _SR
         )
+
+    def _overtakable(self, request: DecodeRequest) -> bool:
+        """A decode in flight that a due final may overtake: a partial, or a speculative final of the
+        open phrase asked at a gap the speech went on after without pausing for ``pad_s`` (its result
+        would be thrown away)."""
+        ph = self._open
+        if request.kind == "partial":
+            return True
+        return (
+            request.kind == "final"
+            and ph is not None
+            and request.phrase == ph.id
+            and request.speech != ph.last_speech
+            and request.speech != ph.paused_at
+        )
+
+    def _covers(self, ph: _Phrase, end: int, speech: int) -> bool:
+        """A final decode of ``ph``'s audio up to ``end``, asked when its speech ended at ``speech``, is
+        the decode of the whole phrase: it ends where the phrase does, or the phrase ended at a pause
+        with no speech after ``speech`` and the decode reaches that speech's end."""
+        return end == ph.end or (ph.hard and speech == ph.last_speech and ph.last_speech <= end <= (ph.end or end))
 
     def superseded(self) -> list[int]:
         """Ids of decode requests whose results are no longer wanted (since the last call)."""
@@ -592,7 +629,7 @@ class StreamingSession:
             return [] if request.kind == "partial" else self._without_prompt(request)
         if self._pending and self._pending[0].id == request.phrase:
             closed = self._pending[0]
-            if request.kind == "final" and request.end == closed.end:
+            if request.kind == "final" and self._covers(closed, request.end, request.speech):
                 events.extend(self._finalize(closed, result))
             return events
         ph = self._open
@@ -601,8 +638,8 @@ class StreamingSession:
         if request.kind == "cut":
             return self._apply_cut(ph, request, result)
         if request.kind == "final":
-            ph.candidate = (request.end, result)
-            if not self._paused() and self.config.advanced.reuse_candidates:  # speech resumed while it decoded
+            ph.candidate = (request.end, request.speech, result)
+            if ph.last_speech != request.speech and self.config.advanced.reuse_candidates:  # speech resumed while it decoded
                 settled = self._settle_candidate(ph)
                 if settled:
                     return events + settled
@@ -700,9 +737,9 @@ class StreamingSession:
         that decode as the final of the speech before the pause instead of throwing it away."""
         if ph.candidate is None or self._pending:
             return []
-        cut, result = ph.candidate
-        if cut - ph.start < self.config.advanced.soft_after_s * _SR or not self._clean(result):
-            return []
+        cut, speech, result = ph.candidate
+        if speech != ph.paused_at or cut - ph.start < self.config.advanced.soft_after_s * _SR or not self._clean(result):
+            return []  # asked at a gap shorter than pad_s, or too little speech before it
         ph.at_pause = True
         return self._settle(ph, cut, result)[0]
 
@@ -761,9 +798,8 @@ class StreamingSession:
         elif ph.hard:
             self._utterance = ""
         # A phrase closed while its predecessor waited may already hold a matching candidate.
-        while self._pending and self._pending[0].candidate is not None and self._pending[0].candidate[0] == self._pending[0].end:
-            nxt = self._pending[0]
-            events.extend(self._finalize(nxt, nxt.candidate[1]))  # type: ignore[index]
+        while self._pending and (nxt := self._pending[0]).candidate is not None and self._covers(nxt, *nxt.candidate[:2]):
+            events.extend(self._finalize(nxt, nxt.candidate[2]))
         return events + self._flush_sentences()
 
     def _speaker_labelling(
