@@ -437,9 +437,9 @@ class StreamingSession:
         speech_in = ph.speech if not keep_open else self._speech_in(ph.probs[: (ph.end - ph.start) // VAD_CHUNK])
         if speech_in < self.config.advanced.min_speech_s * _SR and not (ph.continued and ph.hypothesis):
             return []  # a click or a breath: no decode, no text
-        if ph.candidate is not None and self._covers(ph, ph.candidate[0], ph.candidate[1]) and not self._pending:
+        if not self._pending and (ready := self._covering_candidate(ph)) is not None:
             # The speculative decode already covers the whole phrase: final now, no decode.
-            return self._finalize(ph, ph.candidate[2])
+            return self._finalize(ph, ready)
         self._pending.append(ph)
         return []
 
@@ -601,6 +601,13 @@ class StreamingSession:
         the decode of the whole phrase: it ends where the phrase does, or the phrase ended at a pause
         with no speech after ``speech`` and the decode reaches that speech's end."""
         return end == ph.end or (ph.hard and speech == ph.last_speech and ph.last_speech <= end <= (ph.end or end))
+
+    def _covering_candidate(self, ph: _Phrase) -> WindowResult | None:
+        """The result of ``ph``'s speculative decode when it :meth:`_covers` the closed phrase."""
+        if ph.candidate is None:
+            return None
+        end, speech, result = ph.candidate
+        return result if self._covers(ph, end, speech) else None
 
     def superseded(self) -> list[int]:
         """Ids of decode requests whose results are no longer wanted (since the last call)."""
@@ -798,8 +805,8 @@ class StreamingSession:
         elif ph.hard:
             self._utterance = ""
         # A phrase closed while its predecessor waited may already hold a matching candidate.
-        while self._pending and (nxt := self._pending[0]).candidate is not None and self._covers(nxt, *nxt.candidate[:2]):
-            events.extend(self._finalize(nxt, nxt.candidate[2]))
+        while self._pending and (ready := self._covering_candidate(self._pending[0])) is not None:
+            events.extend(self._finalize(self._pending[0], ready))
         return events + self._flush_sentences()
 
     def _speaker_labelling(
