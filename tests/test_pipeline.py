@@ -188,6 +188,51 @@ def test_a_lane_queues_all_windows_or_none():
         scheduler.close()
 
 
+def test_with_two_workers_a_final_is_decoded_beside_a_batch_that_is_still_running():
+    """A model that runs two decodes at once (``Transcriber.workers``) gets a scheduler thread per decode:
+    a live final does not wait for the partials ahead of it to finish."""
+    gate = threading.Event()
+    decoder = FakeDecoder()
+    real = decoder.decode_windows
+
+    def held_partials(windows, options):
+        if options.beam_size == 1:  # the partials: held until the final is done
+            gate.wait(10)
+        return real(windows, options)
+
+    decoder.decode_windows = held_partials  # type: ignore[method-assign]
+    partial, final = TranscribeOptions(beam_size=1), TranscribeOptions(beam_size=5)
+    window = Window(tone_speech(["alpha"]))
+    for workers, beside in ((2, True), (1, False)):
+        scheduler = DecodeScheduler(decoder, workers=workers)
+        try:
+            partials = [scheduler.submit(window, partial, owner=f"s{n}", priority=Priority.LIVE) for n in range(2)]
+            while scheduler.pending(Priority.LIVE):  # the partials are taken, their batch held
+                pass
+            done = scheduler.submit(window, final, owner="s0", priority=Priority.LIVE, urgent=True)
+            if beside:
+                assert done.result(5).text == "alpha" and not any(f.done() for f in partials)
+            else:
+                assert not gate.wait(0.3) and not done.done()  # one decode at a time: the final waits
+            gate.set()
+            assert [f.result(5).text for f in [*partials, done]] == ["alpha"] * 3
+        finally:
+            gate.set()
+            scheduler.close()
+            gate.clear()
+
+
+def test_cpu_layout_shares_the_cores_between_two_decodes_unless_told():
+    from malsori.engine.transcriber import cpu_layout
+
+    assert cpu_layout(0, 0, cores=2) == (1, 2)  # auto: two one-thread decodes on two cores
+    assert cpu_layout(0, 0, cores=8) == (4, 2)
+    assert cpu_layout(0, 0, cores=1) == (1, 1)
+    assert cpu_layout(3, 0, cores=8) == (3, 2)  # threads given: kept
+    assert cpu_layout(0, 1, cores=8) == (0, 1)  # workers given: CTranslate2's own thread default
+    assert cpu_layout(2, 3, cores=8) == (2, 3)
+
+
 def test_decode_helpers_over_a_direct_decoder_and_its_errors():
     decoder = FakeDecoder()
     windows = [Window(tone_speech(["kilo"])), Window(tone_speech(["lima"]), offset=5.0)]

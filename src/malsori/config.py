@@ -40,9 +40,11 @@ class EngineSettings(BaseModel):
     compute_type: str = "auto"
     """auto (int8 on CPU, float16 on CUDA) or a CTranslate2 compute type."""
     cpu_threads: int = 0
-    """CPU threads for inference; 0 uses every core."""
-    num_workers: int = 1
-    """Decodes the model may run at once."""
+    """CPU threads per decode; 0 shares the cores out between the workers."""
+    num_workers: int = 0
+    """Decodes the model may run at once; 0: two on a CPU with two cores or more (one thread each on two
+    cores: two one-thread decodes do more than one two-thread decode, and a live final does not wait
+    behind a batch of partials; docs/benchmarks.md "Decoders side by side"), one on CUDA."""
     max_batch_size: int = 8
     """Windows decoded together in one call."""
     beam_size: int = 5

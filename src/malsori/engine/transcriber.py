@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 import zlib
@@ -75,9 +76,9 @@ class EngineConfig:
     compute_type: str = "auto"
     """auto (float16 on CUDA, int8 on CPU) or any CTranslate2 compute type."""
     cpu_threads: int = 0
-    """Threads for CPU inference; 0 uses every core."""
+    """Threads for CPU inference, per worker; 0: the cores shared out between the workers."""
     num_workers: int = 1
-    """Decodes the model may run at the same time (separate threads)."""
+    """Decodes the model may run at the same time (separate threads); 0: :func:`cpu_layout` picks."""
     max_batch_size: int = 8
     """Windows decoded together in one call."""
     cache_dir: Path | None = None
@@ -86,8 +87,28 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidOptionsError(f"device must be auto, cpu or cuda, not {self.device!r}")
-        if self.cpu_threads < 0 or self.num_workers < 1 or self.max_batch_size < 1:
-            raise InvalidOptionsError("cpu_threads must be >= 0, num_workers and max_batch_size >= 1")
+        if self.cpu_threads < 0 or self.num_workers < 0 or self.max_batch_size < 1:
+            raise InvalidOptionsError("cpu_threads and num_workers must be >= 0, max_batch_size >= 1")
+
+
+AUTO_CPU_WORKERS = 2
+"""Decodes a CPU runs at once when ``num_workers`` is 0 (a server's scheduler decodes on that many threads).
+Measured on a 2-core AMD EPYC (docs/benchmarks.md "Decoders side by side"): one beam-5 decode of 9 s of
+Korean took 1.2 s on one thread and 1.5 s on two; two of them side by side, one thread each, 1.15-1.35 s
+for both; a batch of the two on two threads 1.8 s. Autoregressive decoding is many small steps that
+threads share badly, so two one-thread decodes do more than one two-thread decode, and a live final
+no longer waits behind a batch of partials."""
+
+
+def cpu_layout(cpu_threads: int, num_workers: int, cores: int | None = None) -> tuple[int, int]:
+    """(threads per worker, workers) on a CPU. ``num_workers`` 0 is :data:`AUTO_CPU_WORKERS` (at most
+    one per core), each with ``cpu_threads`` or else its share of the cores; a number of workers given
+    keeps ``cpu_threads`` as it is (0: CTranslate2's default)."""
+    if num_workers:
+        return cpu_threads, num_workers
+    cores = cores or len(os.sched_getaffinity(0))
+    workers = max(1, min(AUTO_CPU_WORKERS, cores))
+    return cpu_threads or max(1, cores // workers), workers
 
 
 def compression_ratio(text: str) -> float:
@@ -241,13 +262,18 @@ class Transcriber(DirectDecoder):
         if compute_type == "auto":
             compute_type = "float16" if device == "cuda" else "int8"
         self.device, self.compute_type = device, compute_type
+        # How many decodes run at once: a scheduler in front of this model runs that many batches.
+        if device == "cpu":
+            threads, self.workers = cpu_layout(config.cpu_threads, config.num_workers)
+        else:
+            threads, self.workers = config.cpu_threads, config.num_workers or 1
         try:
             self._fw = WhisperModel(
                 str(self.model_path),
                 device=device,
                 compute_type=compute_type,
-                cpu_threads=config.cpu_threads,
-                num_workers=config.num_workers,
+                cpu_threads=threads,
+                num_workers=self.workers,
             )
         except (ValueError, RuntimeError, OSError) as exc:
             # CTranslate2 says ValueError for an unsupported compute type, RuntimeError when CUDA is

@@ -140,6 +140,7 @@ class WorkerRuntime:
             self.decoder,
             max_batch=self.settings.engine.max_batch_size,
             max_pending={Priority.REQUEST: limits.max_pending_requests, Priority.JOB: limits.max_pending_jobs},
+            workers=getattr(self.decoder, "workers", 1),
         )
         self.jobs = JobService.from_settings(self.settings, on_finished=self._job_finished)
         device = self.q.worker_device or str(getattr(self.decoder, "device", "cpu"))

@@ -52,6 +52,7 @@ def _build_detectors(services: Services, closers: list):
             model,
             max_batch=settings.engine.max_batch_size,
             max_pending={Priority.REQUEST: settings.limits.max_pending_requests},
+            workers=model.workers,
         )
         closers.append(scheduler.close)
         return WhisperDetector(lambda: scheduler.lane(f"detect-{uuid.uuid4().hex[:12]}", Priority.REQUEST))
@@ -93,6 +94,7 @@ def _install_model(services: Services, transcriber, closers: list) -> None:
         transcriber,
         max_batch=services.settings.engine.max_batch_size,
         max_pending={Priority.REQUEST: limits.max_pending_requests, Priority.JOB: limits.max_pending_jobs},
+        workers=getattr(transcriber, "workers", 1),
         on_batch=lambda report: services.metrics.observe_batch(report, device),
     )
     closers.append(scheduler.close)
