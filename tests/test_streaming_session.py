@@ -550,6 +550,32 @@ def test_a_speculative_final_is_kept_when_speech_resumes_in_a_long_phrase():
     assert len(final_windows) == 2, "the decode at the pause was not thrown away"
 
 
+def test_a_long_phrase_is_final_once_its_pause_reaches_pad_s_and_its_decode_is_ready():
+    """Its speculative decode is its final whether the pause goes on or speech resumes, so it is sent at
+    ``pad_s`` of silence, not ``endpoint_s``; a short phrase still waits for the end of the pause."""
+    long_words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]  # 3.4 s
+
+    def final_delays(session, words):
+        audio = tone_speech([0.3, *words, 2.0])
+        speech_end = 0.3 + len(words) * 0.38 - 0.08
+        decoder, delays, n = FakeDecoder(), [], SR // 10
+        for i in range(0, len(audio), n):
+            events = session.feed(audio[i : i + n])
+            if (request := session.next_window()) is not None:
+                events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
+            delays += [(e.text, round((i + n) / SR - speech_end, 2)) for e in events if isinstance(e, Final)]
+        return delays
+
+    [(text, delay)] = final_delays(make_session(commit_after_s=0, endpoint_s=1.0), long_words)
+    assert text == " ".join(long_words) and 0.3 <= delay <= 0.5, delay
+    for session, words in (
+        (make_session(commit_after_s=0, endpoint_s=1.0), ["alpha", "bravo", "charlie"]),  # under soft_after_s
+        (make_session(commit_after_s=0, endpoint_s=1.0, reuse_candidates=False), long_words),
+    ):
+        [(text, delay)] = final_delays(session, words)
+        assert text == " ".join(words) and delay >= 1.0, delay
+
+
 def _final_requests(session, audio, *, partials=True, hold=None):
     """Feed ``audio`` in 0.1 s frames, decoding each request at once (fake decoder), except the first
     final request for which ``hold(request)`` is true: it is kept in flight, never applied. Returns the

@@ -38,8 +38,10 @@ class AdvancedStreamConfig:
     soft_after_s: float = 3.0
     """Speech this long before a pause can be settled at the pause (``reuse_candidates``)."""
     reuse_candidates: bool = True
-    """When speech resumes after a pause that already got its speculative final decode, a phrase of
-    ``soft_after_s`` or more keeps that decode as the final of the speech before the pause."""
+    """A phrase of ``soft_after_s`` or more whose speculative final decode covers its speech up to a pause
+    of ``pad_s`` is finalized with that decode as soon as both hold, without waiting for ``endpoint_s``:
+    whether the pause goes on (that decode is then the final) or speech resumes (it is kept as the final
+    of the speech before the pause), the text is the same, only sooner."""
     context_chars: int = 200
     """Text settled earlier in the same speech (before a short pause, or finalized early) is the prompt
     of the decodes of the rest, up to this many characters (0: off)."""

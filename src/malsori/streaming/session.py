@@ -391,6 +391,8 @@ class StreamingSession:
             self._silence += VAD_CHUNK
             if self._paused():
                 ph.paused_at = ph.last_speech
+                if ph.candidate is not None and a.reuse_candidates and (settled := self._settle_candidate(ph)):
+                    return events + settled  # the decode of the speech before this pause is its final
             if self._silence >= c.endpoint_s * _SR:
                 events.extend(self._close(self._speech_end(ph)))
                 return events
@@ -436,7 +438,9 @@ class StreamingSession:
         self._last_end = ph.end
         speech_in = ph.speech if not keep_open else self._speech_in(ph.probs[: (ph.end - ph.start) // VAD_CHUNK])
         if speech_in < self.config.advanced.min_speech_s * _SR and not (ph.continued and ph.hypothesis):
-            return []  # a click or a breath: no decode, no text
+            if not keep_open:  # a pause ended the phrase: the next speech starts a new utterance
+                self._utterance = ""
+            return []  # a click or a breath (or no speech after a final at the pause): no decode, no text
         if not self._pending and (ready := self._covering_candidate(ph)) is not None:
             # The speculative decode already covers the whole phrase: final now, no decode.
             return self._finalize(ph, ready)
@@ -646,7 +650,9 @@ class StreamingSession:
             return self._apply_cut(ph, request, result)
         if request.kind == "final":
             ph.candidate = (request.end, request.speech, result)
-            if ph.last_speech != request.speech and self.config.advanced.reuse_candidates:  # speech resumed while it decoded
+            # Speech resumed while it decoded, or the pause already reached pad_s: in a long phrase this
+            # decode is the final of the speech before the pause either way.
+            if self.config.advanced.reuse_candidates and (ph.last_speech != request.speech or self._paused()):
                 settled = self._settle_candidate(ph)
                 if settled:
                     return events + settled
