@@ -746,8 +746,8 @@ class StreamingSession:
         return events, self._continue(ph, cut)
 
     def _settle_candidate(self, ph: _Phrase) -> list[Event]:
-        """Speech resumed after a pause long enough for a speculative final: in a long phrase, keep
-        that decode as the final of the speech before the pause instead of throwing it away."""
+        """A pause of ``pad_s`` got a speculative final decode of the speech before it: in a long phrase,
+        that decode is the final of that speech, settled now (the pause still goes on, or speech resumed)."""
         if ph.candidate is None or self._pending:
             return []
         cut, speech, result = ph.candidate
