@@ -19,9 +19,10 @@ How speech becomes text:
 - As soon as the speaker pauses (``pad_s`` of silence; ``speculate_s`` while the decoder has time to
   spare), the phrase is decoded speculatively. If the pause reaches ``endpoint_s`` with no new
   speech, that result becomes the ``final`` at once, so a final arrives about ``endpoint_s`` after
-  the phrase ends rather than ``endpoint_s`` plus a decode. If speech resumes after a pause of
-  ``pad_s``, a phrase of ``soft_after_s`` or more keeps that decode as the final of the speech before
-  the pause (``reuse_candidates``); a shorter one simply continues. A decode asked at a shorter gap is
+  the phrase ends rather than ``endpoint_s`` plus a decode. A phrase of ``soft_after_s`` or more gets
+  that decode as its final as soon as the pause reaches ``pad_s`` and the decode is ready: it would
+  be its final whether the pause goes on or speech resumes (``reuse_candidates``); a shorter one
+  waits for ``endpoint_s``, and simply continues if speech resumes first. A decode asked at a shorter gap is
   thrown away when speech resumes, and overtaken by the next pause's.
 - Once ``commit_after_s`` of a phrase is unsettled, partial decodes carry word timings and the words
   two consecutive hypotheses agree on (and that end ``commit_holdback_s`` before the newest audio)
@@ -379,7 +380,7 @@ class StreamingSession:
             else:
                 return events
         ph.probs.append(prob)
-        if speech and ph.candidate is not None and a.reuse_candidates:
+        if speech and ph.candidate is not None:
             events.extend(self._settle_candidate(ph))
             ph = self._open
             assert ph is not None  # still ph, or the phrase that continues it
@@ -391,7 +392,7 @@ class StreamingSession:
             self._silence += VAD_CHUNK
             if self._paused():
                 ph.paused_at = ph.last_speech
-                if ph.candidate is not None and a.reuse_candidates and (settled := self._settle_candidate(ph)):
+                if settled := self._settle_candidate(ph):
                     return events + settled  # the decode of the speech before this pause is its final
             if self._silence >= c.endpoint_s * _SR:
                 events.extend(self._close(self._speech_end(ph)))
@@ -652,7 +653,7 @@ class StreamingSession:
             ph.candidate = (request.end, request.speech, result)
             # Speech resumed while it decoded, or the pause already reached pad_s: in a long phrase this
             # decode is the final of the speech before the pause either way.
-            if self.config.advanced.reuse_candidates and (ph.last_speech != request.speech or self._paused()):
+            if ph.last_speech != request.speech or self._paused():
                 settled = self._settle_candidate(ph)
                 if settled:
                     return events + settled
@@ -747,8 +748,9 @@ class StreamingSession:
 
     def _settle_candidate(self, ph: _Phrase) -> list[Event]:
         """A pause of ``pad_s`` got a speculative final decode of the speech before it: in a long phrase,
-        that decode is the final of that speech, settled now (the pause still goes on, or speech resumed)."""
-        if ph.candidate is None or self._pending:
+        that decode is the final of that speech, settled now (the pause still goes on, or speech resumed).
+        Nothing with ``reuse_candidates`` off: the phrase's final waits for ``endpoint_s``."""
+        if ph.candidate is None or self._pending or not self.config.advanced.reuse_candidates:
             return []
         cut, speech, result = ph.candidate
         if speech != ph.paused_at or cut - ph.start < self.config.advanced.soft_after_s * _SR or not self._clean(result):
