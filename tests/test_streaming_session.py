@@ -488,6 +488,32 @@ def test_commits_need_two_agreeing_hypotheses_and_cut_only_between_words():
     assert " ".join(finals(events)).split() == words
 
 
+def test_a_phrase_going_on_after_an_early_commit_is_decoded_with_the_words_before_the_cut_forced():
+    words = list(VOCABULARY[:20])
+    audio = tone_speech([0.3, *words, 1.0])  # words 0.3 s, gaps 0.08 s: one word every 0.38 s
+    events, decoder = run(make_session(commit_after_s=2.0, commit_force_s=3.0, lead_s=1.0), audio)
+    cuts = [e.end for e in events if isinstance(e, Final)][:-1]
+    assert cuts, "agreed words were settled early"
+    assert " ".join(finals(events)).split() == words, "the forced words are not said twice, nothing is lost"
+    led = [w for w in decoder.windows if w.prefix]
+    assert led, "the phrases after the cuts were decoded from before the cut"
+    for window in led:
+        forced = window.prefix.split()
+        cut = min((c for c in cuts if c > window.offset), default=None)
+        assert cut is not None and cut - window.offset <= 1.0 + 0.38, (window.offset, cut)
+        # The forced words are the last ones finalized before the cut, and the window starts in the
+        # gap before the first of them, so it hears them whole and no part of the word before.
+        before = [w for w in words if 0.3 + 0.38 * words.index(w) + 0.3 <= cut + 0.01]
+        assert forced == before[-len(forced) :] and 1 <= len(forced) <= 5
+        first = 0.3 + 0.38 * words.index(forced[0])
+        assert first - 0.08 - 0.011 <= window.offset <= first, (window.offset, first)
+        assert not (window.prompt or "").endswith(forced[-1]), "the forced words are not also the prompt's end"
+
+    events, decoder = run(make_session(commit_after_s=2.0, commit_force_s=3.0), audio)
+    assert [e.end for e in events if isinstance(e, Final)][:-1], "agreed words were settled early"
+    assert not any(w.prefix for w in decoder.windows), "lead_s 0 (the default): windows start at the cut"
+
+
 def test_a_final_overtakes_a_partial_still_decoding():
     session = make_session()
     audio = tone_speech([0.3, "alpha", "bravo", "charlie", 1.0])

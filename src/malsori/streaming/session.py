@@ -50,7 +50,7 @@ import numpy as np
 
 from ..engine.audio import SAMPLE_RATE
 from ..engine.options import TranscribeOptions
-from ..engine.types import Segment
+from ..engine.types import Segment, Word
 from ..engine.windows import Window, WindowResult
 from .commit import MAX_REPEAT, Decision, LocalAgreement, early_commit, echoed_prefix, repeated_prefix, window_cut, word_key
 from .config import StreamConfig
@@ -70,6 +70,7 @@ _SR = SAMPLE_RATE
 _VAD_CUT_AFTER_S = 6.0
 _VAD_CUT_MAX_S = 27.0
 _SPEAKER_CONTEXT = 10 * _SR  # audio before a final its speakers are found with (the segmentation window)
+_LEAD_MARGIN_S = 0.1  # a lead that starts at the phrase's first word starts this much before it
 _UTTERANCE_CHARS = 1000  # text kept of the speech since the last pause: the most ``context_chars`` takes
 
 
@@ -154,6 +155,10 @@ class _Phrase:
     """Word keys of the prompt its last decode was given: a hypothesis may echo its end."""
     bare: bool = False
     """A decode of it given a prompt looped: it is decoded without one from then on."""
+    lead: int = 0
+    """Samples before ``start`` its windows begin at: they hear the words finalized there again
+    (``lead_text``, forced as the start of the output, and stripped as :meth:`repeats`)."""
+    lead_text: str = ""
 
     def repeats(self, keys: Sequence[str]) -> int:
         """How many leading word ``keys`` of a hypothesis of this phrase are not its speech: words
@@ -451,7 +456,7 @@ class StreamingSession:
     def _trim(self) -> None:
         keep = self._buffer.end - int(self.config.advanced.pad_s * _SR) - VAD_CHUNK
         for ph in itertools.chain(self._pending, [self._open] if self._open else []):
-            keep = min(keep, ph.start)
+            keep = min(keep, ph.start - ph.lead)
         if self._speakers is not None:
             keep -= _SPEAKER_CONTEXT  # the seconds before a final, for its speakers (_speaker_labelling)
         self._buffer.trim_before(keep)
@@ -477,23 +482,27 @@ class StreamingSession:
         if ph.bare:
             return None
         chars = self.config.advanced.context_chars
-        if ph.continued and chars and self._utterance:
-            context = self._utterance[-chars:]
-            return context.split(" ", 1)[1] if len(self._utterance) > chars and " " in context else context
+        utterance = self._utterance
+        if ph.lead_text and utterance.endswith(ph.lead_text):
+            utterance = utterance[: -len(ph.lead_text)].rstrip()  # the window hears those words again
+        if ph.continued and chars and utterance:
+            context = utterance[-chars:]
+            return context.split(" ", 1)[1] if len(utterance) > chars and " " in context else context
         return self._settled or None
 
     def _request(self, kind: str, ph: _Phrase, end: int, words: bool = False, speech: int = -1) -> DecodeRequest:
-        audio = self._buffer.slice(ph.start, end)
+        audio = self._buffer.slice(ph.start - ph.lead, end)
         prompt = self._prompt(ph)
         ph.prompt = [word_key(w) for w in (prompt or "").split()]
+        prefix = " ".join(p for p in (ph.lead_text, self._final_prefix(ph) if kind == "final" else None) if p)
         window = Window(
             audio,
-            offset=ph.start / _SR,
+            offset=(ph.start - ph.lead) / _SR,
             prompt=prompt,
             language=self._language,
             words=words or kind == "cut",
             fallback=kind != "partial",
-            prefix=self._final_prefix(ph) if kind == "final" else None,
+            prefix=prefix or None,
         )
         options = self._partial_options if kind == "partial" else self._final_options
         self._inflight = DecodeRequest(next(self._ids), kind, ph.id, ph.start, end, window, options, speech=speech)
@@ -689,7 +698,8 @@ class StreamingSession:
     def _apply_cut(self, ph: _Phrase, request: DecodeRequest, result: WindowResult) -> list[Event]:
         """Finalize the words of a too-long phrase that end before its last ``cut_reserve_s``; the rest
         (and the audio from the gap after the last finalized word) stays open."""
-        words = [w for seg in result.segments for w in (seg.words or ())]
+        words = [w for seg in result.segments for w in (seg.words or ()) if w.word.strip()]
+        words = words[ph.repeats([word_key(w.word) for w in words]) :]  # words finalized before it, heard again
         decision = window_cut(words, start=ph.start, end=request.end, reserve_s=self.config.cut_reserve_s)
         if not decision.commits or not self._clean(result):
             return self._cut(ph)  # no usable words: split at the quietest point instead
@@ -736,7 +746,29 @@ class StreamingSession:
             new.hypothesis = [word_key(w.word) for w in decision.rest]
             new.seed = "".join(w.word for w in decision.rest).strip()
             new.before = [word_key(w.word) for w in keep][-MAX_REPEAT:]
+        self._lead(new, keep, floor=ph.start - ph.lead)
         return events
+
+    def _lead(self, ph: _Phrase, finalized: Sequence[Word], floor: int) -> None:
+        """Let the windows of ``ph``, which goes on right after the ``finalized`` words, start at the gap
+        before the last of them that began within ``lead_s`` of its start (at most ``MAX_REPEAT``, and
+        not before ``floor``, the audio kept): those words are forced as the start of its output."""
+        lead_s = self.config.lead_s
+        n = 0
+        if not lead_s:
+            return
+        while n < min(len(finalized), MAX_REPEAT) and finalized[-n - 1].start >= ph.start / _SR - lead_s:
+            n += 1
+        if not n:
+            return
+        first = finalized[-n]
+        gap = finalized[-n - 1].end if n < len(finalized) else first.start - _LEAD_MARGIN_S
+        start = max(floor, round((gap + first.start) / 2 * _SR), self._buffer.base)
+        if start >= ph.start:
+            return
+        ph.lead = ph.start - start
+        ph.lead_text = "".join(w.word for w in finalized[-n:]).strip()
+        ph.before = [word_key(w.word) for w in finalized][-MAX_REPEAT:]
 
     def _settle(self, ph: _Phrase, cut: int, head: WindowResult) -> tuple[list[Event], _Phrase]:
         """Finalize the open phrase up to ``cut`` with ``head``; the speech after it continues."""
