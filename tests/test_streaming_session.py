@@ -63,6 +63,28 @@ def test_finals_match_the_words_and_pauses_end_phrases():
     assert 0.4 <= first.start < first.end <= 1.9 and first.end <= second.start
 
 
+def test_a_final_at_a_pause_ends_where_the_speech_did_when_the_decoder_ends_it_early():
+    from malsori.engine.types import Segment
+
+    class EarlyEnd(FakeDecoder):
+        """Times the end of every segment 0.4 s early, as Whisper often does with a phrase's last word."""
+
+        def _decode(self, window, options):
+            result = super()._decode(window, options)
+            early = tuple(Segment(**{**s.__dict__, "end": max(s.start, s.end - 0.4)}) for s in result.segments)
+            return replace(result, segments=early)
+
+    audio = tone_speech([0.5, "alpha", "bravo", "charlie", 1.0, "delta", "echo", 1.0])
+    speech_ends = [0.5 + 3 * 0.38 - 0.08, 0.5 + 3 * 0.38 + 1.0 + 2 * 0.38 - 0.08]  # the last tone of each phrase
+    for decoder, late in ((FakeDecoder(), 0.05), (EarlyEnd(), 0.2)):
+        events, _ = run(make_session(endpoint_s=0.5), audio, decoder=decoder)
+        ends = [e.end for e in events if isinstance(e, Final)]
+        assert len(ends) == 2
+        for end, spoken in zip(ends, speech_ends, strict=True):
+            # Not before the speech's end, and not past it by more than the VAD's hangover (its chunks).
+            assert spoken - 0.011 <= end <= spoken + late, (type(decoder).__name__, ends, speech_ends)
+
+
 def test_partials_show_the_open_phrase_with_an_agreed_stable_prefix():
     audio = tone_speech([0.3, "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", 1.0])
     events, _ = run(make_session(step_s=0.3), audio)

@@ -815,9 +815,11 @@ class StreamingSession:
                 events.append(Language(self._next_seq(), result.language, round(result.language_probability, 4)))
             lo, hi = ph.start / _SR, (ph.end or ph.start) / _SR
             starts = [s.start for s in result.segments] or [lo]
-            ends = [s.end for s in result.segments] or [hi]
+            spoken = max([s.end for s in result.segments] or [hi])
+            if ph.at_pause:  # Whisper often ends the last word early: the speech went on to the pause
+                spoken = max(spoken, ph.last_speech / _SR)
             start = round(min(max(min(starts), lo), hi), 3)
-            end = round(max(min(max(ends), hi), start), 3)
+            end = round(max(min(spoken, hi), start), 3)
             words = None
             if self.config.word_timestamps or self._speakers is not None:
                 words = tuple(
