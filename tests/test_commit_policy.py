@@ -12,6 +12,7 @@ from malsori.streaming.commit import (
     agreed_prefix,
     early_commit,
     echoed_prefix,
+    echoes_inside,
     repeated_prefix,
     window_cut,
     word_key,
@@ -220,3 +221,12 @@ def test_a_hypothesis_that_echoes_its_prompt_drops_the_echo_however_long():
     assert echoed_prefix(prompt, "we are at present concerned as ever".split()) == 5
     # Words of the prompt that are not its end are not an echo.
     assert echoed_prefix(prompt, "in the only sense we know".split()) == 0
+
+
+def test_a_hypothesis_that_says_four_prompt_words_again_past_its_start_echoes():
+    prompt = "또한 박 전 대통령 측은 앞으로 검찰 수사와 관련해 수사 내용에 대한 입장군".split()
+    heard = "등도 수상 관련해 수사 내용에 대한 입장군을 공개한다는".split()
+    assert echoes_inside(prompt, heard)
+    assert not echoes_inside(prompt, "등도 소상하게 공개한다는 방침이다".split())
+    assert not echoes_inside(prompt, "수사 내용에 대한 다른".split()), "three words of the prompt are speech"
+    assert not echoes_inside(prompt, "관련해 수사 내용에 대한 방침".split(), skip=1), "a leading echo is stripped, not this"

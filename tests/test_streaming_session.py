@@ -454,6 +454,38 @@ def test_a_continued_phrase_whose_decode_echoes_its_prompt_loses_the_echo_not_sp
         assert said == words[first : first + len(said)], p.text
 
 
+def test_a_decode_that_says_its_prompt_again_past_its_start_is_decoded_again_without_it():
+    # Korean, a continued phrase: "등도 수상 관련해 수사 내용에 대한 입장군을 공개한다는" after a prompt
+    # that said "관련해 수사 내용에 대한 입장군": a run of prompt words inside the text is copied, not heard.
+    from malsori.engine.types import Word
+
+    class MidEcho(FakeDecoder):
+        """After the first word of a window decoded with six or more words of prompt, says four words
+        from the middle of that prompt again."""
+
+        def _decode(self, window, options):
+            result = super()._decode(window, options)
+            prompt = (window.prompt or "").split()
+            if len(prompt) < 6 or not result.segments:
+                return result
+            copied = prompt[len(prompt) // 2 - 2 : len(prompt) // 2 + 2]
+            first = result.segments[0]
+            text = first.text.split()
+            words = first.words
+            if words is not None:
+                t = words[0].end
+                echo = tuple(Word(t + 0.001 * i, t + 0.001 * (i + 1), " " + w, 0.5) for i, w in enumerate(copied))
+                words = (words[0], *echo, *words[1:])
+            echoed = replace(first, text=" ".join([text[0], *copied, *text[1:]]), words=words)
+            return replace(result, segments=(echoed, *result.segments[1:]))
+
+    words = list(VOCABULARY[:20])
+    audio = tone_speech([0.3, *words, 1.0])
+    events, decoder = run(make_session(commit_after_s=2.0, commit_force_s=3.0), audio, decoder=MidEcho())
+    assert sum(len((w.prompt or "").split()) >= 6 for w in decoder.windows) >= 2, "decodes were given long prompts"
+    assert " ".join(finals(events)).split() == words, "the copied words are dropped, nothing is lost"
+
+
 def test_a_decode_that_loops_on_its_prompt_is_decoded_again_without_it():
     # Under load a short continued phrase decoded with the text settled before as its prompt looped
     # ("of find typography, a find typography, a find typography, a find typography."): such a result is

@@ -38,6 +38,7 @@ __all__ = [
     "agreed_prefix",
     "early_commit",
     "echoed_prefix",
+    "echoes_inside",
     "repeated_prefix",
     "window_cut",
     "word_key",
@@ -124,6 +125,16 @@ def echoed_prefix(prompt: Sequence[str], keys: Sequence[str]) -> int:
         if sum(a != b for a, b in zip(keys[:k], prompt[-k:], strict=True)) <= k // 8:
             return k
     return 0
+
+
+def echoes_inside(prompt: Sequence[str], keys: Sequence[str], skip: int = 0) -> bool:
+    """Whether ``keys``, past their first ``skip`` (a leading echo or repeat, stripped anyway), say
+    ``ECHO_MIN`` or more words of the ``prompt`` again in its order: Whisper, given the text before
+    as its prompt, sometimes goes back to it mid-window ("등도 수상 관련해 수사 내용에 대한 입장군을
+    공개한다는" after a prompt that said "관련해 수사 내용에 대한 입장군"). Such a run is copied, not
+    heard."""
+    runs = {tuple(prompt[i : i + ECHO_MIN]) for i in range(len(prompt) - ECHO_MIN + 1)}
+    return any(tuple(keys[i : i + ECHO_MIN]) in runs for i in range(skip, len(keys) - ECHO_MIN + 1))
 
 
 class LocalAgreement:

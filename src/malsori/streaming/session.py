@@ -52,7 +52,17 @@ from ..engine.audio import SAMPLE_RATE
 from ..engine.options import TranscribeOptions
 from ..engine.types import Segment, Word
 from ..engine.windows import Window, WindowResult
-from .commit import MAX_REPEAT, Decision, LocalAgreement, early_commit, echoed_prefix, repeated_prefix, window_cut, word_key
+from .commit import (
+    MAX_REPEAT,
+    Decision,
+    LocalAgreement,
+    early_commit,
+    echoed_prefix,
+    echoes_inside,
+    repeated_prefix,
+    window_cut,
+    word_key,
+)
 from .config import StreamConfig
 from .events import End, Error, Event, Final, Language, Partial, WordTiming
 from .guard import clean_text, collapse_repetitions
@@ -552,7 +562,7 @@ class StreamingSession:
                 return self._request("final", ph, self._speech_end(ph), speech=ph.last_speech)
             return None
         if now - ph.start >= c.max_window_s * _SR:
-            return self._request("cut", ph, now)
+            return self._request("cut", ph, min(now, ph.start + int(c.max_window_s * _SR)))  # asked late: no longer
         long = now - ph.start >= a.commit_force_s * _SR
         if not partials and not (commits and a.commit_after_s and long):
             return None
@@ -644,7 +654,7 @@ class StreamingSession:
         if request.kind == "partial":
             self._partial_lag = max(0, self._buffer.end - request.end)
         events: list[Event] = []
-        if request.window.prompt and _looped(result):
+        if request.window.prompt and (_looped(result) or self._echoes(request, result)):
             # A looped partial is only dropped: the prompt still helps its phrase's other decodes
             # (Korean, a continued phrase: "등은" with the prompt, "인생은" without).
             return [] if request.kind == "partial" else self._without_prompt(request)
@@ -681,6 +691,14 @@ class StreamingSession:
                 start, end = round(ph.start / _SR, 3), round(request.end / _SR, 3)
                 events.append(Partial(self._next_seq(), text, stable, unstable, start, end))
         return events
+
+    def _echoes(self, request: DecodeRequest, result: WindowResult) -> bool:
+        """The decode says words of its prompt again past its start (:func:`~.commit.echoes_inside`)."""
+        ph = next((p for p in itertools.chain(self._pending, [self._open] if self._open else []) if p.id == request.phrase), None)
+        if ph is None:
+            return False
+        keys = [word_key(w) for w in result.text.split()]
+        return echoes_inside([word_key(w) for w in (request.window.prompt or "").split()], keys, ph.repeats(keys))
 
     def _without_prompt(self, request: DecodeRequest) -> list[Event]:
         """A decode given the text settled before as its prompt looped on it (a short continued phrase
