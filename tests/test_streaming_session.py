@@ -568,6 +568,23 @@ def test_a_phrase_going_on_after_an_early_commit_is_decoded_with_the_words_befor
     assert not any(w.prefix for w in decoder.windows), "lead_s 0 (the default): windows start at the cut"
 
 
+def test_a_lead_window_starts_at_most_a_tenth_of_a_second_before_the_first_word_it_forces():
+    # Word timings can leave a long gap before a word: a window starting mid-way into it heard a whole
+    # clause that was not forced, and said it again.
+    from malsori.engine.types import Word
+    from malsori.streaming.session import _Phrase
+
+    session = make_session(lead_s=2.0)
+    words = [Word(2.0, 2.4, " alpha", 0.9), Word(6.9, 7.3, " bravo", 0.9), Word(7.4, 7.9, " charlie", 0.9)]
+    new = _Phrase(1, 8 * SR, 8 * SR)  # the phrase that goes on after a cut at 8.0 s
+    session._lead(new, words, floor=0)
+    assert new.lead_text == "bravo charlie"
+    assert (8.0 - new.lead / SR) == pytest.approx(6.8), "0.1 s before bravo, not mid-way into the 4.5 s gap"
+    new = _Phrase(2, 8 * SR, 8 * SR)
+    session._lead(new, words[1:], floor=0)
+    assert (8.0 - new.lead / SR) == pytest.approx(6.85), "no word before it: just before the first forced one"
+
+
 def test_a_final_overtakes_a_partial_still_decoding():
     session = make_session()
     audio = tone_speech([0.3, "alpha", "bravo", "charlie", 1.0])

@@ -80,7 +80,7 @@ _SR = SAMPLE_RATE
 _VAD_CUT_AFTER_S = 6.0
 _VAD_CUT_MAX_S = 27.0
 _SPEAKER_CONTEXT = 10 * _SR  # audio before a final its speakers are found with (the segmentation window)
-_LEAD_MARGIN_S = 0.1  # a lead that starts at the phrase's first word starts this much before it
+_LEAD_MARGIN_S = 0.1  # a lead window starts at most this much before the first word it forces
 _UTTERANCE_CHARS = 1000  # text kept of the speech since the last pause: the most ``context_chars`` takes
 
 
@@ -781,7 +781,10 @@ class StreamingSession:
             return
         first = finalized[-n]
         gap = finalized[-n - 1].end if n < len(finalized) else first.start - _LEAD_MARGIN_S
-        start = max(floor, round((gap + first.start) / 2 * _SR), self._buffer.base)
+        # Mid-way into the gap before the first forced word, at most _LEAD_MARGIN_S before it: a window
+        # that starts earlier hears words that are not forced and says them again (word timings can
+        # leave a long gap: a Korean window that started seconds early said a clause twice).
+        start = max(floor, round(max((gap + first.start) / 2, first.start - _LEAD_MARGIN_S) * _SR), self._buffer.base)
         if start >= ph.start:
             return
         ph.lead = ph.start - start
