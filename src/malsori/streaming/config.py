@@ -274,10 +274,11 @@ class StreamConfig:
 #   0.8 gave the same text there (these read sentences hold no pause that long).
 # - lead_s 2.0: the CER lost live was lost at early commits between words of long sentences (the word
 #   after the cut misheard, "한창 피어난" as "한창 | 시원한"); a window that re-hears the words before
-#   the cut, forced, hears it in context. The 11 clips as a talk, one stream at real time to the server
-#   (bench/korean.py --sections live, offline CER 6.3%): streamed CER 8.0 / 7.6 / 6.9% with lead_s 2.0
-#   against 9.1% without; the English talk gained nothing from it (simulated: WER 4.3% either way), so
-#   the other presets keep 0.
+#   the cut, forced, hears it in context. The 11 clips as a talk (offline CER 6.3%) replayed with
+#   modelled decode times: 6.6% against 9.2% on average; streamed live at real time (bench/korean.py
+#   --sections live): median 8.3% over 16 runs against 9.1% over 3, live runs varying far more than
+#   that. The English talk gained nothing from it (replayed: WER 4.3% either way), so the other
+#   presets keep 0.
 PRESETS: dict[str, dict] = {
     "low-latency": dict(step_s=0.4, min_partial_s=0.4, endpoint_s=0.3, max_window_s=8.0, partial_beam_size=1, final_beam_size=1),
     "balanced": dict(step_s=0.6, min_partial_s=0.5, endpoint_s=0.4, max_window_s=12.0, partial_beam_size=1, final_beam_size=1),
