@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -463,9 +463,13 @@ class StreamingSession:
         self._pending.append(ph)
         return []
 
+    def _phrases(self) -> Iterator[_Phrase]:
+        """The phrases still to be finalized: the closed ones waiting for their final, then the open one."""
+        return itertools.chain(self._pending, [self._open] if self._open else [])
+
     def _trim(self) -> None:
         keep = self._buffer.end - int(self.config.advanced.pad_s * _SR) - VAD_CHUNK
-        for ph in itertools.chain(self._pending, [self._open] if self._open else []):
+        for ph in self._phrases():
             keep = min(keep, ph.start - ph.lead)
         if self._speakers is not None:
             keep -= _SPEAKER_CONTEXT  # the seconds before a final, for its speakers (_speaker_labelling)
@@ -694,7 +698,7 @@ class StreamingSession:
 
     def _echoes(self, request: DecodeRequest, result: WindowResult) -> bool:
         """The decode says words of its prompt again past its start (:func:`~.commit.echoes_inside`)."""
-        ph = next((p for p in itertools.chain(self._pending, [self._open] if self._open else []) if p.id == request.phrase), None)
+        ph = next((p for p in self._phrases() if p.id == request.phrase), None)
         if ph is None:
             return False
         keys = [word_key(w) for w in result.text.split()]
@@ -705,7 +709,7 @@ class StreamingSession:
         under load: "of find typography, a find typography, a find typography, a find typography."):
         its result is dropped and the phrase is decoded again, and from then on, without a prompt.
         The final or cut is asked again at once (:meth:`next_window`)."""
-        for ph in itertools.chain(self._pending, [self._open] if self._open else []):
+        for ph in self._phrases():
             if ph.id == request.phrase:
                 ph.bare = True
                 if ph is self._open:
@@ -763,8 +767,9 @@ class StreamingSession:
             new.last_partial_end = max(decision.cut, ph.last_partial_end)
             new.hypothesis = [word_key(w.word) for w in decision.rest]
             new.seed = "".join(w.word for w in decision.rest).strip()
-            new.before = [word_key(w.word) for w in keep][-MAX_REPEAT:]
         self._lead(new, keep, floor=ph.start - ph.lead)
+        if decision.rest is not None or new.lead:  # its decodes may hear the last finalized words again
+            new.before = [word_key(w.word) for w in keep][-MAX_REPEAT:]
         return events
 
     def _lead(self, ph: _Phrase, finalized: Sequence[Word], floor: int) -> None:
@@ -772,9 +777,9 @@ class StreamingSession:
         before the last of them that began within ``lead_s`` of its start (at most ``MAX_REPEAT``, and
         not before ``floor``, the audio kept): those words are forced as the start of its output."""
         lead_s = self.config.lead_s
-        n = 0
         if not lead_s:
             return
+        n = 0
         while n < min(len(finalized), MAX_REPEAT) and finalized[-n - 1].start >= ph.start / _SR - lead_s:
             n += 1
         if not n:
@@ -789,7 +794,6 @@ class StreamingSession:
             return
         ph.lead = ph.start - start
         ph.lead_text = "".join(w.word for w in finalized[-n:]).strip()
-        ph.before = [word_key(w.word) for w in finalized][-MAX_REPEAT:]
 
     def _settle(self, ph: _Phrase, cut: int, head: WindowResult) -> tuple[list[Event], _Phrase]:
         """Finalize the open phrase up to ``cut`` with ``head``; the speech after it continues."""
