@@ -568,6 +568,41 @@ def test_a_phrase_going_on_after_an_early_commit_is_decoded_with_the_words_befor
     assert not any(w.prefix for w in decoder.windows), "lead_s 0 (the default): windows start at the cut"
 
 
+def test_a_lead_window_that_says_its_forced_words_again_is_decoded_again_from_the_cut_without_them():
+    # Korean: a window forced to start with "수사 내용에 대한 입장군 아니라" (the words before the cut)
+    # went on "변호인단의 활동 상황 등도 수상 수사 내용에 대한 입장군 아니라 검찰 수사와 관련해": the
+    # forced words again, past the echo guard, which then compared only the prompt (without them).
+    from malsori.engine.types import Word
+
+    class Rehear(FakeDecoder):
+        """A window forced to start with four or more words says them again after the next word."""
+
+        def _decode(self, window, options):
+            result = super()._decode(window, options)
+            forced = (window.prefix or "").split()
+            first = result.segments[0] if result.segments else None
+            said = first.text.split() if first else []
+            if len(forced) < 4 or said[: len(forced)] != forced or len(said) <= len(forced):
+                return result
+            k = len(forced) + 1
+            words = first.words
+            if words is not None:
+                t = words[k - 1].end
+                again = tuple(Word(t + 0.001 * i, t + 0.001 * (i + 1), " " + w, 0.5) for i, w in enumerate(forced))
+                words = (*words[:k], *again, *words[k:])
+            echoed = replace(first, text=" ".join([*said[:k], *forced, *said[k:]]), words=words)
+            return replace(result, segments=(echoed, *result.segments[1:]))
+
+    words = list(VOCABULARY[:24])
+    audio = tone_speech([0.3, *words, 1.0])
+    events, decoder = run(make_session(commit_after_s=2.0, commit_force_s=3.0, lead_s=2.0), audio, decoder=Rehear())
+    forced = [w for w in decoder.windows if w.prefix and len(w.prefix.split()) >= 4 and w.fallback]
+    assert forced, "finals or cuts were decoded with four or more words forced (and said them again)"
+    again = [w for w in decoder.windows if w.fallback and not w.prefix and not w.prompt]
+    assert again, "the phrase was decoded again without the forced words or a prompt"
+    assert " ".join(finals(events)).split() == words, "nothing said twice, nothing lost"
+
+
 def test_a_lead_window_starts_at_most_a_tenth_of_a_second_before_the_first_word_it_forces():
     # Word timings can leave a long gap before a word: a window starting mid-way into it heard a whole
     # clause that was not forced, and said it again.

@@ -32,8 +32,9 @@ How speech becomes text:
 - A phrase reaching ``max_window_s`` without a commit is split by a word-timestamped ``cut`` decode.
 - Which words those two settle, and where the cut goes, is decided in ``commit.py`` (pure functions
   with decision tables); this class keeps the phrases and applies the decisions.
-- A decode given a prompt whose text loops (the guard would collapse a repeated run) is dropped, and
-  its phrase is decoded again without a prompt (:meth:`_without_prompt`).
+- A decode given a prompt or a forced start (``lead_s``) whose text loops (the guard would collapse a
+  repeated run) or says four of those words again is dropped, and its phrase is decoded again without
+  either (:meth:`_without_context`).
 - Closed phrases wait in order for their final decode; none is ever dropped. A final due while a
   partial decodes overtakes it (the partial is superseded, see :meth:`superseded`).
 """
@@ -658,10 +659,11 @@ class StreamingSession:
         if request.kind == "partial":
             self._partial_lag = max(0, self._buffer.end - request.end)
         events: list[Event] = []
-        if request.window.prompt and (_looped(result) or self._echoes(request, result)):
+        of = next((p for p in self._phrases() if p.id == request.phrase), None)
+        if of is not None and self._given_context(of, request) and (_looped(result) or self._echoes(of, request, result)):
             # A looped partial is only dropped: the prompt still helps its phrase's other decodes
             # (Korean, a continued phrase: "등은" with the prompt, "인생은" without).
-            return [] if request.kind == "partial" else self._without_prompt(request)
+            return [] if request.kind == "partial" else self._without_context(of)
         if self._pending and self._pending[0].id == request.phrase:
             closed = self._pending[0]
             if request.kind == "final" and self._covers(closed, request.end, request.speech):
@@ -696,24 +698,35 @@ class StreamingSession:
                 events.append(Partial(self._next_seq(), text, stable, unstable, start, end))
         return events
 
-    def _echoes(self, request: DecodeRequest, result: WindowResult) -> bool:
-        """The decode says words of its prompt again past its start (:func:`~.commit.echoes_inside`)."""
-        ph = next((p for p in self._phrases() if p.id == request.phrase), None)
-        if ph is None:
-            return False
-        keys = [word_key(w) for w in result.text.split()]
-        return echoes_inside([word_key(w) for w in (request.window.prompt or "").split()], keys, ph.repeats(keys))
+    @staticmethod
+    def _given_context(ph: _Phrase, request: DecodeRequest) -> bool:
+        """The decode was given text it may copy instead of hearing: a prompt, or the words before a
+        cut it heard again, forced (``lead_text``). A phrase decoded again without either (``bare``) is
+        not decoded a third time."""
+        return not ph.bare and bool(request.window.prompt or ph.lead_text)
 
-    def _without_prompt(self, request: DecodeRequest) -> list[Event]:
-        """A decode given the text settled before as its prompt looped on it (a short continued phrase
-        under load: "of find typography, a find typography, a find typography, a find typography."):
-        its result is dropped and the phrase is decoded again, and from then on, without a prompt.
-        The final or cut is asked again at once (:meth:`next_window`)."""
-        for ph in self._phrases():
-            if ph.id == request.phrase:
-                ph.bare = True
-                if ph is self._open:
-                    ph.candidate_for = -1
+    def _echoes(self, ph: _Phrase, request: DecodeRequest, result: WindowResult) -> bool:
+        """The decode says words of its prompt or of its forced start again past that start
+        (:func:`~.commit.echoes_inside`): Korean, a window forced to start with "수사 내용에 대한 입장군
+        아니라" went on "변호인단의 활동 상황 등도 수상 수사 내용에 대한 입장군 아니라 검찰 수사와 관련해"."""
+        keys = [word_key(w) for w in result.text.split()]
+        w = request.window
+        forced = [word_key(x) for x in (w.prefix or "").split()]
+        given = [word_key(x) for x in (w.prompt or "").split()] + forced  # as the decoder read them: prompt, then prefix
+        skip = max(ph.repeats(keys), len(forced) if keys[: len(forced)] == forced else 0)
+        return echoes_inside(given, keys, skip)
+
+    def _without_context(self, ph: _Phrase) -> list[Event]:
+        """A decode given the text settled before as its prompt, or the words before a cut forced as
+        its start, looped on it or said it again (a short continued phrase under load: "of find
+        typography, a find typography, a find typography, a find typography."): its result is dropped
+        and the phrase is decoded again, and from then on, without a prompt, from its own start (the
+        words it hears again at the cut are still stripped, :meth:`_Phrase.repeats`). The final or cut
+        is asked again at once (:meth:`next_window`)."""
+        ph.bare = True
+        ph.lead, ph.lead_text = 0, ""
+        if ph is self._open:
+            ph.candidate_for = -1
         return []
 
     # -- settling text before the pause (the decisions are in commit.py) -----------------------------
