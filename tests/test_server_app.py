@@ -184,6 +184,48 @@ def test_concurrent_chunks_are_decoded_in_one_batch(client, fake):
     assert fake.batches == [1, 3]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_server_decodes_as_many_batches_at_once_as_its_model_has_workers(workers):
+    # A CPU model runs two one-thread decodes side by side (engine.transcriber.cpu_layout): the server's
+    # scheduler must run one worker thread per model worker, or the second core idles.
+    from malsori.engine.options import TranscribeOptions
+    from malsori.engine.scheduler import Priority
+    from malsori.engine.windows import Window
+
+    class Parallel(FakeTranscriber):
+        def __init__(self) -> None:
+            super().__init__()
+            self.workers = workers
+            self.inside, self.most = 0, 0
+            self.lock = threading.Lock()
+
+        def decode_windows(self, windows, options):
+            with self.lock:
+                self.inside += 1
+                self.most = max(self.most, self.inside)
+            try:
+                return super().decode_windows(windows, options)
+            finally:
+                with self.lock:
+                    self.inside -= 1
+
+    fake = Parallel()
+    fake.gate.clear()
+    with TestClient(create_app(_settings(), transcriber=fake)) as client:
+        scheduler = client.app.state.services.scheduler
+        # Windows with different options never share a batch: three batches, for however many workers.
+        futures = [
+            scheduler.submit(Window(np.zeros(1600, np.float32)), TranscribeOptions(beam_size=b, vad_filter=False), owner=f"o{b}", priority=Priority.JOB)
+            for b in (1, 2, 3)
+        ]
+        assert fake.entered.wait(5)
+        threading.Event().wait(0.3)  # time for a second worker, if there is one, to take a batch too
+        fake.gate.set()
+        for future in futures:
+            future.result(5)
+    assert fake.most == workers
+
+
 def test_body_over_limit_is_refused_before_reading(client):
     response = client.post("/stt/upload", content=b"\x00" * 1_400_000, headers={"content-type": "application/octet-stream"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "audio_too_large"
