@@ -278,8 +278,8 @@ class StreamConfig:
 #   modelled decode times: 6.6% against 9.2% on average; streamed live at real time (bench/korean.py
 #   --sections live): median 8.3% over 16 runs against 9.1% over 3, live runs varying far more than
 #   that; 6 of the 16 said a clause twice (the decode repeated its forced words, which the echo guard
-#   did not compare): with that fixed, 6.7-7.6% in 5 runs (offline 6.3%). The English talk gained nothing from it (replayed: WER 4.3% either way), so the other
-#   presets keep 0.
+#   did not compare): with that fixed, 6.7-7.6% in 5 runs (offline 6.3%). The English talk gained
+#   nothing from it (replayed: WER 4.3% either way), so the other presets keep 0.
 PRESETS: dict[str, dict] = {
     "low-latency": dict(step_s=0.4, min_partial_s=0.4, endpoint_s=0.3, max_window_s=8.0, partial_beam_size=1, final_beam_size=1),
     "balanced": dict(step_s=0.6, min_partial_s=0.5, endpoint_s=0.4, max_window_s=12.0, partial_beam_size=1, final_beam_size=1),
