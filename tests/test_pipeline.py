@@ -188,6 +188,44 @@ def test_a_lane_queues_all_windows_or_none():
         scheduler.close()
 
 
+def test_while_finals_wait_a_live_batch_holds_only_finals():
+    """Partials queued ahead of finals do not take a batch's places: the finals go first, alone (a short
+    partial beside them would be encoded at their length), and the partials in the batch after."""
+    gate = threading.Event()
+    decoder = FakeDecoder()
+    real = decoder.decode_windows
+    batches: list[list[str]] = []
+
+    def recorded(windows, options):
+        gate.wait(10)
+        batches.append([w.prompt or "" for w in windows])
+        return real(windows, options)
+
+    decoder.decode_windows = recorded  # type: ignore[method-assign]
+    options = TranscribeOptions(beam_size=1)
+    scheduler = DecodeScheduler(decoder, max_batch=8)  # live batches of 4
+    try:
+        held = scheduler.submit(Window(tone_speech(["alpha"]), prompt="held"), options, owner="s9", priority=Priority.LIVE)
+        while scheduler.pending(Priority.LIVE):  # taken by the worker, held
+            pass
+        futures = [
+            scheduler.submit(
+                Window(tone_speech(["alpha"]), prompt=f"{kind}{n}"),
+                options,
+                owner=f"s{n}",
+                priority=Priority.LIVE,
+                urgent=kind == "final",
+            )
+            for n, kind in enumerate(["partial"] * 4 + ["final"] * 3)
+        ]
+        gate.set()
+        assert [f.result(5).text for f in [held, *futures]] == ["alpha"] * 8
+        assert batches == [["held"], ["final4", "final5", "final6"], ["partial0", "partial1", "partial2", "partial3"]]
+    finally:
+        gate.set()
+        scheduler.close()
+
+
 def test_with_two_workers_a_final_is_decoded_beside_a_batch_that_is_still_running():
     """A model that runs two decodes at once (``Transcriber.workers``) gets a scheduler thread per decode:
     a live final does not wait for the partials ahead of it to finish."""

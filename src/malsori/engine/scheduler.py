@@ -260,7 +260,12 @@ class DecodeScheduler:
         priority = next(p for p in Priority if self._counts[p])
         owners = self._queues[priority]
         # The batch takes the options of the first urgent window (else of the next owner in turn).
+        # While urgent windows wait, a batch holds only urgent ones: a short partial in a batch of
+        # finals would delay them (each window is encoded at the batch's longest length), and a final
+        # never waits for a partial taken ahead of it; the partials go in the next batch, or to another
+        # worker at the same time.
         urgent_owner = next((o for o, q in owners.items() if q and q[0].urgent), None)
+        urgent = urgent_owner is not None
         first_owner = urgent_owner if urgent_owner is not None else next(iter(owners))
         options = owners[first_owner][0].options
         # Live windows go in half-size batches: a final that arrives while a batch of partials runs
@@ -278,7 +283,7 @@ class DecodeScheduler:
                 while queue and queue[0].future.cancelled():  # its caller gave up on it
                     queue.popleft()
                     self._counts[priority] -= 1
-                if queue and queue[0].options == options and len(batch) < limit:
+                if queue and queue[0].options == options and queue[0].urgent == urgent and len(batch) < limit:
                     batch.append(queue.popleft())
                     took = True
                     owners.move_to_end(owner)
