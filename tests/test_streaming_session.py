@@ -665,11 +665,34 @@ def test_a_loaded_decoder_still_settles_long_phrases_early():
                 events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
         assert " ".join(finals(events)) == " ".join(words)
         previews = [w for w in decoder.windows if not w.fallback]
-        if commits:  # only word-timed decodes of the phrase's unsettled part past commit_force_s
-            assert previews and all(w.words and len(w.audio) >= 5.0 * SR for w in previews)
+        if commits:  # the phrase's first partial, then word-timed decodes of its unsettled part past commit_force_s
+            first, *rest = previews
+            assert not first.words and len(first.audio) < 1.5 * SR
+            assert rest and all(w.words and len(w.audio) >= 5.0 * SR for w in rest)
             assert len(finals(events)) > 1, "words were finalized before the pause"
         else:
             assert not previews and len(finals(events)) == 1
+
+
+def test_a_loaded_decoder_still_shows_each_phrases_first_words_once_no_final_waits():
+    """Under load (finals only) every phrase still gets one early partial, the text a reader waits for,
+    when the transport says no live window waits (``commits``); not while one does, nor when turned off."""
+    audio = tone_speech([0.3, "alpha", "bravo", "charlie", 1.0, "delta", "echo", "foxtrot", 1.0])
+    for commits, enabled in ((True, True), (False, True), (True, False)):
+        session = make_session(first_partial_under_load=enabled)
+        decoder, events, n = FakeDecoder(), [], SR // 10
+        for i in range(0, len(audio), n):
+            events += session.feed(audio[i : i + n])
+            if (request := session.next_window(partials=False, commits=commits)) is not None:
+                events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
+        assert finals(events) == ["alpha bravo charlie", "delta echo foxtrot"]
+        shown = [e.text for e in events if isinstance(e, Partial)]
+        previews = [w for w in decoder.windows if not w.fallback]
+        if commits and enabled:  # one short greedy decode per phrase, its text shown before the final
+            assert len(previews) == 2 and all(len(w.audio) < 1.5 * SR for w in previews)
+            assert shown[0] == "alpha bravo" and "delta echo" in shown
+        else:
+            assert previews == [] and "alpha bravo" not in shown
 
 
 def test_a_speculative_final_is_kept_when_speech_resumes_in_a_long_phrase():

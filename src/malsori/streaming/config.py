@@ -77,6 +77,10 @@ class AdvancedStreamConfig:
     it heard without what follows them."""
     partial_backoff: float = 2.0
     """Under load, the next partial waits this many times the last partial's turnaround (0: off)."""
+    first_partial_under_load: bool = True
+    """While the decoder is loaded (the transport asks for finals only), a phrase's first partial is
+    still decoded once no live window waits for the decoder: it is the text a reader waits for, and a
+    short greedy window costs little beside the finals (False: finals only under load)."""
     min_speech_s: float = 0.25
     """Phrases with less detected speech than this are dropped without decoding (clicks, breaths)."""
     no_speech_threshold: float = 0.6

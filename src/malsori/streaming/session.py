@@ -12,8 +12,9 @@ How speech becomes text:
 - The incremental Silero VAD marks speech per 32 ms. Silence opens nothing and costs no decode.
 - Speech opens a *phrase* (with ``pad_s`` of audio before the onset). While it is spoken, the whole
   phrase so far is decoded greedily every ``step_s`` for ``partial`` events (only while the shared
-  decoder has time to spare: the transport passes ``partials=False`` otherwise); LocalAgreement-2
-  marks the prefix two consecutive hypotheses agree on as ``stable``.
+  decoder has time to spare: the transport passes ``partials=False`` otherwise, and then only the
+  phrase's first, once no final waits); LocalAgreement-2 marks the prefix two consecutive hypotheses
+  agree on as ``stable``.
 - A window is always built from the newest audio when the previous decode returns, so a session that
   falls behind skips intermediate partials instead of queueing them: latency never accumulates.
 - As soon as the speaker pauses (``pad_s`` of silence; ``speculate_s`` while the decoder has time to
@@ -569,21 +570,26 @@ class StreamingSession:
         if now - ph.start >= c.max_window_s * _SR:
             return self._request("cut", ph, min(now, ph.start + int(c.max_window_s * _SR)))  # asked late: no longer
         long = now - ph.start >= a.commit_force_s * _SR
-        if not partials and not (commits and a.commit_after_s and long):
+        unshown = ph.last_partial_end == ph.start  # no partial of this phrase asked for yet
+        # Under load, only the phrase's first partial (the text a reader waits for) once no final waits.
+        first_only = not partials and commits and unshown and c.partials and a.first_partial_under_load
+        if not partials and not (commits and a.commit_after_s and long) and not first_only:
             return None
         # Under load a partial decode takes longer (a shared batch, other sessions' windows); waiting
         # twice its turnaround before the next keeps partials from filling the decoder so finals
         # find it free. Audio that arrived during a decode measures its turnaround, no clock needed.
-        # A phrase's first partial never waits (it is the one a reader waits for), unless the decoder
-        # is loaded: then a first decode that is too short to settle any word is not worth its cost.
+        # A phrase's first partial never waits (it is the one a reader waits for), unless the session
+        # lags: then a first decode that is too short to settle any word is not worth its cost. Under
+        # load (finals only) it is still asked once no final waits (8 streams in lockstep: first text
+        # p50 3.1 s without, 1.4 s with; docs/benchmarks.md "Live capacity").
         lagging = self._partial_lag > c.step_s * _SR
-        first = ph.last_partial_end == ph.start and not (lagging and a.commit_after_s)
+        first = unshown and (first_only or not (lagging and a.commit_after_s))
         step = c.step_s * _SR if first else max(c.step_s * _SR, a.partial_backoff * self._partial_lag)
         if (c.partials or a.commit_after_s) and ph.speech >= c.min_partial_s * _SR and now - ph.last_partial_end >= step:
             ph.last_partial_end = now
             # A session whose decodes take longer than a step gets few hypotheses: time every one's
             # words, so each can settle some.
-            commit = a.commit_after_s and (now - ph.start >= a.commit_after_s * _SR or lagging)
+            commit = a.commit_after_s and (now - ph.start >= a.commit_after_s * _SR or lagging) and not first_only
             request = self._request("partial", ph, now, words=bool(commit))
             self._inflight = request = replace(request, lagging=lagging)
             return request
