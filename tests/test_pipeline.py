@@ -226,6 +226,45 @@ def test_while_finals_wait_a_live_batch_holds_only_finals():
         scheduler.close()
 
 
+def test_live_partials_never_take_the_last_free_worker():
+    """With two workers, a batch of partials runs on one; more partials wait for it, so a final that comes
+    due starts at once on the other. Request windows may still use the second worker."""
+    gate = threading.Event()
+    decoder = FakeDecoder()
+    real = decoder.decode_windows
+    started: list[str] = []
+
+    def held(windows, options):
+        started.append(windows[0].prompt or "")
+        if windows[0].prompt.startswith("partial"):
+            gate.wait(10)
+        return real(windows, options)
+
+    decoder.decode_windows = held  # type: ignore[method-assign]
+    options = TranscribeOptions(beam_size=1)
+
+    def window(name: str) -> Window:
+        return Window(tone_speech(["alpha"]), prompt=name)
+
+    scheduler = DecodeScheduler(decoder, max_batch=2, workers=2)  # live batches of 1
+    try:
+        first = scheduler.submit(window("partial0"), options, owner="s0", priority=Priority.LIVE)
+        while not started:  # the first worker holds a batch of partials
+            pass
+        second = scheduler.submit(window("partial1"), options, owner="s1", priority=Priority.LIVE)
+        assert not gate.wait(0.2) and started == ["partial0"], "the second worker stays free for finals"
+        request = scheduler.submit(window("request"), options, owner="r")
+        assert request.result(5).text == "alpha"
+        final = scheduler.submit(window("final"), options, owner="s2", priority=Priority.LIVE, urgent=True)
+        assert final.result(5).text == "alpha" and not second.done()
+        gate.set()
+        assert [f.result(5).text for f in (first, second)] == ["alpha"] * 2
+        assert started == ["partial0", "request", "final", "partial1"]
+    finally:
+        gate.set()
+        scheduler.close()
+
+
 def test_with_two_workers_a_final_is_decoded_beside_a_batch_that_is_still_running():
     """A model that runs two decodes at once (``Transcriber.workers``) gets a scheduler thread per decode:
     a live final does not wait for the partials ahead of it to finish."""

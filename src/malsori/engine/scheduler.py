@@ -108,6 +108,7 @@ class DecodeScheduler:
         self._busy: collections.deque[tuple[float, float]] = collections.deque(maxlen=512)
         self._waits: collections.deque[float] = collections.deque(maxlen=256)
         self._decodes: collections.deque[float] = collections.deque(maxlen=256)
+        self._previews = 0  # live batches of partials being decoded
         self._threads = [threading.Thread(target=self._run, name=f"malsori-decode-{n}", daemon=True) for n in range(workers)]
         for thread in self._threads:
             thread.start()
@@ -255,9 +256,27 @@ class DecodeScheduler:
             thread.join(timeout)
 
     # -- the worker --------------------------------------------------------------------------------
+    def _previews_blocked(self) -> bool:
+        """With several workers, live partials never take the last free one: a final that comes due
+        finds a worker at once instead of waiting for a batch of partials (8 lockstep streams, every
+        final of a phrase due at the same moment)."""
+        return 1 < len(self._threads) <= self._previews + 1
+
+    def _next_class(self) -> Priority | None:
+        """The most urgent class with a window a worker may take now (called with the lock held)."""
+        for p in Priority:
+            if not self._counts[p]:
+                continue
+            blocked = p is Priority.LIVE and self._previews_blocked()
+            if blocked and not any(q and q[0].urgent for q in self._queues[p].values()):
+                continue
+            return p
+        return None
+
     def _take_batch(self) -> list[_Item]:
-        """Called with the lock held and at least one item queued."""
-        priority = next(p for p in Priority if self._counts[p])
+        """Called with the lock held and :meth:`_next_class` not None."""
+        priority = self._next_class()
+        assert priority is not None
         owners = self._queues[priority]
         # The batch takes the options of the first urgent window (else of the next owner in turn).
         # While urgent windows wait, a batch holds only urgent ones: a short partial in a batch of
@@ -306,35 +325,46 @@ class DecodeScheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not any(self._counts.values()):
+                while not self._closed and self._next_class() is None:
                     self._cond.wait()
                 if self._closed:
                     return
                 batch = self._take_batch()
-            batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
-            if not batch:
-                continue
-            started = time.perf_counter()
-            failed = True
+                preview = bool(batch) and batch[0].priority is Priority.LIVE and not batch[0].urgent
+                self._previews += preview
             try:
-                results = decode_now(self.decoder, [item.window for item in batch], batch[0].options)
-                failed = False
-            except BaseException as exc:  # the error belongs to the callers, not to the worker
-                log.exception("batched decode failed")
-                for item in batch:
-                    item.future.set_exception(exc)
-                continue
+                self._decode_batch(batch)
             finally:
-                ended = time.perf_counter()
-                with self._cond:
-                    self._busy.append((started, ended))
-                    self._batches += 1
-                    self._windows += len(batch)
-                    self._decodes.append((ended - started) * 1000)
-                    self._waits.extend((started - item.enqueued) * 1000 for item in batch)
-                self._report(batch, ended - started, failed)
-            for item, result in zip(batch, results, strict=True):
-                item.future.set_result(result)
+                if preview:
+                    with self._cond:
+                        self._previews -= 1
+                        self._cond.notify_all()
+
+    def _decode_batch(self, batch: list[_Item]) -> None:
+        batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        started = time.perf_counter()
+        failed = True
+        try:
+            results = decode_now(self.decoder, [item.window for item in batch], batch[0].options)
+            failed = False
+        except BaseException as exc:  # the error belongs to the callers, not to the worker
+            log.exception("batched decode failed")
+            for item in batch:
+                item.future.set_exception(exc)
+            return
+        finally:
+            ended = time.perf_counter()
+            with self._cond:
+                self._busy.append((started, ended))
+                self._batches += 1
+                self._windows += len(batch)
+                self._decodes.append((ended - started) * 1000)
+                self._waits.extend((started - item.enqueued) * 1000 for item in batch)
+            self._report(batch, ended - started, failed)
+        for item, result in zip(batch, results, strict=True):
+            item.future.set_result(result)
 
 
 @dataclass(frozen=True)
