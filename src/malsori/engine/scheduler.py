@@ -273,10 +273,8 @@ class DecodeScheduler:
             return p
         return None
 
-    def _take_batch(self) -> list[_Item]:
-        """Called with the lock held and :meth:`_next_class` not None."""
-        priority = self._next_class()
-        assert priority is not None
+    def _take_batch(self, priority: Priority) -> list[_Item]:
+        """Called with the lock held, ``priority`` from :meth:`_next_class`."""
         owners = self._queues[priority]
         # The batch takes the options of the first urgent window (else of the next owner in turn).
         # While urgent windows wait, a batch holds only urgent ones: a short partial in a batch of
@@ -325,11 +323,11 @@ class DecodeScheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and self._next_class() is None:
+                while not self._closed and (priority := self._next_class()) is None:
                     self._cond.wait()
-                if self._closed:
+                if self._closed or priority is None:
                     return
-                batch = self._take_batch()
+                batch = self._take_batch(priority)
                 preview = bool(batch) and batch[0].priority is Priority.LIVE and not batch[0].urgent
                 self._previews += preview
             try:
