@@ -731,6 +731,27 @@ def test_a_long_phrase_is_final_once_its_pause_reaches_pad_s_and_its_decode_is_r
         assert text == " ".join(words) and delay >= 1.0, delay
 
 
+def test_the_rest_of_speech_finalized_early_is_final_at_pad_s_when_the_speech_was_long():
+    """``soft_after_s`` counts the speech since the last full pause, not only the rest left after early
+    commits: after a long sentence finalized in pieces, its last piece is final at ``pad_s`` of silence,
+    not ``endpoint_s``."""
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett",
+             "kilo", "lima", "mike", "november", "oscar", "papa"]  # 6.0 s, finalized in pieces
+    audio = tone_speech([0.3, *words, 2.0])
+    speech_end = 0.3 + len(words) * 0.38 - 0.08
+    session, decoder, delays, n = make_session(endpoint_s=1.0), FakeDecoder(), [], SR // 10
+    for i in range(0, len(audio), n):
+        events = session.feed(audio[i : i + n])
+        if (request := session.next_window()) is not None:
+            events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
+        delays += [(e.text, round((i + n) / SR - speech_end, 2)) for e in events if isinstance(e, Final)]
+    assert " ".join(text for text, _ in delays) == " ".join(words)
+    assert len(delays) >= 2, "nothing was finalized before the pause"
+    (last, delay) = delays[-1]
+    assert len(last.split()) * 0.38 < 3.0, "the last piece is shorter than soft_after_s"
+    assert 0.3 <= delay <= 0.5, delay
+
+
 def _final_requests(session, audio, *, partials=True, hold=None):
     """Feed ``audio`` in 0.1 s frames, decoding each request at once (fake decoder), except the first
     final request for which ``hold(request)`` is true: it is kept in flight, never applied. Returns the

@@ -20,7 +20,8 @@ How speech becomes text:
 - As soon as the speaker pauses (``pad_s`` of silence; ``speculate_s`` while the decoder has time to
   spare), the phrase is decoded speculatively. If the pause reaches ``endpoint_s`` with no new
   speech, that result becomes the ``final`` at once, so a final arrives about ``endpoint_s`` after
-  the phrase ends rather than ``endpoint_s`` plus a decode. A phrase of ``soft_after_s`` or more gets
+  the phrase ends rather than ``endpoint_s`` plus a decode. A phrase of ``soft_after_s`` or more (with
+  the speech finalized early before it since the last full pause) gets
   that decode as its final as soon as the pause reaches ``pad_s`` and the decode is ready: it would
   be its final whether the pause goes on or speech resumes (``reuse_candidates``); a shorter one
   waits for ``endpoint_s``, and simply continues if speech resumes first. A decode asked at a shorter gap is
@@ -171,6 +172,13 @@ class _Phrase:
     """Samples before ``start`` its windows begin at: they hear the words finalized there again
     (``lead_text``, forced as the start of the output, and stripped as :meth:`repeats`)."""
     lead_text: str = ""
+    since: int = -1
+    """Where the speech it continues began (``continued``): the start of the first phrase of it."""
+
+    @property
+    def begun(self) -> int:
+        """The start of the speech this phrase is part of, since the last full pause or the last cut."""
+        return self.since if self.since >= 0 else self.start
 
     def repeats(self, keys: Sequence[str]) -> int:
         """How many leading word ``keys`` of a hypothesis of this phrase are not its speech: words
@@ -445,6 +453,7 @@ class StreamingSession:
         new.speech = self._speech_in(tail_probs)
         new.last_partial_end = cut
         new.continued = True
+        new.since = ph.begun
         return new
 
     def _close(self, end: int, keep_open: bool = False) -> list[Event]:
@@ -829,7 +838,7 @@ class StreamingSession:
         if ph.candidate is None or self._pending or not self.config.advanced.reuse_candidates:
             return []
         cut, speech, result = ph.candidate
-        if speech != ph.paused_at or cut - ph.start < self.config.advanced.soft_after_s * _SR or not self._clean(result):
+        if speech != ph.paused_at or cut - ph.begun < self.config.advanced.soft_after_s * _SR or not self._clean(result):
             return []  # asked at a gap shorter than pad_s, or too little speech before it
         ph.at_pause = True
         return self._settle(ph, cut, result)[0]
