@@ -705,29 +705,32 @@ def test_a_speculative_final_is_kept_when_speech_resumes_in_a_long_phrase():
     assert len(final_windows) == 2, "the decode at the pause was not thrown away"
 
 
+def _final_delays(session, words):
+    """``words`` spoken after 0.3 s of silence and followed by 2 s of it, fed in 0.1 s frames, each decode
+    run at once: every final's text and how long after the last word's end it came (s of audio)."""
+    audio = tone_speech([0.3, *words, 2.0])
+    speech_end = 0.3 + len(words) * 0.38 - 0.08
+    decoder, delays, n = FakeDecoder(), [], SR // 10
+    for i in range(0, len(audio), n):
+        events = session.feed(audio[i : i + n])
+        if (request := session.next_window()) is not None:
+            events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
+        delays += [(e.text, round((i + n) / SR - speech_end, 2)) for e in events if isinstance(e, Final)]
+    return delays
+
+
 def test_a_long_phrase_is_final_once_its_pause_reaches_pad_s_and_its_decode_is_ready():
     """Its speculative decode is its final whether the pause goes on or speech resumes, so it is sent at
     ``pad_s`` of silence, not ``endpoint_s``; a short phrase still waits for the end of the pause."""
     long_words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]  # 3.4 s
 
-    def final_delays(session, words):
-        audio = tone_speech([0.3, *words, 2.0])
-        speech_end = 0.3 + len(words) * 0.38 - 0.08
-        decoder, delays, n = FakeDecoder(), [], SR // 10
-        for i in range(0, len(audio), n):
-            events = session.feed(audio[i : i + n])
-            if (request := session.next_window()) is not None:
-                events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
-            delays += [(e.text, round((i + n) / SR - speech_end, 2)) for e in events if isinstance(e, Final)]
-        return delays
-
-    [(text, delay)] = final_delays(make_session(commit_after_s=0, endpoint_s=1.0), long_words)
+    [(text, delay)] = _final_delays(make_session(commit_after_s=0, endpoint_s=1.0), long_words)
     assert text == " ".join(long_words) and 0.3 <= delay <= 0.5, delay
     for session, words in (
         (make_session(commit_after_s=0, endpoint_s=1.0), ["alpha", "bravo", "charlie"]),  # under soft_after_s
         (make_session(commit_after_s=0, endpoint_s=1.0, reuse_candidates=False), long_words),
     ):
-        [(text, delay)] = final_delays(session, words)
+        [(text, delay)] = _final_delays(session, words)
         assert text == " ".join(words) and delay >= 1.0, delay
 
 
@@ -737,14 +740,7 @@ def test_the_rest_of_speech_finalized_early_is_final_at_pad_s_when_the_speech_wa
     not ``endpoint_s``."""
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett",
              "kilo", "lima", "mike", "november", "oscar", "papa"]  # 6.0 s, finalized in pieces
-    audio = tone_speech([0.3, *words, 2.0])
-    speech_end = 0.3 + len(words) * 0.38 - 0.08
-    session, decoder, delays, n = make_session(endpoint_s=1.0), FakeDecoder(), [], SR // 10
-    for i in range(0, len(audio), n):
-        events = session.feed(audio[i : i + n])
-        if (request := session.next_window()) is not None:
-            events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
-        delays += [(e.text, round((i + n) / SR - speech_end, 2)) for e in events if isinstance(e, Final)]
+    delays = _final_delays(make_session(endpoint_s=1.0), words)
     assert " ".join(text for text, _ in delays) == " ".join(words)
     assert len(delays) >= 2, "nothing was finalized before the pause"
     (last, delay) = delays[-1]

@@ -37,7 +37,7 @@ class AdvancedStreamConfig:
 
     soft_after_s: float = 3.0
     """Speech this long before a pause can be settled at the pause (``reuse_candidates``). It counts the
-    speech since the last full pause or cut, the words finalized early (``commit_after_s``) included."""
+    speech since the last full pause, the words finalized early (``commit_after_s``) included."""
     reuse_candidates: bool = True
     """A phrase of ``soft_after_s`` or more whose speculative final decode covers its speech up to a pause
     of ``pad_s`` is finalized with that decode as soon as both hold, without waiting for ``endpoint_s``:

@@ -20,12 +20,12 @@ How speech becomes text:
 - As soon as the speaker pauses (``pad_s`` of silence; ``speculate_s`` while the decoder has time to
   spare), the phrase is decoded speculatively. If the pause reaches ``endpoint_s`` with no new
   speech, that result becomes the ``final`` at once, so a final arrives about ``endpoint_s`` after
-  the phrase ends rather than ``endpoint_s`` plus a decode. A phrase of ``soft_after_s`` or more (with
-  the speech finalized early before it since the last full pause) gets
-  that decode as its final as soon as the pause reaches ``pad_s`` and the decode is ready: it would
-  be its final whether the pause goes on or speech resumes (``reuse_candidates``); a shorter one
-  waits for ``endpoint_s``, and simply continues if speech resumes first. A decode asked at a shorter gap is
-  thrown away when speech resumes, and overtaken by the next pause's.
+  the phrase ends rather than ``endpoint_s`` plus a decode. A phrase of ``soft_after_s`` or more (counted
+  from the last full pause, pieces finalized early included) gets that decode as its final as soon as
+  the pause reaches ``pad_s`` and the decode is ready: it would be its final whether the pause goes on
+  or speech resumes (``reuse_candidates``); a shorter one waits for ``endpoint_s``, and simply
+  continues if speech resumes first. A decode asked at a shorter gap is thrown away when speech
+  resumes, and overtaken by the next pause's.
 - Once ``commit_after_s`` of a phrase is unsettled, partial decodes carry word timings and the words
   two consecutive hypotheses agree on (and that end ``commit_holdback_s`` before the newest audio)
   are finalized before any pause, cut at a quiet gap between words, preferably after punctuation.
@@ -177,7 +177,7 @@ class _Phrase:
 
     @property
     def begun(self) -> int:
-        """The start of the speech this phrase is part of, since the last full pause or the last cut."""
+        """The start of the speech this phrase is part of: where it began after the last full pause."""
         return self.since if self.since >= 0 else self.start
 
     def repeats(self, keys: Sequence[str]) -> int:
