@@ -41,6 +41,22 @@ def test_engine_config_is_validated():
         EngineConfig(device="tpu")
     with pytest.raises(InvalidOptionsError, match="max_batch_size"):
         EngineConfig(max_batch_size=0)
+    with pytest.raises(InvalidOptionsError, match="blas_threads"):
+        EngineConfig(blas_threads=-1)
+
+
+def test_the_loaded_model_leaves_numpy_one_blas_thread(transcriber):
+    """Idle OpenBLAS threads spin on the cores the decodes need (docs/benchmarks.md "Live capacity"):
+    loading the model limits numpy's BLAS to one thread, and the server's settings carry the choice."""
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    from malsori.config import EngineSettings, Settings
+
+    np.ones((64, 64)) @ np.ones((64, 64))  # numpy's BLAS is loaded and has been used
+    numpy_blas = [p for p in threadpool_info() if p["user_api"] == "blas" and "numpy" in p["filepath"]]
+    assert numpy_blas and all(p["num_threads"] == 1 for p in numpy_blas)
+    assert Settings(engine=EngineSettings(blas_threads=0)).engine_config().blas_threads == 0
 
 
 def test_transcript_text_confidence_and_dict():

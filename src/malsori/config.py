@@ -47,6 +47,10 @@ class EngineSettings(BaseModel):
     behind a batch of partials; docs/benchmarks.md "Decoders side by side"), one on CUDA."""
     max_batch_size: int = 8
     """Windows decoded together in one call."""
+    blas_threads: int = 1
+    """Threads numpy's BLAS may use (0: its own default, a thread per core). One: the decodes compute on
+    CTranslate2's threads, and idle OpenBLAS threads spin on the cores they need (docs/benchmarks.md
+    "Live capacity")."""
     beam_size: int = 5
     """Default beam size for files and requests."""
     cache_dir: Path = Field(default_factory=default_cache_dir)
@@ -257,6 +261,7 @@ class Settings(BaseSettings):
             cpu_threads=e.cpu_threads,
             num_workers=e.num_workers,
             max_batch_size=e.max_batch_size,
+            blas_threads=e.blas_threads,
             cache_dir=e.cache_dir,
         )
 

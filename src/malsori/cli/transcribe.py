@@ -113,6 +113,7 @@ def transcribe(
             compute_type=compute_type or engine.compute_type,
             cpu_threads=engine.cpu_threads,
             max_batch_size=engine.max_batch_size,
+            blas_threads=engine.blas_threads,
             cache_dir=engine.cache_dir,
         )
     except InvalidOptionsError as exc:

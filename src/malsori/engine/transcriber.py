@@ -39,7 +39,7 @@ from .options import TranscribeOptions
 from .types import Segment, Word
 from .windows import Window, WindowResult, speech_regions
 
-__all__ = ["EngineConfig", "Transcriber", "encoder_frames", "fallback_decode"]
+__all__ = ["EngineConfig", "Transcriber", "encoder_frames", "fallback_decode", "limit_blas_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +81,17 @@ class EngineConfig:
     """Decodes the model may run at the same time (separate threads); 0: :func:`cpu_layout` picks."""
     max_batch_size: int = 8
     """Windows decoded together in one call."""
+    blas_threads: int = 1
+    """Threads numpy's BLAS (OpenBLAS) may use in this process, set when the model loads (see
+    :func:`limit_blas_threads`); 0 leaves it as it is."""
     cache_dir: Path | None = None
     """Where joined bundled models and downloads are kept (default ~/.cache/malsori)."""
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidOptionsError(f"device must be auto, cpu or cuda, not {self.device!r}")
-        if self.cpu_threads < 0 or self.num_workers < 0 or self.max_batch_size < 1:
-            raise InvalidOptionsError("cpu_threads and num_workers must be >= 0, max_batch_size >= 1")
+        if self.cpu_threads < 0 or self.num_workers < 0 or self.blas_threads < 0 or self.max_batch_size < 1:
+            raise InvalidOptionsError("cpu_threads, num_workers and blas_threads must be >= 0, max_batch_size >= 1")
 
 
 AUTO_CPU_WORKERS = 2
@@ -109,6 +112,20 @@ def cpu_layout(cpu_threads: int, num_workers: int, cores: int | None = None) -> 
     cores = cores or len(os.sched_getaffinity(0))
     workers = max(1, min(AUTO_CPU_WORKERS, cores))
     return cpu_threads or max(1, cores // workers), workers
+
+
+def limit_blas_threads(threads: int) -> None:
+    """Let the BLAS libraries loaded in this process (numpy's OpenBLAS) use at most ``threads`` threads.
+
+    CTranslate2 computes on its own threads; numpy's BLAS only multiplies each window's spectrogram by
+    the mel filters, small products that gain nothing from a second thread. By default OpenBLAS starts
+    one thread per core, and after each call they spin, waiting for more work, on the cores the decodes
+    need. Measured with 24 rotated live streams on 2 cores (docs/benchmarks.md "Live capacity"): one
+    OpenBLAS thread used 0.28 of a core and the two decodes got 1.34 cores; with one BLAS thread they got
+    1.74, and final p95 went from 3.2-3.7 s to 2.4 s."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
 
 
 def compression_ratio(text: str) -> float:
@@ -254,6 +271,8 @@ class Transcriber(DirectDecoder):
 
         self.config = config
         started = time.perf_counter()
+        if config.blas_threads:
+            limit_blas_threads(config.blas_threads)
         self.model_path = resolve_model(config.model, config.cache_dir)
         device = config.device
         if device == "auto":
