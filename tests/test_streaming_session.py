@@ -23,6 +23,7 @@ from malsori.streaming import (
     StreamingSession,
 )
 from malsori.streaming.guard import clean_text, collapse_repetitions
+from malsori.streaming.session import Checkpoint
 
 SR = 16000
 
@@ -746,6 +747,38 @@ def test_the_rest_of_speech_finalized_early_is_final_at_pad_s_when_the_speech_wa
     (last, delay) = delays[-1]
     assert len(last.split()) * 0.38 < 3.0, "the last piece is shorter than soft_after_s"
     assert 0.3 <= delay <= 0.5, delay
+
+
+def test_a_session_restored_mid_sentence_still_counts_the_speech_before_its_checkpoint():
+    """The checkpoint carries where the continued speech began, so the session restored from it (another
+    gateway) settles the sentence's last piece at ``pad_s`` too, as the session it came from would."""
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett",
+             "kilo", "lima", "mike", "november", "oscar", "papa"]
+    audio = tone_speech([0.3, *words, 2.0])
+    speech_end = 0.3 + len(words) * 0.38 - 0.08
+    decoder, n = FakeDecoder(), SR // 10
+    first = make_session(endpoint_s=1.0)
+    texts, i = [], 0
+    while not texts:  # up to the first piece finalized early
+        events = first.feed(audio[i : i + n])
+        if (request := first.next_window()) is not None:
+            events += first.apply(request, decoder.decode_windows([request.window], request.options)[0])
+        texts += [e.text for e in events if isinstance(e, Final)]
+        i += n
+    checkpoint = first.checkpoint()
+    assert checkpoint.continued and 0 <= checkpoint.since < checkpoint.position
+    restored = StreamingSession.restore(first.config, Checkpoint.from_dict(checkpoint.to_dict()), vad=EnergyVad())
+    rest, last_delay = audio[checkpoint.position :], None
+    for j in range(0, len(rest), n):
+        events = restored.feed(rest[j : j + n])
+        if (request := restored.next_window()) is not None:
+            events += restored.apply(request, decoder.decode_windows([request.window], request.options)[0])
+        for e in events:
+            if isinstance(e, Final):
+                texts.append(e.text)
+                last_delay = round((checkpoint.position + j + n) / SR - speech_end, 2)
+    assert " ".join(texts) == " ".join(words)
+    assert last_delay is not None and 0.3 <= last_delay <= 0.5, last_delay
 
 
 def _final_requests(session, audio, *, partials=True, hold=None):

@@ -123,6 +123,9 @@ class Checkpoint:
     """The speech at ``position`` continues words finalized just before it (early commit, cut)."""
     before: tuple[str, ...] = ()
     """Keys of the words finalized just before ``position`` when ``continued``."""
+    since: int = -1
+    """Where the speech at ``position`` began (absolute sample) when ``continued``: ``soft_after_s``
+    counts from there. -1: not known (a checkpoint of an older version), counted from ``position``."""
 
     def to_dict(self) -> dict:
         return {**asdict(self), "before": list(self.before)}
@@ -317,6 +320,7 @@ class StreamingSession:
             finals=self.finals,
             continued=continued,
             before=tuple(first.before) if continued and first is not None else (),
+            since=first.begun if continued and first is not None else -1,
         )
 
     # -- facts -------------------------------------------------------------------------------------
@@ -400,7 +404,7 @@ class StreamingSession:
                 ph.last_partial_end = start
                 resumed = self._resumed_at
                 if resumed is not None and start == resumed.position:  # it goes on with words finalized elsewhere
-                    ph.continued, ph.before = True, list(resumed.before)
+                    ph.continued, ph.before, ph.since = True, list(resumed.before), resumed.since
                 self._resumed_at = None
             else:
                 return events
