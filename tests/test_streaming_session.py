@@ -706,18 +706,30 @@ def test_a_speculative_final_is_kept_when_speech_resumes_in_a_long_phrase():
     assert len(final_windows) == 2, "the decode at the pause was not thrown away"
 
 
+# 6.0 s of tones: longer than commit_after_s, so it is finalized in pieces before its pause.
+_LONG_SENTENCE = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett",
+                  "kilo", "lima", "mike", "november", "oscar", "papa"]
+
+
+def _fed(session, audio):
+    """Feed ``audio`` in 0.1 s frames, running the decode the session asks for at once (fake decoder):
+    yields the samples fed so far and each frame's events."""
+    decoder, n = FakeDecoder(), SR // 10
+    for i in range(0, len(audio), n):
+        events = session.feed(audio[i : i + n])
+        if (request := session.next_window()) is not None:
+            events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
+        yield i + n, events
+
+
 def _final_delays(session, words):
     """``words`` spoken after 0.3 s of silence and followed by 2 s of it, fed in 0.1 s frames, each decode
     run at once: every final's text and how long after the last word's end it came (s of audio)."""
     audio = tone_speech([0.3, *words, 2.0])
     speech_end = 0.3 + len(words) * 0.38 - 0.08
-    decoder, delays, n = FakeDecoder(), [], SR // 10
-    for i in range(0, len(audio), n):
-        events = session.feed(audio[i : i + n])
-        if (request := session.next_window()) is not None:
-            events += session.apply(request, decoder.decode_windows([request.window], request.options)[0])
-        delays += [(e.text, round((i + n) / SR - speech_end, 2)) for e in events if isinstance(e, Final)]
-    return delays
+    return [
+        (e.text, round(fed / SR - speech_end, 2)) for fed, events in _fed(session, audio) for e in events if isinstance(e, Final)
+    ]
 
 
 def test_a_long_phrase_is_final_once_its_pause_reaches_pad_s_and_its_decode_is_ready():
@@ -739,8 +751,7 @@ def test_the_rest_of_speech_finalized_early_is_final_at_pad_s_when_the_speech_wa
     """``soft_after_s`` counts the speech since the last full pause, not only the rest left after early
     commits: after a long sentence finalized in pieces, its last piece is final at ``pad_s`` of silence,
     not ``endpoint_s``."""
-    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett",
-             "kilo", "lima", "mike", "november", "oscar", "papa"]  # 6.0 s, finalized in pieces
+    words = _LONG_SENTENCE
     delays = _final_delays(make_session(endpoint_s=1.0), words)
     assert " ".join(text for text, _ in delays) == " ".join(words)
     assert len(delays) >= 2, "nothing was finalized before the pause"
@@ -752,31 +763,24 @@ def test_the_rest_of_speech_finalized_early_is_final_at_pad_s_when_the_speech_wa
 def test_a_session_restored_mid_sentence_still_counts_the_speech_before_its_checkpoint():
     """The checkpoint carries where the continued speech began, so the session restored from it (another
     gateway) settles the sentence's last piece at ``pad_s`` too, as the session it came from would."""
-    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett",
-             "kilo", "lima", "mike", "november", "oscar", "papa"]
+    words = _LONG_SENTENCE
     audio = tone_speech([0.3, *words, 2.0])
     speech_end = 0.3 + len(words) * 0.38 - 0.08
-    decoder, n = FakeDecoder(), SR // 10
     first = make_session(endpoint_s=1.0)
-    texts, i = [], 0
-    while not texts:  # up to the first piece finalized early
-        events = first.feed(audio[i : i + n])
-        if (request := first.next_window()) is not None:
-            events += first.apply(request, decoder.decode_windows([request.window], request.options)[0])
+    texts: list[str] = []
+    for _, events in _fed(first, audio):
         texts += [e.text for e in events if isinstance(e, Final)]
-        i += n
+        if texts:  # up to the first piece finalized early
+            break
     checkpoint = first.checkpoint()
     assert checkpoint.continued and 0 <= checkpoint.since < checkpoint.position
     restored = StreamingSession.restore(first.config, Checkpoint.from_dict(checkpoint.to_dict()), vad=EnergyVad())
-    rest, last_delay = audio[checkpoint.position :], None
-    for j in range(0, len(rest), n):
-        events = restored.feed(rest[j : j + n])
-        if (request := restored.next_window()) is not None:
-            events += restored.apply(request, decoder.decode_windows([request.window], request.options)[0])
+    last_delay = None
+    for fed, events in _fed(restored, audio[checkpoint.position :]):
         for e in events:
             if isinstance(e, Final):
                 texts.append(e.text)
-                last_delay = round((checkpoint.position + j + n) / SR - speech_end, 2)
+                last_delay = round((checkpoint.position + fed) / SR - speech_end, 2)
     assert " ".join(texts) == " ".join(words)
     assert last_delay is not None and 0.3 <= last_delay <= 0.5, last_delay
 
