@@ -188,9 +188,19 @@ def test_a_lane_queues_all_windows_or_none():
         scheduler.close()
 
 
-def test_while_finals_wait_a_live_batch_holds_only_finals():
+@pytest.mark.parametrize(
+    ("urgent_batch", "finals"),
+    [
+        (None, [["final4", "final5", "final6"]]),
+        (1, [["final4"], ["final5"], ["final6"]]),
+        (2, [["final4", "final5"], ["final6"]]),
+    ],
+)
+def test_while_finals_wait_a_live_batch_holds_only_finals(urgent_batch, finals):
     """Partials queued ahead of finals do not take a batch's places: the finals go first, alone (a short
-    partial beside them would be encoded at their length), and the partials in the batch after."""
+    partial beside them would be encoded at their length), and the partials in the batch after.
+    ``urgent_batch`` bounds the finals of a batch (a CPU server decodes them one at a time); the partials
+    still go four together."""
     gate = threading.Event()
     decoder = FakeDecoder()
     real = decoder.decode_windows
@@ -203,7 +213,7 @@ def test_while_finals_wait_a_live_batch_holds_only_finals():
 
     decoder.decode_windows = recorded  # type: ignore[method-assign]
     options = TranscribeOptions(beam_size=1)
-    scheduler = DecodeScheduler(decoder, max_batch=8)  # live batches of 4
+    scheduler = DecodeScheduler(decoder, max_batch=8, urgent_batch=urgent_batch)  # live batches of 4
     try:
         held = scheduler.submit(Window(tone_speech(["alpha"]), prompt="held"), options, owner="s9", priority=Priority.LIVE)
         while scheduler.pending(Priority.LIVE):  # taken by the worker, held
@@ -220,7 +230,7 @@ def test_while_finals_wait_a_live_batch_holds_only_finals():
         ]
         gate.set()
         assert [f.result(5).text for f in [held, *futures]] == ["alpha"] * 8
-        assert batches == [["held"], ["final4", "final5", "final6"], ["partial0", "partial1", "partial2", "partial3"]]
+        assert batches == [["held"], *finals, ["partial0", "partial1", "partial2", "partial3"]]
     finally:
         gate.set()
         scheduler.close()

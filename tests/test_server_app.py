@@ -226,6 +226,24 @@ def test_the_server_decodes_as_many_batches_at_once_as_its_model_has_workers(wor
     assert fake.most == workers
 
 
+def test_a_cpu_server_decodes_live_finals_one_at_a_time_unless_told(monkeypatch):
+    # On a CPU a batch of finals costs about the sum of its windows, and each waits for all of them
+    # (docs/benchmarks.md "Live capacity"); a GPU keeps batching them.
+    def urgent_batch(device: str, settings: Settings) -> int | None:
+        fake = FakeTranscriber()
+        fake.device = device
+        with TestClient(create_app(settings, transcriber=fake)) as client:
+            return client.app.state.services.scheduler.urgent_batch
+
+    assert urgent_batch("cpu", _settings()) == 1
+    assert urgent_batch("cuda", _settings()) is None
+    monkeypatch.setenv("MALSORI__ENGINE__LIVE_FINAL_BATCH", "3")
+    assert urgent_batch("cpu", Settings()) == urgent_batch("cuda", Settings()) == 3
+    monkeypatch.setenv("MALSORI__ENGINE__LIVE_FINAL_BATCH", "-1")
+    with pytest.raises(ValueError, match="live_final_batch"):
+        Settings()
+
+
 def test_body_over_limit_is_refused_before_reading(client):
     response = client.post("/stt/upload", content=b"\x00" * 1_400_000, headers={"content-type": "application/octet-stream"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "audio_too_large"

@@ -47,6 +47,11 @@ class EngineSettings(BaseModel):
     behind a batch of partials; docs/benchmarks.md "Decoders side by side"), one on CUDA."""
     max_batch_size: int = 8
     """Windows decoded together in one call."""
+    live_final_batch: int = Field(default=0, ge=0)
+    """Live finals decoded together at most; 0: one at a time on a CPU, as many as other live windows (half
+    of ``max_batch_size``) on a GPU. On a CPU a batch costs about the sum of its windows padded to the
+    longest, and each final waits for the whole batch: 24 rotated streams on 2 cores, final p95 1.78 s one
+    at a time against 2.87 s in batches of up to 4 (docs/benchmarks.md "Live capacity")."""
     blas_threads: int = 1
     """Threads numpy's BLAS may use (0: its own default, a thread per core). One: the decodes compute on
     CTranslate2's threads, and idle OpenBLAS threads spin on the cores they need (docs/benchmarks.md
@@ -57,6 +62,10 @@ class EngineSettings(BaseModel):
     """Where joined bundled models and downloads are kept."""
     detector_model: str = "tiny.en"
     """Model for the Whisper-based speech detector of POST /detect (detector=whisper)."""
+
+    def final_batch(self, device: str) -> int | None:
+        """``live_final_batch`` for a model on ``device`` (a scheduler's ``urgent_batch``)."""
+        return self.live_final_batch or (1 if device == "cpu" else None)
 
 
 class ServerSettings(BaseModel):

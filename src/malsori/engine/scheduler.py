@@ -89,9 +89,13 @@ class DecodeScheduler:
         max_batch: int = 8,
         max_pending: dict[Priority, int] | None = None,
         workers: int = 1,
+        urgent_batch: int | None = None,
         on_batch: Callable[[BatchReport], None] | None = None,
     ) -> None:
         self.decoder = decoder
+        self.urgent_batch = urgent_batch
+        """At most this many urgent windows (live finals) in one batch; None: as many as other live
+        windows (half of ``max_batch``). See :meth:`_take_batch`."""
         self.on_batch = on_batch
         """Called in the worker thread after every batch (metrics); its errors are logged, not raised."""
         self.max_batch = max_batch
@@ -291,6 +295,13 @@ class DecodeScheduler:
         # two); and the model's peak workspace stays flat (peak RSS +90 MB for a batch of 8 final
         # windows of 2-10 s, +0 MB for batches of 4), which bounds memory per live session.
         limit = max(1, self.max_batch // 2) if priority is Priority.LIVE else self.max_batch
+        # Finals may go in smaller batches still (``urgent_batch``): on a CPU a batch costs about the sum
+        # of its windows once they are padded to the longest, so every final of a batch waits for all of
+        # them. 24 rotated live streams on 2 cores (docs/benchmarks.md "Live capacity", finals one at a
+        # time): a batch of 4 finals took 1.2 s against 0.28 s for one, and final p95 went from 2.87 s to
+        # 1.78 s with finals decoded one at a time (1.92 s two at a time).
+        if urgent and self.urgent_batch:
+            limit = self.urgent_batch
         batch: list[_Item] = []
         # Round-robin: one window per owner per pass, owners that got a turn move to the back.
         for _ in itertools.count():

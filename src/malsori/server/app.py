@@ -95,6 +95,7 @@ def _install_model(services: Services, transcriber, closers: list) -> None:
         max_batch=services.settings.engine.max_batch_size,
         max_pending={Priority.REQUEST: limits.max_pending_requests, Priority.JOB: limits.max_pending_jobs},
         workers=getattr(transcriber, "workers", 1),
+        urgent_batch=services.settings.engine.final_batch(device),
         on_batch=lambda report: services.metrics.observe_batch(report, device),
     )
     closers.append(scheduler.close)
