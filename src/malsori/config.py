@@ -50,8 +50,8 @@ class EngineSettings(BaseModel):
     live_final_batch: int = Field(default=0, ge=0)
     """Live finals decoded together at most; 0: one at a time on a CPU, as many as other live windows (half
     of ``max_batch_size``) on a GPU. On a CPU a batch costs about the sum of its windows padded to the
-    longest, and each final waits for the whole batch: 24 rotated streams on 2 cores, final p95 1.78 s one
-    at a time against 2.87 s in batches of up to 4 (docs/benchmarks.md "Live capacity")."""
+    longest, and each final waits for the whole batch: 24 rotated streams on 2 cores, final p95 1.82 s one
+    at a time against 2.47 s in batches of up to 4, medians of 3 (docs/benchmarks.md "Live capacity")."""
     blas_threads: int = 1
     """Threads numpy's BLAS may use (0: its own default, a thread per core). One: the decodes compute on
     CTranslate2's threads, and idle OpenBLAS threads spin on the cores they need (docs/benchmarks.md

@@ -297,9 +297,9 @@ class DecodeScheduler:
         limit = max(1, self.max_batch // 2) if priority is Priority.LIVE else self.max_batch
         # Finals may go in smaller batches still (``urgent_batch``): on a CPU a batch costs about the sum
         # of its windows once they are padded to the longest, so every final of a batch waits for all of
-        # them. 24 rotated live streams on 2 cores (docs/benchmarks.md "Live capacity", finals one at a
-        # time): a batch of 4 finals took 1.2 s against 0.28 s for one, and final p95 went from 2.87 s to
-        # 1.78 s with finals decoded one at a time (1.92 s two at a time).
+        # them. 24 rotated live streams on 2 cores (docs/benchmarks.md "Live capacity", "Live finals one
+        # at a time"): a batch of 4 finals took 1.2 s against 0.28 s for one, and final p95 went from
+        # 2.47 s to 1.82 s (medians of 3) with finals decoded one at a time.
         if urgent and self.urgent_batch:
             limit = self.urgent_batch
         batch: list[_Item] = []
