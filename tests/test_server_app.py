@@ -237,8 +237,9 @@ def test_a_cpu_server_decodes_live_finals_one_at_a_time_unless_told(monkeypatch)
 
     assert urgent_batch("cpu", _settings()) == 1
     assert urgent_batch("cuda", _settings()) is None
+    assert Settings().engine.final_batch(None) is None  # a live gateway: its workers' devices unknown
     monkeypatch.setenv("MALSORI__ENGINE__LIVE_FINAL_BATCH", "3")
-    assert urgent_batch("cpu", Settings()) == urgent_batch("cuda", Settings()) == 3
+    assert urgent_batch("cpu", Settings()) == urgent_batch("cuda", Settings()) == Settings().engine.final_batch(None) == 3
     monkeypatch.setenv("MALSORI__ENGINE__LIVE_FINAL_BATCH", "-1")
     with pytest.raises(ValueError, match="live_final_batch"):
         Settings()

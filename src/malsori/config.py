@@ -63,8 +63,9 @@ class EngineSettings(BaseModel):
     detector_model: str = "tiny.en"
     """Model for the Whisper-based speech detector of POST /detect (detector=whisper)."""
 
-    def final_batch(self, device: str) -> int | None:
-        """``live_final_batch`` for a model on ``device`` (a scheduler's ``urgent_batch``)."""
+    def final_batch(self, device: str | None) -> int | None:
+        """``live_final_batch`` for a model on ``device`` (a scheduler's ``urgent_batch``); ``device``
+        None: not known (a live gateway's remote workers), so finals are batched unless configured."""
         return self.live_final_batch or (1 if device == "cpu" else None)
 
 

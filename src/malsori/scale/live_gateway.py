@@ -40,8 +40,7 @@ def start_live(services: Services, redis_url: str) -> None:
         max_batch=settings.engine.max_batch_size,
         max_pending={Priority.LIVE: 256},
         workers=IN_FLIGHT,
-        # The workers' devices are not known here: batches of finals as before unless configured.
-        urgent_batch=settings.engine.live_final_batch or None,
+        urgent_batch=settings.engine.final_batch(None),  # the workers' devices are not known here
     )
     services.live_store = LiveStore(
         redis_url, gateway_id=name, resume_grace_s=settings.streaming.resume_grace_s, prefix=prefix, on_fenced=runner.release
