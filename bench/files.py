@@ -9,7 +9,8 @@ English sets of the test data for three ways of transcribing the same decoded ar
 - ``malsori batched``: ``Pipeline(transcriber).transcribe_many`` over all files of a set at once;
 - ``malsori one by one``: ``Transcriber.transcribe`` per file.
 
-Same model directory, beam size, language setting and CPU thread count for all; one warm-up file per
+Same model directory, beam size, language setting and CPU threads in all for all (malsori splits them
+as the CLI does: two decodes of one thread each on two cores); one warm-up file per
 system is excluded; audio decoding is excluded for all. Further sections check that the short encoder
 does not cost accuracy elsewhere (every language of ``multi/``, scored by CER for ja/ko/zh) and a long
 input (all LJ Speech clips concatenated into one ~4 minute recording).
@@ -37,6 +38,7 @@ import numpy as np
 from common import DOC, REPO, TESTDATA, cpu_name, replace_block  # noqa: E402  (also puts src/ on sys.path)
 
 from malsori.engine import EngineConfig, Pipeline, Transcriber, TranscribeOptions, decode_audio, resolve_model  # noqa: E402
+from malsori.engine.transcriber import cpu_layout  # noqa: E402
 from malsori.evaluation import TestClip, corpus_wer, load_manifest, normalize  # noqa: E402
 
 SECTION = "## File transcription"
@@ -137,7 +139,10 @@ def main() -> int:
     manifest = load_manifest(TESTDATA)
     model_dir = resolve_model(args.model)
     plain = PlainFasterWhisper(model_dir, args.threads, args.beam)
-    transcriber = Transcriber(EngineConfig(model=args.model, device="cpu", compute_type="int8", cpu_threads=args.threads))
+    threads, workers = cpu_layout(0, 0, cores=args.threads)  # the CLI's layout of the same threads
+    transcriber = Transcriber(
+        EngineConfig(model=args.model, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=workers)
+    )
     systems = [plain, Malsori(transcriber, args.beam, batched=True)]
     if not args.no_one_by_one:
         systems.append(Malsori(transcriber, args.beam, batched=False))

@@ -100,6 +100,34 @@ def test_ljspeech_word_error_rate(transcriber, manifest):
 
 
 @pytest.mark.model
+def test_a_callers_batches_run_on_every_worker_and_give_the_same_text(manifest):
+    """The CLI hands the model every window of its files at once: with two workers its batches run side
+    by side (one thread each), as a server's scheduler runs them; each batch holds the same windows as
+    on one worker, so the text is the same (docs/benchmarks.md "File transcription")."""
+    import threading
+
+    from malsori.engine import Transcriber
+
+    clips = sorted((c for c in manifest if c.path.parent.name == "ljspeech"), key=lambda c: c.path.name)[:12]
+    audios = [decode_audio(c.path) for c in clips]
+    one = Transcriber(EngineConfig(model="base", cpu_threads=1, num_workers=1, max_batch_size=4))
+    two = Transcriber(EngineConfig(model="base", cpu_threads=1, num_workers=2, max_batch_size=4))
+    threads: set[str] = set()
+    decode_batch = two._decode_batch
+
+    def spy(windows, options):
+        threads.add(threading.current_thread().name)
+        return decode_batch(windows, options)
+
+    two._decode_batch = spy  # type: ignore[method-assign]
+    alone = Pipeline(one).transcribe_many(audios)
+    side_by_side = Pipeline(two).transcribe_many(audios)
+    assert [t.text for t in side_by_side] == [t.text for t in alone]
+    assert len({name for name in threads if name.startswith("malsori-batch")}) == 2, threads
+    assert corpus_wer([c.reference for c in clips], [t.text for t in side_by_side]) <= 0.08
+
+
+@pytest.mark.model
 @pytest.mark.parametrize("vad", [True, False])
 def test_silence_yields_no_words(transcriber, testdata, vad):
     from malsori.engine import TranscribeOptions

@@ -112,6 +112,7 @@ def transcribe(
             device=device or engine.device,
             compute_type=compute_type or engine.compute_type,
             cpu_threads=engine.cpu_threads,
+            num_workers=engine.num_workers,
             max_batch_size=engine.max_batch_size,
             blas_threads=engine.blas_threads,
             cache_dir=engine.cache_dir,

@@ -26,6 +26,7 @@ import threading
 import time
 import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -77,8 +78,9 @@ class EngineConfig:
     """auto (float16 on CUDA, int8 on CPU) or any CTranslate2 compute type."""
     cpu_threads: int = 0
     """Threads for CPU inference, per worker; 0: the cores shared out between the workers."""
-    num_workers: int = 1
-    """Decodes the model may run at the same time (separate threads); 0: :func:`cpu_layout` picks."""
+    num_workers: int = 0
+    """Decodes the model may run at the same time (separate threads); 0: :func:`cpu_layout` picks on a
+    CPU (two of one thread each on two cores), one on CUDA. A caller's batches run on all of them."""
     max_batch_size: int = 8
     """Windows decoded together in one call."""
     blas_threads: int = 1
@@ -302,6 +304,8 @@ class Transcriber(DirectDecoder):
         self._features = self._fw.feature_extractor
         self._tokenizers: dict[tuple[str, str], object] = {}
         self._tokenizer_lock = threading.Lock()
+        self._batch_pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self.load_seconds = time.perf_counter() - started
         log.info(
             "loaded model %s from %s on %s/%s in %.2fs", config.model, self.model_path, device, compute_type, self.load_seconds
@@ -369,13 +373,30 @@ class Transcriber(DirectDecoder):
         CTranslate2 needs <|startoftranscript|> at the same position in every prompt of a batch."""
         out: list[WindowResult | None] = [None] * len(windows)
         size = self.config.max_batch_size
+        groups: list[list[int]] = []
         for prompted in (False, True):
             order = sorted((i for i, w in enumerate(windows) if _has_prompt(w) == prompted), key=lambda i: len(windows[i].audio))
-            for begin in range(0, len(order), size):
-                group = order[begin : begin + size]
-                for i, result in zip(group, self._decode_batch([windows[i] for i in group], options), strict=True):
-                    out[i] = result
+            groups.extend(order[begin : begin + size] for begin in range(0, len(order), size))
+
+        def decode(group: list[int]) -> list[WindowResult]:
+            return self._decode_batch([windows[i] for i in group], options)
+
+        if self.workers > 1 and len(groups) > 1:
+            # A caller with several batches (the CLI, a file) keeps every worker busy, as a scheduler does.
+            batches = list(self._pool().map(decode, groups))
+        else:
+            batches = [decode(group) for group in groups]
+        for group, results in zip(groups, batches, strict=True):
+            for i, result in zip(group, results, strict=True):
+                out[i] = result
         return out  # type: ignore[return-value]
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """Threads that run a caller's batches side by side, one per CTranslate2 worker."""
+        with self._pool_lock:
+            if self._batch_pool is None:
+                self._batch_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="malsori-batch")
+            return self._batch_pool
 
     def _tokenizer(self, language: str, task: str):
         from faster_whisper.tokenizer import Tokenizer
