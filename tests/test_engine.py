@@ -40,9 +40,29 @@ def test_engine_config_is_validated():
     with pytest.raises(InvalidOptionsError, match="device must be auto, cpu or cuda"):
         EngineConfig(device="tpu")
     with pytest.raises(InvalidOptionsError, match="max_batch_size"):
-        EngineConfig(max_batch_size=0)
+        EngineConfig(max_batch_size=-1)
+
+
+def test_windows_per_batch_are_picked_for_the_cpu():
+    """An int8 model on a CPU with AMX decodes windows in pairs: there a batch mostly adds memory traffic
+    (docs/benchmarks.md "File transcription"); elsewhere, and with the setting given, as before."""
+    from malsori.engine.transcriber import auto_batch_size, cpu_flags
+
+    amx, vnni = frozenset({"avx512_vnni", "amx_int8"}), frozenset({"avx512_vnni"})
+    assert auto_batch_size("cpu", "int8", amx) == auto_batch_size("cpu", "int8_float32", amx) == 2
+    assert auto_batch_size("cpu", "int8", vnni) == auto_batch_size("cpu", "float32", amx) == 8
+    assert auto_batch_size("cuda", "int8_float16", amx) == 8
+    assert auto_batch_size("cpu", "int8") == (2 if "amx_int8" in cpu_flags() else 8)
+    assert "sse2" in cpu_flags() or not cpu_flags()  # read off /proc/cpuinfo on Linux
     with pytest.raises(InvalidOptionsError, match="blas_threads"):
         EngineConfig(blas_threads=-1)
+
+
+def test_the_loaded_model_picks_its_batch_and_workers(transcriber):
+    from malsori.engine.transcriber import auto_batch_size, cpu_layout
+
+    assert transcriber.max_batch_size == auto_batch_size(transcriber.device, transcriber.compute_type)
+    assert transcriber.workers == cpu_layout(0, 0)[1]
 
 
 def test_the_loaded_model_leaves_numpy_one_blas_thread(transcriber):

@@ -245,6 +245,26 @@ def test_a_cpu_server_decodes_live_finals_one_at_a_time_unless_told(monkeypatch)
         Settings()
 
 
+def test_a_server_batches_as_many_windows_as_its_model_picked_unless_told(monkeypatch):
+    # A CPU with AMX int8 decodes pairs, others eights (engine.transcriber.auto_batch_size); the
+    # setting, when given, wins; a decoder that says nothing (remote workers) gets eight.
+    def max_batch(picked: int | None, settings: Settings) -> int:
+        fake = FakeTranscriber()
+        if picked is not None:
+            fake.max_batch_size = picked  # type: ignore[attr-defined]
+        with TestClient(create_app(settings, transcriber=fake)) as client:
+            return client.app.state.services.scheduler.max_batch
+
+    assert max_batch(2, _settings()) == 2
+    assert max_batch(8, _settings()) == 8
+    assert max_batch(None, _settings()) == 8
+    monkeypatch.setenv("MALSORI__ENGINE__MAX_BATCH_SIZE", "3")
+    assert max_batch(2, Settings()) == max_batch(None, Settings()) == 3
+    monkeypatch.setenv("MALSORI__ENGINE__MAX_BATCH_SIZE", "-1")
+    with pytest.raises(ValueError, match="max_batch_size"):
+        Settings()
+
+
 def test_body_over_limit_is_refused_before_reading(client):
     response = client.post("/stt/upload", content=b"\x00" * 1_400_000, headers={"content-type": "application/octet-stream"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "audio_too_large"

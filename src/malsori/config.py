@@ -45,8 +45,9 @@ class EngineSettings(BaseModel):
     """Decodes the model may run at once; 0: two on a CPU with two cores or more (one thread each on two
     cores: two one-thread decodes do more than one two-thread decode, and a live final does not wait
     behind a batch of partials; docs/benchmarks.md "Decoders side by side"), one on CUDA."""
-    max_batch_size: int = 8
-    """Windows decoded together in one call."""
+    max_batch_size: int = Field(default=0, ge=0)
+    """Windows decoded together in one call; 0: two on a CPU with AMX int8 (Intel Xeon, 4th generation and
+    later), where batching costs more than it saves, eight otherwise (``engine.transcriber.auto_batch_size``)."""
     live_final_batch: int = Field(default=0, ge=0)
     """Live finals decoded together at most; 0: one at a time on a CPU, as many as other live windows (half
     of ``max_batch_size``) on a GPU. On a CPU a batch costs about the sum of its windows padded to the
@@ -62,6 +63,11 @@ class EngineSettings(BaseModel):
     """Where joined bundled models and downloads are kept."""
     detector_model: str = "tiny.en"
     """Model for the Whisper-based speech detector of POST /detect (detector=whisper)."""
+
+    def batch_size(self, decoder: object) -> int:
+        """``max_batch_size`` for a scheduler in front of ``decoder``: the setting, else what the loaded
+        model picked for its device, else (remote workers, fakes) eight."""
+        return self.max_batch_size or int(getattr(decoder, "max_batch_size", 0) or 8)
 
     def final_batch(self, device: str | None) -> int | None:
         """``live_final_batch`` for a model on ``device`` (a scheduler's ``urgent_batch``); ``device``

@@ -48,9 +48,9 @@ def _default_plan(audio: np.ndarray, options: TranscribeOptions) -> list[tuple[i
 
 
 CONTEXT_BATCH = 8
-"""Windows a decoder takes in one batch by default (``EngineConfig.max_batch_size``): with
-``condition_on_previous_text`` an input's windows go in as many runs as keep its batches that full
-(see _Run and _context_runs)."""
+"""Windows decoded at once per input with ``condition_on_previous_text``: an input's windows go in as
+many runs as keep rounds of eight windows full (see _Run and _context_runs); that is one batch on most
+CPUs and four pairs, two at a time, on one with AMX (``transcriber.AUTO_BATCH``, ``AMX_BATCH``)."""
 _CONTEXT_TOKENS = 223
 """Tokens of the windows before a window carried as its prompt, at most (Whisper's limit, as the decoder keeps)."""
 

@@ -81,8 +81,8 @@ class EngineConfig:
     num_workers: int = 0
     """Decodes the model may run at the same time (separate threads); 0: :func:`cpu_layout` picks on a
     CPU (two of one thread each on two cores), one on CUDA. A caller's batches run on all of them."""
-    max_batch_size: int = 8
-    """Windows decoded together in one call."""
+    max_batch_size: int = 0
+    """Windows decoded together in one call; 0: :func:`auto_batch_size` picks for the device."""
     blas_threads: int = 1
     """Threads numpy's BLAS (OpenBLAS) may use in this process, set when the model loads (see
     :func:`limit_blas_threads`); 0 leaves it as it is."""
@@ -92,8 +92,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidOptionsError(f"device must be auto, cpu or cuda, not {self.device!r}")
-        if self.cpu_threads < 0 or self.num_workers < 0 or self.blas_threads < 0 or self.max_batch_size < 1:
-            raise InvalidOptionsError("cpu_threads, num_workers and blas_threads must be >= 0, max_batch_size >= 1")
+        if self.cpu_threads < 0 or self.num_workers < 0 or self.blas_threads < 0 or self.max_batch_size < 0:
+            raise InvalidOptionsError("cpu_threads, num_workers, blas_threads and max_batch_size must be >= 0")
 
 
 AUTO_CPU_WORKERS = 2
@@ -103,6 +103,38 @@ Korean took 1.2 s on one thread and 1.5 s on two; two of them side by side, one 
 for both; a batch of the two on two threads 1.8 s. Autoregressive decoding is many small steps that
 threads share badly, so two one-thread decodes do more than one two-thread decode, and a live final
 no longer waits behind a batch of partials."""
+
+
+AUTO_BATCH = 8
+"""Windows a batch holds at most when ``max_batch_size`` is 0, on CUDA and on most CPUs: on a 2-core AMD
+EPYC (AVX-512 VNNI) a quiet process decoded equal 6 s windows in 0.177 s each in fours against 0.281 s
+alone (docs/benchmarks.md "Live capacity")."""
+AMX_BATCH = 2
+"""The same on a CPU with AMX int8 (Intel Xeon of the 4th generation and later) running an int8 model. Its
+matrix products are so cheap that a batch mostly adds memory traffic: on a 2-core Intel Xeon with AMX,
+one thread, beam 5, equal 10 s windows took 0.246 s each alone, 0.235 s in pairs, 0.295 s in fours and
+0.310 s in eights (the encoder 0.084 s a window alone, 0.158 s in eights); the CLI's 46 English files ran
+at 44.2x real time in pairs against 38.7x in eights, 16 HTTP clients 49.6 against 32.4 audio s/s
+(docs/benchmarks.md "File transcription", "HTTP load")."""
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def auto_batch_size(device: str, compute_type: str, flags: frozenset[str] | None = None) -> int:
+    """Windows per batch for a model on ``device`` computing in ``compute_type`` (see :data:`AMX_BATCH`)."""
+    if device == "cpu" and compute_type.startswith("int8") and "amx_int8" in (cpu_flags() if flags is None else flags):
+        return AMX_BATCH
+    return AUTO_BATCH
 
 
 def cpu_layout(cpu_threads: int, num_workers: int, cores: int | None = None) -> tuple[int, int]:
@@ -283,6 +315,7 @@ class Transcriber(DirectDecoder):
         if compute_type == "auto":
             compute_type = "float16" if device == "cuda" else "int8"
         self.device, self.compute_type = device, compute_type
+        self.max_batch_size = config.max_batch_size or auto_batch_size(device, compute_type)
         # How many decodes run at once: a scheduler in front of this model runs that many batches.
         if device == "cpu":
             threads, self.workers = cpu_layout(config.cpu_threads, config.num_workers)
@@ -308,7 +341,14 @@ class Transcriber(DirectDecoder):
         self._pool_lock = threading.Lock()
         self.load_seconds = time.perf_counter() - started
         log.info(
-            "loaded model %s from %s on %s/%s in %.2fs", config.model, self.model_path, device, compute_type, self.load_seconds
+            "loaded model %s from %s on %s/%s in %.2fs (%d decodes at once, batches of up to %d)",
+            config.model,
+            self.model_path,
+            device,
+            compute_type,
+            self.load_seconds,
+            self.workers,
+            self.max_batch_size,
         )
 
     # -- facts -------------------------------------------------------------------------------------
@@ -372,7 +412,7 @@ class Transcriber(DirectDecoder):
         """Batches of similar length; windows with a prompt and without one never share a batch, because
         CTranslate2 needs <|startoftranscript|> at the same position in every prompt of a batch."""
         out: list[WindowResult | None] = [None] * len(windows)
-        size = self.config.max_batch_size
+        size = self.max_batch_size
         groups: list[list[int]] = []
         for prompted in (False, True):
             order = sorted((i for i, w in enumerate(windows) if _has_prompt(w) == prompted), key=lambda i: len(windows[i].audio))

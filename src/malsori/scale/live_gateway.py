@@ -37,7 +37,7 @@ def start_live(services: Services, redis_url: str) -> None:
     remote = RemoteWindowDecoder(redis_url, gateway_id=name, timeout_s=q.live_timeout_s, queue=queue, route=_router(services))
     services.live_scheduler = DecodeScheduler(
         remote,
-        max_batch=settings.engine.max_batch_size,
+        max_batch=settings.engine.batch_size(remote),
         max_pending={Priority.LIVE: 256},
         workers=IN_FLIGHT,
         urgent_batch=settings.engine.final_batch(None),  # the workers' devices are not known here

@@ -179,7 +179,7 @@ def start_live_server(*, scheduler: DecodeScheduler, settings: Settings, worker:
     thread = threading.Thread(
         target=serve_live_windows,
         args=(decoder, q.redis(), worker.name, stop),
-        kwargs={"queue": lists, "max_batch": settings.engine.max_batch_size, "fallback_queue": fallback,
+        kwargs={"queue": lists, "max_batch": settings.engine.batch_size(decoder), "fallback_queue": fallback,
                 "on_fallback": count_fallback},
         name="malsori-live-windows",
         daemon=True,

@@ -138,7 +138,7 @@ class WorkerRuntime:
         limits = self.settings.limits
         self.scheduler = DecodeScheduler(
             self.decoder,
-            max_batch=self.settings.engine.max_batch_size,
+            max_batch=self.settings.engine.batch_size(self.decoder),
             max_pending={Priority.REQUEST: limits.max_pending_requests, Priority.JOB: limits.max_pending_jobs},
             workers=getattr(self.decoder, "workers", 1),
         )

@@ -50,7 +50,7 @@ def _build_detectors(services: Services, closers: list):
         model = Transcriber(settings.engine_config(settings.engine.detector_model))
         scheduler = DecodeScheduler(
             model,
-            max_batch=settings.engine.max_batch_size,
+            max_batch=settings.engine.batch_size(model),
             max_pending={Priority.REQUEST: settings.limits.max_pending_requests},
             workers=model.workers,
         )
@@ -92,7 +92,7 @@ def _install_model(services: Services, transcriber, closers: list) -> None:
     services.metrics.watch_device(device)
     scheduler = DecodeScheduler(
         transcriber,
-        max_batch=services.settings.engine.max_batch_size,
+        max_batch=services.settings.engine.batch_size(transcriber),
         max_pending={Priority.REQUEST: limits.max_pending_requests, Priority.JOB: limits.max_pending_jobs},
         workers=getattr(transcriber, "workers", 1),
         urgent_batch=services.settings.engine.final_batch(device),
