@@ -21,7 +21,8 @@ _NEW_DOC = "# Benchmarks\n\nMeasured figures, each with the command that produce
 def cpu_name() -> str:
     """The CPU's model name and its widest vector instructions. Hosts that both say "AMD EPYC" differ:
     CTranslate2's int8 matrix products (oneDNN on AMD) run faster with AVX-512 VNNI, and a Korean live
-    final came 0.85 s after the speech on one and 1.3 s on an AVX2-only one (docs/benchmarks.md)."""
+    final came 0.85 s after the speech on one and 1.3 s on an AVX2-only one (docs/benchmarks.md). An
+    Intel Xeon with AMX (int8 matrix tiles) decodes faster still and batches differently (engine.transcriber.AMX_BATCH)."""
     fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -36,7 +37,7 @@ def cpu_name() -> str:
 
 
 # The widest vector instructions first: what cpu_name reports.
-_VECTOR_ISA = (("avx512_vnni", "AVX-512 VNNI"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+_VECTOR_ISA = (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
 
 
 def machine_line() -> str:

@@ -256,7 +256,7 @@ def live_run(transcriber, audio: np.ndarray, diarize: bool) -> tuple[list, list[
     from malsori.streaming import SessionManager, StreamConfig
 
     config = StreamConfig.from_preset("balanced", language="en", word_timestamps=True, diarize=diarize)
-    scheduler = DecodeScheduler(transcriber, max_batch=transcriber.config.max_batch_size)
+    scheduler = DecodeScheduler(transcriber, max_batch=transcriber.max_batch_size, workers=transcriber.workers)
     finals, fed = [], []
 
     async def go():

@@ -39,6 +39,7 @@ import numpy as np
 from common import DOC, REPO, TESTDATA, machine_line, replace_block
 
 from malsori.engine import EngineConfig, Pipeline, TranscribeOptions, Transcriber, decode_audio, resolve_model
+from malsori.engine.transcriber import cpu_layout
 from malsori.evaluation import korean_cer, korean_clips
 
 SECTION = "## Korean (issue 18)"
@@ -70,7 +71,10 @@ def main() -> int:
     audios = [decode_audio(p) for p, _ in clips]
     duration = sum(len(a) for a in audios) / 16000
     model_dir = resolve_model("base")
-    transcriber = Transcriber(EngineConfig(model="base", device="cpu", compute_type="int8", cpu_threads=args.threads))
+    threads, workers = cpu_layout(0, 0, cores=args.threads)  # the CLI's layout of the same threads
+    transcriber = Transcriber(
+        EngineConfig(model="base", device="cpu", compute_type="int8", cpu_threads=threads, num_workers=workers)
+    )
     lines: list[str] = []
 
     def out(line: str = "") -> None:

@@ -55,7 +55,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=("speed", "count", "forced"))
     args = ap.parse_args()
-    t = Transcriber(EngineConfig(model="base", device="cpu", compute_type="int8", cpu_threads=2))
+    t = Transcriber(EngineConfig(model="base", device="cpu", compute_type="int8"))
     model = t._ct2 = Counting(t._ct2)
     m = load_manifest(TESTDATA)
     en = TranscribeOptions(beam_size=5, language="en")

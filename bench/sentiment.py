@@ -81,7 +81,7 @@ def live_run(transcriber, audio: np.ndarray, sentiment) -> tuple[list, list[floa
     from malsori.streaming import SessionManager, StreamConfig
 
     config = StreamConfig.from_preset("balanced", language="en", sentiment=sentiment is not None)
-    scheduler = DecodeScheduler(transcriber, max_batch=transcriber.config.max_batch_size)
+    scheduler = DecodeScheduler(transcriber, max_batch=transcriber.max_batch_size, workers=transcriber.workers)
     finals, fed, added = [], [], []
 
     async def go():

@@ -201,7 +201,7 @@ def main() -> None:
     config = StreamConfig.from_preset(args.preset, language="en", **json.loads(args.options))
     transcriber = Transcriber(EngineConfig(model=args.model, cpu_threads=args.threads))
     decoder = TimedDecoder(transcriber)
-    scheduler = DecodeScheduler(decoder, max_batch=transcriber.config.max_batch_size)
+    scheduler = DecodeScheduler(decoder, max_batch=transcriber.max_batch_size, workers=transcriber.workers)
     # Warm up: first calls allocate.
     from malsori.engine.windows import Window
 
