@@ -75,7 +75,7 @@ class TimedDecoder:
 
     def decode_windows(self, windows, options):
         started = time.monotonic()
-        out = self.inner.decode_windows(windows, options)
+        out = self.inner.decode_batch(windows, options)  # as the scheduler composed it
         ended = time.monotonic()
         # Partials and finals share options (and batches); a window without temperature fallback
         # is a partial preview.

@@ -127,24 +127,36 @@ def test_a_callers_batches_run_on_every_worker_and_give_the_same_text(manifest):
     import threading
 
     from malsori.engine import Transcriber
+    from malsori.engine.windows import Window
 
     clips = sorted((c for c in manifest if c.path.parent.name == "ljspeech"), key=lambda c: c.path.name)[:12]
     audios = [decode_audio(c.path) for c in clips]
     one = Transcriber(EngineConfig(model="base", cpu_threads=1, num_workers=1, max_batch_size=4))
     two = Transcriber(EngineConfig(model="base", cpu_threads=1, num_workers=2, max_batch_size=4))
-    threads: set[str] = set()
+    calls: list[tuple[str, int]] = []
     decode_batch = two._decode_batch
 
     def spy(windows, options):
-        threads.add(threading.current_thread().name)
+        calls.append((threading.current_thread().name, len(windows)))
         return decode_batch(windows, options)
 
     two._decode_batch = spy  # type: ignore[method-assign]
     alone = Pipeline(one).transcribe_many(audios)
     side_by_side = Pipeline(two).transcribe_many(audios)
     assert [t.text for t in side_by_side] == [t.text for t in alone]
-    assert len({name for name in threads if name.startswith("malsori-batch")}) == 2, threads
+    assert len({name for name, _ in calls if name.startswith("malsori-batch")}) == 2, calls
+    assert sorted(size for _, size in calls) == [4, 4, 4]
     assert corpus_wer([c.reference for c in clips], [t.text for t in side_by_side]) <= 0.08
+
+    # Fewer batches than workers (three windows, batches of four): halved, so both cores work.
+    calls.clear()
+    few = Pipeline(two).transcribe_many(audios[:3])
+    assert sorted(size for _, size in calls) == [1, 2] and all(name.startswith("malsori-batch") for name, _ in calls)
+    assert corpus_wer([c.reference for c in clips[:3]], [t.text for t in few]) <= 0.1
+    # A scheduler's batch is decoded as it composed it, on its own thread (it runs one per worker).
+    calls.clear()
+    two.decode_batch([Window(a) for a in audios[:3]], TranscribeOptions())
+    assert calls == [(threading.current_thread().name, 3)]
 
 
 @pytest.mark.model

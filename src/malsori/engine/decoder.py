@@ -22,7 +22,7 @@ from typing import Protocol
 from .options import TranscribeOptions
 from .windows import Window, WindowResult
 
-__all__ = ["WindowDecoder", "DirectDecoder", "decode_now", "decode_async"]
+__all__ = ["WindowDecoder", "DirectDecoder", "decode_now", "decode_async", "decode_composed"]
 
 
 class WindowDecoder(Protocol):
@@ -57,6 +57,16 @@ def decode_now(decoder: WindowDecoder, windows: Sequence[Window], options: Trans
     if not windows:
         return []
     return [future.result() for future in decoder.submit(windows, options)]
+
+
+def decode_composed(decoder: WindowDecoder, windows: Sequence[Window], options: TranscribeOptions) -> list[WindowResult]:
+    """Blocking, for a batch its caller composed (a scheduler, a live worker): a decoder that can take
+    a batch as it is (``decode_batch``: the model, which otherwise spreads a lone caller's windows over
+    its workers) gets it so; any other decoder as :func:`decode_now`."""
+    whole = getattr(decoder, "decode_batch", None)
+    if whole is None or not windows:
+        return decode_now(decoder, windows, options)
+    return list(whole(windows, options))
 
 
 async def decode_async(decoder: WindowDecoder, windows: Sequence[Window], options: TranscribeOptions) -> list[WindowResult]:

@@ -23,7 +23,7 @@ from enum import IntEnum
 
 from ..errors import OverloadedError
 from .audio import SAMPLE_RATE
-from .decoder import WindowDecoder, decode_now
+from .decoder import WindowDecoder, decode_composed
 from .options import TranscribeOptions
 from .windows import Window, WindowResult
 
@@ -356,7 +356,7 @@ class DecodeScheduler:
         started = time.perf_counter()
         failed = True
         try:
-            results = decode_now(self.decoder, [item.window for item in batch], batch[0].options)
+            results = decode_composed(self.decoder, [item.window for item in batch], batch[0].options)
             failed = False
         except BaseException as exc:  # the error belongs to the callers, not to the worker
             log.exception("batched decode failed")

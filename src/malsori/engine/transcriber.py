@@ -114,8 +114,8 @@ AMX_BATCH = 2
 matrix products are so cheap that a batch mostly adds memory traffic: on a 2-core Intel Xeon with AMX,
 one thread, beam 5, equal 10 s windows took 0.246 s each alone, 0.235 s in pairs, 0.295 s in fours and
 0.310 s in eights (the encoder 0.084 s a window alone, 0.158 s in eights); the CLI's 46 English files ran
-at 44.2x real time in pairs against 38.7x in eights, 16 HTTP clients 49.6 against 32.4 audio s/s
-(docs/benchmarks.md "File transcription", "HTTP load")."""
+at 44.2x real time in pairs against 38.7x in eights, 16 HTTP clients got 41.1 against 34.1 audio s/s in
+one session (docs/benchmarks.md "A third host: Intel Xeon with AMX")."""
 
 
 def cpu_flags() -> frozenset[str]:
@@ -373,8 +373,19 @@ class Transcriber(DirectDecoder):
                 raise InvalidOptionsError(f"model {self.model_name} is English-only; it cannot translate")
 
     # -- windows -----------------------------------------------------------------------------------
-    def decode_windows(self, windows: Sequence[Window], options: TranscribeOptions = TranscribeOptions()) -> list[WindowResult]:
+    def decode_batch(self, windows: Sequence[Window], options: TranscribeOptions) -> list[WindowResult]:
+        """Decode windows a scheduler put in one batch as it composed them, on the calling thread
+        (:func:`~malsori.engine.decoder.decode_composed`): the scheduler runs as many batches at once as
+        the model has workers, so this neither splits the batch nor runs its parts side by side."""
+        return self.decode_windows(windows, options, spread=False)
+
+    def decode_windows(
+        self, windows: Sequence[Window], options: TranscribeOptions = TranscribeOptions(), *, spread: bool = True
+    ) -> list[WindowResult]:
         """Decode windows of at most 30 s each, batching windows of similar length together.
+
+        ``spread`` (a caller decoding on its own, as the CLI does) runs the batches on every worker at
+        once, and splits them when there are fewer batches than workers, so no core idles.
 
         Whisper sometimes stops before the end of a window, closing with an empty segment
         (``... between<|5.72|><|5.72|>`` on LJ001-0032, whose last 1.4 s say "Gothic and Roman").
@@ -382,7 +393,7 @@ class Transcriber(DirectDecoder):
         rest of the window when the VAD hears speech in it, and appends what it finds.
         """
         self.check_options(options)
-        out = self._decode_sorted(windows, options)
+        out = self._decode_sorted(windows, options, spread)
         tails = {i: (w, r) for i, (w, r) in enumerate(zip(windows, out, strict=True))}
         for _ in range(_MAX_RESUMES):
             follow: dict[int, Window] = {}
@@ -400,7 +411,7 @@ class Transcriber(DirectDecoder):
             if not follow:
                 break
             tails = {}
-            for (i, w), r in zip(follow.items(), self._decode_sorted(list(follow.values()), options), strict=True):
+            for (i, w), r in zip(follow.items(), self._decode_sorted(list(follow.values()), options, spread), strict=True):
                 out[i] = _joined(out[i], r)
                 tails[i] = (w, r)
         return [
@@ -408,7 +419,7 @@ class Transcriber(DirectDecoder):
             for w, r in zip(windows, out, strict=True)
         ]
 
-    def _decode_sorted(self, windows: Sequence[Window], options: TranscribeOptions) -> list[WindowResult]:
+    def _decode_sorted(self, windows: Sequence[Window], options: TranscribeOptions, spread: bool) -> list[WindowResult]:
         """Batches of similar length; windows with a prompt and without one never share a batch, because
         CTranslate2 needs <|startoftranscript|> at the same position in every prompt of a batch."""
         out: list[WindowResult | None] = [None] * len(windows)
@@ -417,11 +428,17 @@ class Transcriber(DirectDecoder):
         for prompted in (False, True):
             order = sorted((i for i, w in enumerate(windows) if _has_prompt(w) == prompted), key=lambda i: len(windows[i].audio))
             groups.extend(order[begin : begin + size] for begin in range(0, len(order), size))
+        workers = self.workers if spread else 1
+        while len(groups) < workers and max(map(len, groups), default=0) > 1:
+            # Fewer batches than workers (one file's few windows): halve the largest, so no core idles.
+            largest = max(groups, key=len)
+            at = groups.index(largest)
+            groups[at : at + 1] = [largest[: (len(largest) + 1) // 2], largest[(len(largest) + 1) // 2 :]]
 
         def decode(group: list[int]) -> list[WindowResult]:
             return self._decode_batch([windows[i] for i in group], options)
 
-        if self.workers > 1 and len(groups) > 1:
+        if workers > 1 and len(groups) > 1:
             # A caller with several batches (the CLI, a file) keeps every worker busy, as a scheduler does.
             batches = list(self._pool().map(decode, groups))
         else:

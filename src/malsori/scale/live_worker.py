@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import redis
 
-from ..engine.decoder import WindowDecoder, decode_now
+from ..engine.decoder import WindowDecoder, decode_composed
 from ..engine.scheduler import DecodeScheduler, Priority
 from ..errors import MalsoriError
 from .live_client import WINDOW_QUEUE, urgent_queue, window_queue
@@ -109,7 +109,7 @@ def _decode(
     windows = [w for r in group for w in r.windows]
     started = time.perf_counter()
     try:
-        results = decode_now(decoder, windows, group[0].options)
+        results = decode_composed(decoder, windows, group[0].options)
     except Exception as exc:  # the error belongs to the gateways that asked, not to this worker
         if fallback_queue is not None and not isinstance(exc, MalsoriError):
             log.warning("worker %s: live decode failed on this device (%s); handing %d window(s) to %s",
