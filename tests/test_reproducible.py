@@ -44,9 +44,9 @@ def forced(monkeypatch, transcriber):
     real = transcriber.decode_windows
     seen: list[tuple[float, ...]] = []
 
-    def decode_windows(windows, options):
+    def decode_windows(windows, options, **kwargs):  # spread=False from a scheduler's decode_batch
         seen.append(options.temperatures)
-        return real(windows, options.with_(temperatures=FORCED))
+        return real(windows, options.with_(temperatures=FORCED), **kwargs)
 
     monkeypatch.setattr(transcriber, "decode_windows", decode_windows)
     return seen
