@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .engine.models import default_cache_dir
+from .engine.transcriber import AUTO_BATCH
 
 if TYPE_CHECKING:
     from .engine import EngineConfig
@@ -66,8 +67,8 @@ class EngineSettings(BaseModel):
 
     def batch_size(self, decoder: object) -> int:
         """``max_batch_size`` for a scheduler in front of ``decoder``: the setting, else what the loaded
-        model picked for its device, else (remote workers, fakes) eight."""
-        return self.max_batch_size or int(getattr(decoder, "max_batch_size", 0) or 8)
+        model picked for its device, else (remote workers, fakes) the usual eight."""
+        return self.max_batch_size or int(getattr(decoder, "max_batch_size", 0) or AUTO_BATCH)
 
     def final_batch(self, device: str | None) -> int | None:
         """``live_final_batch`` for a model on ``device`` (a scheduler's ``urgent_batch``); ``device``

@@ -431,9 +431,9 @@ class Transcriber(DirectDecoder):
         workers = self.workers if spread else 1
         while len(groups) < workers and max(map(len, groups), default=0) > 1:
             # Fewer batches than workers (one file's few windows): halve the largest, so no core idles.
-            largest = max(groups, key=len)
-            at = groups.index(largest)
-            groups[at : at + 1] = [largest[: (len(largest) + 1) // 2], largest[(len(largest) + 1) // 2 :]]
+            at = max(range(len(groups)), key=lambda k: len(groups[k]))
+            half = (len(groups[at]) + 1) // 2
+            groups[at : at + 1] = [groups[at][:half], groups[at][half:]]
 
         def decode(group: list[int]) -> list[WindowResult]:
             return self._decode_batch([windows[i] for i in group], options)
