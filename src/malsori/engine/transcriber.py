@@ -226,6 +226,33 @@ def _without_repeated_tail(result: WindowResult, tok) -> WindowResult:
     return replace(result, segments=tuple(segments), tokens=(*result.tokens[: end + 1], *closing))
 
 
+def _even_groups(order: list[int], lengths: list[int], size: int, workers: int) -> list[list[int]]:
+    """``order`` (windows sorted by length, ``lengths`` theirs) cut into contiguous batches of at most
+    ``size``: as few as can be, but a multiple of ``workers`` where there are windows enough, each
+    holding about the same seconds of audio, which is what a batch costs on the CPU, so batches run side
+    by side end together. Nine 26 s windows (a long file without context) in batches of up to eight on
+    two workers go five and four, not eight and then one while the other worker idles; eleven clips of
+    1-7 s go as the eight shortest and the three longest (2.3 and 2.1 s on two one-thread decodes,
+    against 1.6 and 2.7 s cut six and five; docs/benchmarks.md, "The AVX2 host again")."""
+    n = len(order)
+    if not n:
+        return []
+    count = min(n, math.ceil(math.ceil(n / size) / workers) * workers)
+    groups: list[list[int]] = []
+    begin, left_audio = 0, sum(lengths)
+    for left in range(count, 1, -1):  # batches still to cut, this one included
+        share, end, audio = left_audio / left, begin + 1, lengths[begin]
+        # Take the next window while it fits and leaves a window for every later batch, and either the
+        # later batches could not hold the rest, or the audio stays nearer this batch's share with it.
+        while end - begin < size and n - end > left - 1 and (n - end > size * (left - 1) or audio + lengths[end] / 2 <= share):
+            audio += lengths[end]
+            end += 1
+        groups.append(order[begin:end])
+        begin, left_audio = end, left_audio - audio
+    groups.append(order[begin:])
+    return groups
+
+
 def _has_prompt(window: Window) -> bool:
     return bool(window.prompt and window.prompt.strip()) or bool(window.prompt_tokens)
 
@@ -385,7 +412,7 @@ class Transcriber(DirectDecoder):
         """Decode windows of at most 30 s each, batching windows of similar length together.
 
         ``spread`` (a caller decoding on its own, as the CLI does) runs the batches on every worker at
-        once, and splits them when there are fewer batches than workers, so no core idles.
+        once, cut so that each worker gets about the same audio and no core idles (:func:`_even_groups`).
 
         Whisper sometimes stops before the end of a window, closing with an empty segment
         (``... between<|5.72|><|5.72|>`` on LJ001-0032, whose last 1.4 s say "Gothic and Roman").
@@ -423,23 +450,19 @@ class Transcriber(DirectDecoder):
         """Batches of similar length; windows with a prompt and without one never share a batch, because
         CTranslate2 needs <|startoftranscript|> at the same position in every prompt of a batch."""
         out: list[WindowResult | None] = [None] * len(windows)
-        size = self.max_batch_size
+        workers = self.workers if spread else 1
         groups: list[list[int]] = []
         for prompted in (False, True):
             order = sorted((i for i, w in enumerate(windows) if _has_prompt(w) == prompted), key=lambda i: len(windows[i].audio))
-            groups.extend(order[begin : begin + size] for begin in range(0, len(order), size))
-        workers = self.workers if spread else 1
-        while len(groups) < workers and max(map(len, groups), default=0) > 1:
-            # Fewer batches than workers (one file's few windows): halve the largest, so no core idles.
-            at = max(range(len(groups)), key=lambda k: len(groups[k]))
-            half = (len(groups[at]) + 1) // 2
-            groups[at : at + 1] = [groups[at][:half], groups[at][half:]]
+            groups.extend(_even_groups(order, [len(windows[i].audio) for i in order], self.max_batch_size, workers))
 
         def decode(group: list[int]) -> list[WindowResult]:
             return self._decode_batch([windows[i] for i in group], options)
 
         if workers > 1 and len(groups) > 1:
-            # A caller with several batches (the CLI, a file) keeps every worker busy, as a scheduler does.
+            # A caller with several batches (the CLI, a file) keeps every worker busy, as a scheduler does;
+            # the batches with the most audio go first, so none is left to run alone at the end.
+            groups.sort(key=lambda g: -sum(len(windows[i].audio) for i in g))
             batches = list(self._pool().map(decode, groups))
         else:
             batches = [decode(group) for group in groups]
