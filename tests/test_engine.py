@@ -148,7 +148,7 @@ def test_a_callers_batches_run_on_every_worker_and_give_the_same_text(manifest):
     assert sorted(size for _, size in calls) == [4, 4]
     assert corpus_wer([c.reference for c in clips], [t.text for t in side_by_side]) <= 0.08
 
-    # Fewer batches than workers (three windows, batches of four): halved, so both cores work.
+    # Fewer windows than a batch holds (three, batches of four): cut in two, so both cores work.
     calls.clear()
     few = Pipeline(two).transcribe_many(audios[:3])
     assert sorted(size for _, size in calls) == [1, 2] and all(name.startswith("malsori-batch") for name, _ in calls)
