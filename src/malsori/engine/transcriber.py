@@ -51,10 +51,13 @@ _PAD_FRAMES = 200  # two seconds of silence after the speech; see the module doc
 # 6.9% and 7.4% with 2 s (faster-whisper's padded 30 s: 6.9%); the extra second costs about a tenth
 # more encoder time, for Korean windows only. A window of unknown language (detection) gets the default.
 _PAD_FRAMES_BY_LANGUAGE = {"ko": 300}
-# Languages whose windows a caller's batches (the CLI, the Python API) put only with windows of the same
-# encoder length, so each decodes as it would alone (see encoder_frames): on the 11 Korean clips, batches
-# that padded every window to the longest of its batch gave CER 7.6% on all three hosts measured, one file
-# at a time 6.7-7.4%, faster-whisper 6.9-7.4% (issue 18; docs/benchmarks.md "The AVX2 host again").
+# Languages whose windows share a batch on the CPU only with windows of the same encoder length, so each
+# decodes as it would alone (see encoder_frames): on the 11 Korean clips, batches that padded every window
+# to the longest of its batch gave CER 7.6% on all three hosts measured, one file at a time 6.7-7.4%,
+# faster-whisper 6.9-7.4% (issue 18; docs/benchmarks.md "The AVX2 host again"). A scheduler's batch of such
+# windows is decoded one length after another: on a CPU a batch of mixed lengths costs about the sum of
+# its windows anyway (docs/benchmarks.md "Live finals one at a time"). Not on a GPU, where batching pays
+# and this was not measured.
 _OWN_LENGTH_LANGUAGES = frozenset({"ko"})
 _FRAME_BUCKET = 50  # encoder lengths are rounded up to 0.5 s so batches share a shape
 _MIN_FRAMES = 500  # encoder inputs under about 4 s loop ("Gothic and Roman" x4 on LJ001-0032's last 1.4 s)
@@ -408,7 +411,9 @@ class Transcriber(DirectDecoder):
     def decode_batch(self, windows: Sequence[Window], options: TranscribeOptions) -> list[WindowResult]:
         """Decode windows a scheduler put in one batch as it composed them, on the calling thread
         (:func:`~malsori.engine.decoder.decode_composed`): the scheduler runs as many batches at once as
-        the model has workers, so this neither splits the batch nor runs its parts side by side."""
+        the model has workers, so this does not run parts of the batch side by side, and splits it only
+        where windows may not share a batch (a prompt and none; on a CPU, Korean windows of different
+        encoder lengths, see ``_OWN_LENGTH_LANGUAGES``)."""
         return self.decode_windows(windows, options, spread=False)
 
     def decode_windows(
@@ -453,13 +458,14 @@ class Transcriber(DirectDecoder):
 
     def _decode_sorted(self, windows: Sequence[Window], options: TranscribeOptions, spread: bool) -> list[WindowResult]:
         """Batches of similar length; windows with a prompt and without one never share a batch, because
-        CTranslate2 needs <|startoftranscript|> at the same position in every prompt of a batch, and a
-        window of a language in ``_OWN_LENGTH_LANGUAGES`` shares one only with windows of its encoder length."""
+        CTranslate2 needs <|startoftranscript|> at the same position in every prompt of a batch, and on a
+        CPU a window of a language in ``_OWN_LENGTH_LANGUAGES`` shares one only with windows of its encoder
+        length."""
         out: list[WindowResult | None] = [None] * len(windows)
         workers = self.workers if spread else 1
         classes: dict[tuple[bool, int], list[int]] = {}
         for i, w in enumerate(windows):
-            own = (w.language or options.language) in _OWN_LENGTH_LANGUAGES
+            own = self.device == "cpu" and (w.language or options.language) in _OWN_LENGTH_LANGUAGES
             classes.setdefault((_has_prompt(w), encoder_frames(w, options) if own else 0), []).append(i)
         groups: list[list[int]] = []
         for _, members in sorted(classes.items()):
