@@ -467,10 +467,11 @@ class Transcriber(DirectDecoder):
         for i, w in enumerate(windows):
             own = self.device == "cpu" and (w.language or options.language) in _OWN_LENGTH_LANGUAGES
             classes.setdefault((_has_prompt(w), encoder_frames(w, options) if own else 0), []).append(i)
+        audio = [len(w.audio) for w in windows]
         groups: list[list[int]] = []
         for _, members in sorted(classes.items()):
-            order = sorted(members, key=lambda i: len(windows[i].audio))
-            groups.extend(_even_groups(order, [len(windows[i].audio) for i in order], self.max_batch_size, workers))
+            order = sorted(members, key=audio.__getitem__)
+            groups.extend(_even_groups(order, [audio[i] for i in order], self.max_batch_size, workers))
 
         def decode(group: list[int]) -> list[WindowResult]:
             return self._decode_batch([windows[i] for i in group], options)
@@ -478,7 +479,7 @@ class Transcriber(DirectDecoder):
         if workers > 1 and len(groups) > 1:
             # A caller with several batches (the CLI, a file) keeps every worker busy, as a scheduler does;
             # the batches with the most audio go first, so none is left to run alone at the end.
-            groups.sort(key=lambda g: -sum(len(windows[i].audio) for i in g))
+            groups.sort(key=lambda g: -sum(audio[i] for i in g))
             batches = list(self._pool().map(decode, groups))
         else:
             batches = [decode(group) for group in groups]
