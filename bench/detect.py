@@ -119,13 +119,18 @@ def main() -> None:
     jfk = decode_audio(args.testdata / "en" / "jfk.flac")
     print(f"{len(positives)} speech clips, {len(negatives)} non-speech clips; cpu cores: {os.cpu_count()}")
     print()
-    print("| detector | speech detected | non-speech rejected | accuracy | ms per 1 s chunk | ms per 2 s chunk | ms per 10 s chunk |")
+    print(
+        "| detector | speech detected | non-speech rejected | accuracy "
+        "| ms per 1 s chunk | ms per 2 s chunk | ms per 10 s chunk |"
+    )
     print("|---|---|---|---|---|---|---|")
     errors: dict[str, list[str]] = {}
     for name, detector in detectors.items():
         hits = [detector.detect(audio).is_speech for _, audio in positives]
         rejects = [not detector.detect(audio).is_speech for _, audio in negatives]
-        errors[name] = [n for (n, _), ok in zip(positives, hits) if not ok] + [n for (n, _), ok in zip(negatives, rejects) if not ok]
+        errors[name] = [n for (n, _), ok in zip(positives, hits, strict=True) if not ok] + [
+            n for (n, _), ok in zip(negatives, rejects, strict=True) if not ok
+        ]
         accuracy = (sum(hits) + sum(rejects)) / (len(hits) + len(rejects))
         costs = [cost_ms(detector, jfk[: int(s * SR)], args.repeats) for s in (1, 2, 10)]
         print(

@@ -30,7 +30,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import websockets
-
 from common import REPO, TESTDATA, free_port, machine_line, replace_section
 
 SR = 16000

@@ -34,12 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from common import DOC, REPO, TESTDATA, cpu_name, replace_block  # also puts src/ on sys.path
 
-from common import DOC, REPO, TESTDATA, cpu_name, replace_block  # noqa: E402  (also puts src/ on sys.path)
-
-from malsori.engine import EngineConfig, Pipeline, Transcriber, TranscribeOptions, decode_audio, resolve_model  # noqa: E402
-from malsori.engine.transcriber import cpu_layout  # noqa: E402
-from malsori.evaluation import TestClip, corpus_wer, load_manifest, normalize  # noqa: E402
+from malsori.engine import EngineConfig, Pipeline, TranscribeOptions, Transcriber, decode_audio, resolve_model
+from malsori.engine.transcriber import cpu_layout
+from malsori.evaluation import TestClip, corpus_wer, load_manifest, normalize
 
 SECTION = "## File transcription"
 
@@ -75,7 +74,7 @@ class PlainFasterWhisper:
         return " ".join(s.text.strip() for s in segments)
 
     def run(self, audios, languages) -> list[str]:
-        return [self.one(a, lang) for a, lang in zip(audios, languages)]
+        return [self.one(a, lang) for a, lang in zip(audios, languages, strict=True)]
 
 
 class Malsori:
@@ -96,10 +95,10 @@ class Malsori:
             out: list[str | None] = [None] * len(audios)
             for lang in dict.fromkeys(languages):
                 idx = [i for i, x in enumerate(languages) if x == lang]
-                for i, t in zip(idx, Pipeline(self.t).transcribe_many([audios[i] for i in idx], self._opts(lang))):
+                for i, t in zip(idx, Pipeline(self.t).transcribe_many([audios[i] for i in idx], self._opts(lang)), strict=True):
                     out[i] = t.text
             return out  # type: ignore[return-value]
-        return [Pipeline(self.t).transcribe(a, self._opts(lang)).text for a, lang in zip(audios, languages)]
+        return [Pipeline(self.t).transcribe(a, self._opts(lang)).text for a, lang in zip(audios, languages, strict=True)]
 
 
 def timed(system, audios, languages) -> Run:
@@ -215,7 +214,10 @@ def main() -> int:
         variants: list[tuple[str, object]] = [
             ("faster-whisper (condition_on_previous_text=True)", plain),
             ("malsori, condition_on_previous_text=True", Malsori(transcriber, args.beam, True, condition_on_previous_text=True)),
-            ("malsori, condition_on_previous_text=False", Malsori(transcriber, args.beam, True, condition_on_previous_text=False)),
+            (
+                "malsori, condition_on_previous_text=False",
+                Malsori(transcriber, args.beam, True, condition_on_previous_text=False),
+            ),
         ]
         out()
         out(f"One long input: the {len(lj)} LJ Speech clips in order with {args.gap} s gaps, {dur:.0f} s of audio, "

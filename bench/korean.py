@@ -236,7 +236,8 @@ def live(preset: str, transcriber: Transcriber, clips: list[tuple[Path, str]], b
         server, url = start_malsori(Path(tmp))
         try:
             before = load()
-            record = asyncio.run(stream_malsori(url, talk, options=StreamOptions(language="ko", preset=preset, options=overrides or {})))
+            options = StreamOptions(language="ko", preset=preset, options=overrides or {})
+            record = asyncio.run(stream_malsori(url, talk, options=options))
             after = load()
         finally:
             server.stop()

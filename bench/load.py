@@ -35,10 +35,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+from common import DOC, REPO, TESTDATA, cpu_name, free_port, replace_block  # puts src/ on sys.path
 
-from common import DOC, REPO, TESTDATA, cpu_name, free_port, replace_block  # noqa: E402  (puts src/ on sys.path)
-
-from malsori.evaluation import corpus_wer, load_manifest  # noqa: E402
+from malsori.evaluation import corpus_wer, load_manifest
 
 SECTION = "## HTTP load"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -86,8 +85,9 @@ class Level:
 def start_server(data_dir: Path, model: str, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(port), "--data-dir", str(data_dir), "--model", model, "--log-level", "warning"]
-    log = open(log_path, "ab")
+    command = [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(port), "--data-dir", str(data_dir),
+               "--model", model, "--log-level", "warning"]
+    log = open(log_path, "ab")  # noqa: SIM115 - the server writes to it for its whole life
     # This tree's code, not whichever malsori the interpreter has installed (a worktree's venv link
     # points at another checkout's editable install).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)}
@@ -170,7 +170,7 @@ class Cli:
     """The CLI's batched transcription of the clips, in this process (see the module docstring)."""
 
     def __init__(self, model: str, clips: list[Clip], beam: int = 5) -> None:
-        from malsori.engine import EngineConfig, Pipeline, Transcriber, TranscribeOptions, decode_audio
+        from malsori.engine import EngineConfig, Pipeline, TranscribeOptions, Transcriber, decode_audio
 
         self.pipeline = Pipeline(Transcriber(EngineConfig(model=model, device="cpu", compute_type="int8")))
         self.options = TranscribeOptions(beam_size=beam, language="en")
@@ -189,7 +189,8 @@ class Cli:
 
 def table(levels: list[Level]) -> list[str]:
     rows = [
-        "| clients | requests ok | wall s | requests/s | audio s/s | p50 latency s | p95 latency s | WER | windows per batch | 429s | other errors |",
+        "| clients | requests ok | wall s | requests/s | audio s/s | p50 latency s | p95 latency s | WER "
+        "| windows per batch | 429s | other errors |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for lv in levels:

@@ -47,9 +47,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-
-from common import DOC, REPO, TESTDATA, machine_line, replace_section  # noqa: E402  (puts src/ on sys.path)
-from streaming import (  # noqa: E402
+from common import DOC, REPO, TESTDATA, machine_line, replace_section  # puts src/ on sys.path
+from streaming import (
     Audio,
     Record,
     Scores,
@@ -60,9 +59,9 @@ from streaming import (  # noqa: E402
     stream_malsori,
 )
 
-from malsori.client import HttpClient  # noqa: E402
-from malsori.engine import SAMPLE_RATE  # noqa: E402
-from malsori.evaluation import corpus_wer, load_manifest  # noqa: E402
+from malsori.client import HttpClient
+from malsori.engine import SAMPLE_RATE
+from malsori.evaluation import corpus_wer, load_manifest
 
 SECTION = "## Endurance (soak)"
 CLOSE = {"Connection": "close"}
@@ -508,7 +507,8 @@ def summary(run: Run, targets: list[Target]) -> list[str]:
         return "–" if value is None else f"{value:.{digits}f}"
 
     lines = [
-        f"- {run.duration_s / 60:.1f} min, {run.rounds} round{'s' if run.rounds != 1 else ''}, {t.sessions} stream sessions; {len(lat)} phrases "
+        f"- {run.duration_s / 60:.1f} min, {run.rounds} round{'s' if run.rounds != 1 else ''}, "
+        f"{t.sessions} stream sessions; {len(lat)} phrases "
         f"finalized, {len(t.missed)} missed; final latency p50 {f(pct(lat, 50))} s, p95 {f(pct(lat, 95))} s; "
         f"stream WER {f(None if stream_wer is None else 100 * stream_wer, 1)}%",
         f"- jobs: {done} succeeded, {len(t.jobs) - done} failed, {t.jobs_late} started late; latency p50 "

@@ -28,12 +28,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from common import TESTDATA  # puts src/ on sys.path
+from streaming import speech_bounds  # phrase bounds exactly as the official benchmark finds them
 
-from common import TESTDATA  # noqa: E402  (puts src/ on sys.path)
-from streaming import speech_bounds  # noqa: E402  (phrase bounds exactly as the official benchmark finds them)
-
-from malsori.engine import SAMPLE_RATE, decode_audio  # noqa: E402
-from malsori.evaluation import corpus_wer, load_manifest  # noqa: E402
+from malsori.engine import SAMPLE_RATE, decode_audio
+from malsori.evaluation import corpus_wer, load_manifest
 
 CHUNK = SAMPLE_RATE // 10
 COVER_TOLERANCE_S = 0.3
@@ -122,7 +121,7 @@ async def run_streams(services, manager, runner, config, audio, n: int, stagger_
         manager.attach(live, deliver, None)
         runner.start(live)
         t0 = time.monotonic()
-        for i, offset in enumerate(range(0, len(audio), CHUNK)):
+        for offset in range(0, len(audio), CHUNK):
             await asyncio.sleep(max(0.0, t0 + offset / SAMPLE_RATE - time.monotonic()))
             c0 = time.thread_time()
             runner.feed(live, audio[offset : offset + CHUNK])
@@ -238,7 +237,8 @@ def main() -> None:
         **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items() if k != "latencies"},
         feed_ms_per_s=round(1000 * statistics.mean(r.feed_cpu for r in records) / talk_s, 2),
         rss_before_mb=round(rss0), rss_growth_per_stream_mb=round((peak - rss0) / args.streams, 1),
-        decodes=decode_summary(decoder.log, t_begin, t_end), errors=sum(1 for r in records for _, e in r.events if e.type == "error"),
+        decodes=decode_summary(decoder.log, t_begin, t_end),
+        errors=sum(1 for r in records for _, e in r.events if e.type == "error"),
     )
     print(json.dumps(result, indent=1))
     print("latencies:", s["latencies"])

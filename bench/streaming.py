@@ -41,10 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from common import REPO, TESTDATA, free_port, machine_line, replace_section  # puts src/ on sys.path
 
-from common import REPO, TESTDATA, free_port, machine_line, replace_section  # noqa: E402  (puts src/ on sys.path)
-
-from malsori.client import (  # noqa: E402
+from malsori.client import (
     AsyncStreamClient,
     EndEvent,
     ErrorEvent,
@@ -53,8 +52,8 @@ from malsori.client import (  # noqa: E402
     ReconnectPolicy,
     StreamOptions,
 )
-from malsori.engine import SAMPLE_RATE, decode_audio, float32_to_pcm16, resolve_model  # noqa: E402
-from malsori.evaluation import corpus_wer, load_manifest  # noqa: E402
+from malsori.engine import SAMPLE_RATE, decode_audio, float32_to_pcm16, resolve_model
+from malsori.evaluation import corpus_wer, load_manifest
 
 CHUNK = SAMPLE_RATE // 10  # 100 ms frames
 PAUSE_S = 0.6
@@ -158,7 +157,7 @@ class Record:
 async def paced_frames(samples: np.ndarray, record: Record, encode):
     """Yield encoded 100 ms frames at real-time pace, logging when each was handed to the socket."""
     record.t0 = time.monotonic()
-    for k, offset in enumerate(range(0, len(samples), CHUNK)):
+    for offset in range(0, len(samples), CHUNK):
         await asyncio.sleep(max(0.0, record.t0 + offset / SAMPLE_RATE - time.monotonic()))
         yield encode(samples[offset : offset + CHUNK])
         record.sent.append(time.monotonic())
@@ -320,7 +319,7 @@ class RssSampler:
         self.pid, self.peak, self.before = pid, 0.0, 0.0
         self._stop = threading.Event()
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         if self.pid:
             self.before = self.peak = rss_mb(self.pid)
             self._thread = threading.Thread(target=self._run, daemon=True)
@@ -341,7 +340,7 @@ class RssSampler:
 class Server:
     def __init__(self, name: str, command: list[str], env: dict[str, str], ready, log_path: Path) -> None:
         self.name, self.ready, self.log_path = name, ready, log_path
-        self.log = open(log_path, "wb")
+        self.log = open(log_path, "wb")  # noqa: SIM115 - the server writes to it until stop() closes it
         self.process = subprocess.Popen(command, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
                                         cwd=REPO, start_new_session=True)
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -479,7 +478,7 @@ def run_system(name: str, streamer, url: str, pid: int, talk: Audio, counts: lis
             with RssSampler(pid) as rss:
                 records = asyncio.run(run_concurrent(streamer, url, audios))
             scores = Scores()
-            for audio, record in zip(audios, records):
+            for audio, record in zip(audios, records, strict=True):
                 scores.add(audio, record)
             dump[f"{name} x{n} {row_mix}"] = [{"t0": r.t0, "sent": r.sent, "events": r.events, "error": r.error} for r in records]
             row = Row(name, n, scores, rss.before, rss.peak, offline_wer, row_mix, one_peak)
@@ -603,7 +602,8 @@ def main() -> None:
             try:
                 log("WhisperLive:")
                 got, file_scores, per_file = run_system("WhisperLive 0.10.0", stream_whisperlive, url, server.pid,
-                                                        talk, wl_counts, files, offline_wer, log, dump, args.mix, lockstep, args.clips)
+                                                        talk, wl_counts, files, offline_wer, log, dump, args.mix, lockstep,
+                                                        args.clips)
                 rows += got
                 file_results["WhisperLive 0.10.0"] = (file_scores, per_file)
             finally:

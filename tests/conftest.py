@@ -56,7 +56,7 @@ class LiveServer:
         self.process = None
         remember_log(self.log_path)
 
-    def start(self, timeout: float = 180.0) -> "LiveServer":
+    def start(self, timeout: float = 180.0) -> LiveServer:
         import subprocess
         import sys
         import time
@@ -64,8 +64,9 @@ class LiveServer:
         import httpx
 
         env = {**os.environ, **self.env}
-        command = [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args]
-        log = open(self.log_path, "ab")
+        command = [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+                   "--log-level", "warning", *self.args]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the server writes to it for its whole life
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -92,7 +93,7 @@ class LiveServer:
             self.process.kill()
             self.process.wait()
 
-    def restart(self) -> "LiveServer":
+    def restart(self) -> LiveServer:
         self.stop()
         return self.start()
 

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import time
 import wave
+from itertools import pairwise
 from pathlib import Path
 
 import httpx
@@ -200,7 +201,7 @@ def test_upload_shows_the_transcript_and_downloads_valid_srt(page, live_server, 
     cues = _parse_srt(text)
     assert [cue.index for cue in cues] == list(range(1, len(cues) + 1))
     assert all(cue.start < cue.end for cue in cues)
-    assert all(a.end <= b.start for a, b in zip(cues, cues[1:]))
+    assert all(a.end <= b.start for a, b in pairwise(cues))
     assert cues[-1].end.total_seconds() <= 11.5  # within the 11 s file
     assert wer(JFK_REFERENCE, " ".join(cue.content for cue in cues)) <= 0.1, text
 
@@ -314,7 +315,7 @@ def _check_page_shows(page, finals: list[dict]) -> None:
 def _check_no_overlap(finals: list[dict]) -> None:
     ordered = sorted(finals, key=lambda f: f["seq"])
     assert len({f["seq"] for f in ordered}) == len(ordered)
-    for before, after in zip(ordered, ordered[1:]):
+    for before, after in pairwise(ordered):
         assert after["start"] >= before["end"] - 0.05, f"finals overlap (text twice?): {before} / {after}"
 
 

@@ -94,7 +94,9 @@ def test_several_files_into_a_directory(shared_model, transcriber, manifest, jfk
     lj = next(c for c in manifest if c.path.name == "LJ001-0002.flac")
     batches = []
     real = transcriber.decode_windows
-    monkeypatch.setattr(transcriber, "decode_windows", lambda windows, *a, **k: batches.append(len(windows)) or real(windows, *a, **k))
+    monkeypatch.setattr(
+        transcriber, "decode_windows", lambda windows, *a, **k: batches.append(len(windows)) or real(windows, *a, **k)
+    )
     monkeypatch.setattr(transcribe_cli, "_LONG_AUDIO_S", 0.0)  # show the progress bar even off a terminal
     out = tmp_path / "out"
     result = _cli("transcribe", jfk.path, lj.path, "--format", "vtt", "--output-dir", out, "--beam-size", "3")

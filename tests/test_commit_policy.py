@@ -212,21 +212,24 @@ def test_a_continuation_that_repeats_the_last_settled_words_drops_them():
 
 
 def test_a_hypothesis_that_echoes_its_prompt_drops_the_echo_however_long():
-    prompt = "printing in the only sense with which we are at present concerned".split()
-    heard = "in the only sense with which we are at present concerned differs from most".split()
+    prompt = ["printing", "in", "the", "only", "sense", "with", "which", "we", "are", "at", "present", "concerned"]
+    heard = ["in", "the", "only", "sense", "with", "which", "we", "are", "at", "present", "concerned", "differs", "from", "most"]
     assert echoed_prefix(prompt, heard) == 11  # ten-odd words: past what a cut word re-heard can be
     # One word in eight may differ (heard again, not copied); a short run is speech, not an echo.
-    assert echoed_prefix(prompt, "in the only sense with which we are at present concern differs".split()) == 11
-    assert echoed_prefix(prompt, "at present concerned differs".split()) == 0
-    assert echoed_prefix(prompt, "we are at present concerned as ever".split()) == 5
+    assert (
+        echoed_prefix(prompt, ["in", "the", "only", "sense", "with", "which", "we", "are", "at", "present", "concern", "differs"])
+        == 11
+    )
+    assert echoed_prefix(prompt, ["at", "present", "concerned", "differs"]) == 0
+    assert echoed_prefix(prompt, ["we", "are", "at", "present", "concerned", "as", "ever"]) == 5
     # Words of the prompt that are not its end are not an echo.
-    assert echoed_prefix(prompt, "in the only sense we know".split()) == 0
+    assert echoed_prefix(prompt, ["in", "the", "only", "sense", "we", "know"]) == 0
 
 
 def test_a_hypothesis_that_says_four_prompt_words_again_past_its_start_echoes():
-    prompt = "또한 박 전 대통령 측은 앞으로 검찰 수사와 관련해 수사 내용에 대한 입장군".split()
-    heard = "등도 수상 관련해 수사 내용에 대한 입장군을 공개한다는".split()
+    prompt = ["또한", "박", "전", "대통령", "측은", "앞으로", "검찰", "수사와", "관련해", "수사", "내용에", "대한", "입장군"]
+    heard = ["등도", "수상", "관련해", "수사", "내용에", "대한", "입장군을", "공개한다는"]
     assert echoes_inside(prompt, heard)
-    assert not echoes_inside(prompt, "등도 소상하게 공개한다는 방침이다".split())
-    assert not echoes_inside(prompt, "수사 내용에 대한 다른".split()), "three words of the prompt are speech"
-    assert not echoes_inside(prompt, "관련해 수사 내용에 대한 방침".split(), skip=1), "a leading echo is stripped, not this"
+    assert not echoes_inside(prompt, ["등도", "소상하게", "공개한다는", "방침이다"])
+    assert not echoes_inside(prompt, ["수사", "내용에", "대한", "다른"]), "three words of the prompt are speech"
+    assert not echoes_inside(prompt, ["관련해", "수사", "내용에", "대한", "방침"], skip=1), "a leading echo is stripped, not this"

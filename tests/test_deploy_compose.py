@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from debian import ensure_program
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +26,8 @@ PROFILES = {
     ("scaled",): {"gateway", "worker-cpu", "redis", "postgres"},
     ("scaled", "gpu"): {"gateway", "worker-cpu", "worker-gpu", "redis", "postgres"},
     ("single", "nginx", "monitoring"): {"malsori", "nginx", "prometheus", "grafana"},
-    ("scaled", "gpu", "nginx", "monitoring"): {"gateway", "worker-cpu", "worker-gpu", "redis", "postgres", "nginx", "prometheus", "grafana"},
+    ("scaled", "gpu", "nginx", "monitoring"): {"gateway", "worker-cpu", "worker-gpu", "redis", "postgres",
+                                               "nginx", "prometheus", "grafana"},
 }  # fmt: skip
 
 

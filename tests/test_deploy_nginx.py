@@ -23,10 +23,10 @@ import httpx
 import numpy as np
 import pytest
 import websockets
-from starlette.routing import WebSocketRoute
-
 from debian import ensure_program
 from inprocess import running_app
+from starlette.routing import WebSocketRoute
+
 from malsori.evaluation import wer
 
 # Above the suite's default 600 s a test: on a loaded 2-core machine the real model in this nice-19
@@ -403,9 +403,10 @@ def test_a_cut_stream_resumes_through_nginx_on_the_other_gateway(nginx_binary, c
     """Sticky-free: the shipped config with two scaled gateways as its upstream (round-robin). A
     stream whose connection is cut reconnects through nginx, lands on the other gateway and resumes
     there with every final once (fake decoder on a live worker over real Redis: the route is tested)."""
+    from test_live_scale import SCRIPT, WORDS, fake_worker, gateway, wait_for
+
     from malsori.client import AsyncStreamClient, FinalEvent, ReconnectPolicy, StreamOptions
     from malsori.engine.fake import tone_speech
-    from test_live_scale import SCRIPT, WORDS, fake_worker, gateway, wait_for
 
     monkeypatch.setenv("SSL_CERT_FILE", str(certs[0]))  # the client trusts the test's certificate
     pcm = (np.clip(tone_speech(SCRIPT), -1, 1) * 32767).astype("<i2").tobytes()

@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 import websockets
 import yaml
-
 from debian import ensure_program
 from inprocess import running_app
 
@@ -179,10 +178,11 @@ def scaled(redis_server, tmp_path_factory):
     """The scaled profile in small: a gateway (in this process) and one real ``malsori worker``
     process serving its metrics, over real Redis and PostgreSQL; both decode with the fake decoder
     (what is checked here is the metrics, not recognition). Yields (gateway port, worker metrics port)."""
+    from scaled import WorkerProcess, pg_database, scaled_env
+
     from malsori.config import QueueSettings, ServerSettings, Settings, StorageSettings
     from malsori.engine.fake import FakeDecoder
     from malsori.server.app import create_app
-    from scaled import WorkerProcess, pg_database, scaled_env
 
     root = tmp_path_factory.mktemp("prometheus-scaled")
     with pg_database() as db:
@@ -277,7 +277,7 @@ def scraped(prometheus, server, scaled, testdata):
         _round(server, testdata, audio)
         _scaled_round(scaled[0], testdata)
         _wait(
-            lambda: (
+            lambda round_no=round_no: (
                 prometheus.value('sum(malsori_http_requests_total{route="/v1/jobs"})') >= 2 * round_no
                 and prometheus.value("sum(malsori_live_final_latency_seconds_count)") >= round_no
                 and prometheus.value('sum(malsori_worker_tasks_total{task="job"})') >= round_no

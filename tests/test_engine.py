@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 
@@ -205,7 +206,7 @@ def test_silence_yields_no_words(transcriber, testdata, vad):
 def test_language_detection(transcriber, manifest):
     clips = [_clip(manifest, f"test_{lang}.wav") for lang in ("de", "es", "fr")]
     results = Pipeline(transcriber).transcribe_many([decode_audio(c.path) for c in clips])
-    for clip, t in zip(clips, results):
+    for clip, t in zip(clips, results, strict=True):
         assert (clip.language, t.language) == (clip.language, clip.language)
         assert t.language_probability > 0.9
         # Base is weaker outside English (measured: de 20%, es 8%, fr 23% WER); the words must still be there.
@@ -233,7 +234,7 @@ def test_word_timestamps(transcriber, manifest):
     assert normalize("".join(w.word for w in words)) == normalize(clip.reference)
     for w in words:
         assert 0.0 <= w.start <= w.end <= t.duration and 0.0 <= w.probability <= 1.0
-    for prev, nxt in zip(words, words[1:]):
+    for prev, nxt in pairwise(words):
         assert prev.start <= nxt.start and prev.end <= nxt.start + 0.01
     # "And so" opens the clip after a short breath; "country." ends it before its last second.
     assert words[0].start < 1.0 and 9.0 < words[-1].end < 11.0
@@ -255,7 +256,7 @@ def test_per_window_word_timings_in_one_batch(transcriber, manifest):
     options = TranscribeOptions(without_timestamps=True, temperatures=(0.0, 0.4), best_of=2)
     together = transcriber.decode_windows(windows, options)
     alone = [transcriber.decode_windows([w], options)[0] for w in windows]
-    for w, a, b in zip(windows, together, alone):
+    for w, a, b in zip(windows, together, alone, strict=True):
         batched, single = (normalize("".join(s.text for s in r.segments)).split() for r in (a, b))
         assert wer(" ".join(single), " ".join(batched)) * len(single) <= 1, (batched, single)
         words = [x for s in a.segments for x in (s.words or ())]

@@ -136,7 +136,7 @@ def test_tsv_parses_back(transcript):
     rows = list(csv.reader(io.StringIO(out), delimiter="\t", quoting=csv.QUOTE_NONE))
     assert rows[0] == ["start", "end", "text"]
     # TSV is not a cue format, so "-->" stays as spoken; newlines and tabs never split a row.
-    expected = EXPECTED[:2] + [(3600000, 90061230, "Tom & Jerry <3 --> fin")]
+    expected = [*EXPECTED[:2], (3600000, 90061230, "Tom & Jerry <3 --> fin")]
     assert [(int(s), int(e), t) for s, e, t in rows[1:]] == expected
 
 
@@ -157,6 +157,6 @@ def test_blank_segments_are_not_cues():
 
 
 def test_unknown_format():
-    with pytest.raises(InvalidOptionsError, match="unknown output format 'docx'.*txt, json"):
+    with pytest.raises(InvalidOptionsError, match=r"unknown output format 'docx'.*txt, json"):
         render(Transcript((), "en", 0.0, 0.0), "docx")
     assert normalize_format(" SRT ") == "srt"

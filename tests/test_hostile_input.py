@@ -123,7 +123,8 @@ def test_a_stalled_upload_is_dropped_with_408(tmp_path):
         socket.create_connection(("127.0.0.1", port)) as sock,
     ):
         sock.sendall(
-            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 100000\r\n\r\n"
         )
         sock.sendall(b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF')  # then nothing
         sock.settimeout(30)

@@ -8,6 +8,7 @@ can be observed without sleeping. One test runs the real model on jfk.flac.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
@@ -20,8 +21,8 @@ import pytest
 from malsori.engine.audio import SAMPLE_RATE
 from malsori.engine.decoder import DirectDecoder
 from malsori.engine.scheduler import DecodeScheduler
-from malsori.engine.windows import WindowResult
 from malsori.engine.types import Segment, Transcript, Word
+from malsori.engine.windows import WindowResult
 from malsori.errors import (
     ConflictError,
     EmptyAudioError,
@@ -44,7 +45,7 @@ class GatedDecoder(DirectDecoder):
 
     def __init__(self, gated: bool = False) -> None:
         self.gated = gated
-        self.entered: "queue.Queue[float]" = queue.Queue()
+        self.entered: queue.Queue[float] = queue.Queue()
         self._permits = threading.Semaphore(0)
 
     def release(self, n: int = 1) -> None:
@@ -76,7 +77,7 @@ def one_second_windows(audio, options) -> list[tuple[int, int]]:
     return [(i, min(i + SAMPLE_RATE, len(audio))) for i in range(0, len(audio), SAMPLE_RATE)]
 
 
-def start_fake(service: JobService, decoder: "GatedDecoder") -> DecodeScheduler:
+def start_fake(service: JobService, decoder: GatedDecoder) -> DecodeScheduler:
     """Run ``service``'s jobs on ``decoder`` a window at a time (batches of one: progress after each)."""
     scheduler = DecodeScheduler(decoder, max_batch=1)
     service.start(scheduler, plan=one_second_windows)
@@ -153,7 +154,7 @@ def test_job_runs_to_success_and_keeps_its_result(make_service, jfk):
 def test_progress_goes_from_zero_to_one(make_service, decoder, jfk):
     decoder.gated = True
     service = make_service()
-    reports: "queue.Queue[float]" = queue.Queue()
+    reports: queue.Queue[float] = queue.Queue()
     set_progress = service.repository.set_progress
     service.repository.set_progress = lambda job_id, value: [set_progress(job_id, value), reports.put(value)][0]
     job = service.submit(jfk.read_bytes())
@@ -161,9 +162,9 @@ def test_progress_goes_from_zero_to_one(make_service, decoder, jfk):
     running = service.get(job.id)
     assert running.state is JobState.RUNNING and running.progress == 0.0
     seen = [running.progress]
-    for n in range(1, JFK_SECONDS + 1):
+    for _n in range(1, JFK_SECONDS + 1):
         decoder.release()
-        seen.append(reports.get(timeout=10))  # window n-1 decoded: reported
+        seen.append(reports.get(timeout=10))  # window _n-1 decoded: reported
         assert service.get(job.id).progress == seen[-1]
     done = service.wait(job.id, timeout=10)
     assert seen == sorted(seen) and seen[0] == 0.0 and seen[-1] == 1.0 == done.progress
@@ -383,10 +384,8 @@ def test_an_idle_sqlite_store_holds_no_file_open_however_many_connections_a_burs
     def database_fds() -> int:
         targets = []
         for fd in os.listdir("/proc/self/fd"):
-            try:
+            with contextlib.suppress(FileNotFoundError):  # the fd os.listdir itself had open
                 targets.append(os.readlink(f"/proc/self/fd/{fd}"))
-            except FileNotFoundError:  # the fd os.listdir itself had open
-                pass
         return sum(1 for target in targets if target.startswith(str(path)))
 
     assert database_fds() == 0
@@ -408,7 +407,9 @@ def test_a_real_job_transcribes_jfk(tmp_path, transcriber, jfk, manifest):
 
     scheduler = DecodeScheduler(transcriber)
     service = JobService(
-        JobRepository(open_engine(f"sqlite:///{tmp_path / 'jobs.db'}")), UploadStore(tmp_path / "uploads"), progress_interval_s=0.0
+        JobRepository(open_engine(f"sqlite:///{tmp_path / 'jobs.db'}")),
+        UploadStore(tmp_path / "uploads"),
+        progress_interval_s=0.0,
     )
     try:
         service.start(scheduler)

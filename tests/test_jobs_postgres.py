@@ -14,8 +14,6 @@ import pytest
 from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import make_url
 
-from malsori.storage import JobRow, open_engine
-
 # The same tests, collected again here with the PostgreSQL ``db_url`` below.
 from test_jobs import (  # noqa: F401
     decoder,
@@ -32,6 +30,8 @@ from test_jobs import (  # noqa: F401
     test_restart_recovery_requeues_or_fails_every_unfinished_job,
     test_unknown_job_is_not_found,
 )
+
+from malsori.storage import JobRow, open_engine
 
 SERVER_URL = os.environ.get("MALSORI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from test_jobs import GatedDecoder, fake_text
 
 from malsori.config import Settings
 from malsori.server.app import create_app
-from test_jobs import GatedDecoder, fake_text
 
 
 class FakeModel(GatedDecoder):
@@ -75,7 +75,9 @@ def test_submit_poll_and_fetch_every_format(client, model, testdata):
     assert client.get(f"/v1/jobs/{job['id']}/result", params={"format": "json"}).json() == {"text": fake_text()}
     assert client.get(f"/v1/jobs/{job['id']}/result", params={"format": "text"}).text == fake_text() + "\n"
     vtt = client.get(f"/v1/jobs/{job['id']}/result", params={"format": "vtt"})
-    assert vtt.text.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nsecond 0") and vtt.headers["content-type"].startswith("text/vtt")
+    assert vtt.text.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nsecond 0") and vtt.headers["content-type"].startswith(
+        "text/vtt"
+    )
     verbose = client.get(f"/v1/jobs/{job['id']}/result", params={"format": "verbose_json"}).json()
     assert len(verbose["segments"]) == 11 and verbose["duration"] == pytest.approx(11.0, abs=0.05)
     tsv = client.get(f"/v1/jobs/{job['id']}/result", params={"format": "tsv"}).text.splitlines()

@@ -130,10 +130,9 @@ def fake_worker(redis_url: str, name: str = "worker-fake", queue: str = "stt.cpu
         import redis
 
         while not stop.is_set():
-            try:
+            # Redis restarting: keep announcing, as the real worker's heartbeat does (scale/worker.py)
+            with contextlib.suppress(redis.RedisError):
                 registry.announce(info)
-            except redis.RedisError:
-                pass  # Redis restarting: keep announcing, as the real worker's heartbeat does (scale/worker.py)
             stop.wait(0.5)
 
     beat = threading.Thread(target=heartbeat, daemon=True)

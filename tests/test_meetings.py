@@ -6,7 +6,6 @@ restart are in tests/test_stats_fast.py and tests/test_stats_live.py."""
 from __future__ import annotations
 
 import json
-
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -14,7 +13,6 @@ from test_jobs_postgres import pg_database  # noqa: F401  (the module's PostgreS
 
 from malsori.analysis.meetings import MeetingBook
 from malsori.analysis.sentiment import Sentiment
-from malsori.errors import InvalidOptionsError
 from malsori.storage import open_engine
 from malsori.storage.meetings import MeetingRepository
 from malsori.streaming.events import Final
@@ -48,7 +46,9 @@ def _close(book: MeetingBook) -> None:
 
 def _final(seq, text, start, end, speaker=None, sentiment=None) -> Final:
     told = None if sentiment is None else Sentiment(*sentiment)
-    return Final(seq, text, start, end, "en", speaker=speaker, diarized=speaker is not None, sentiment=told, analyzed=told is not None)
+    return Final(
+        seq, text, start, end, "en", speaker=speaker, diarized=speaker is not None, sentiment=told, analyzed=told is not None
+    )
 
 
 def test_a_meeting_outlives_its_book_and_is_taken_up_again(db_url):
@@ -125,7 +125,9 @@ def test_meetings_of_an_older_database_are_found_by_their_tenant(tmp_path):
             "CREATE TABLE meetings (id VARCHAR(128) PRIMARY KEY, state VARCHAR(16), tenant_id VARCHAR(256), "
             "started_at DATETIME, ended_at DATETIME, record JSON)"
         )
-        db.execute("INSERT INTO meetings VALUES ('standup', 'ended', 'acme', '2026-11-30 10:00:00', NULL, ?)", (json.dumps(record),))
+        db.execute(
+            "INSERT INTO meetings VALUES ('standup', 'ended', 'acme', '2026-11-30 10:00:00', NULL, ?)", (json.dumps(record),)
+        )
     repository = MeetingRepository(open_engine(f"sqlite:///{path}"))
     try:
         assert repository.get("standup", "acme") == record and repository.find("standup") == record

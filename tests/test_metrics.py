@@ -10,11 +10,11 @@ import json
 
 import httpx
 import numpy as np
+from inprocess import running_app
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from inprocess import running_app
 from malsori.config import ServerSettings, Settings
 from malsori.engine.fake import FakeDecoder, tone_speech
 from malsori.server.app import create_app

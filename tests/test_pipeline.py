@@ -328,7 +328,7 @@ def test_decode_helpers_over_a_direct_decoder_and_its_errors():
     assert decode_now(decoder, [], TranscribeOptions()) == []
 
     class Broken(FakeDecoder):
-        def decode_windows(self, windows, options=TranscribeOptions()):
+        def decode_windows(self, windows, options=TranscribeOptions()):  # noqa: B008 - frozen; the decoder protocol's signature
             raise RuntimeError("device lost")
 
     futures = Broken().submit(windows, TranscribeOptions())

@@ -1,8 +1,8 @@
 """The public API is exactly what ``__all__`` says (as httpx checks its own)."""
 
 from __future__ import annotations
-
 import __future__
+
 import inspect
 import subprocess
 import sys

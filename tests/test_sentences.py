@@ -30,9 +30,9 @@ def test_sentence_end(word, ends):
 
 
 def test_last_sentence_end():
-    assert last_sentence_end("Ask not. What your".split()) == 2
-    assert last_sentence_end("Ask not what".split()) == 0
-    assert last_sentence_end("It is. Done.".split()) == 3
+    assert last_sentence_end(["Ask", "not.", "What", "your"]) == 2
+    assert last_sentence_end(["Ask", "not", "what"]) == 0
+    assert last_sentence_end(["It", "is.", "Done."]) == 3
 
 
 def final(text: str, start: float, end: float, words: bool = False) -> Final:

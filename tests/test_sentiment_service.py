@@ -35,9 +35,11 @@ def http(tmp_path_factory):
             "analysis": base.analysis.model_copy(update={"max_texts": 4, "max_text_chars": 50}),
         }
     )
-    with running_app(create_app(settings, transcriber=FakeDecoder())) as port:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            yield client
+    with (
+        running_app(create_app(settings, transcriber=FakeDecoder())) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client,
+    ):
+        yield client
 
 
 def test_endpoint_labels_english_and_korean(http):

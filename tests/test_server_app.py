@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from malsori.config import Settings
 from malsori.engine.audio import SAMPLE_RATE, decode_audio
 from malsori.engine.decoder import DirectDecoder
+from malsori.engine.types import Segment
 from malsori.engine.windows import WindowResult
-from malsori.engine.types import Segment, Transcript
 from malsori.errors import (
     AudioTooLargeError,
     AuthError,
@@ -120,7 +120,9 @@ def test_requests_go_through_the_fake_model(client, testdata):
     samples = len(decode_audio(path))
     response = client.post("/v1/audio/transcriptions", files={"file": ("a.flac", path.read_bytes())})
     assert response.status_code == 200 and response.json() == {"text": f"{samples} samples"}
-    text = client.post("/v1/audio/transcriptions", files={"file": ("a.flac", path.read_bytes())}, data={"response_format": "text"})
+    text = client.post(
+        "/v1/audio/transcriptions", files={"file": ("a.flac", path.read_bytes())}, data={"response_format": "text"}
+    )
     assert text.text == f"{samples} samples\n" and text.headers["content-type"].startswith("text/plain")
     silence = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", _wav(1.0))})
     assert silence.status_code == 200 and silence.json() == {"text": ""}  # a tone is no speech: nothing decoded
@@ -136,9 +138,9 @@ def test_validation_errors_have_the_error_body(client):
 def test_queue_full_is_429_with_retry_after(client, fake):
     services = client.app.state.services
     fake.gate.clear()  # hold the decoder so windows pile up
+    from malsori.engine.options import TranscribeOptions
     from malsori.engine.scheduler import Priority
     from malsori.engine.windows import Window
-    from malsori.engine.options import TranscribeOptions
 
     def hold(i: int):
         # Different options per window: the worker batches only equal options, one window at a time.
@@ -168,10 +170,18 @@ def test_concurrent_chunks_are_decoded_in_one_batch(client, fake):
     from malsori.engine.windows import Window
 
     # A first window occupies the decoder; three requests queue behind it and go in together.
-    first = services.scheduler.submit(Window(np.zeros(1600, np.float32)), TranscribeOptions(beam_size=5, vad_filter=False), owner="first", priority=Priority.REQUEST)
+    first = services.scheduler.submit(
+        Window(np.zeros(1600, np.float32)),
+        TranscribeOptions(beam_size=5, vad_filter=False),
+        owner="first",
+        priority=Priority.REQUEST,
+    )
     assert fake.entered.wait(5)
     with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(client.post, "/transcribe-chunk", files={"file": ("a.wav", _wav(1.0))}, data={"vad": "false"}) for _ in range(3)]
+        futures = [
+            pool.submit(client.post, "/transcribe-chunk", files={"file": ("a.wav", _wav(1.0))}, data={"vad": "false"})
+            for _ in range(3)
+        ]
         for _ in range(1000):  # until all three are queued (bounded: 10 s)
             if services.scheduler.pending(Priority.REQUEST) >= 3:
                 break
@@ -215,7 +225,12 @@ def test_the_server_decodes_as_many_batches_at_once_as_its_model_has_workers(wor
         scheduler = client.app.state.services.scheduler
         # Windows with different options never share a batch: three batches, for however many workers.
         futures = [
-            scheduler.submit(Window(np.zeros(1600, np.float32)), TranscribeOptions(beam_size=b, vad_filter=False), owner=f"o{b}", priority=Priority.JOB)
+            scheduler.submit(
+                Window(np.zeros(1600, np.float32)),
+                TranscribeOptions(beam_size=b, vad_filter=False),
+                owner=f"o{b}",
+                priority=Priority.JOB,
+            )
             for b in (1, 2, 3)
         ]
         assert fake.entered.wait(5)
@@ -332,7 +347,11 @@ def test_routes_modules_start_in_order_and_stop_in_reverse(fake, monkeypatch):
 
 
 # -- guards ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.0.1", "169.254.169.254", "::1", "fe80::1", "fc00::1", "0.0.0.0", "::ffff:127.0.0.1", "224.0.0.1", "100.64.0.1"])
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.0.1", "169.254.169.254", "::1", "fe80::1", "fc00::1", "0.0.0.0",
+     "::ffff:127.0.0.1", "224.0.0.1", "100.64.0.1"],
+)
 def test_private_addresses_are_refused(address):
     from malsori.server.fetch import check_address
 

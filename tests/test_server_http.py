@@ -310,7 +310,9 @@ def test_bad_fields_are_422(http, testdata, fields):
 
 def test_bad_chunk_fields_are_422(http):
     pcm = np.zeros(16000, dtype="<i2").tobytes()
-    for fields in ({"detector": "psychic"}, {"encoding": "mulaw"}, {"encoding": "pcm_s16le", "sample_rate": "100"}, {"threshold": "1.5"}):
+    for fields in (
+        {"detector": "psychic"}, {"encoding": "mulaw"}, {"encoding": "pcm_s16le", "sample_rate": "100"}, {"threshold": "1.5"}
+    ):
         _error(http.post("/detect", files={"file": ("c.raw", pcm)}, data=fields), 422)
 
 
@@ -351,7 +353,9 @@ def test_metrics_count_requests_audio_and_queue(http, testdata):
     text = http.get("/metrics").text
     from prometheus_client.parser import text_string_to_metric_families
 
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples
+    }
 
     def value(name: str, **labels) -> float:
         return samples.get((name, tuple(sorted(labels.items()))), 0.0)

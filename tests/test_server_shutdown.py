@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pytest
 import websockets
-
 from conftest import LiveServer
 
 pytestmark = pytest.mark.e2e
@@ -51,9 +50,14 @@ def test_sigterm_stops_the_server_with_live_sessions(tmp_path, keep_open):
 
 # -- draining: live sessions end with their finals ------------------------------------------------
 DRAIN_CLIPS = [
-    ("en/jfk.flac", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
-    ("en/ljspeech/LJ001-0001.flac", "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts and crafts represented in the Exhibition"),
-    ("en/ljspeech/LJ001-0003.flac", "For although the Chinese took impressions from wood blocks engraved in relief for centuries before the woodcutters of the Netherlands, by a similar process"),
+    ("en/jfk.flac",
+     "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
+    ("en/ljspeech/LJ001-0001.flac",
+     "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts "
+     "and crafts represented in the Exhibition"),
+    ("en/ljspeech/LJ001-0003.flac",
+     "For although the Chinese took impressions from wood blocks engraved in relief for centuries before the woodcutters "
+     "of the Netherlands, by a similar process"),
 ]  # fmt: skip
 
 

@@ -134,7 +134,7 @@ def test_three_speakers_every_word_to_its_speaker(three_transcript, testdata):
     matcher = difflib.SequenceMatcher(a=[w for w, _ in reference], b=[w for w, _ in hypothesis], autojunk=False)
     pairs = [(reference[i + k][1], hypothesis[j + k][1]) for i, j, n in matcher.get_matching_blocks() for k in range(n)]
     assert len(pairs) >= 0.9 * len(reference)  # the words themselves are recognised
-    mapping = {ref: hyp for ref, hyp in pairs}
+    mapping = dict(pairs)
     assert len(set(mapping.values())) == 3, mapping
     wrong = [(ref, hyp) for ref, hyp in pairs if mapping[ref] != hyp]
     assert not wrong, wrong

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from itertools import pairwise
 
 import httpx
 import pytest
@@ -57,7 +58,7 @@ def test_lj_talk_stats_every_2_s_consistent_with_finals_and_the_meeting_survives
     stats_times = [t for t, e in got if e["type"] == "stats" and t <= stop_at]
     # While the session streams: a stats event at least every 2 s (sent every 1 s and after each final).
     assert len(stats_times) >= (stop_at - got[0][0]) / 2
-    gaps = [b - a for a, b in zip(stats_times, stats_times[1:], strict=False)]
+    gaps = [b - a for a, b in pairwise(stats_times)]
     assert max(gaps) <= 2.0, gaps
 
     finals = [e for e in events if e["type"] == "final"]
@@ -116,7 +117,6 @@ def test_lj_talk_sentence_finals(live_server, testdata, manifest):
     from test_streaming_ws import reference
 
     from malsori.evaluation import wer
-    from malsori.streaming.sentences import sentence_end
 
     finals = _sentence_finals(live_server, load(testdata, *LJ), "en")
     _check_cut_at_sentence_ends(finals)

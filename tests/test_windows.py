@@ -6,6 +6,8 @@ the VAD merge, and real LJ Speech clips through the Silero VAD (ONNX, fast) for 
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -40,7 +42,7 @@ def _concatenate(audios, gap_s: float = 0.5):
 def _assert_tiles(windows, n):
     """Windows are contiguous, in order, cover [0, n) and none is longer than the limit."""
     assert windows[0][0] == 0 and windows[-1][1] == n
-    for (s0, e0), (s1, _) in zip(windows, windows[1:]):
+    for (_, e0), (s1, _) in pairwise(windows):
         assert e0 == s1
     assert all(0 < e - s <= LIMIT for s, e in windows), [(e - s) / SR for s, e in windows]
 
@@ -78,7 +80,7 @@ def test_small_window_limit_never_cuts_before_the_window_start():
     windows = plan_windows(audio, vad_filter=False, max_window_s=3.0)
     assert windows[0][0] == 0 and windows[-1][1] == len(audio)
     assert all(0 < e - s <= 3 * SR for s, e in windows)
-    assert all(e0 == s1 for (_, e0), (s1, _) in zip(windows, windows[1:]))
+    assert all(e0 == s1 for (_, e0), (s1, _) in pairwise(windows))
 
 
 # -- with the VAD: speech regions merged up to the limit ---------------------------------------------
@@ -105,7 +107,7 @@ def test_vad_keeps_a_short_input_with_speech_whole(monkeypatch):
 
 def test_vad_windows_on_real_speech_cut_at_pauses(manifest):
     clips = _ljspeech(manifest)
-    audio, spans = _concatenate([decode_audio(c.path) for c in clips])
+    audio, _ = _concatenate([decode_audio(c.path) for c in clips])
     windows = plan_windows(audio, vad_filter=True)
     assert len(windows) >= len(audio) / LIMIT
     assert all(0 < e - s <= LIMIT for s, e in windows), [(e - s) / SR for s, e in windows]
@@ -116,7 +118,7 @@ def test_vad_windows_on_real_speech_cut_at_pauses(manifest):
     uncovered = [k / SR for k in loud if not any(s <= k and k + frame <= e for s, e in windows)]
     assert not uncovered, uncovered
     # Each cut between windows falls in a pause: the 50 ms either side of it is quiet.
-    for (_, e0), (s1, _) in zip(windows, windows[1:]):
+    for (_, e0), (s1, _) in pairwise(windows):
         for edge in (e0, s1):
             around = audio[max(0, edge - SR // 20) : edge + SR // 20]
             assert np.sqrt(np.mean(around**2)) < 0.01, edge / SR
@@ -177,7 +179,7 @@ def test_long_input_with_context_chains_windows_and_keeps_the_error_rate_low(tra
     assert len(windows) >= 8
     chained = [w for w, _ in windows if w.prompt_tokens]
     assert len(chained) >= len(windows) // 2  # runs of two windows at least: all but each run's first
-    for (_, result), (window, _) in zip(windows, windows[1:], strict=False):
+    for (_, result), (window, _) in pairwise(windows):
         if window.prompt_tokens:
             n = min(len(result.tokens), len(window.prompt_tokens))  # at most 223 are carried
             assert n and window.prompt_tokens[-n:] == result.tokens[-n:]  # its predecessor's output
