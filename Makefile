@@ -28,7 +28,7 @@ test-fast: $(STAMP)
 
 # Static checks; settings in pyproject.toml ([tool.ruff], [tool.mypy]).
 lint: $(STAMP)
-	$(PY) -m ruff check src
+	$(PY) -m ruff check src tests bench
 	$(PY) -m ruff format --check src
 
 typecheck: $(STAMP)

@@ -132,8 +132,8 @@ def test_a_meeting_id_of_another_tenant_is_a_meeting_of_its_own(server):
     first = {**START_SESSION, "session_id": "t-1", "meeting_id": "fast-m4"}
     run(exchange(server.url + "/stt/realtime", [first, {"type": "end_session"}]))
     second = {**first, "session_id": "t-2", "tenant_id": "other"}
-    events, _ = run(exchange(server.url + "/stt/realtime", [second, {"type": "end_session"}]))
-    assert not [e for e in events if e.get("type") == "error"], events
+    events, code = run(exchange(server.url + "/stt/realtime", [second, {"type": "end_session"}]))
+    assert code == 1000 and not [e for e in events if e.get("type") == "error"], (code, events)
     http = _http(server)
     # ?tenant_id= picks the tenant (label) of a meeting; without it, the newest meeting of the id.
     for tenant, session in (("other", "t-2"), ("acme", "t-1"), ("", "t-2")):
