@@ -3,9 +3,12 @@ speech (``shared/testdata/ko``, Zeroth-Korean, and ``multi/test_ko.wav``) as a f
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
+from malsori.engine.scheduler import DecodeScheduler
 from malsori.errors import InvalidOptionsError
 from malsori.evaluation import korean_cer, korean_clips, korean_text, sino_korean
 from malsori.streaming import PRESETS, Final, StreamConfig, StreamingSession
@@ -87,6 +90,26 @@ def test_korean_files_are_transcribed_within_the_cer_bound(monkeypatch, transcri
     assert max(map(len, batches)) > 1, batches  # windows of one length still share a batch
     first = Pipeline(transcriber).transcribe(korean[0][0], options)
     assert first.text == hyps[0]
+
+    # Through the server's scheduler, each clip a request of its own: a batch holds windows of one
+    # encoder length (the rest go to the other worker at once), and every clip reads as it did above.
+    composed: list[list[int]] = []
+    whole = transcriber.decode_batch
+
+    def spy_composed(windows, opts):
+        composed.append([encoder_frames(w, opts) for w in windows])
+        return whole(windows, opts)
+
+    monkeypatch.setattr(transcriber, "decode_batch", spy_composed)
+    scheduler = DecodeScheduler(transcriber, max_batch=transcriber.max_batch_size, workers=transcriber.workers)
+    try:
+        with ThreadPoolExecutor(len(korean)) as pool:
+            lanes = [scheduler.lane(f"clip{n}") for n in range(len(korean))]
+            served = list(pool.map(lambda n: Pipeline(lanes[n]).transcribe(korean[n][0], options).text, range(len(korean))))
+    finally:
+        scheduler.close()
+    assert served == hyps
+    assert all(len(set(batch)) == 1 for batch in composed), composed
 
 
 @pytest.mark.model

@@ -236,6 +236,38 @@ def test_while_finals_wait_a_live_batch_holds_only_finals(urgent_batch, finals):
         scheduler.close()
 
 
+def test_a_batch_holds_windows_of_one_class_of_its_decoder():
+    """A decoder that decodes some windows apart even in one batch (``batch_class``: the model's prompt
+    and no prompt, Korean encoder lengths on a CPU) gets batches of one class; the other class waits for
+    the next batch (another worker's, at once) and keeps its turn."""
+    gate = threading.Event()
+    decoder = FakeDecoder()
+    real = decoder.decode_windows
+    batches: list[list[str]] = []
+
+    def recorded(windows, options):
+        gate.wait(10)
+        batches.append([w.prompt or "" for w in windows])
+        return real(windows, options)
+
+    decoder.decode_windows = recorded  # type: ignore[method-assign]
+    decoder.batch_class = lambda window, options: (window.prompt or "")[0]  # type: ignore[attr-defined]
+    options = TranscribeOptions(beam_size=1)
+    scheduler = DecodeScheduler(decoder, max_batch=8)
+    try:
+        held = scheduler.submit(Window(tone_speech(["alpha"]), prompt="held"), options, owner="r9")
+        while scheduler.pending(Priority.REQUEST):  # taken by the worker, held
+            pass
+        names = ["a0", "b1", "a2", "b3", "a4"]
+        futures = [scheduler.submit(Window(tone_speech(["alpha"]), prompt=n), options, owner=f"r{n}") for n in names]
+        gate.set()
+        assert [f.result(5).text for f in [held, *futures]] == ["alpha"] * 6
+        assert batches == [["held"], ["a0", "a2", "a4"], ["b1", "b3"]]
+    finally:
+        gate.set()
+        scheduler.close()
+
+
 def test_live_partials_never_take_the_last_free_worker():
     """With two workers, a batch of partials runs on one; more partials wait for it, so a final that comes
     due starts at once on the other. Request windows may still use the second worker."""

@@ -289,6 +289,12 @@ class DecodeScheduler:
         urgent = urgent_owner is not None
         first_owner = urgent_owner if urgent_owner is not None else next(iter(owners))
         options = owners[first_owner][0].options
+        # A decoder that decodes some windows apart even in one batch (the model: a window with a prompt
+        # and one without; Korean windows of different encoder lengths on a CPU) says so with
+        # ``batch_class``: a batch holds one class, and the windows of another go in the next batch, to
+        # another worker at the same time, instead of waiting in this one for its first class.
+        class_of = getattr(self.decoder, "batch_class", None)
+        first_class = class_of(owners[first_owner][0].window, options) if class_of is not None else None
         # Live windows go in half-size batches: a final that arrives while a batch of partials runs
         # waits half as long; on a CPU the encoder is compute-bound, so two half batches cost about
         # what one full batch does (8 partial windows of 4 s: 2.5-3.2 s as one batch, 2.2-2.7 s as
@@ -311,7 +317,13 @@ class DecodeScheduler:
                 while queue and queue[0].future.cancelled():  # its caller gave up on it
                     queue.popleft()
                     self._counts[priority] -= 1
-                if queue and queue[0].options == options and queue[0].urgent == urgent and len(batch) < limit:
+                if (
+                    queue
+                    and queue[0].options == options
+                    and queue[0].urgent == urgent
+                    and len(batch) < limit
+                    and (class_of is None or class_of(queue[0].window, options) == first_class)
+                ):
                     batch.append(queue.popleft())
                     took = True
                     owners.move_to_end(owner)

@@ -416,6 +416,15 @@ class Transcriber(DirectDecoder):
         encoder lengths, see ``_OWN_LENGTH_LANGUAGES``)."""
         return self.decode_windows(windows, options, spread=False)
 
+    def batch_class(self, window: Window, options: TranscribeOptions) -> tuple[bool, int]:
+        """Windows of different classes never share a model call (a batch that mixes them is decoded one
+        class after another): a window with a prompt and one without, and on a CPU a window of a language
+        in ``_OWN_LENGTH_LANGUAGES`` and one of another encoder length. A scheduler composes its batches
+        of one class (:class:`~malsori.engine.scheduler.DecodeScheduler`), so its workers decode the
+        classes side by side rather than one after another on one worker."""
+        own = self.device == "cpu" and (window.language or options.language) in _OWN_LENGTH_LANGUAGES
+        return _has_prompt(window), encoder_frames(window, options) if own else 0
+
     def decode_windows(
         self, windows: Sequence[Window], options: TranscribeOptions = TranscribeOptions(), *, spread: bool = True
     ) -> list[WindowResult]:
@@ -465,8 +474,7 @@ class Transcriber(DirectDecoder):
         workers = self.workers if spread else 1
         classes: dict[tuple[bool, int], list[int]] = {}
         for i, w in enumerate(windows):
-            own = self.device == "cpu" and (w.language or options.language) in _OWN_LENGTH_LANGUAGES
-            classes.setdefault((_has_prompt(w), encoder_frames(w, options) if own else 0), []).append(i)
+            classes.setdefault(self.batch_class(w, options), []).append(i)
         audio = [len(w.audio) for w in windows]
         groups: list[list[int]] = []
         for _, members in sorted(classes.items()):
