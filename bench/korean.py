@@ -15,6 +15,11 @@ Sections, all in the same process and run:
   padding and minimum input, batching), to show where Korean accuracy goes.
 - **prompt**: an initial prompt (polite style, with punctuation) and hotwords.
 - **detect**: each clip on its own with no language given: share detected as ``ko``.
+- **http**: the clips sent to a fresh ``malsori serve`` (defaults, beam 5) as ``POST
+  /v1/audio/transcriptions`` with ``language=ko``, one request at a time and then all at once: what the
+  server's shared scheduler makes of Korean (its batches of Korean windows of different encoder lengths
+  are decoded one length after another on a CPU); speed against the offline section's faster-whisper
+  when both run.
 - **live**: the clips joined with 0.6 s pauses as one talk, streamed at real time to a fresh
   ``malsori serve`` on ``/v1/stream`` with the ``korean`` preset (``bench/streaming.py``'s client);
   streaming CER of the finals against offline CER of the same audio (``Pipeline``, language ``ko``);
@@ -59,7 +64,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--beam", type=int, default=5)
-    ap.add_argument("--sections", default="offline,causes,prompt,detect,live")
+    ap.add_argument("--sections", default="offline,causes,prompt,detect,http,live")
     ap.add_argument("--preset", default="korean", help="live preset")
     ap.add_argument("--options", default="{}", help='live: JSON overrides of the preset, e.g. \'{"commit_after_s": 0}\'')
     ap.add_argument("--write", action="store_true", help=f"write the results into {DOC.relative_to(REPO)}")
@@ -76,6 +81,7 @@ def main() -> int:
         EngineConfig(model="base", device="cpu", compute_type="int8", cpu_threads=threads, num_workers=workers)
     )
     lines: list[str] = []
+    base_wall: float | None = None
 
     def out(line: str = "") -> None:
         print(line, flush=True)
@@ -196,6 +202,11 @@ def main() -> int:
         )
         out()
 
+    if "http" in sections:
+        for line in http(clips, refs, duration, base_wall):
+            out(line)
+        out()
+
     if "live" in sections:
         out(live(args.preset, transcriber, clips, args.beam, json.loads(args.options)))
         out()
@@ -210,6 +221,61 @@ def main() -> int:
         # One block per set of sections: accuracy-only sections need no quiet machine, timed ones do.
         replace_block(SECTION, f"bench/korean.py {args.sections}", meta + "\n\n" + "\n".join(lines))
     return 0
+
+
+def http(clips: list[tuple[Path, str]], refs: list[str], duration: float, base_wall: float | None) -> list[str]:
+    """The clips sent to a fresh ``malsori serve`` (defaults: beam 5, the shared scheduler), language
+    ``ko``: one request at a time, then all at once."""
+    import httpx
+    from load import start_server
+
+    bodies = [(p.name, p.read_bytes()) for p, _ in clips]
+
+    async def send(url: str, concurrency: int, todo: list[int]) -> tuple[list[str], float]:
+        texts: list[str] = [""] * len(todo)
+        slots = dict(zip(todo, range(len(todo)), strict=True))
+        async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0), trust_env=False) as client:
+
+            async def one_client() -> None:
+                while todo:
+                    i = todo.pop(0)
+                    name, data = bodies[i]
+                    response = await client.post(
+                        "/v1/audio/transcriptions",
+                        files={"file": (name, data, "application/octet-stream")},
+                        data={"model": "whisper-1", "language": "ko", "response_format": "json"},
+                    )
+                    response.raise_for_status()
+                    texts[slots[i]] = response.json()["text"]
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one_client() for _ in range(concurrency)))
+            return texts, time.perf_counter() - started
+
+    lines = [
+        "HTTP, a fresh `malsori serve` (defaults: beam 5, the shared scheduler), `POST /v1/audio/transcriptions` "
+        "with `language=ko`, one request at a time, then every clip at once (one untimed request first):",
+        "",
+        "| clients | CER | CER digits as given | wall s | throughput | vs faster-whisper | load before / after |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    with tempfile.TemporaryDirectory(prefix="malsori-korean-http-") as scratch:
+        process, url = start_server(Path(scratch) / "data", "base", Path(scratch) / "server.log")
+        try:
+            asyncio.run(send(url, 1, [0]))  # warm-up, excluded
+            for concurrency in (1, len(bodies)):
+                before = load()
+                hyps, wall = asyncio.run(send(url, concurrency, list(range(len(bodies)))))
+                ratio = f"{base_wall / wall:.2f}x" if base_wall else "–"
+                lines.append(
+                    f"| {concurrency} | {cer_cells(refs, hyps)} | {wall:.1f} | {duration / wall:.1f}x | {ratio} | "
+                    f"{before[13:]} / {load()[13:]} |"
+                )
+                print(lines[-1], flush=True)
+        finally:
+            process.terminate()
+            process.wait(30)
+    return lines
 
 
 def live(preset: str, transcriber: Transcriber, clips: list[tuple[Path, str]], beam: int, overrides: dict | None = None) -> str:
