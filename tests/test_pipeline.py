@@ -188,6 +188,22 @@ def test_a_lane_queues_all_windows_or_none():
         scheduler.close()
 
 
+def held_decoder() -> tuple[FakeDecoder, threading.Event, list[list[str]]]:
+    """A fake decoder whose decodes wait for the gate it returns, recording each batch's prompts."""
+    gate = threading.Event()
+    decoder = FakeDecoder()
+    real = decoder.decode_windows
+    batches: list[list[str]] = []
+
+    def recorded(windows, options):
+        gate.wait(10)
+        batches.append([w.prompt or "" for w in windows])
+        return real(windows, options)
+
+    decoder.decode_windows = recorded  # type: ignore[method-assign]
+    return decoder, gate, batches
+
+
 @pytest.mark.parametrize(
     ("urgent_batch", "finals"),
     [
@@ -201,17 +217,7 @@ def test_while_finals_wait_a_live_batch_holds_only_finals(urgent_batch, finals):
     partial beside them would be encoded at their length), and the partials in the batch after.
     ``urgent_batch`` bounds the finals of a batch (a CPU server decodes them one at a time); the partials
     still go four together."""
-    gate = threading.Event()
-    decoder = FakeDecoder()
-    real = decoder.decode_windows
-    batches: list[list[str]] = []
-
-    def recorded(windows, options):
-        gate.wait(10)
-        batches.append([w.prompt or "" for w in windows])
-        return real(windows, options)
-
-    decoder.decode_windows = recorded  # type: ignore[method-assign]
+    decoder, gate, batches = held_decoder()
     options = TranscribeOptions(beam_size=1)
     scheduler = DecodeScheduler(decoder, max_batch=8, urgent_batch=urgent_batch)  # live batches of 4
     try:
@@ -240,17 +246,7 @@ def test_a_batch_holds_windows_of_one_class_of_its_decoder():
     """A decoder that decodes some windows apart even in one batch (``batch_class``: the model's prompt
     and no prompt, Korean encoder lengths on a CPU) gets batches of one class; the other class waits for
     the next batch (another worker's, at once) and keeps its turn."""
-    gate = threading.Event()
-    decoder = FakeDecoder()
-    real = decoder.decode_windows
-    batches: list[list[str]] = []
-
-    def recorded(windows, options):
-        gate.wait(10)
-        batches.append([w.prompt or "" for w in windows])
-        return real(windows, options)
-
-    decoder.decode_windows = recorded  # type: ignore[method-assign]
+    decoder, gate, batches = held_decoder()
     decoder.batch_class = lambda window, options: (window.prompt or "")[0]  # type: ignore[attr-defined]
     options = TranscribeOptions(beam_size=1)
     scheduler = DecodeScheduler(decoder, max_batch=8)

@@ -3,9 +3,9 @@
 Live streams, short HTTP requests and file jobs all submit windows here. A worker thread takes the
 most urgent class first (live, then requests, then jobs), round-robin across owners (a stream, a
 request, a job) so one busy owner cannot starve the others, and decodes up to ``max_batch`` windows
-that share decoding options in one call. When the queue of a class is full, ``submit`` raises
-:class:`OverloadedError` at once: callers turn that into 429 or close code 1013 instead of every
-caller slowing down.
+that share decoding options (and the decoder's ``batch_class``, where it has one) in one call. When
+the queue of a class is full, ``submit`` raises :class:`OverloadedError` at once: callers turn that
+into 429 or close code 1013 instead of every caller slowing down.
 """
 
 from __future__ import annotations
