@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 # Static checks; settings in pyproject.toml ([tool.ruff], [tool.mypy]).
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench
-	$(PY) -m ruff format --check src tests bench
+	$(PY) -m ruff format --check src
 
 typecheck: $(STAMP)
 	$(PY) -m mypy src

@@ -85,20 +85,8 @@ class Level:
 def start_server(data_dir: Path, model: str, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "malsori.cli.app",
-        "serve",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-        "--model",
-        model,
-        "--log-level",
-        "warning",
-    ]
+    command = [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(port), "--data-dir", str(data_dir),
+               "--model", model, "--log-level", "warning"]
     log = open(log_path, "ab")  # noqa: SIM115 - the server writes to it for its whole life
     # This tree's code, not whichever malsori the interpreter has installed (a worktree's venv link
     # points at another checkout's editable install).
