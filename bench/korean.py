@@ -17,9 +17,9 @@ Sections, all in the same process and run:
 - **detect**: each clip on its own with no language given: share detected as ``ko``.
 - **http**: the clips sent to a fresh ``malsori serve`` (defaults, beam 5) as ``POST
   /v1/audio/transcriptions`` with ``language=ko``, one request at a time and then all at once: what the
-  server's shared scheduler makes of Korean (its batches of Korean windows of different encoder lengths
-  are decoded one length after another on a CPU); speed against the offline section's faster-whisper
-  when both run.
+  server's shared scheduler makes of Korean (on a CPU its batches hold Korean windows of one encoder
+  length, see ``Transcriber.batch_class``); speed against the offline section's faster-whisper when both
+  run.
 - **live**: the clips joined with 0.6 s pauses as one talk, streamed at real time to a fresh
   ``malsori serve`` on ``/v1/stream`` with the ``korean`` preset (``bench/streaming.py``'s client);
   streaming CER of the finals against offline CER of the same audio (``Pipeline``, language ``ko``);
@@ -203,7 +203,7 @@ def main() -> int:
         out()
 
     if "http" in sections:
-        for line in http(clips, refs, duration, base_wall):
+        for line in http(clips, audios, base_wall):
             out(line)
         out()
 
@@ -223,35 +223,12 @@ def main() -> int:
     return 0
 
 
-def http(clips: list[tuple[Path, str]], refs: list[str], duration: float, base_wall: float | None) -> list[str]:
+def http(clips: list[tuple[Path, str]], audios: list[np.ndarray], base_wall: float | None) -> list[str]:
     """The clips sent to a fresh ``malsori serve`` (defaults: beam 5, the shared scheduler), language
-    ``ko``: one request at a time, then all at once."""
-    import httpx
-    from load import start_server
+    ``ko``: one request at a time, then all at once (``bench/load.py``'s clients)."""
+    from load import Clip, run_level, start_server
 
-    bodies = [(p.name, p.read_bytes()) for p, _ in clips]
-
-    async def send(url: str, concurrency: int, todo: list[int]) -> tuple[list[str], float]:
-        texts: list[str] = [""] * len(todo)
-        slots = dict(zip(todo, range(len(todo)), strict=True))
-        async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0), trust_env=False) as client:
-
-            async def one_client() -> None:
-                while todo:
-                    i = todo.pop(0)
-                    name, data = bodies[i]
-                    response = await client.post(
-                        "/v1/audio/transcriptions",
-                        files={"file": (name, data, "application/octet-stream")},
-                        data={"model": "whisper-1", "language": "ko", "response_format": "json"},
-                    )
-                    response.raise_for_status()
-                    texts[slots[i]] = response.json()["text"]
-
-            started = time.perf_counter()
-            await asyncio.gather(*(one_client() for _ in range(concurrency)))
-            return texts, time.perf_counter() - started
-
+    sent = [Clip(p.name, p.read_bytes(), len(a) / 16000, ref) for (p, ref), a in zip(clips, audios, strict=True)]
     lines = [
         "HTTP, a fresh `malsori serve` (defaults: beam 5, the shared scheduler), `POST /v1/audio/transcriptions` "
         "with `language=ko`, one request at a time, then every clip at once (one untimed request first):",
@@ -262,14 +239,16 @@ def http(clips: list[tuple[Path, str]], refs: list[str], duration: float, base_w
     with tempfile.TemporaryDirectory(prefix="malsori-korean-http-") as scratch:
         process, url = start_server(Path(scratch) / "data", "base", Path(scratch) / "server.log")
         try:
-            asyncio.run(send(url, 1, [0]))  # warm-up, excluded
-            for concurrency in (1, len(bodies)):
+            asyncio.run(run_level(url, sent[:1], 1, 1, 600.0, language="ko"))  # warm-up, excluded
+            for concurrency in (1, len(sent)):
                 before = load()
-                hyps, wall = asyncio.run(send(url, concurrency, list(range(len(bodies)))))
-                ratio = f"{base_wall / wall:.2f}x" if base_wall else "–"
+                level = asyncio.run(run_level(url, sent, concurrency, len(sent), 600.0, language="ko"))
+                if level.ok != len(sent):
+                    raise SystemExit(f"{len(sent) - level.ok} of {len(sent)} requests failed: {level.statuses}")
+                ratio = f"{base_wall / level.wall_s:.2f}x" if base_wall else "–"
                 lines.append(
-                    f"| {concurrency} | {cer_cells(refs, hyps)} | {wall:.1f} | {duration / wall:.1f}x | {ratio} | "
-                    f"{before[13:]} / {load()[13:]} |"
+                    f"| {concurrency} | {cer_cells(level.references, level.hypotheses)} | {level.wall_s:.1f} | "
+                    f"{level.audio_s / level.wall_s:.1f}x | {ratio} | {before[13:]} / {load()[13:]} |"
                 )
                 print(lines[-1], flush=True)
         finally:

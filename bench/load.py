@@ -118,7 +118,9 @@ async def scheduler_counts(client: httpx.AsyncClient) -> tuple[int, int]:
     return int(sched.get("batches", 0)), int(sched.get("windows", 0))
 
 
-async def run_level(url: str, clips: list[Clip], concurrency: int, requests: int, max_seconds: float) -> Level:
+async def run_level(
+    url: str, clips: list[Clip], concurrency: int, requests: int, max_seconds: float, language: str = "en"
+) -> Level:
     level = Level(concurrency)
     todo = [clips[i % len(clips)] for i in range(requests)]
     limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
@@ -135,7 +137,7 @@ async def run_level(url: str, clips: list[Clip], concurrency: int, requests: int
                     response = await client.post(
                         "/v1/audio/transcriptions",
                         files={"file": (clip.name, clip.data, "audio/flac")},
-                        data={"model": "whisper-1", "language": "en", "response_format": "json"},
+                        data={"model": "whisper-1", "language": language, "response_format": "json"},
                     )
                 except httpx.HTTPError:
                     level.transport_errors += 1

@@ -71,14 +71,20 @@ def test_korean_files_are_transcribed_within_the_cer_bound(monkeypatch, transcri
     from malsori.engine.transcriber import encoder_frames
 
     options = TranscribeOptions(language="ko")
-    batches: list[list[int]] = []  # the encoder length of each window of each batch decoded
-    decode_batch = transcriber._decode_batch
 
-    def spy(windows, opts):
-        batches.append([encoder_frames(w, opts) for w in windows])
-        return decode_batch(windows, opts)
+    def recorded(name: str) -> list[list[int]]:
+        """The encoder length of each window of each batch the transcriber's ``name`` is given."""
+        lengths: list[list[int]] = []
+        decode = getattr(transcriber, name)
 
-    monkeypatch.setattr(transcriber, "_decode_batch", spy)
+        def spy(windows, opts):
+            lengths.append([encoder_frames(w, opts) for w in windows])
+            return decode(windows, opts)
+
+        monkeypatch.setattr(transcriber, name, spy)
+        return lengths
+
+    batches = recorded("_decode_batch")  # each model call
     transcripts = Pipeline(transcriber).transcribe_many([a for a, _ in korean], options)
     refs, hyps = [r for _, r in korean], [t.text for t in transcripts]
     assert all(t.language == "ko" for t in transcripts)
@@ -93,14 +99,7 @@ def test_korean_files_are_transcribed_within_the_cer_bound(monkeypatch, transcri
 
     # Through the server's scheduler, each clip a request of its own: a batch holds windows of one
     # encoder length (the rest go to the other worker at once), and every clip reads as it did above.
-    composed: list[list[int]] = []
-    whole = transcriber.decode_batch
-
-    def spy_composed(windows, opts):
-        composed.append([encoder_frames(w, opts) for w in windows])
-        return whole(windows, opts)
-
-    monkeypatch.setattr(transcriber, "decode_batch", spy_composed)
+    composed = recorded("decode_batch")  # each batch the scheduler composed
     scheduler = DecodeScheduler(transcriber, max_batch=transcriber.max_batch_size, workers=transcriber.workers)
     try:
         with ThreadPoolExecutor(len(korean)) as pool:
