@@ -29,15 +29,15 @@ test-fast: $(STAMP)
 # Static checks; settings in pyproject.toml ([tool.ruff], [tool.mypy]).
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench
-	$(PY) -m ruff format --check src
+	$(PY) -m ruff format --check src tests bench
 
 typecheck: $(STAMP)
 	$(PY) -m mypy src
 
 # Applies what `lint` asks for where it can be done mechanically: safe fixes, then formatting.
 format: $(STAMP)
-	$(PY) -m ruff check --fix src
-	$(PY) -m ruff format src
+	$(PY) -m ruff check --fix src tests bench
+	$(PY) -m ruff format src tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -44,6 +44,14 @@ def machine_line() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
 
+def serve_command(port: int, *options: str, data_dir: Path | None = None) -> list[str]:
+    """The command line that starts this tree's `malsori serve` on ``port`` (in ``data_dir`` when given),
+    with ``options`` after it; a script runs it with ``src/`` on PYTHONPATH (a worktree's venv may hold
+    another checkout's editable install)."""
+    where = ["--data-dir", str(data_dir)] if data_dir is not None else []
+    return [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(port), *where, *options]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -63,9 +63,7 @@ def non_speech(testdata: Path, seconds: float = 5.0) -> list[tuple[str, np.ndarr
         hum = sum(np.sin(2 * np.pi * mains * k * t) / k for k in (1, 2, 3, 5))
         out.append((f"{mains} Hz hum with harmonics", _normalize(hum, -20)))
     notes = [261.6, 329.6, 392.0, 523.3, 440.0, 349.2, 293.7, 246.9]
-    melody = np.concatenate([
-        np.sin(2 * np.pi * f * t[: n // len(notes)]) * np.exp(-3 * t[: n // len(notes)]) for f in notes
-    ])
+    melody = np.concatenate([np.sin(2 * np.pi * f * t[: n // len(notes)]) * np.exp(-3 * t[: n // len(notes)]) for f in notes])
     out.append(("melody of decaying tones", _normalize(melody, -20)))
     chord = sum(np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0)) * (0.6 + 0.4 * np.sin(2 * np.pi * 2 * t))
     out.append(("tremolo major chord", _normalize(chord, -20)))

@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import wave
@@ -30,7 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import websockets
-from common import REPO, TESTDATA, free_port, machine_line, replace_section
+from common import REPO, TESTDATA, free_port, machine_line, replace_section, serve_command
 
 SR = 16000
 CLIPS = [f"en/ljspeech/LJ001-{k:04d}.flac" for k in range(1, 33)]
@@ -44,7 +43,7 @@ class Server:
 
     def start(self) -> Server:
         env = {**os.environ, "MALSORI__SERVER__DRAIN_TIMEOUT_S": str(self.drain_s), "PYTHONPATH": str(REPO / "src")}
-        command = [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        command = serve_command(self.port, data_dir=self.data_dir)
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

@@ -195,8 +195,10 @@ def main() -> int:
         m_lang = [c.language for c in multi]
         m_runs = [timed(s, m_audio, m_lang) for s in systems[:2]]
         out()
-        out("Every clip of `multi/` with its language forced (the short encoder against the padded 30 s one); "
-            "CER for ja, ko, zh, WER otherwise.")
+        out(
+            "Every clip of `multi/` with its language forced (the short encoder against the padded 30 s one); "
+            "CER for ja, ko, zh, WER otherwise."
+        )
         out()
         out("| clip | lang | metric | faster-whisper | malsori batched |")
         out("|---|---|---|---:|---:|")
@@ -220,10 +222,12 @@ def main() -> int:
             ),
         ]
         out()
-        out(f"One long input: the {len(lj)} LJ Speech clips in order with {args.gap} s gaps, {dur:.0f} s of audio, "
+        out(
+            f"One long input: the {len(lj)} LJ Speech clips in order with {args.gap} s gaps, {dur:.0f} s of audio, "
             "transcribed as one recording. With `condition_on_previous_text` malsori decodes the input's windows "
             "in contiguous runs side by side (as many as keep its batches as full as without context, two windows a run "
-            "at least), each window prompted with the tokens its predecessor decoded.")
+            "at least), each window prompted with the tokens its predecessor decoded."
+        )
         out()
         out("| system | WER | errors | wall s | throughput | vs faster-whisper |")
         out("|---|---:|---:|---:|---:|---:|")
@@ -232,14 +236,18 @@ def main() -> int:
         base_wer = corpus_wer([ref], base.texts)
         for label, r in long_runs:
             err = corpus_wer([ref], r.texts)
-            out(f"| {label} | {100 * err:.1f}% | {round(err * len(normalize(ref).split()))} | {r.wall:.1f} | "
-                f"{dur / r.wall:.1f}x | {base.wall / r.wall:.2f}x |")
+            out(
+                f"| {label} | {100 * err:.1f}% | {round(err * len(normalize(ref).split()))} | {r.wall:.1f} | "
+                f"{dur / r.wall:.1f}x | {base.wall / r.wall:.2f}x |"
+            )
         ctx_label, ctx = long_runs[1]
         ctx_wer = corpus_wer([ref], ctx.texts)
         met = ctx_wer <= base_wer + 1e-9 and base.wall / ctx.wall >= 1.5
         out()
-        out(f"Target (issue 17): WER at most faster-whisper's at 1.5x its speed or more: {ctx_label} "
-            f"{100 * ctx_wer:.1f}% against {100 * base_wer:.1f}%, {base.wall / ctx.wall:.2f}x: {'met' if met else 'not met'}.")
+        out(
+            f"Target (issue 17): WER at most faster-whisper's at 1.5x its speed or more: {ctx_label} "
+            f"{100 * ctx_wer:.1f}% against {100 * base_wer:.1f}%, {base.wall / ctx.wall:.2f}x: {'met' if met else 'not met'}."
+        )
 
     command = "flock /tmp/malsori-bench.lock .venv/bin/python " + " ".join(["bench/files.py", *sys.argv[1:]])
     meta = (

@@ -66,7 +66,7 @@ def main() -> int:
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--sections", default="offline,causes,prompt,detect,http,live")
     ap.add_argument("--preset", default="korean", help="live preset")
-    ap.add_argument("--options", default="{}", help='live: JSON overrides of the preset, e.g. \'{"commit_after_s": 0}\'')
+    ap.add_argument("--options", default="{}", help="live: JSON overrides of the preset, e.g. '{\"commit_after_s\": 0}'")
     ap.add_argument("--write", action="store_true", help=f"write the results into {DOC.relative_to(REPO)}")
     args = ap.parse_args()
     sections = set(args.sections.split(","))

@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from common import REPO, free_port, machine_line, replace_section
+from common import REPO, free_port, machine_line, replace_section, serve_command
 from streaming import Scores, Server, load_talk, pct, start_malsori, stream_malsori
 
 from malsori.engine.options import TranscribeOptions
@@ -76,8 +76,15 @@ def celery_app(url: str):
     from celery import Celery
 
     app = Celery("hop", broker=url, backend=url)
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"], worker_prefetch_multiplier=1,
-                    task_acks_late=True, broker_connection_retry_on_startup=True, worker_hijack_root_logger=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        task_acks_late=True,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
 
     @app.task(name="hop.echo")
     def echo(header: dict, audio: str) -> str:
@@ -90,8 +97,19 @@ def celery_app(url: str):
 
 def echo_celery(url: str) -> None:
     app, _ = celery_app(url)
-    app.worker_main(["worker", "--pool=solo", "--concurrency=1", "--loglevel=warning", "--without-gossip", "--without-mingle",
-                     "--without-heartbeat", "-Q", "hop"])
+    app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            "--loglevel=warning",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-Q",
+            "hop",
+        ]
+    )
 
 
 # -- transport round trips -----------------------------------------------------------------------------
@@ -155,8 +173,12 @@ def transports(url: str, n: int, log) -> list[list[str]]:
         ("Redis stream (XADD / XREADGROUP)", "stream", rtt_stream),
         ("Celery task per batch (JSON, base64 audio)", "celery", rtt_celery),
     ):
-        worker = subprocess.Popen([sys.executable, __file__, "--echo", mode, "--redis", url], cwd=REPO,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        worker = subprocess.Popen(
+            [sys.executable, __file__, "--echo", mode, "--redis", url],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             measure(url, 2.0, 5 if mode != "celery" else 1)  # the echo worker is up and warm (blocks until it answers)
             cells = [name]
@@ -174,8 +196,11 @@ def transports(url: str, n: int, log) -> list[list[str]]:
 # -- live latency, in process vs through a worker ------------------------------------------------------
 def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     import redis
 
@@ -211,8 +236,7 @@ def start_scaled(workdir: Path, url: str) -> tuple[Server, Server, str]:
         except httpx.HTTPError:
             return False
 
-    command = [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(port), "--data-dir", str(workdir / "gateway-data"),
-               "--log-level", "warning"]
+    command = serve_command(port, "--log-level", "warning", data_dir=workdir / "gateway-data")
     gateway = Server("gateway", command, env, ready, workdir / "gateway.log")
     return gateway, worker, f"ws://127.0.0.1:{port}/v1/stream"
 
@@ -255,13 +279,25 @@ def main() -> None:
                 scores[name].add(talk, record)
                 s = Scores()
                 s.add(talk, record)
-                log(f"  round {r + 1} {name}: final p50 {pct(s.final_latency, 50):.3f} s, p95 {pct(s.final_latency, 95):.3f} s, "
-                    f"missed {s.missed}, WER {100 * (s.wer or 0):.1f}%{' ERROR ' + record.error if record.error else ''}")
+                log(
+                    f"  round {r + 1} {name}: final p50 {pct(s.final_latency, 50):.3f} s, p95 {pct(s.final_latency, 95):.3f} s, "
+                    f"missed {s.missed}, WER {100 * (s.wer or 0):.1f}%{' ERROR ' + record.error if record.error else ''}"
+                )
                 log("    finals: " + " | ".join(e[2] for e in record.events if e[1]))
         rows = []
         for name, s in scores.items():
-            rows.append([name, str(len(s.final_latency)), f"{pct(s.final_latency, 50):.3f}", f"{pct(s.final_latency, 95):.3f}",
-                         f"{pct(s.first_text, 50):.3f}", str(s.missed), f"{100 * (s.wer or 0):.1f}", str(len(s.errors))])
+            rows.append(
+                [
+                    name,
+                    str(len(s.final_latency)),
+                    f"{pct(s.final_latency, 50):.3f}",
+                    f"{pct(s.final_latency, 95):.3f}",
+                    f"{pct(s.first_text, 50):.3f}",
+                    str(s.missed),
+                    f"{100 * (s.wer or 0):.1f}",
+                    str(len(s.errors)),
+                ]
+            )
         names = list(scores)
         added = pct(scores[names[1]].final_latency, 50) - pct(scores[names[0]].final_latency, 50)
         log(f"the hop adds {added * 1000:.0f} ms to final p50 (target: at most 150 ms)")
@@ -271,27 +307,32 @@ def main() -> None:
         redis_process.terminate()
         redis_process.wait(10)
 
-    command = "flock /tmp/malsori-bench.lock .venv/bin/python bench/live_scale.py --write" + (
-        f" --clips {args.clips}" if args.clips != 16 else "") + (f" --rounds {args.rounds}" if args.rounds != 2 else "")
-    body = "\n".join([
-        f"`{command}` · {machine_line()} · Whisper base int8, one Redis {redis_version()} on the same machine.",
-        "",
-        "**Transport of one live window request** (round trip through an echo worker that parses the request and",
-        f"answers a reply of the usual size; one request in flight; {args.trips} trips each; ms):",
-        "",
-        "| transport | 2 s window p50 | p95 | 10 s window p50 | p95 |",
-        "|---|---|---|---|---|",
-        *("| " + " | ".join(row) + " |" for row in transport_rows),
-        "",
-        f"**Live final latency**, the first {args.clips} LJ Speech clips as one talk at real-time pace, one stream,",
-        f"{args.rounds} alternating runs of each system (final latency as in *Live streaming*):",
-        "",
-        "| system | finals | final p50 (s) | final p95 (s) | first text p50 (s) | missed | stream WER % | errors |",
-        "|---|---|---|---|---|---|---|---|",
-        *("| " + " | ".join(row) + " |" for row in rows),
-        "",
-        f"The hop adds **{added * 1000:.0f} ms** to final p50 (target: at most 150 ms).",
-    ])
+    command = (
+        "flock /tmp/malsori-bench.lock .venv/bin/python bench/live_scale.py --write"
+        + (f" --clips {args.clips}" if args.clips != 16 else "")
+        + (f" --rounds {args.rounds}" if args.rounds != 2 else "")
+    )
+    body = "\n".join(
+        [
+            f"`{command}` · {machine_line()} · Whisper base int8, one Redis {redis_version()} on the same machine.",
+            "",
+            "**Transport of one live window request** (round trip through an echo worker that parses the request and",
+            f"answers a reply of the usual size; one request in flight; {args.trips} trips each; ms):",
+            "",
+            "| transport | 2 s window p50 | p95 | 10 s window p50 | p95 |",
+            "|---|---|---|---|---|",
+            *("| " + " | ".join(row) + " |" for row in transport_rows),
+            "",
+            f"**Live final latency**, the first {args.clips} LJ Speech clips as one talk at real-time pace, one stream,",
+            f"{args.rounds} alternating runs of each system (final latency as in *Live streaming*):",
+            "",
+            "| system | finals | final p50 (s) | final p95 (s) | first text p50 (s) | missed | stream WER % | errors |",
+            "|---|---|---|---|---|---|---|---|",
+            *("| " + " | ".join(row) + " |" for row in rows),
+            "",
+            f"The hop adds **{added * 1000:.0f} ms** to final p50 (target: at most 150 ms).",
+        ]
+    )
     print(body)
     if args.write:
         replace_section(TITLE, body)

@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from common import DOC, REPO, TESTDATA, cpu_name, free_port, replace_block  # puts src/ on sys.path
+from common import DOC, REPO, TESTDATA, cpu_name, free_port, replace_block, serve_command  # puts src/ on sys.path
 
 from malsori.evaluation import corpus_wer, load_manifest
 
@@ -85,8 +85,7 @@ class Level:
 def start_server(data_dir: Path, model: str, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(port), "--data-dir", str(data_dir),
-               "--model", model, "--log-level", "warning"]
+    command = serve_command(port, "--model", model, "--log-level", "warning", data_dir=data_dir)
     log = open(log_path, "ab")  # noqa: SIM115 - the server writes to it for its whole life
     # This tree's code, not whichever malsori the interpreter has installed (a worktree's venv link
     # points at another checkout's editable install).

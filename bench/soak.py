@@ -250,8 +250,9 @@ async def wait_idle(base: str) -> None:
         await asyncio.sleep(0.5)  # polling the server's own count; there is nothing to wait on
 
 
-async def gap_probe(base: str, pid: int, baseline: Probe | None, slack_fds: int, slack_tasks: int,
-                    settle_s: float) -> tuple[Probe, float]:
+async def gap_probe(
+    base: str, pid: int, baseline: Probe | None, slack_fds: int, slack_tasks: int, settle_s: float
+) -> tuple[Probe, float]:
     """Read fds and tasks once the server is idle; a closed socket or finished task may take a moment
     to go, so read again every 0.5 s for up to ``settle_s`` until within the baseline. Returns the last
     reading and how long it took."""
@@ -294,23 +295,56 @@ async def soak(args: argparse.Namespace, ws_url: str, base: str, pid: int, log) 
     assert warm is not None
     warm_record = await stream_malsori(ws_url, warm)
     ok, _text, error = await asyncio.to_thread(run_job, base, clips[0])
-    log(f"warm-up: stream {' '.join(e[2].strip() for e in warm_record.events if e[1])!r} "
-        f"{warm_record.error or ''}; job {'ok' if ok else error}")
+    log(
+        f"warm-up: stream {' '.join(e[2].strip() for e in warm_record.events if e[1])!r} "
+        f"{warm_record.error or ''}; job {'ok' if ok else error}"
+    )
     baseline, _ = await gap_probe(base, pid, None, args.slack_fds, args.slack_tasks, settle_s=2.0)
     log(f"baseline: RSS {baseline.rss_mb:.0f} MB, {baseline.fds} fds, {baseline.tasks} tasks")
 
     t0 = time.monotonic()
     deadline = t0 + args.minutes * 60
-    samples: list[Sample] = [Sample("baseline", 0.0, baseline.rss_mb, baseline.fds, baseline.tasks,
-                                    baseline.live_sessions, baseline.active_jobs, 0, 0, 0, None, None, 0, 0)]
+    samples: list[Sample] = [
+        Sample(
+            "baseline",
+            0.0,
+            baseline.rss_mb,
+            baseline.fds,
+            baseline.tasks,
+            baseline.live_sessions,
+            baseline.active_jobs,
+            0,
+            0,
+            0,
+            None,
+            None,
+            0,
+            0,
+        )
+    ]
 
     def sample(kind: str, reading: Probe | None, note: str = "") -> Sample:
         """The server's facts now; the latency, missed and error columns are filled in at the end
         (:func:`fill_windows`), when every stream of every round has been scored."""
         done = sum(1 for _, _, ok in tally.jobs if ok)
         r = reading or Probe(float("nan"), -1, -1, -1, -1)
-        row = Sample(kind, time.monotonic() - t0, r.rss_mb, r.fds, r.tasks, r.live_sessions, r.active_jobs,
-                     done, len(tally.jobs) - done, 0, None, None, 0, 0, note)
+        row = Sample(
+            kind,
+            time.monotonic() - t0,
+            r.rss_mb,
+            r.fds,
+            r.tasks,
+            r.live_sessions,
+            r.active_jobs,
+            done,
+            len(tally.jobs) - done,
+            0,
+            None,
+            None,
+            0,
+            0,
+            note,
+        )
         samples.append(row)
         return row
 
@@ -322,8 +356,10 @@ async def soak(args: argparse.Namespace, ws_url: str, base: str, pid: int, log) 
             tally.errors.append((time.monotonic(), f"probe: {type(exc).__name__}: {exc}"))
             reading, note = None, f"probe failed: {type(exc).__name__}"
         row = sample("sample", reading, note)
-        log(f"  {row.t_s / 60:5.1f} min  RSS {row.rss_mb:6.1f} MB  fds {row.fds:3d}  tasks {row.tasks:3d}  "
-            f"sessions {row.live_sessions}  jobs {row.jobs_done} done/{row.jobs_failed} failed  {note}")
+        log(
+            f"  {row.t_s / 60:5.1f} min  RSS {row.rss_mb:6.1f} MB  fds {row.fds:3d}  tasks {row.tasks:3d}  "
+            f"sessions {row.live_sessions}  jobs {row.jobs_done} done/{row.jobs_failed} failed  {note}"
+        )
 
     async def sampler() -> None:
         k = 1
@@ -359,8 +395,10 @@ async def soak(args: argparse.Namespace, ws_url: str, base: str, pid: int, log) 
             finally:
                 jobs.release()
             gap = sample("gap", reading, f"round {rounds}, settled in {took:.1f} s")
-            log(f"  gap after round {rounds}: {gap.fds} fds (baseline {baseline.fds}), {gap.tasks} tasks "
-                f"(baseline {baseline.tasks}), {gap.live_sessions} sessions, read after {took:.1f} s")
+            log(
+                f"  gap after round {rounds}: {gap.fds} fds (baseline {baseline.fds}), {gap.tasks} tasks "
+                f"(baseline {baseline.tasks}), {gap.live_sessions} sessions, read after {took:.1f} s"
+            )
             await asyncio.sleep(max(0.0, min(args.pause_s - took, deadline - time.monotonic())))
         # The last round ended with room to spare: the load (jobs) goes on until the deadline.
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))
@@ -397,7 +435,6 @@ class Target:
     detail: str
 
 
-
 def evaluate(run: Run, window_s: float, slack_fds: int, slack_tasks: int) -> list[Target]:
     return [memory_target(run, window_s), baseline_target(run, slack_fds, slack_tasks), latency_target(run, window_s)]
 
@@ -410,10 +447,13 @@ def memory_target(run: Run, window_s: float) -> Target:
     last = periodic[-1]
     growth = (last.rss_mb - ref.rss_mb) / ref.rss_mb
     peak = max(s.rss_mb for s in periodic if s.t_s >= ref.t_s)
-    return Target("memory", growth < RSS_TARGET,
-                  f"RSS {ref.rss_mb:.1f} MB at {ref.t_s / 60:.1f} min -> {last.rss_mb:.1f} MB at {last.t_s / 60:.1f} min: "
-                  f"{100 * growth:+.1f}% (target < +{100 * RSS_TARGET:.0f}%; peak after {ref.t_s / 60:.1f} min "
-                  f"{peak:.1f} MB; baseline before the soak {run.baseline.rss_mb:.1f} MB)")
+    return Target(
+        "memory",
+        growth < RSS_TARGET,
+        f"RSS {ref.rss_mb:.1f} MB at {ref.t_s / 60:.1f} min -> {last.rss_mb:.1f} MB at {last.t_s / 60:.1f} min: "
+        f"{100 * growth:+.1f}% (target < +{100 * RSS_TARGET:.0f}%; peak after {ref.t_s / 60:.1f} min "
+        f"{peak:.1f} MB; baseline before the soak {run.baseline.rss_mb:.1f} MB)",
+    )
 
 
 def baseline_target(run: Run, slack_fds: int, slack_tasks: int) -> Target:
@@ -422,10 +462,13 @@ def baseline_target(run: Run, slack_fds: int, slack_tasks: int) -> Target:
     if not gaps:
         return Target("fds and tasks between rounds", False, "no gap between rounds was measured")
     bad = [s for s in gaps if s.fds < 0 or s.fds > b.fds + slack_fds or s.tasks > b.tasks + slack_tasks]
-    return Target("fds and tasks between rounds", not bad,
-                  f"baseline {b.fds} fds / {b.tasks} tasks; {len(gaps)} gaps: fds {min(s.fds for s in gaps)} to "
-                  f"{max(s.fds for s in gaps)}, tasks {min(s.tasks for s in gaps)} to {max(s.tasks for s in gaps)} "
-                  f"(allowed: baseline + {slack_fds} fds, + {slack_tasks} tasks; {len(bad)} over)")
+    return Target(
+        "fds and tasks between rounds",
+        not bad,
+        f"baseline {b.fds} fds / {b.tasks} tasks; {len(gaps)} gaps: fds {min(s.fds for s in gaps)} to "
+        f"{max(s.fds for s in gaps)}, tasks {min(s.tasks for s in gaps)} to {max(s.tasks for s in gaps)} "
+        f"(allowed: baseline + {slack_fds} fds, + {slack_tasks} tasks; {len(bad)} over)",
+    )
 
 
 def latency_target(run: Run, window_s: float) -> Target:
@@ -435,9 +478,12 @@ def latency_target(run: Run, window_s: float) -> Target:
     if p_first is None or p_last is None:
         return Target("final latency p95", False, f"no finals in the first or the last {window_s / 60:.1f} min")
     ratio = p_last / p_first
-    return Target("final latency p95", ratio <= LATENCY_TARGET,
-                  f"first {window_s / 60:.1f} min {p_first:.2f} s ({len(first)} finals), last {window_s / 60:.1f} min "
-                  f"{p_last:.2f} s ({len(last)} finals): x{ratio:.2f} (target <= x{LATENCY_TARGET})")
+    return Target(
+        "final latency p95",
+        ratio <= LATENCY_TARGET,
+        f"first {window_s / 60:.1f} min {p_first:.2f} s ({len(first)} finals), last {window_s / 60:.1f} min "
+        f"{p_last:.2f} s ({len(last)} finals): x{ratio:.2f} (target <= x{LATENCY_TARGET})",
+    )
 
 
 # -- output -------------------------------------------------------------------------------------------------
@@ -468,13 +514,19 @@ def plot(run: Run, window_s: float, path: Path) -> None:
     ax.plot(minutes, [s.rss_mb for s in periodic], marker=".", label="server RSS")
     ref = next((s for s in periodic if s.t_s >= window_s), None)
     if ref is not None:
-        ax.axhline(ref.rss_mb * (1 + RSS_TARGET), color="tab:red", ls="--", lw=1,
-                   label=f"+{100 * RSS_TARGET:.0f}% of RSS at {ref.t_s / 60:.0f} min")
+        ax.axhline(
+            ref.rss_mb * (1 + RSS_TARGET),
+            color="tab:red",
+            ls="--",
+            lw=1,
+            label=f"+{100 * RSS_TARGET:.0f}% of RSS at {ref.t_s / 60:.0f} min",
+        )
     ax.set_ylabel("RSS (MB)")
     for ax, key, label in ((axes[1], "fds", "open fds"), (axes[2], "tasks", "asyncio tasks")):
         ax.plot(minutes, [getattr(s, key) for s in periodic], marker=".", label=f"{label} (every sample)")
-        ax.scatter([s.t_s / 60 for s in gaps], [getattr(s, key) for s in gaps], color="tab:green", zorder=3,
-                   label="between rounds")
+        ax.scatter(
+            [s.t_s / 60 for s in gaps], [getattr(s, key) for s in gaps], color="tab:green", zorder=3, label="between rounds"
+        )
         ax.axhline(getattr(run.baseline, key), color="tab:gray", ls="--", lw=1, label="baseline")
         ax.set_ylabel(label)
     axes[2].plot(minutes, [s.live_sessions for s in periodic], color="tab:purple", lw=1, alpha=0.6, label="live sessions")
@@ -520,14 +572,40 @@ def summary(run: Run, targets: list[Target]) -> list[str]:
 
 
 def sample_table(samples: list[Sample]) -> list[str]:
-    head = ["kind", "min", "RSS MB", "fds", "tasks", "sessions", "jobs active", "jobs done", "failed", "finals",
-            "p50 s", "p95 s", "missed", "errors"]
+    head = [
+        "kind",
+        "min",
+        "RSS MB",
+        "fds",
+        "tasks",
+        "sessions",
+        "jobs active",
+        "jobs done",
+        "failed",
+        "finals",
+        "p50 s",
+        "p95 s",
+        "missed",
+        "errors",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for s in samples:
-        cells = [s.kind, f"{s.t_s / 60:.1f}", f"{s.rss_mb:.1f}", str(s.fds), str(s.tasks), str(s.live_sessions),
-                 str(s.active_jobs), str(s.jobs_done), str(s.jobs_failed), str(s.finals),
-                 "–" if s.final_p50_s is None else f"{s.final_p50_s:.2f}",
-                 "–" if s.final_p95_s is None else f"{s.final_p95_s:.2f}", str(s.missed), str(s.errors)]
+        cells = [
+            s.kind,
+            f"{s.t_s / 60:.1f}",
+            f"{s.rss_mb:.1f}",
+            str(s.fds),
+            str(s.tasks),
+            str(s.live_sessions),
+            str(s.active_jobs),
+            str(s.jobs_done),
+            str(s.jobs_failed),
+            str(s.finals),
+            "–" if s.final_p50_s is None else f"{s.final_p50_s:.2f}",
+            "–" if s.final_p95_s is None else f"{s.final_p95_s:.2f}",
+            str(s.missed),
+            str(s.errors),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -562,14 +640,19 @@ def main() -> int:
     parser.add_argument("--job-interval", type=float, default=15.0, help="seconds between jobs (default 15)")
     parser.add_argument("--sample-s", type=float, default=60.0, help="seconds between samples (default 60)")
     parser.add_argument("--pause-s", type=float, default=5.0, help="pause between rounds, the gap reading included")
-    parser.add_argument("--window-min", type=float, default=10.0,
-                        help="first/last window of the targets (default 10; a third of the run if shorter)")
+    parser.add_argument(
+        "--window-min",
+        type=float,
+        default=10.0,
+        help="first/last window of the targets (default 10; a third of the run if shorter)",
+    )
     parser.add_argument("--clips", type=int, help="use only the first N LJ Speech clips as the talk (shorter rounds)")
     parser.add_argument("--slack-fds", type=int, default=1, help="fds over the baseline still counted as back to it")
     parser.add_argument("--slack-tasks", type=int, default=1, help="tasks over the baseline still counted as back to it")
     parser.add_argument("--out", type=Path, help="where the CSV and plot go without --write (default: the run's temp dir)")
-    parser.add_argument("--write", action="store_true",
-                        help=f"write a section of {DOC.relative_to(REPO)}, docs/soak.png and docs/soak.csv")
+    parser.add_argument(
+        "--write", action="store_true", help=f"write a section of {DOC.relative_to(REPO)}, docs/soak.png and docs/soak.csv"
+    )
     args = parser.parse_args()
     if args.streams < 1 or args.minutes <= 0 or args.sample_s <= 0 or args.job_interval <= 0:
         parser.error("--streams, --minutes, --sample-s and --job-interval must be positive")

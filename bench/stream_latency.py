@@ -81,9 +81,17 @@ class TimedDecoder:
         previews = sum(not w.fallback for w in windows)
         kind = "partial" if previews == len(windows) else "final" if not previews else "mixed"
         with self.lock:
-            self.log.append(dict(start=started, end=ended, n=len(windows), beam=options.beam_size, kind=kind,
-                                 words=options.word_timestamps or any(w.words for w in windows),
-                                 seconds=[round(len(w.audio) / SAMPLE_RATE, 2) for w in windows]))
+            self.log.append(
+                dict(
+                    start=started,
+                    end=ended,
+                    n=len(windows),
+                    beam=options.beam_size,
+                    kind=kind,
+                    words=options.word_timestamps or any(w.words for w in windows),
+                    seconds=[round(len(w.audio) / SAMPLE_RATE, 2) for w in windows],
+                )
+            )
         return out
 
 
@@ -154,8 +162,13 @@ def score(records: list[Record], phrases: list[Phrase]) -> dict:
                 finals_lat.append(f - end_wall)
     pct = lambda v, q: float(np.percentile(v, q)) if v else float("nan")  # noqa: E731
     return dict(
-        final_p50=pct(finals_lat, 50), final_p95=pct(finals_lat, 95), final_max=max(finals_lat, default=float("nan")),
-        first_p50=pct(first, 50), first_p95=pct(first, 95), missed=missed, wer=100 * corpus_wer(refs, hyps),
+        final_p50=pct(finals_lat, 50),
+        final_p95=pct(finals_lat, 95),
+        final_max=max(finals_lat, default=float("nan")),
+        first_p50=pct(first, 50),
+        first_p95=pct(first, 95),
+        missed=missed,
+        wer=100 * corpus_wer(refs, hyps),
         latencies=[round(x, 2) for x in finals_lat],
     )
 
@@ -168,8 +181,11 @@ def decode_summary(log: list[dict], t_begin: float, t_end: float) -> dict:
     for kind, ds in sorted(by.items()):
         ms = [1000 * (d["end"] - d["start"]) for d in ds]
         out[kind] = dict(
-            batches=len(ds), windows=sum(d["n"] for d in ds), mean_batch=round(statistics.mean(d["n"] for d in ds), 2),
-            ms_p50=round(statistics.median(ms)), ms_p95=round(float(np.percentile(ms, 95))),
+            batches=len(ds),
+            windows=sum(d["n"] for d in ds),
+            mean_batch=round(statistics.mean(d["n"] for d in ds), 2),
+            ms_p50=round(statistics.median(ms)),
+            ms_p95=round(float(np.percentile(ms, 95))),
             window_s_mean=round(statistics.mean(s for d in ds for s in d["seconds"]), 2),
         )
     busy = sum(d["end"] - d["start"] for d in log)
@@ -233,18 +249,30 @@ def main() -> None:
     s = score(records, phrases)
     talk_s = len(audio) / SAMPLE_RATE
     result = dict(
-        streams=args.streams, talk_s=round(talk_s, 1), phrases=len(phrases), preset=args.preset, options=json.loads(args.options),
+        streams=args.streams,
+        talk_s=round(talk_s, 1),
+        phrases=len(phrases),
+        preset=args.preset,
+        options=json.loads(args.options),
         **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items() if k != "latencies"},
         feed_ms_per_s=round(1000 * statistics.mean(r.feed_cpu for r in records) / talk_s, 2),
-        rss_before_mb=round(rss0), rss_growth_per_stream_mb=round((peak - rss0) / args.streams, 1),
+        rss_before_mb=round(rss0),
+        rss_growth_per_stream_mb=round((peak - rss0) / args.streams, 1),
         decodes=decode_summary(decoder.log, t_begin, t_end),
         errors=sum(1 for r in records for _, e in r.events if e.type == "error"),
     )
     print(json.dumps(result, indent=1))
     print("latencies:", s["latencies"])
     if args.json:
-        args.json.write_text(json.dumps({**result, "latencies": s["latencies"],
-                                         "finals": [[e.text for _, e in r.events if e.type == "final"] for r in records]}))
+        args.json.write_text(
+            json.dumps(
+                {
+                    **result,
+                    "latencies": s["latencies"],
+                    "finals": [[e.text for _, e in r.events if e.type == "final"] for r in records],
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

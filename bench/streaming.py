@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from common import REPO, TESTDATA, free_port, machine_line, replace_section  # puts src/ on sys.path
+from common import REPO, TESTDATA, free_port, machine_line, replace_section, serve_command  # puts src/ on sys.path
 
 from malsori.client import (
     AsyncStreamClient,
@@ -200,8 +200,11 @@ async def stream_whisperlive(url: str, audio: Audio) -> Record:
     try:
         async with asyncio.timeout(READY_TIMEOUT_S + audio.duration + WL_SILENCE_TAIL_S + TAIL_TIMEOUT_S):
             async with connect(url, max_size=2**24, ping_interval=None) as ws:
-                await ws.send(json.dumps({"uid": str(uuid.uuid4()), "language": "en", "task": "transcribe",
-                                          "model": "base", "use_vad": True}))
+                await ws.send(
+                    json.dumps(
+                        {"uid": str(uuid.uuid4()), "language": "en", "task": "transcribe", "model": "base", "use_vad": True}
+                    )
+                )
                 while True:
                     message = json.loads(await asyncio.wait_for(ws.recv(), READY_TIMEOUT_S))
                     if message.get("message") == "SERVER_READY":
@@ -275,10 +278,15 @@ class Scores:
             onset_wall = record.sent_at(phrase.speech_start) if record.sent else None
             end_wall = record.sent_at(phrase.speech_end - 1 / SAMPLE_RATE) if record.sent else None
             clip_end_wall = record.sent_at(phrase.end - 1 / SAMPLE_RATE) if record.sent else None
-            text_at = next((w for w, _f, t, _s, e in record.events
-                            if onset_wall is not None and w >= onset_wall and e > phrase.speech_start), None)
-            final_at = next((w for w, f, _t, _s, e in record.events
-                             if f and e >= phrase.speech_end - COVER_TOLERANCE_S), None)
+            text_at = next(
+                (
+                    w
+                    for w, _f, t, _s, e in record.events
+                    if onset_wall is not None and w >= onset_wall and e > phrase.speech_start
+                ),
+                None,
+            )
+            final_at = next((w for w, f, _t, _s, e in record.events if f and e >= phrase.speech_end - COVER_TOLERANCE_S), None)
             if text_at is not None:
                 self.first_text.append(text_at - onset_wall)
             if final_at is None or end_wall is None:
@@ -341,8 +349,9 @@ class Server:
     def __init__(self, name: str, command: list[str], env: dict[str, str], ready, log_path: Path) -> None:
         self.name, self.ready, self.log_path = name, ready, log_path
         self.log = open(log_path, "wb")  # noqa: SIM115 - the server writes to it until stop() closes it
-        self.process = subprocess.Popen(command, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
-                                        cwd=REPO, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+        )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -376,8 +385,7 @@ def start_malsori(workdir: Path, env: dict[str, str] | None = None) -> tuple[Ser
         except httpx.HTTPError:
             return False
 
-    command = [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(port),
-               "--data-dir", str(workdir / "malsori-data"), "--log-level", "warning"]
+    command = serve_command(port, "--log-level", "warning", data_dir=workdir / "malsori-data")
     server = Server("malsori", command, {"PYTHONPATH": str(REPO / "src"), **(env or {})}, ready, workdir / "malsori.log")
     return server, f"ws://127.0.0.1:{port}/v1/stream"
 
@@ -396,8 +404,9 @@ def start_whisperlive(workdir: Path, venv: Path, model_dir: Path) -> tuple[Serve
             return sock.connect_ex(("127.0.0.1", port)) == 0
 
     # OMP_NUM_THREADS=1: its own launcher's default (run_server.py).
-    server = Server("WhisperLive", [str(venv / "bin" / "python"), "-c", code], {"OMP_NUM_THREADS": "1"}, ready,
-                    workdir / "whisperlive.log")
+    server = Server(
+        "WhisperLive", [str(venv / "bin" / "python"), "-c", code], {"OMP_NUM_THREADS": "1"}, ready, workdir / "whisperlive.log"
+    )
     return server, f"ws://127.0.0.1:{port}"
 
 
@@ -422,19 +431,39 @@ class Row:
             extra = f"{(self.rss_peak - self.one_stream_peak) / (self.streams - 1):.1f}"
         phrases = len(s.final_latency) + s.missed
         return [
-            self.system, str(self.streams), self.mix if self.streams > 1 else "–",
-            fmt(pct(s.first_text, 50)), fmt(pct(s.first_text, 95)),
-            fmt(pct(s.final_latency, 50)), fmt(pct(s.final_latency, 95)),
+            self.system,
+            str(self.streams),
+            self.mix if self.streams > 1 else "–",
+            fmt(pct(s.first_text, 50)),
+            fmt(pct(s.first_text, 95)),
+            fmt(pct(s.final_latency, 50)),
+            fmt(pct(s.final_latency, 95)),
             f"{s.missed}/{phrases}",
-            fmt(None if s.wer is None else 100 * s.wer, 1), fmt(None if self.offline_wer is None else 100 * self.offline_wer, 1),
-            f"{self.rss_before:.0f}", f"{growth:.1f}", extra,
+            fmt(None if s.wer is None else 100 * s.wer, 1),
+            fmt(None if self.offline_wer is None else 100 * self.offline_wer, 1),
+            f"{self.rss_before:.0f}",
+            f"{growth:.1f}",
+            extra,
             str(len(s.errors)),
         ]
 
 
-HEADER = ["system", "streams", "streams' audio", "first text p50 (s)", "first text p95 (s)", "final p50 (s)", "final p95 (s)",
-          "missed phrases", "stream WER %", "offline WER %", "server RSS before (MB)", "RSS growth / stream (MB)",
-          "RSS growth / extra session (MB)", "errors"]
+HEADER = [
+    "system",
+    "streams",
+    "streams' audio",
+    "first text p50 (s)",
+    "first text p95 (s)",
+    "final p50 (s)",
+    "final p95 (s)",
+    "missed phrases",
+    "stream WER %",
+    "offline WER %",
+    "server RSS before (MB)",
+    "RSS growth / stream (MB)",
+    "RSS growth / extra session (MB)",
+    "errors",
+]
 
 
 def stream_audios(talk: Audio, n: int, mix: str, clips: int | None) -> list[Audio]:
@@ -452,9 +481,21 @@ async def run_concurrent(streamer, url: str, audios: list[Audio]) -> list[Record
     return list(await asyncio.gather(*(streamer(url, audio) for audio in audios)))
 
 
-def run_system(name: str, streamer, url: str, pid: int, talk: Audio, counts: list[int], files: list[Audio],
-               offline_wer: float | None, log, dump: dict, mix: str = "rotated", lockstep: tuple[int, ...] = (),
-               clips: int | None = None) -> tuple[list[Row], Scores | None, dict[str, Record]]:
+def run_system(
+    name: str,
+    streamer,
+    url: str,
+    pid: int,
+    talk: Audio,
+    counts: list[int],
+    files: list[Audio],
+    offline_wer: float | None,
+    log,
+    dump: dict,
+    mix: str = "rotated",
+    lockstep: tuple[int, ...] = (),
+    clips: int | None = None,
+) -> tuple[list[Row], Scores | None, dict[str, Record]]:
     # One unmeasured stream first, so neither system's first-request costs (a lazily loaded model,
     # first allocations) land in the figures.
     warm = Audio("warm-up", talk.samples[: int(talk.phrases[0].end * SAMPLE_RATE)], talk.phrases[:1])
@@ -467,8 +508,10 @@ def run_system(name: str, streamer, url: str, pid: int, talk: Audio, counts: lis
             record = asyncio.run(streamer(url, audio))
             file_scores.add(audio, record)
             per_file[audio.name] = record
-            log(f"  {name} {audio.name}: {' '.join(e[2].strip() for e in record.events if e[1])!r}"
-                f"{' ERROR ' + record.error if record.error else ''}")
+            log(
+                f"  {name} {audio.name}: {' '.join(e[2].strip() for e in record.events if e[1])!r}"
+                f"{' ERROR ' + record.error if record.error else ''}"
+            )
     rows: list[Row] = []
     one_peak = None
     for n in counts:
@@ -489,8 +532,14 @@ def run_system(name: str, streamer, url: str, pid: int, talk: Audio, counts: lis
     return rows, file_scores, per_file
 
 
-def markdown(rows: list[Row], files: list[Audio], file_results: dict[str, tuple[Scores | None, dict]],
-             command: str, machine: str, talk: Audio) -> str:
+def markdown(
+    rows: list[Row],
+    files: list[Audio],
+    file_results: dict[str, tuple[Scores | None, dict]],
+    command: str,
+    machine: str,
+    talk: Audio,
+) -> str:
     lines = [
         "## Live streaming",
         "",
@@ -515,10 +564,14 @@ def markdown(rows: list[Row], files: list[Audio], file_results: dict[str, tuple[
     lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
     if files:
         systems = list(file_results)
-        lines += ["", "Each English test file on its own (one stream, real-time pace); `silence/empty.wav` counts "
-                  "words output on no speech. WhisperLive marks its last segment completed only after its output "
-                  f"repeats over newer audio; it gets {WL_SILENCE_TAIL_S:.0f} s of silence after each file before "
-                  "`END_OF_AUDIO`, and a phrase it has not completed by then counts as missed.", ""]
+        lines += [
+            "",
+            "Each English test file on its own (one stream, real-time pace); `silence/empty.wav` counts "
+            "words output on no speech. WhisperLive marks its last segment completed only after its output "
+            f"repeats over newer audio; it gets {WL_SILENCE_TAIL_S:.0f} s of silence after each file before "
+            "`END_OF_AUDIO`, and a phrase it has not completed by then counts as missed.",
+            "",
+        ]
         head = ["file", "s"] + [f"{s} {k}" for s in systems for k in ("first text (s)", "final (s)", "WER %")]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         for audio in files:
@@ -532,17 +585,21 @@ def markdown(rows: list[Row], files: list[Audio], file_results: dict[str, tuple[
                 if not audio.phrases:
                     cells += ["–", "–", f"{one.no_speech_words} words"]
                     continue
-                cells += [f"{one.first_text[0]:.2f}" if one.first_text else "–",
-                          f"{one.final_latency[0]:.2f}" if one.final_latency else "missed",
-                          f"{100 * one.wer:.1f}" if one.wer is not None else "–"]
+                cells += [
+                    f"{one.first_text[0]:.2f}" if one.first_text else "–",
+                    f"{one.final_latency[0]:.2f}" if one.final_latency else "missed",
+                    f"{100 * one.wer:.1f}" if one.wer is not None else "–",
+                ]
             lines.append("| " + " | ".join(cells) + " |")
         for system in systems:
             scores = file_results[system][0]
             if scores is not None:
-                lines.append(f"\n{system}, all files: first text p50 {fmt(pct(scores.first_text, 50))} s, "
-                             f"final p50 {fmt(pct(scores.final_latency, 50))} s / p95 "
-                             f"{fmt(pct(scores.final_latency, 95))} s, WER {100 * (scores.wer or 0):.1f}%, "
-                             f"missed {scores.missed}, errors {len(scores.errors)}.")
+                lines.append(
+                    f"\n{system}, all files: first text p50 {fmt(pct(scores.first_text, 50))} s, "
+                    f"final p50 {fmt(pct(scores.final_latency, 50))} s / p95 "
+                    f"{fmt(pct(scores.final_latency, 95))} s, WER {100 * (scores.wer or 0):.1f}%, "
+                    f"missed {scores.missed}, errors {len(scores.errors)}."
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -588,8 +645,9 @@ def main() -> None:
             try:
                 log("malsori:")
                 streamer = functools.partial(stream_malsori, stats=args.stats)
-                got, file_scores, per_file = run_system("malsori", streamer, url, pid, talk, counts, files,
-                                                        offline_wer, log, dump, args.mix, lockstep, args.clips)
+                got, file_scores, per_file = run_system(
+                    "malsori", streamer, url, pid, talk, counts, files, offline_wer, log, dump, args.mix, lockstep, args.clips
+                )
                 rows += got
                 file_results["malsori"] = (file_scores, per_file)
             finally:
@@ -601,9 +659,21 @@ def main() -> None:
             server, url = start_whisperlive(workdir, args.wl_venv, model_dir)
             try:
                 log("WhisperLive:")
-                got, file_scores, per_file = run_system("WhisperLive 0.10.0", stream_whisperlive, url, server.pid,
-                                                        talk, wl_counts, files, offline_wer, log, dump, args.mix, lockstep,
-                                                        args.clips)
+                got, file_scores, per_file = run_system(
+                    "WhisperLive 0.10.0",
+                    stream_whisperlive,
+                    url,
+                    server.pid,
+                    talk,
+                    wl_counts,
+                    files,
+                    offline_wer,
+                    log,
+                    dump,
+                    args.mix,
+                    lockstep,
+                    args.clips,
+                )
                 rows += got
                 file_results["WhisperLive 0.10.0"] = (file_scores, per_file)
             finally:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from common import REPO, TESTDATA, free_port, machine_line, replace_section
+from common import REPO, TESTDATA, free_port, machine_line, replace_section, serve_command
 
 from malsori.tenants.limits import burst_for
 
@@ -146,8 +146,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 (the server writes to it until the end)
         server = subprocess.Popen(
-            [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(port), "--data-dir", str(data_dir),
-             "--model", args.model, "--log-level", "warning"],
+            serve_command(port, "--model", args.model, "--log-level", "warning", data_dir=data_dir),
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
         )  # fmt: skip
         try:

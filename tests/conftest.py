@@ -64,8 +64,19 @@ class LiveServer:
         import httpx
 
         env = {**os.environ, **self.env}
-        command = [sys.executable, "-m", "malsori.cli.app", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
-                   "--log-level", "warning", *self.args]
+        command = [
+            sys.executable,
+            "-m",
+            "malsori.cli.app",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--log-level",
+            "warning",
+            *self.args,
+        ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the server writes to it for its whole life
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + timeout

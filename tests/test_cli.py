@@ -213,8 +213,7 @@ def test_missing_engine_names_the_install_command():
         done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
         assert done.returncode == 1, done.stderr
         assert done.stderr.strip() == (
-            "error: the transcription engine is not installed (faster_whisper is missing); "
-            "run: pip install 'malsori[engine]'"
+            "error: the transcription engine is not installed (faster_whisper is missing); run: pip install 'malsori[engine]'"
         )
 
 

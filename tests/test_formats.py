@@ -95,8 +95,16 @@ def test_verbose_json_is_openai_shape(transcript):
     assert [s["id"] for s in data["segments"]] == [0, 1, 2]
     first = data["segments"][0]
     assert set(first) == {
-        "id", "seek", "start", "end", "text", "tokens", "temperature",
-        "avg_logprob", "compression_ratio", "no_speech_prob",
+        "id",
+        "seek",
+        "start",
+        "end",
+        "text",
+        "tokens",
+        "temperature",
+        "avg_logprob",
+        "compression_ratio",
+        "no_speech_prob",
     }
     assert (first["start"], first["end"], first["tokens"]) == (0.0, 1.234, [50364, 400, 50400])
     assert first["avg_logprob"] == -0.25 and first["no_speech_prob"] == 0.01

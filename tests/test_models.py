@@ -43,7 +43,11 @@ def test_base_is_joined_once_into_a_fresh_cache(tmp_path):
     path = resolve_model("base", cache)
     assert path.parent == cache / "models"
     assert sorted(p.name for p in path.iterdir()) == [
-        ".verified", "config.json", "model.bin", "tokenizer.json", "vocabulary.txt",
+        ".verified",
+        "config.json",
+        "model.bin",
+        "tokenizer.json",
+        "vocabulary.txt",
     ]
     assert (path / "model.bin").stat().st_size == 145_217_532
     assert _sha256(path / "model.bin") == models._BASE_SHA256

@@ -238,7 +238,7 @@ def test_stt_realtime_transcripts_carry_sentiment(live):
 
 # -- file transcriptions and jobs: per-segment sentiment ---------------------------------------------
 class ParityAnalyzer:
-    """"second N" is positive for even N, negative for odd (the jobs' fake model reads each second so)."""
+    """ "second N" is positive for even N, negative for odd (the jobs' fake model reads each second so)."""
 
     name = "parity"
 

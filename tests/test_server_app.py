@@ -341,16 +341,34 @@ def test_routes_modules_start_in_order_and_stop_in_reverse(fake, monkeypatch):
     with TestClient(create_app(transcriber=fake)):
         pass
     assert calls == [
-        ("start", "jobs_routes"), ("start", "meetings_routes"), ("start", "streaming_routes"), ("start", "web_routes"),
-        ("stop", "web_routes"), ("stop", "streaming_routes"), ("stop", "meetings_routes"), ("stop", "jobs_routes"),
+        ("start", "jobs_routes"),
+        ("start", "meetings_routes"),
+        ("start", "streaming_routes"),
+        ("start", "web_routes"),
+        ("stop", "web_routes"),
+        ("stop", "streaming_routes"),
+        ("stop", "meetings_routes"),
+        ("stop", "jobs_routes"),
     ]
 
 
 # -- guards ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "address",
-    ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.0.1", "169.254.169.254", "::1", "fe80::1", "fc00::1", "0.0.0.0",
-     "::ffff:127.0.0.1", "224.0.0.1", "100.64.0.1"],
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.0.1",
+        "169.254.169.254",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "0.0.0.0",
+        "::ffff:127.0.0.1",
+        "224.0.0.1",
+        "100.64.0.1",
+    ],
 )
 def test_private_addresses_are_refused(address):
     from malsori.server.fetch import check_address
@@ -411,7 +429,9 @@ def test_serve_settings_from_env_and_flags(monkeypatch):
 
 def test_cors_only_for_configured_origins(fake):
     settings = Settings()
-    settings = settings.model_copy(update={"server": settings.server.model_copy(update={"cors_origins": ["https://app.example"]})})
+    settings = settings.model_copy(
+        update={"server": settings.server.model_copy(update={"cors_origins": ["https://app.example"]})}
+    )
     preflight = {"Access-Control-Request-Method": "POST"}
     with TestClient(create_app(settings, transcriber=fake)) as client:
         allowed = client.options("/v1/audio/transcriptions", headers={"Origin": "https://app.example", **preflight})

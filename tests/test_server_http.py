@@ -114,8 +114,19 @@ def test_openai_models_list(openai_client):
 
 # -- seed endpoints ------------------------------------------------------------------------------------
 _STT_KEYS = {
-    "meeting_id", "tenant_id", "user_id", "transcript", "segments", "speakers", "confidence", "processing_time",
-    "language", "duration", "total_segments", "total_speakers", "has_diarization",
+    "meeting_id",
+    "tenant_id",
+    "user_id",
+    "transcript",
+    "segments",
+    "speakers",
+    "confidence",
+    "processing_time",
+    "language",
+    "duration",
+    "total_segments",
+    "total_speakers",
+    "has_diarization",
 }
 
 
@@ -311,7 +322,10 @@ def test_bad_fields_are_422(http, testdata, fields):
 def test_bad_chunk_fields_are_422(http):
     pcm = np.zeros(16000, dtype="<i2").tobytes()
     for fields in (
-        {"detector": "psychic"}, {"encoding": "mulaw"}, {"encoding": "pcm_s16le", "sample_rate": "100"}, {"threshold": "1.5"}
+        {"detector": "psychic"},
+        {"encoding": "mulaw"},
+        {"encoding": "pcm_s16le", "sample_rate": "100"},
+        {"threshold": "1.5"},
     ):
         _error(http.post("/detect", files={"file": ("c.raw", pcm)}, data=fields), 422)
 
@@ -374,6 +388,17 @@ def test_metrics_count_requests_audio_and_queue(http, testdata):
 
 def test_openapi_schema_lists_the_endpoints(http):
     paths = http.get("/openapi.json").json()["paths"]
-    for path in ("/v1/audio/transcriptions", "/v1/audio/translations", "/v1/models", "/stt/upload", "/stt/process",
-                 "/detect", "/transcribe-chunk", "/transcribe", "/health", "/is_ready", "/stt/status"):
+    for path in (
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/v1/models",
+        "/stt/upload",
+        "/stt/process",
+        "/detect",
+        "/transcribe-chunk",
+        "/transcribe",
+        "/health",
+        "/is_ready",
+        "/stt/status",
+    ):
         assert path in paths, path

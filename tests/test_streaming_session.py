@@ -707,8 +707,7 @@ def test_a_speculative_final_is_kept_when_speech_resumes_in_a_long_phrase():
 
 
 # 6.0 s of tones: longer than commit_after_s, so it is finalized in pieces before its pause.
-_LONG_SENTENCE = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett",
-                  "kilo", "lima", "mike", "november", "oscar", "papa"]
+_LONG_SENTENCE = list(VOCABULARY[:16])
 
 
 def _fed(session, audio):

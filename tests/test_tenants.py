@@ -591,7 +591,11 @@ def test_session_ids_chosen_by_clients_are_the_tenants_own(keyed):
     with client.websocket_connect(f"/stt/realtime?token={_token(client, keys.acme)}") as mine:
         mine.send_text(json.dumps(start))
         assert mine.receive_json() == {
-            "type": "session_started", "session_id": "call-1", "tenant_id": "acme", "meeting_id": "sid-m", "seq": 0
+            "type": "session_started",
+            "session_id": "call-1",
+            "tenant_id": "acme",
+            "meeting_id": "sid-m",
+            "seq": 0,
         }
         with client.websocket_connect(f"/stt/realtime?token={_token(client, keys.globex)}") as theirs:
             theirs.send_text(json.dumps(start))

@@ -51,7 +51,9 @@ def setup(tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
     fake_mic = [
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={mic}"
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={mic}",
     ]
     with running_app(app) as port, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS + fake_mic)
