@@ -12,7 +12,7 @@ Sections, all in the same process and run:
   once, batched; and one file at a time), same model directory, beam, threads; one warm-up excluded;
   audio decoding excluded. Speed figures depend on the load, printed beside them (``/proc/loadavg``).
 - **causes**: malsori's text with one thing changed at a time (beam, fallback, thresholds, VAD, encoder
-  padding and minimum input, batching), to show where Korean accuracy goes.
+  padding, its value and minimum input, batching), to show where Korean accuracy goes.
 - **prompt**: an initial prompt (polite style, with punctuation) and hotwords.
 - **detect**: each clip on its own with no language given: share detected as ``ko``.
 - **http**: the clips sent to a fresh ``malsori serve`` (defaults, beam 5) as ``POST
@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import math
 import os
 import sys
 import tempfile
@@ -50,6 +52,34 @@ from malsori.evaluation import korean_cer, korean_clips
 SECTION = "## Korean (issue 18)"
 PROMPT = "안녕하세요. 오늘 회의를 시작하겠습니다."
 HOTWORDS = "대통령, 교수, 전기, 커피"
+
+
+@contextlib.contextmanager
+def padded_features_with_zeros():
+    """Windows encoded as faster-whisper 1.2's ``transcribe()`` encodes them: the log-mel features of the
+    audio alone, then padded to the encoder length with 0.0 (its ``pad_or_trim``), instead of the
+    features of the audio followed by silence (zero samples, as OpenAI Whisper's ``log_mel_spectrogram``
+    pads and malsori does). 0.0 is a log-mel of 1e-4, a faint noise floor, where silence is clamped to
+    the window's loudest frame minus 8: the encoder hears a different padding."""
+    from malsori.engine import transcriber as engine
+
+    def features_for(self, windows, options):
+        target = max(engine.encoder_frames(w, options) for w in windows)
+        feats = np.zeros((len(windows), self._features.mel_filters.shape[0], target), dtype=np.float32)
+        lengths = []
+        for row, w in enumerate(windows):
+            audio = np.asarray(w.audio, dtype=np.float32)[: (target - 1) * engine._HOP]
+            own = self._features(audio)[:, :-1][:, :target]  # faster-whisper: 160 samples of padding, last frame cut
+            feats[row, :, : own.shape[1]] = own
+            lengths.append(min(max(1, math.ceil(len(w.audio) / engine._HOP)), target))
+        return feats, lengths
+
+    original = engine.Transcriber._features_for
+    engine.Transcriber._features_for = features_for
+    try:
+        yield
+    finally:
+        engine.Transcriber._features_for = original
 
 
 def load() -> str:
@@ -171,6 +201,10 @@ def main() -> int:
             for frames in (1000, 1500, 3000):
                 engine._MIN_FRAMES = frames
                 out(f"| minimum encoder input {frames / 100:g} s (default {minimum / 100:g}) | {cer_cells(refs, malsori())} |")
+            with padded_features_with_zeros():
+                out(f"| minimum encoder input 30 s, features padded with 0.0 | {cer_cells(refs, malsori())} |")
+                engine._MIN_FRAMES = minimum
+                out(f"| features padded with 0.0 (encoder input as the defaults) | {cer_cells(refs, malsori())} |")
         finally:
             engine._PAD_FRAMES_BY_LANGUAGE, engine._MIN_FRAMES = pads, minimum
         out()
