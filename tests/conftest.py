@@ -12,6 +12,14 @@ REPO = Path(__file__).resolve().parents[1]
 TESTDATA = Path(os.environ.get("MALSORI_TESTDATA", REPO.parent / "shared" / "testdata"))
 
 
+@pytest.fixture(autouse=True)
+def _own_data_dir(tmp_path_factory, monkeypatch):
+    """A test's ``Settings()`` keeps its database and uploads in a fresh folder, never the checkout's
+    ``data/``: an API key one run created there turned the next run's open test apps into keyed ones
+    (401 everywhere). Servers and workers started by tests are given their own folder anyway."""
+    monkeypatch.setenv("MALSORI__SERVER__DATA_DIR", str(tmp_path_factory.mktemp("data")))
+
+
 @pytest.fixture(scope="session")
 def testdata() -> Path:
     if not (TESTDATA / "manifest.tsv").is_file():

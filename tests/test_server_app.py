@@ -135,6 +135,54 @@ def test_validation_errors_have_the_error_body(client):
     assert "response_format" in response.json()["error"]["message"]
 
 
+_FORM_ROUTES = [
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/jobs",
+    "/transcribe",
+    "/transcribe-chunk",
+    "/detect",
+    "/stt/upload",
+]
+
+
+@pytest.mark.parametrize("route", _FORM_ROUTES)
+def test_an_unknown_form_field_is_refused_by_name(client, route):
+    """A misspelt field (``langauge``) is refused, as an unknown field of a JSON body is, instead of
+    being ignored (the audio would be transcribed with its language detected)."""
+    response = client.post(route, files={"file": ("a.wav", _wav())}, data={"langauge": "ko", "zzz": "1"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert error["message"] == "langauge: Extra inputs are not permitted; zzz: Extra inputs are not permitted"
+
+
+def test_known_form_fields_and_openai_s_chunking_strategy_auto_are_taken(client):
+    fields = {"model": "whisper-1", "language": "en", "timestamp_granularities[]": "word", "chunking_strategy": "auto"}
+    response = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", _wav())}, data=fields)
+    assert response.status_code == 200, response.text
+    other = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", _wav())}, data={"chunking_strategy": "x"})
+    assert other.status_code == 422 and "chunking_strategy" in other.json()["error"]["message"]
+    urlencoded = client.post("/v1/jobs", data={"audio_url": "/nowhere.wav", "zzz": "1"})
+    assert urlencoded.status_code == 422 and urlencoded.json()["error"]["message"].startswith("zzz:")
+
+
+@pytest.mark.parametrize(
+    ("method", "route", "body"),
+    [
+        ("POST", "/v1/jobs", {"audio_url": "/nowhere.wav", "zzz": 1}),
+        ("POST", "/stt/process", {"audio_url": "/nowhere.wav", "zzz": 1}),
+        ("POST", "/v1/admin/keys", {"tenant_id": "acme", "zzz": 1}),
+        ("PUT", "/v1/admin/routing", {"mode": "auto", "zzz": 1}),
+        ("POST", "/v1/analysis/sentiment", {"texts": ["good"], "zzz": 1}),
+    ],
+)
+def test_an_unknown_json_field_is_refused(client, method, route, body):
+    response = client.request(method, route, json=body)
+    assert response.status_code == 422, response.text
+    assert "zzz" in response.json()["error"]["message"]
+
+
 def test_queue_full_is_429_with_retry_after(client, fake):
     services = client.app.state.services
     fake.gate.clear()  # hold the decoder so windows pile up

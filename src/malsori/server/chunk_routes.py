@@ -18,13 +18,13 @@ from ..engine.audio import SAMPLE_RATE
 from ..engine.options import TranscribeOptions
 from ..engine.windows import Window, WindowResult
 from .auth import TranscribeDep, record_usage
-from .deps import DetectorsDep, ReadyDep
+from .deps import DetectorsDep, KnownFormFieldsDep, ReadyDep
 from .inference import chunk_audio, decode_window, read_upload
 from .services import Services
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["chunks"])
+router = APIRouter(tags=["chunks"], dependencies=[KnownFormFieldsDep])
 
 Detector = Literal["silero", "whisper"]
 Encoding = Literal["pcm_s16le", "pcm_f32le"]

@@ -14,6 +14,10 @@ an ``HTTPConnection``, so WebSocket handlers can take the same dependencies.
 - ``AdminDep``: a check, for ``dependencies=[AdminDep]``: with API keys, the key's ``admin`` scope
   (403 otherwise); with none (the open service), the ``X-Admin-Key`` header matches
   ``auth.admin_key`` when one is configured (401 otherwise).
+- ``KnownFormFieldsDep``: a check, for a router's ``dependencies``: a form body (multipart or
+  urlencoded) with a field its route does not take is refused (422 ``invalid_request``), as the JSON
+  bodies' models refuse unknown fields; FastAPI alone ignores them, so a misspelt ``langauge`` would
+  transcribe with the language detected instead.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.requests import HTTPConnection
 
 from ..config import Settings
@@ -43,6 +48,8 @@ __all__ = [
     "get_detectors",
     "get_jobs",
     "require_admin",
+    "KnownFormFieldsDep",
+    "refuse_unknown_form_fields",
 ]
 
 
@@ -108,3 +115,35 @@ def require_admin(conn: HTTPConnection, settings: SettingsDep, x_admin_key: Anno
 
 
 AdminDep = Depends(require_admin)
+
+
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def _form_field_names(route: object) -> frozenset[str]:
+    """The form field names a route takes (aliases, such as ``timestamp_granularities[]``): the fields
+    of the body model FastAPI builds from its ``Form``/``File`` parameters, or its one body field."""
+    body = getattr(route, "body_field", None)
+    if body is None:
+        return frozenset()
+    model_fields = getattr(body.field_info.annotation, "model_fields", None)
+    if model_fields is None:
+        return frozenset({body.alias})
+    return frozenset(field.alias or name for name, field in model_fields.items())
+
+
+async def refuse_unknown_form_fields(request: Request) -> None:
+    """RequestValidationError (422, as for an unknown field of a JSON body) naming every form field the
+    route does not take; JSON bodies and requests without a body pass (their models check them)."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() not in _FORM_TYPES:
+        return
+    known = _form_field_names(request.scope.get("route"))
+    form = await request.form()  # the form FastAPI parsed for the route (Starlette keeps it)
+    unknown = sorted(set(form.keys()) - known)
+    if unknown:
+        raise RequestValidationError(
+            [{"loc": ("body", name), "msg": "Extra inputs are not permitted", "type": "extra_forbidden"} for name in unknown]
+        )
+
+
+KnownFormFieldsDep = Depends(refuse_unknown_form_fields)

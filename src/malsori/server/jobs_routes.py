@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import ConflictError, EmptyAudioError, InvalidOptionsError, NotFoundError
@@ -41,7 +41,7 @@ from ..jobs.uploads import UploadSource
 from ..storage import JobRecord, JobState
 from ..tenants import Principal
 from .auth import ReadDep, TranscribeDep, record_usage
-from .deps import JobsDep, ServicesDep
+from .deps import JobsDep, KnownFormFieldsDep, ServicesDep
 from .fetch import load_audio_url
 from .services import Services
 
@@ -49,7 +49,7 @@ __all__ = ["router", "startup", "shutdown", "JobOut", "JobList"]
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[KnownFormFieldsDep])
 
 StateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ResultFormat = Literal["json", "text", "txt", "srt", "vtt", "verbose_json", "tsv", "diarized_json", "rttm"]
@@ -101,6 +101,8 @@ class JobList(BaseModel):
 
 class JobUrlRequest(BaseModel):
     """The JSON form of POST /v1/jobs: audio from a URL or the media directory instead of an upload."""
+
+    model_config = ConfigDict(extra="forbid")
 
     audio_url: str = Field(min_length=1, max_length=4096)
     language: str | None = Field(default=None, max_length=16)

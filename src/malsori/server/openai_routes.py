@@ -28,7 +28,7 @@ from ..errors import InvalidOptionsError, MalsoriError, NotFoundError
 from ..formats import render
 from ..speakers import DiarizeOptions
 from .auth import ReadDep, TranscribeDep
-from .deps import ReadyDep, ServicesDep
+from .deps import KnownFormFieldsDep, ReadyDep, ServicesDep
 from .diarize import diarize_options, transcribe_maybe_diarized
 from .errors import error_body
 from .inference import decode_bytes, read_upload, transcribe_stream
@@ -38,7 +38,7 @@ __all__ = ["router"]
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[KnownFormFieldsDep])
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
 Granularity = Literal["word", "segment"]
@@ -156,7 +156,12 @@ async def transcriptions(
     sentiment: Annotated[
         bool, Form(description="Each segment carries `sentiment` ({label, score}); needs response_format=verbose_json")
     ] = False,
+    chunking_strategy: Annotated[
+        Literal["auto"] | None,
+        Form(description="`auto` only, which is what malsori does anyway: long audio is cut at the pauses its VAD finds"),
+    ] = None,
 ) -> Response:
+    del chunking_strategy  # accepted for OpenAI clients that send it; there is nothing to choose
     return await _run(
         services,
         file=file,

@@ -13,13 +13,13 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.options import TranscribeOptions
 from ..engine.types import Transcript
 from ..formats import speaker_summary
 from .auth import TranscribeDep
-from .deps import ReadyDep
+from .deps import KnownFormFieldsDep, ReadyDep
 from .diarize import diarize_options, transcribe_maybe_diarized
 from .fetch import load_audio_url
 from .inference import decode_bytes, read_upload
@@ -27,7 +27,7 @@ from .services import Services
 
 __all__ = ["router", "SttSegment", "SttSpeaker", "SttResult", "ProcessRequest"]
 
-router = APIRouter(prefix="/stt", tags=["stt"])
+router = APIRouter(prefix="/stt", tags=["stt"], dependencies=[KnownFormFieldsDep])
 
 _ID = Field(default=None, max_length=200)
 
@@ -67,6 +67,8 @@ class SttResult(BaseModel):
 
 
 class ProcessRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     audio_url: str = Field(min_length=1, max_length=4096)
     """http(s) URL, or a path inside the server's media directory."""
     meeting_id: str | None = _ID

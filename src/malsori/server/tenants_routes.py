@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import NotFoundError
@@ -40,6 +40,8 @@ _FLUSH_INTERVAL_S = 2.0
 
 
 class KeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     tenant_id: str = Field(min_length=1, max_length=128)
     scopes: list[Scope] = Field(default_factory=lambda: sorted(DEFAULT_SCOPES, key=lambda s: s.value), max_length=3)
     """Default: transcribe and read."""

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import ConflictError
@@ -42,6 +42,8 @@ router.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
 class RoutingChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     mode: RoutingMode
     """auto: GPU when present, else CPU; cpu or gpu: always there (once there is more than one engine)."""
 
