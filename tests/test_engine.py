@@ -32,6 +32,11 @@ def test_invalid_options_are_refused_with_a_message(kwargs, message):
 def test_options_normalize_language():
     assert TranscribeOptions(language=" DE ").language == "de"
     assert TranscribeOptions(language="auto").language is None
+    for tag, code in (("ko-KR", "ko"), ("en_US", "en"), ("zh-Hant-TW", "zh"), ("YUE-hk", "yue")):
+        assert TranscribeOptions(language=tag).language == code
+    for wrong in ("xx-KR", "-ko", "korean"):
+        with pytest.raises(InvalidOptionsError, match="unknown language"):
+            TranscribeOptions(language=wrong)
     assert TranscribeOptions().with_(task="translate").task == "translate"
     with pytest.raises(InvalidOptionsError):
         TranscribeOptions().with_(beam_size=99)

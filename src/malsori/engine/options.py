@@ -21,7 +21,9 @@ LANGUAGES: tuple[str, ...] = tuple(sorted(_languages()))
 
 
 def normalize_language(language: str | None) -> str | None:
-    """``None``/``""``/``auto`` mean detect; otherwise a Whisper language code (``en``, ``de``, ...)."""
+    """``None``/``""``/``auto`` mean detect; otherwise a Whisper language code (``en``, ``de``, ...), in
+    any case. A language tag with a region or script, as browsers give it (``navigator.language``:
+    ``ko-KR``, ``en_US``, ``zh-Hant-TW``), is taken as its language: Whisper has one model of each."""
     if language is None:
         return None
     if not isinstance(language, str):  # a client's JSON may carry anything (tests/test_fuzz_keyed.py)
@@ -29,6 +31,7 @@ def normalize_language(language: str | None) -> str | None:
     code = language.strip().lower()
     if code in ("", "auto", "detect"):
         return None
+    code = code.replace("_", "-").split("-", 1)[0] if code not in LANGUAGES else code
     if code not in LANGUAGES:
         raise InvalidOptionsError(
             f"unknown language {language!r}: use a Whisper language code such as en, de, es, ja, "

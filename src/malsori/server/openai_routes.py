@@ -141,7 +141,7 @@ async def transcriptions(
     services: ReadyDep,
     file: Annotated[UploadFile, File(description="The audio file (any format ffmpeg reads)")],
     model: Annotated[str | None, Form()] = None,
-    language: Annotated[str | None, Form(description="ISO-639-1 code; empty to detect")] = None,
+    language: Annotated[str | None, Form(description="ISO-639-1 code (ko-KR is taken as ko); empty to detect")] = None,
     prompt: Annotated[str | None, Form(max_length=2000)] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
