@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from itertools import pairwise
 
+import numpy as np
 import pytest
 
 from malsori.engine import EngineConfig, Pipeline, Segment, TranscribeOptions, Transcript, Word, decode_audio
@@ -329,6 +330,38 @@ def test_a_model_that_cannot_load_is_a_model_error():
 
     with pytest.raises(ModelError, match="could not be loaded on cpu/bogus"):
         Transcriber(EngineConfig(model="tiny.en", device="cpu", compute_type="bogus"))
+
+
+def test_a_run_of_words_said_three_times_is_a_loop():
+    from malsori.engine.transcriber import _says_a_run_thrice
+
+    assert _says_a_run_thrice("invented in the early middle ages, in the early Middle Ages, in the early Middle Ages.")
+    assert _says_a_run_thrice("a b c d a b c d a b c d e")
+    for speech in ("no, no, no, no, no", "one two three, one two three, one two three", "a b c d a b c d e", ""):
+        assert not _says_a_run_thrice(speech), speech  # runs under four words, or said twice, are speech
+
+
+@pytest.mark.model
+def test_a_window_that_loops_inside_falls_back_and_keeps_the_phrase_once(transcriber, manifest):
+    """The LJ Speech concatenation's window with LJ001-0020 ("...being in fact invented in the early
+    Middle Ages."), decoded alone at temperature 0, said its last phrase three times (ratio 1.6, far from
+    the length bound); as a loop it falls back, and the fallback's early stop, decoded again from its last
+    timestamp, heard the phrase a second time, which the repeated-tail cut removes."""
+    from malsori.engine.windows import Window, plan_windows
+
+    clips = [c for c in manifest if c.path.parent.name == "ljspeech"]
+    gap = np.zeros(8000, dtype=np.float32)
+    parts, starts = [], {}
+    for c in clips:
+        starts[c.path.stem] = sum(len(p) for p in parts)
+        parts += [decode_audio(c.path), gap]
+    audio = np.concatenate(parts[:-1])
+    at = starts["LJ001-0020"]
+    [(start, end)] = [(s, e) for s, e in plan_windows(audio, True) if s <= at < e]
+    options = TranscribeOptions(language="en", condition_on_previous_text=True)
+    [result] = transcriber.decode_windows([Window(audio[start:end], offset=start / 16000)], options)
+    assert normalize(result.text).count("early middle ages") == 1, result.text
+    assert normalize(result.text).endswith("in fact invented in the early middle ages"), result.text
 
 
 @pytest.mark.model

@@ -203,6 +203,20 @@ def _word_key(text: str) -> str:
     return "".join(ch for ch in text.lower() if ch.isalnum())
 
 
+def _says_a_run_thrice(text: str) -> bool:
+    """Whether ``text`` says a run of ``_MIN_REPEAT_WORDS`` or more words three times in a row (without
+    case and punctuation): Whisper looping inside a window, too briefly for the token bound and too
+    little of a long window for the compression ratio ("invented in the early middle ages, in the early
+    Middle Ages, in the early Middle Ages." on a 27 s LJ Speech window decoded alone, ratio 1.6)."""
+    words = [_word_key(w) for w in text.split()]
+    for size in range(_MIN_REPEAT_WORDS, len(words) // 3 + 1):
+        for start in range(len(words) - 3 * size + 1):
+            unit = words[start : start + size]
+            if all(unit) and unit == words[start + size : start + 2 * size] == words[start + 2 * size : start + 3 * size]:
+                return True
+    return False
+
+
 def _without_repeated_tail(result: WindowResult, tok) -> WindowResult:
     """The result without a repeat of its last words: a window decoded with the tokens before it as
     its prompt sometimes ends by saying its last phrase again ("... and it was natural, therefore,
@@ -441,6 +455,7 @@ class Transcriber(DirectDecoder):
         self.check_options(options)
         out = self._decode_sorted(windows, options, spread)
         tails = {i: (w, r) for i, (w, r) in enumerate(zip(windows, out, strict=True))}
+        resumed: set[int] = set()
         for _ in range(_MAX_RESUMES):
             follow: dict[int, Window] = {}
             for i, (w, r) in tails.items():
@@ -460,9 +475,14 @@ class Transcriber(DirectDecoder):
             for (i, w), r in zip(follow.items(), self._decode_sorted(list(follow.values()), options, spread), strict=True):
                 out[i] = _joined(out[i], r)
                 tails[i] = (w, r)
+                resumed.add(i)
+        # A window decoded with the text before it (its context, or the start of its own text when it
+        # was resumed) may end by saying its last phrase again: cut the repeat.
         return [
-            _without_repeated_tail(r, self._tokenizer(r.language, options.task)) if w.prompt_tokens and r.segments else r
-            for w, r in zip(windows, out, strict=True)
+            _without_repeated_tail(r, self._tokenizer(r.language, options.task))
+            if (w.prompt_tokens or i in resumed) and r.segments
+            else r
+            for i, (w, r) in enumerate(zip(windows, out, strict=True))
         ]
 
     def _decode_sorted(self, windows: Sequence[Window], options: TranscribeOptions, spread: bool) -> list[WindowResult]:
@@ -616,11 +636,14 @@ class Transcriber(DirectDecoder):
                 tokens = list(res.sequences_ids[0])
                 score = res.scores[0] if res.scores else 0.0
                 avg_logprob = score * len(tokens) / (len(tokens) + 1)  # length_penalty 1
-                # A decode that runs to its length bound without closing has looped (short phrases
-                # repeated have a low compression ratio, so the ratio alone misses them).
+                # A decode that runs to its length bound without closing, or says a run of words three
+                # times over, has looped (short phrases repeated have a low compression ratio, so the
+                # ratio alone misses them).
                 # CTranslate2 returns a forced prefix with the tokens after it (include_prompt_in_result).
+                text = tokenizers[i].decode(tokens).strip()
                 looped = len(tokens) - (len(forced[i]) if temperature <= _DROP_PROMPT_ABOVE else 0) >= caps[i]
-                ratio = compression_ratio(tokenizers[i].decode(tokens).strip())
+                looped = looped or _says_a_run_thrice(text)
+                ratio = compression_ratio(text)
                 attempt = (tokens, avg_logprob, ratio, float(res.no_speech_prob), temperature, looped)
                 attempts[i].append(attempt)
                 repetitive = looped or (cr_limit is not None and ratio > cr_limit)
