@@ -167,6 +167,17 @@ def test_known_form_fields_and_openai_s_chunking_strategy_auto_are_taken(client)
     assert urlencoded.status_code == 422 and urlencoded.json()["error"]["message"].startswith("zzz:")
 
 
+def test_openai_keywords_are_the_decode_s_hotwords(client, fake, testdata):
+    seen = []
+    decode = fake.decode_windows
+    fake.decode_windows = lambda windows, options: seen.append(options) or decode(windows, options)
+    clip = (testdata / "en" / "ljspeech" / "LJ001-0002.flac").read_bytes()
+    fields = {"keywords[]": ["Gutenberg", " Schoeffer ", ""]}
+    response = client.post("/v1/audio/transcriptions", files={"file": ("a.flac", clip)}, data=fields)
+    assert response.status_code == 200, response.text
+    assert seen and {o.hotwords for o in seen} == {"Gutenberg, Schoeffer"}
+
+
 @pytest.mark.parametrize(
     ("method", "route", "body"),
     [

@@ -99,6 +99,19 @@ def test_openai_word_timestamps_and_prompt(openai_client, testdata):
     assert starts == sorted(starts) and 0.0 <= starts[0] < 1.0 and result.words[-1].end <= 11.05
 
 
+def test_openai_keywords_reach_the_decoder_as_hotwords(openai_client, testdata, live_server):
+    """The SDK's ``keywords`` (sent as ``keywords[]``) guide the decode; a request with them reads jfk.flac
+    as well as without, and too many characters of them are refused."""
+    with open(testdata / "en/jfk.flac", "rb") as audio:
+        result = openai_client.audio.transcriptions.create(model="whisper-1", file=audio, keywords=["Americans", "country"])
+    assert wer(JFK, result.text) <= 0.05, result.text
+    with open(testdata / "en/jfk.flac", "rb") as audio:
+        response = httpx.post(
+            f"{live_server.url}/v1/audio/transcriptions", files={"file": ("a.flac", audio)}, data={"keywords[]": ["x" * 501]}
+        )
+    _error(response, 422, "invalid_options")
+
+
 def test_openai_translation_outputs_english(openai_client, testdata):
     with open(testdata / "multi/test_de.wav", "rb") as audio:
         result = openai_client.audio.translations.create(model="whisper-1", file=audio)

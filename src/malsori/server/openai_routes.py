@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[KnownFormFieldsDep])
 
+_MAX_KEYWORDS_CHARS = 500
+"""OpenAI's ``keywords[]`` become Whisper's hotwords, which share the prompt's 223 tokens with ``prompt``."""
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
 Granularity = Literal["word", "segment"]
 
@@ -69,8 +71,12 @@ async def _run(
     stream: bool = False,
     speakers: DiarizeOptions | None = None,
     sentiment: bool = False,
+    keywords: Sequence[str] | None = None,
 ) -> Response:
     services.check_model(model)
+    hotwords = ", ".join(k.strip() for k in keywords or () if k.strip()) or None
+    if hotwords is not None and len(hotwords) > _MAX_KEYWORDS_CHARS:
+        raise InvalidOptionsError(f"keywords: at most {_MAX_KEYWORDS_CHARS} characters in all (Whisper reads them in its prompt)")
     if sentiment and response_format != "verbose_json":
         raise InvalidOptionsError("sentiment=true labels the segments: it needs response_format=verbose_json")
     if stream and response_format not in ("json", "text"):
@@ -87,6 +93,7 @@ async def _run(
         language=language,
         task=task,
         initial_prompt=prompt or None,
+        hotwords=hotwords,
         beam_size=engine.beam_size,
         temperatures=temperatures,
         word_timestamps="word" in (granularities or ()) and not stream,  # events carry no word times
@@ -156,6 +163,13 @@ async def transcriptions(
     sentiment: Annotated[
         bool, Form(description="Each segment carries `sentiment` ({label, score}); needs response_format=verbose_json")
     ] = False,
+    keywords: Annotated[
+        list[str] | None,
+        Form(
+            alias="keywords[]",
+            description="Words or phrases to guide the transcription (names, terms): Whisper's hotwords, read before the audio",
+        ),
+    ] = None,
     chunking_strategy: Annotated[
         Literal["auto"] | None,
         Form(description="`auto` only, which is what malsori does anyway: long audio is cut at the pauses its VAD finds"),
@@ -176,6 +190,7 @@ async def transcriptions(
         stream=stream,
         speakers=diarize_options(diarize, num_speakers, min_speakers, max_speakers),
         sentiment=sentiment,
+        keywords=keywords,
     )
 
 
