@@ -35,6 +35,12 @@ def test_options_normalize_language():
     assert TranscribeOptions(language="auto").language is None
     for tag, code in (("ko-KR", "ko"), ("en_US", "en"), ("zh-Hant-TW", "zh"), ("YUE-hk", "yue")):
         assert TranscribeOptions(language=tag).language == code
+    assert TranscribeOptions(languages=["KO-kr", "en", "ko", ""]).languages == ("ko", "en")
+    assert TranscribeOptions(languages=["ko-KR"]).language == "ko"  # one possible language is the language
+    assert TranscribeOptions(language="en", languages=["ko", "ja"]).language == "en"
+    for wrong in ({"languages": ["xx"]}, {"languages": "ko"}):
+        with pytest.raises(InvalidOptionsError):
+            TranscribeOptions(**wrong)
     for wrong in ("xx-KR", "-ko", "korean"):
         with pytest.raises(InvalidOptionsError, match="unknown language"):
             TranscribeOptions(language=wrong)

@@ -112,6 +112,20 @@ def test_openai_keywords_reach_the_decoder_as_hotwords(openai_client, testdata, 
     _error(response, 422, "invalid_options")
 
 
+def test_openai_languages_bound_the_detection(openai_client, testdata):
+    """jfk.flac is detected as English; told it is German or French, it is read in the likelier of the
+    two, and told English or Korean, in English."""
+    found = {}
+    for allowed in (["de", "fr"], ["ko", "en"]):
+        with open(testdata / "en/jfk.flac", "rb") as audio:
+            result = openai_client.audio.transcriptions.create(
+                model="whisper-1", file=audio, response_format="verbose_json", languages=allowed
+            )
+        found[tuple(allowed)] = result
+    assert found[("de", "fr")].language in ("de", "fr")
+    assert found[("ko", "en")].language == "en" and wer(JFK, found[("ko", "en")].text) <= 0.05
+
+
 def test_openai_translation_outputs_english(openai_client, testdata):
     with open(testdata / "multi/test_de.wav", "rb") as audio:
         result = openai_client.audio.translations.create(model="whisper-1", file=audio)

@@ -48,6 +48,10 @@ class TranscribeOptions:
     """Language code, or None to detect it."""
     task: str = "transcribe"
     """``transcribe`` keeps the spoken language; ``translate`` outputs English."""
+    languages: tuple[str, ...] | None = None
+    """Without ``language``: the languages the audio may be in (OpenAI's ``languages``; a Korean meeting
+    with English in it: ``("ko", "en")``). A window is read in the most likely of them that detection
+    finds, never in another. None: any language."""
     initial_prompt: str | None = None
     """Text that precedes the audio (names, spelling, style)."""
     hotwords: str | None = None
@@ -78,6 +82,13 @@ class TranscribeOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "language", normalize_language(self.language))
+        if self.languages is not None:
+            if isinstance(self.languages, str):
+                raise InvalidOptionsError("languages must be a list of language codes such as ['ko', 'en']")
+            codes = tuple(dict.fromkeys(c for c in (normalize_language(x) for x in self.languages) if c))
+            object.__setattr__(self, "languages", codes or None)
+            if self.language is None and len(codes) == 1:  # one possible language is the language
+                object.__setattr__(self, "language", codes[0])
         if self.task not in TASKS:
             raise InvalidOptionsError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
         if not 1 <= self.beam_size <= 20:

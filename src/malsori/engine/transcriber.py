@@ -565,8 +565,10 @@ class Transcriber(DirectDecoder):
                 prob = 1.0
             else:
                 assert detected is not None
-                token, prob = detected[i][0]
-                lang = token[2:-2]
+                candidates = [(token[2:-2], p) for token, p in detected[i]]
+                if options.languages:  # the most likely of the languages the caller allows
+                    candidates = [c for c in candidates if c[0] in options.languages] or candidates
+                lang, prob = candidates[0]
             languages.append(lang)
             lang_probs.append(float(prob))
 

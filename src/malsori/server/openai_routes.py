@@ -72,6 +72,7 @@ async def _run(
     speakers: DiarizeOptions | None = None,
     sentiment: bool = False,
     keywords: Sequence[str] | None = None,
+    languages: Sequence[str] | None = None,
 ) -> Response:
     services.check_model(model)
     hotwords = ", ".join(k.strip() for k in keywords or () if k.strip()) or None
@@ -91,6 +92,7 @@ async def _run(
     temperatures = TranscribeOptions().temperatures if temperature == 0 else (temperature,)
     options = TranscribeOptions(
         language=language,
+        languages=tuple(languages) if languages else None,
         task=task,
         initial_prompt=prompt or None,
         hotwords=hotwords,
@@ -163,6 +165,10 @@ async def transcriptions(
     sentiment: Annotated[
         bool, Form(description="Each segment carries `sentiment` ({label, score}); needs response_format=verbose_json")
     ] = False,
+    languages: Annotated[
+        list[str] | None,
+        Form(alias="languages[]", description="Without language: the languages the audio may be in; detection picks among them"),
+    ] = None,
     keywords: Annotated[
         list[str] | None,
         Form(
@@ -191,6 +197,7 @@ async def transcriptions(
         speakers=diarize_options(diarize, num_speakers, min_speakers, max_speakers),
         sentiment=sentiment,
         keywords=keywords,
+        languages=languages,
     )
 
 
