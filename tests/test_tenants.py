@@ -337,6 +337,20 @@ def test_socket_token_in_query_or_first_message(keyed):
         assert _close(ws)[1] == 4401
 
 
+def test_the_raw_socket_takes_its_credentials_in_the_query_beside_its_format(keyed):
+    """``/v1/stream/raw`` reads its format from the query and refuses unknown parameters; ``token`` and
+    ``api_key`` there are the credentials every socket takes, not unknown parameters."""
+    client, keys = keyed
+    for credential in (f"token={_token(client, keys.acme)}", f"api_key={keys.acme}"):
+        with client.websocket_connect(f"/v1/stream/raw?sample_rate=16000&encoding=pcm_s16le&{credential}") as ws:
+            ws.send_bytes(bytes(6400))  # 0.2 s of silence
+            ws.send_text("stop")
+            seen, code = _close(ws)
+            assert code == 1000 and not [m for m in seen if "error" in m], (credential, seen)
+    with client.websocket_connect(f"/v1/stream/raw?colour=red&api_key={keys.acme}") as ws:
+        assert _close(ws)[1] == 1008
+
+
 def test_resume_tokens_cannot_cross_tenants(keyed):
     client, keys = keyed
     with client.websocket_connect(f"/v1/stream?token={_token(client, keys.acme)}") as ws:

@@ -34,6 +34,7 @@ from .errors import error_response
 
 __all__ = [
     "AuthMiddleware",
+    "SOCKET_QUERY_CREDENTIALS",
     "PUBLIC_PATHS",
     "PRINCIPAL_KEY",
     "Require",
@@ -49,6 +50,9 @@ __all__ = [
     "get_principal",
     "is_public",
 ]
+
+SOCKET_QUERY_CREDENTIALS = ("token", "api_key")
+"""Query parameters a WebSocket may carry its credentials in (a browser cannot set headers on one)."""
 
 PRINCIPAL_KEY = "malsori.principal"
 _ERROR_KEY = "malsori.auth_error"
@@ -82,7 +86,7 @@ def _credential(scope: dict) -> str | None:
         from urllib.parse import parse_qs
 
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        for name in ("token", "api_key"):
+        for name in SOCKET_QUERY_CREDENTIALS:
             if query.get(name):
                 return query[name][0]
     return None

@@ -33,6 +33,7 @@ from ..streaming.events import End, Error, Event, Final, Language, Partial, Read
 from ..streaming.manager import LiveSession
 from ..streaming.resample import StreamResampler
 from ..streaming.session import StreamingSession
+from .auth import SOCKET_QUERY_CREDENTIALS
 
 __all__ = [
     "LiveProtocol",
@@ -359,7 +360,8 @@ class RawProtocol(LiveProtocol):
     """``/v1/stream/raw``: the session opens with the socket, from the query string; text is only ``stop``."""
 
     name = "raw"
-    _QUERY = frozenset({"sample_rate", "encoding", "language", "task", "preset", "word_timestamps"})
+    # Its format, and the credentials any socket may carry in its query (read by the auth middleware).
+    _QUERY = frozenset({"sample_rate", "encoding", "language", "task", "preset", "word_timestamps", *SOCKET_QUERY_CREDENTIALS})
 
     def __init__(self, settings: StreamingSettings, query: Mapping[str, str]) -> None:
         super().__init__(settings)
