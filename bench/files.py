@@ -127,8 +127,17 @@ def main() -> int:
     ap.add_argument("--no-long", action="store_true", help="skip the long-input check")
     ap.add_argument("--only-long", action="store_true", help="run only the long-input check (not with --write)")
     ap.add_argument("--gap", type=float, default=0.5, help="seconds of silence between clips of the long input")
+    ap.add_argument(
+        "--context-runs",
+        type=int,
+        default=0,
+        help="long input with context: decode its windows in this many runs instead of the pipeline's choice "
+        "(1: every window after the first with the text before it, as faster-whisper)",
+    )
     ap.add_argument("--write", action="store_true", help=f"write the results into {DOC.relative_to(REPO)}")
     args = ap.parse_args()
+    if args.context_runs and args.write:
+        ap.error("--context-runs is for a study of the long input; its figures are not the default's to --write")
     if args.only_long:
         if args.write or args.no_long:
             ap.error("--only-long prints the long-input table only; it cannot --write or go with --no-long")
@@ -211,11 +220,18 @@ def main() -> int:
     if not args.no_long:
         lj = [c for c in manifest if SETS["ljspeech"](c)]
         long_audio = concatenate([decode_audio(c.path) for c in lj], args.gap)
+        if args.context_runs:
+            from malsori.engine import pipeline
+
+            pipeline._context_runs = lambda n: min(args.context_runs, n)
         ref = " ".join(c.reference for c in lj)
         dur = len(long_audio) / 16000
         variants: list[tuple[str, object]] = [
             ("faster-whisper (condition_on_previous_text=True)", plain),
-            ("malsori, condition_on_previous_text=True", Malsori(transcriber, args.beam, True, condition_on_previous_text=True)),
+            (
+                "malsori, condition_on_previous_text=True" + (f", {args.context_runs} runs" if args.context_runs else ""),
+                Malsori(transcriber, args.beam, True, condition_on_previous_text=True),
+            ),
             (
                 "malsori, condition_on_previous_text=False",
                 Malsori(transcriber, args.beam, True, condition_on_previous_text=False),
