@@ -277,6 +277,10 @@ REFUSALS = [
     ("/stt/realtime", [START_SESSION, {**_b64(b"\x00\x00"), "colour": "red"}], 1008, "protocol_error"),
     ("/stt/realtime", [START_SESSION, _b64(b"\x00\x01\x02")], 1003, "unsupported_audio"),
     ("/stt/realtime", [START_SESSION, _b64(b"\x00" * (MAX_FRAME + 2))], 1009, "audio_too_large"),
+    # A query parameter the protocol does not read is refused, not ignored (/v1/stream configures in start).
+    ("/v1/stream?langauge=ko", [], 1008, "protocol_error"),
+    ("/v1/stream?language=ko", [], 1008, "protocol_error"),
+    ("/stt/realtime?colour=red", [], 1008, "protocol_error"),
     # /v1/stream/raw
     ("/v1/stream/raw?colour=red", [], 1008, "protocol_error"),
     ("/v1/stream/raw?sample_rate=fast", [], 1008, "invalid_options"),

@@ -184,6 +184,10 @@ class LiveProtocol:
 
     name: ClassVar[str]
     """Shown in the session list (``LiveSession.protocol``)."""
+    query_names: ClassVar[frozenset[str] | None] = frozenset(SOCKET_QUERY_CREDENTIALS)
+    """The query parameters it reads; any other is refused when the socket opens (a misspelt
+    ``?langauge=`` must not be ignored). Credentials are read by the auth middleware. None: not checked
+    (an OpenAI client sends what its SDK sends)."""
     resumable: ClassVar[bool] = False
     """Its sessions outlive a dropped connection (for ``resume_grace_s``) and can be taken up again.
     Without it there is nobody to resume, so a dropped connection ends its session at once."""
@@ -201,6 +205,11 @@ class LiveProtocol:
     follows_turns: ClassVar[bool] = False
     """Reads the session after every change (:meth:`observe`); its audio is fed one VAD chunk at a
     time, so a pause and new speech within one frame are still seen as two turns."""
+
+    def check_query(self, query: Mapping[str, str]) -> None:
+        """Refuse the query parameters this protocol does not read (:attr:`query_names`)."""
+        if self.query_names is not None:
+            _unknown(query, set(self.query_names), "query parameter(s)")
 
     def greeting(self) -> list[dict[str, Any]]:
         """Messages to send as soon as the socket is accepted, before any session exists."""
@@ -361,7 +370,9 @@ class RawProtocol(LiveProtocol):
 
     name = "raw"
     # Its format, and the credentials any socket may carry in its query (read by the auth middleware).
-    _QUERY = frozenset({"sample_rate", "encoding", "language", "task", "preset", "word_timestamps", *SOCKET_QUERY_CREDENTIALS})
+    query_names = frozenset(
+        {"sample_rate", "encoding", "language", "task", "preset", "word_timestamps", *SOCKET_QUERY_CREDENTIALS}
+    )
 
     def __init__(self, settings: StreamingSettings, query: Mapping[str, str]) -> None:
         super().__init__(settings)
@@ -369,7 +380,6 @@ class RawProtocol(LiveProtocol):
 
     def opening(self) -> StartSpec:
         params = self.query
-        _unknown(params, set(self._QUERY), "query parameter(s)")
         try:
             rate = int(params.get("sample_rate", "16000"))
         except ValueError:

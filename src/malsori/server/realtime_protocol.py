@@ -185,6 +185,7 @@ class RealtimeProtocol(LiveProtocol):
 
     name = "openai-realtime"
     follows_turns = True
+    query_names = None  # intent=transcription is required (greeting); the SDK may add model= and others
 
     def __init__(
         self,

@@ -291,6 +291,7 @@ async def _serve(ws: WebSocket, protocol: LiveProtocol, services: Services, runn
     conn = LiveConnection(ws, protocol, services, runner)
     try:
         conn.principal = await authenticate_socket(ws)
+        protocol.check_query(ws.query_params)
         for greeting in protocol.greeting():
             conn.outbox.send_raw(greeting)
         spec = protocol.opening()
