@@ -13,6 +13,10 @@ Sections, all in the same process and run:
   audio decoding excluded. Speed figures depend on the load, printed beside them (``/proc/loadavg``).
 - **causes**: malsori's text with one thing changed at a time (beam, fallback, thresholds, VAD, encoder
   padding, its value and minimum input, batching), to show where Korean accuracy goes.
+- **conditions**: the same clips under seeded acoustic changes (tempo 0.9x and 1.1x, white noise at
+  20 and 10 dB SNR, a synthetic room, silence around the speech), 77 decodes, faster-whisper against
+  malsori with each Korean encoder padding: eleven read sentences are too few to tell a setting from
+  the host's arithmetic (a point is five characters), seven conditions of them less so.
 - **prompt**: an initial prompt (polite style, with punctuation) and hotwords.
 - **detect**: each clip on its own with no language given: share detected as ``ko``.
 - **http**: the clips sent to a fresh ``malsori serve`` (defaults, beam 5) as ``POST
@@ -82,6 +86,39 @@ def padded_features_with_zeros():
         engine.Transcriber._features_for = original
 
 
+def conditions(audios: list[np.ndarray], seed: int = 18) -> list[tuple[str, list[np.ndarray]]]:
+    """The clips under seeded acoustic changes (the references stay): each condition's list of audios."""
+    rng = np.random.default_rng(seed)
+
+    def tempo(a: np.ndarray, factor: float) -> np.ndarray:  # resampled: faster and higher, or slower and lower
+        return np.interp(np.arange(0, len(a) - 1, factor), np.arange(len(a)), a).astype(np.float32)
+
+    def noise(a: np.ndarray, snr_db: float) -> np.ndarray:
+        power = float(np.mean(a**2)) / 10 ** (snr_db / 10)
+        return (a + rng.normal(0, math.sqrt(power), len(a))).astype(np.float32)
+
+    def room(a: np.ndarray, rt60_s: float = 0.4) -> np.ndarray:  # decaying noise as the impulse response
+        t = np.arange(int(rt60_s * 16000)) / 16000
+        ir = rng.normal(0, 1, len(t)) * np.exp(-6.9 * t / rt60_s)
+        ir[0] = 1.0 / 0.3
+        n = len(a) + len(ir) - 1
+        wet = np.fft.irfft(np.fft.rfft(a, n) * np.fft.rfft(ir, n), n)[: len(a)]
+        return (wet * np.max(np.abs(a)) / max(np.max(np.abs(wet)), 1e-9)).astype(np.float32)
+
+    def around(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.zeros(16000, np.float32), a, np.zeros(32000, np.float32)])
+
+    return [
+        ("as recorded", audios),
+        ("tempo 0.9x", [tempo(a, 0.9) for a in audios]),
+        ("tempo 1.1x", [tempo(a, 1.1) for a in audios]),
+        ("white noise 20 dB", [noise(a, 20) for a in audios]),
+        ("white noise 10 dB", [noise(a, 10) for a in audios]),
+        ("room (0.4 s)", [room(a) for a in audios]),
+        ("1 s of silence before, 2 s after", [around(a) for a in audios]),
+    ]
+
+
 def load() -> str:
     return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -97,6 +134,7 @@ def main() -> int:
     ap.add_argument("--sections", default="offline,causes,prompt,detect,http,live")
     ap.add_argument("--preset", default="korean", help="live preset")
     ap.add_argument("--options", default="{}", help="live: JSON overrides of the preset, e.g. '{\"commit_after_s\": 0}'")
+    ap.add_argument("--condition", default="as recorded", help="live: the clips under one of the conditions section's changes")
     ap.add_argument("--write", action="store_true", help=f"write the results into {DOC.relative_to(REPO)}")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
@@ -189,11 +227,11 @@ def main() -> int:
         for label, options in variants:
             out(f"| {label} | {cer_cells(refs, malsori(**options))} |")
         out(f"| one file at a time (no batching) | {cer_cells(refs, malsori(False))} |")
-        pads, minimum = dict(engine._PAD_FRAMES_BY_LANGUAGE), engine._MIN_FRAMES
+        pads, minimum, default_pad = dict(engine._PAD_FRAMES_BY_LANGUAGE), engine._MIN_FRAMES, engine._pad_frames("ko")
         try:
             for frames in (100, 200, 300, 500, 1000, 2000):
                 engine._PAD_FRAMES_BY_LANGUAGE = {**pads, "ko": frames}
-                label = f"encoder padding {frames / 100:g} s" + (" (default for ko)" if frames == pads.get("ko") else "")
+                label = f"encoder padding {frames / 100:g} s" + (" (default for ko)" if frames == default_pad else "")
                 out(f"| {label} | {cer_cells(refs, malsori())} |")
                 if frames == 200:
                     out(f"| encoder padding 2 s, one file at a time | {cer_cells(refs, malsori(False))} |")
@@ -209,6 +247,40 @@ def main() -> int:
                     out(f"| encoder padding {frames / 100:g} s, features padded with 0.0 | {cer_cells(refs, malsori())} |")
         finally:
             engine._PAD_FRAMES_BY_LANGUAGE, engine._MIN_FRAMES = pads, minimum
+        out()
+
+    if "conditions" in sections:
+        from faster_whisper import WhisperModel
+
+        from malsori.engine import transcriber as engine
+
+        plain = WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=args.threads)
+        sets = conditions(audios)
+        every = [a for _, list_ in sets for a in list_]
+        every_ref = refs * len(sets)
+        rows: list[tuple[str, list[str]]] = [
+            (
+                f"faster-whisper `transcribe()` (beam {args.beam})",
+                [" ".join(s.text.strip() for s in plain.transcribe(a, beam_size=args.beam, language="ko")[0]) for a in every],
+            )
+        ]
+        pads, default_pad = dict(engine._PAD_FRAMES_BY_LANGUAGE), engine._pad_frames("ko")
+        try:
+            for frames in (100, 200, 300, 500, 1000):
+                engine._PAD_FRAMES_BY_LANGUAGE = {**pads, "ko": frames}
+                default = " (default)" if frames == default_pad else ""
+                rows.append((f"malsori, encoder padding {frames / 100:g} s{default}", malsori(audio_list=every)))
+        finally:
+            engine._PAD_FRAMES_BY_LANGUAGE = pads
+        names = [name for name, _ in sets]
+        out(f"Acoustic conditions (the {len(refs)} clips each, {len(every)} decodes; CER, digits spelled out):")
+        out()
+        out("| system | all | " + " | ".join(names) + " |")
+        out("|---|---:|" + "---:|" * len(names))
+        n = len(refs)
+        for label, hyps in rows:
+            cells = [f"{100 * korean_cer(refs, hyps[i * n : (i + 1) * n]):.1f}%" for i in range(len(sets))]
+            out(f"| {label} | **{100 * korean_cer(every_ref, hyps):.1f}%** | " + " | ".join(cells) + " |")
         out()
 
     if "prompt" in sections:
@@ -244,7 +316,8 @@ def main() -> int:
         out()
 
     if "live" in sections:
-        out(live(args.preset, transcriber, clips, args.beam, json.loads(args.options)))
+        chosen = None if args.condition == "as recorded" else dict(conditions(audios))[args.condition]
+        out(live(args.preset, transcriber, clips, args.beam, json.loads(args.options), chosen, args.condition))
         out()
 
     meta = (
@@ -293,14 +366,22 @@ def http(clips: list[tuple[Path, str]], audios: list[np.ndarray], base_wall: flo
     return lines
 
 
-def live(preset: str, transcriber: Transcriber, clips: list[tuple[Path, str]], beam: int, overrides: dict | None = None) -> str:
+def live(
+    preset: str,
+    transcriber: Transcriber,
+    clips: list[tuple[Path, str]],
+    beam: int,
+    overrides: dict | None = None,
+    audios: list[np.ndarray] | None = None,
+    condition: str = "as recorded",
+) -> str:
     from streaming import PAUSE_S, Audio, Phrase, Scores, pct, speech_bounds, start_malsori, stream_malsori
 
     from malsori.client import StreamOptions
 
     pieces, phrases, t = [], [], 0.0
     for i, (path, ref) in enumerate(clips):
-        samples = decode_audio(path)
+        samples = decode_audio(path) if audios is None else audios[i]
         s0, s1 = speech_bounds(samples)
         d = len(samples) / 16000
         phrases.append(Phrase(t, t + d, t + s0, t + s1, ref))
@@ -330,7 +411,8 @@ def live(preset: str, transcriber: Transcriber, clips: list[tuple[Path, str]], b
     stream_cer, offline_cer = korean_cer(refs, [text]), korean_cer(refs, [offline])
     return "\n".join(
         [
-            f"Live: the {len(clips)} clips joined with {PAUSE_S} s pauses ({talk.duration:.0f} s), one stream at real time "
+            f"Live: the {len(clips)} clips{'' if audios is None else f' ({condition})'} joined with {PAUSE_S} s pauses "
+            f"({talk.duration:.0f} s), one stream at real time "
             f"to `malsori serve` `/v1/stream`, preset `{preset}`{f' with {overrides}' if overrides else ''}, language `ko`; "
             f"{before} before, {after} after.",
             "",

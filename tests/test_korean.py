@@ -46,9 +46,28 @@ def test_korean_preset_is_korean_with_beam_search_finals():
     assert StreamConfig.from_preset("korean", language="en").language == "en"  # said explicitly: kept
     assert StreamConfig.from_preset("balanced").language is None  # other presets still detect
     assert config.final_options().beam_size == 5
+    # Live Korean decodes get 3 s of silence after the speech; files (no option) and other presets 2 s.
+    assert config.final_options().encoder_padding_s == config.partial_options().encoder_padding_s == 3.0
+    assert StreamConfig.from_preset("balanced", language="ko").final_options().encoder_padding_s == 2.0
     assert "korean" in PRESETS
     with pytest.raises(InvalidOptionsError, match="final_beam_size"):
         StreamConfig.from_preset("korean", final_beam_size=0)
+    with pytest.raises(InvalidOptionsError, match="encoder_padding_s"):
+        StreamConfig.from_preset("korean", encoder_padding_s=30)
+
+
+def test_the_encoder_input_is_the_window_and_its_padding():
+    from malsori.engine import TranscribeOptions
+    from malsori.engine.transcriber import encoder_frames
+    from malsori.engine.windows import Window
+
+    window = Window(audio=np.zeros(int(6.2 * SR), np.float32), language="ko")
+    # 620 frames of audio, then 200 (files, every language) or 300 (the korean preset), in 0.5 s steps.
+    assert encoder_frames(window, TranscribeOptions(language="ko")) == 850
+    assert encoder_frames(window, TranscribeOptions(language="ko", encoder_padding_s=3.0)) == 950
+    assert encoder_frames(window, TranscribeOptions(language="en")) == 850
+    with pytest.raises(InvalidOptionsError, match="encoder_padding_s"):
+        TranscribeOptions(encoder_padding_s=0.1)
 
 
 # -- the real model on real Korean speech ------------------------------------------------------------

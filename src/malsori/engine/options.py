@@ -72,6 +72,10 @@ class TranscribeOptions:
     compression_ratio_threshold: float | None = 2.4
     log_prob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
+    encoder_padding_s: float | None = None
+    """Silence after a window's speech in its encoder input, in seconds (malsori encodes a window at its
+    own length, not Whisper's 30 s: see :mod:`malsori.engine.transcriber`). None: the engine's default,
+    2 s. The ``korean`` live preset sets 3 s (measured, ``streaming.config.PRESETS``)."""
     condition_on_previous_text: bool = False
     """Within one long input, windows after the first of their run are decoded with the tokens the model
     decoded before them (the input's windows go in contiguous runs side by side, so batches stay full;
@@ -99,6 +103,8 @@ class TranscribeOptions:
         if any(not 0.0 <= t <= 2.0 for t in temps):
             raise InvalidOptionsError("temperatures must each be between 0 and 2")
         object.__setattr__(self, "temperatures", temps)
+        if self.encoder_padding_s is not None and not 0.5 <= self.encoder_padding_s <= 10.0:
+            raise InvalidOptionsError(f"encoder_padding_s must be between 0.5 and 10, not {self.encoder_padding_s}")
         for name in ("initial_prompt", "hotwords"):
             value = getattr(self, name)
             if value is not None and len(value) > 2000:

@@ -11,8 +11,8 @@ Two measured changes make malsori faster on a CPU without losing accuracy (docs/
   real length plus two seconds of silence (``_PAD_FRAMES``). With less, Whisper does not see the speech
   end and loops ("Ask what you can do for your country." over and over on jfk.flac with none; "in being
   comparatively modern" twice on LJ001-0002 with one second); with two, word error rates match the
-  padded 30 s decode on the test data while the encoder costs a fraction (docs/benchmarks.md). Korean
-  gets three (``_PAD_FRAMES_BY_LANGUAGE``, issue 18).
+  padded 30 s decode on the test data while the encoder costs a fraction (docs/benchmarks.md); Korean
+  too (issue 18, ``_PAD_FRAMES_BY_LANGUAGE``).
 - **Batched decoding.** Windows from different inputs (or different streams) are encoded and decoded
   together in one ``generate`` call with a prompt per item, which keeps both CPU cores busy.
 """
@@ -46,11 +46,13 @@ log = logging.getLogger(__name__)
 
 _HOP = 160  # samples per mel frame (10 ms)
 _PAD_FRAMES = 200  # two seconds of silence after the speech; see the module docstring
-# Per language where the test data measured better with another padding (issue 18, docs/benchmarks.md
-# "Korean"): Korean with 3 s, on the 11 Korean clips CER 6.5% batched and 6.9% one file at a time, against
-# 6.9% and 7.4% with 2 s (faster-whisper's padded 30 s: 6.9%); the extra second costs about a tenth
-# more encoder time, for Korean windows only. A window of unknown language (detection) gets the default.
-_PAD_FRAMES_BY_LANGUAGE = {"ko": 300}
+# Per language, where one measures better with another padding than the default; none does now. Korean
+# had 3 s (issue 18), chosen on one host, where its 11 clips read 0.2-0.4 points better than with 2 s; on
+# the AMX host 3 s read them worse than faster-whisper (7.4% against 6.9%) and 2 s as well as it (6.9%),
+# as on the other two hosts, and over the clips under seven acoustic conditions (`bench/korean.py
+# --sections conditions`, 77 decodes) 2 s gave 11.1% and 3 s 11.6% against faster-whisper's 11.7%
+# (docs/benchmarks.md "Korean: one padding for every language"). A window of unknown language gets the default.
+_PAD_FRAMES_BY_LANGUAGE: dict[str, int] = {}
 # Languages whose windows share a batch on the CPU only with windows of the same encoder length, so each
 # decodes as it would alone (see encoder_frames): on the 11 Korean clips, batches that padded every window
 # to the longest of its batch gave CER 7.6% on all three hosts measured, one file at a time 6.7-7.4%,
@@ -316,7 +318,9 @@ def encoder_frames(window: Window, options: TranscribeOptions) -> int:
     this key (the server's scheduler may) gets text independent of the companions. Not done by default
     in :meth:`Transcriber.decode_windows`: batches split by it cost 25-45% more time on the English test
     sets (docs/benchmarks.md "Reproducible output (issue 17)")."""
-    n = max(1, math.ceil(len(window.audio) / _HOP)) + _pad_frames(window.language or options.language)
+    pad = options.encoder_padding_s
+    padding = _pad_frames(window.language or options.language) if pad is None else round(pad * 100)
+    n = max(1, math.ceil(len(window.audio) / _HOP)) + padding
     return min(_MAX_FRAMES, max(_MIN_FRAMES, math.ceil(n / _FRAME_BUCKET) * _FRAME_BUCKET))
 
 
