@@ -264,6 +264,31 @@ def test_a_batch_holds_windows_of_one_class_of_its_decoder():
         scheduler.close()
 
 
+def test_a_request_batch_takes_the_waiting_windows_closest_in_length_to_the_one_whose_turn_it_is():
+    """Every window of a batch is encoded at its longest window's length: a 2 s clip beside a 10 s one
+    costs the 10 s decode. Requests arrive in no order, so a batch takes, after the window whose turn
+    it is, the waiting windows nearest its length; the next batch starts with the next owner in turn."""
+    decoder, gate, batches = held_decoder()
+    options = TranscribeOptions(beam_size=1)
+    scheduler = DecodeScheduler(decoder, max_batch=2)
+    try:
+        held = scheduler.submit(Window(tone_speech(["alpha"]), prompt="held"), options, owner="r9")
+        while scheduler.pending(Priority.REQUEST):  # taken by the worker, held
+            pass
+        lengths = {"long0": 8.0, "short1": 2.0, "long2": 8.5, "short3": 2.5, "mid4": 5.0}
+        futures = [
+            scheduler.submit(Window(np.zeros(int(s * SAMPLE_RATE), np.float32), prompt=name), options, owner=name)
+            for name, s in lengths.items()
+        ]
+        gate.set()
+        for f in [held, *futures]:
+            f.result(5)
+        assert batches == [["held"], ["long0", "long2"], ["short1", "short3"], ["mid4"]]
+    finally:
+        gate.set()
+        scheduler.close()
+
+
 def test_live_partials_never_take_the_last_free_worker():
     """With two workers, a batch of partials runs on one; more partials wait for it, so a final that comes
     due starts at once on the other. Request windows may still use the second worker."""

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -312,7 +313,7 @@ class DecodeScheduler:
         # Round-robin: one window per owner per pass, owners that got a turn move to the back.
         for _ in itertools.count():
             took = False
-            for owner in list(owners):
+            for owner in _visit_order(owners, first_owner, by_length=priority is not Priority.LIVE):
                 queue = owners[owner]
                 while queue and queue[0].future.cancelled():  # its caller gave up on it
                     queue.popleft()
@@ -386,6 +387,29 @@ class DecodeScheduler:
             self._report(batch, ended - started, failed)
         for item, result in zip(batch, results, strict=True):
             item.future.set_result(result)
+
+
+def _visit_order(owners: dict[str, collections.deque[_Item]], first: str, *, by_length: bool) -> list[str]:
+    """The order in which a batch takes the owners' next windows: ``first`` (whose turn it is), then, with
+    ``by_length``, the others by how close their next window's length is to its (in turn where equal).
+
+    Every window of a batch is encoded at its longest window's length, and on a CPU the batch costs
+    about that many frames for each of its windows: a 2 s clip batched with a 10 s one costs the 10 s
+    decode twice. The CLI sorts its windows by length before it batches them; concurrent requests
+    arrive in no order. 16 HTTP clients on the AMX host, batches of two: the encoder took 43% of the
+    decode time (py-spy) where a similar-length pair wastes little (docs/benchmarks.md "Requests
+    batched by length"). Whose turn it is stays round-robin, so no owner waits for a better match. Live
+    batches keep the plain order: partials and finals were measured that way."""
+    order = list(owners)
+    if not by_length or len(order) < 3:
+        return order
+    target = len(owners[first][0].window.audio)
+
+    def distance(owner: str) -> float:
+        queue = owners[owner]
+        return -1.0 if owner == first else abs(len(queue[0].window.audio) - target) if queue else math.inf
+
+    return sorted(order, key=distance)
 
 
 @dataclass(frozen=True)
