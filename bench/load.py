@@ -255,7 +255,8 @@ def main() -> int:
     machine = f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     lines = [
         f"Measured {dt.date.today().isoformat()} on {machine}, server `malsori serve --model {args.model}` "
-        f"(defaults otherwise: CPU int8, beam 5, the shared scheduler's batches of up to 8 windows), client and "
+        f"(defaults otherwise: CPU int8, beam 5, the shared scheduler's batches of as many windows as the model "
+        f"picks for the CPU, `engine.transcriber.auto_batch_size`), client and "
         f"server on the same machine over loopback.",
         "",
         "```",
