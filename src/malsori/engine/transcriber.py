@@ -51,7 +51,8 @@ _PAD_FRAMES = 200  # two seconds of silence after the speech; see the module doc
 # the AMX host 3 s read them worse than faster-whisper (7.4% against 6.9%) and 2 s as well as it (6.9%),
 # as on the other two hosts, and over the clips under seven acoustic conditions (`bench/korean.py
 # --sections conditions`, 77 decodes) 2 s gave 11.1% and 3 s 11.6% against faster-whisper's 11.7%
-# (docs/benchmarks.md "Korean: one padding for every language"). A window of unknown language gets the default.
+# (docs/benchmarks.md "Korean: one padding for files, three seconds live"). A window of unknown language gets
+# the default.
 _PAD_FRAMES_BY_LANGUAGE: dict[str, int] = {}
 # Languages whose windows share a batch on the CPU only with windows of the same encoder length, so each
 # decodes as it would alone (see encoder_frames): on the 11 Korean clips, batches that padded every window
