@@ -8,10 +8,12 @@ and the layering rule (engine and streaming never import the server or the web f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -204,6 +206,29 @@ def held_decoder() -> tuple[FakeDecoder, threading.Event, list[list[str]]]:
     return decoder, gate, batches
 
 
+@dataclass
+class Held:
+    future: Future
+    options: TranscribeOptions
+
+
+@contextlib.contextmanager
+def held_requests(max_batch: int):
+    """A scheduler over :func:`held_decoder` whose worker holds one request window ("held") until the
+    gate opens, so the windows submitted meanwhile queue and form the next batches."""
+    decoder, gate, batches = held_decoder()
+    options = TranscribeOptions(beam_size=1)
+    scheduler = DecodeScheduler(decoder, max_batch=max_batch)
+    try:
+        held = scheduler.submit(Window(tone_speech(["alpha"]), prompt="held"), options, owner="r9")
+        while scheduler.pending(Priority.REQUEST):  # taken by the worker, held
+            pass
+        yield scheduler, decoder, gate, batches, Held(held, options)
+    finally:
+        gate.set()
+        scheduler.close()
+
+
 @pytest.mark.parametrize(
     ("urgent_batch", "finals"),
     [
@@ -246,47 +271,29 @@ def test_a_batch_holds_windows_of_one_class_of_its_decoder():
     """A decoder that decodes some windows apart even in one batch (``batch_class``: the model's prompt
     and no prompt, Korean encoder lengths on a CPU) gets batches of one class; the other class waits for
     the next batch (another worker's, at once) and keeps its turn."""
-    decoder, gate, batches = held_decoder()
-    decoder.batch_class = lambda window, options: (window.prompt or "")[0]  # type: ignore[attr-defined]
-    options = TranscribeOptions(beam_size=1)
-    scheduler = DecodeScheduler(decoder, max_batch=8)
-    try:
-        held = scheduler.submit(Window(tone_speech(["alpha"]), prompt="held"), options, owner="r9")
-        while scheduler.pending(Priority.REQUEST):  # taken by the worker, held
-            pass
+    with held_requests(max_batch=8) as (scheduler, decoder, gate, batches, held):
+        decoder.batch_class = lambda window, options: (window.prompt or "")[0]  # type: ignore[attr-defined]
         names = ["a0", "b1", "a2", "b3", "a4"]
-        futures = [scheduler.submit(Window(tone_speech(["alpha"]), prompt=n), options, owner=f"r{n}") for n in names]
+        futures = [scheduler.submit(Window(tone_speech(["alpha"]), prompt=n), held.options, owner=f"r{n}") for n in names]
         gate.set()
-        assert [f.result(5).text for f in [held, *futures]] == ["alpha"] * 6
+        assert [f.result(5).text for f in [held.future, *futures]] == ["alpha"] * 6
         assert batches == [["held"], ["a0", "a2", "a4"], ["b1", "b3"]]
-    finally:
-        gate.set()
-        scheduler.close()
 
 
 def test_a_request_batch_takes_the_waiting_windows_closest_in_length_to_the_one_whose_turn_it_is():
     """Every window of a batch is encoded at its longest window's length: a 2 s clip beside a 10 s one
     costs the 10 s decode. Requests arrive in no order, so a batch takes, after the window whose turn
     it is, the waiting windows nearest its length; the next batch starts with the next owner in turn."""
-    decoder, gate, batches = held_decoder()
-    options = TranscribeOptions(beam_size=1)
-    scheduler = DecodeScheduler(decoder, max_batch=2)
-    try:
-        held = scheduler.submit(Window(tone_speech(["alpha"]), prompt="held"), options, owner="r9")
-        while scheduler.pending(Priority.REQUEST):  # taken by the worker, held
-            pass
+    with held_requests(max_batch=2) as (scheduler, _, gate, batches, held):
         lengths = {"long0": 8.0, "short1": 2.0, "long2": 8.5, "short3": 2.5, "mid4": 5.0}
         futures = [
-            scheduler.submit(Window(np.zeros(int(s * SAMPLE_RATE), np.float32), prompt=name), options, owner=name)
+            scheduler.submit(Window(np.zeros(int(s * SAMPLE_RATE), np.float32), prompt=name), held.options, owner=name)
             for name, s in lengths.items()
         ]
         gate.set()
-        for f in [held, *futures]:
+        for f in [held.future, *futures]:
             f.result(5)
         assert batches == [["held"], ["long0", "long2"], ["short1", "short3"], ["mid4"]]
-    finally:
-        gate.set()
-        scheduler.close()
 
 
 def test_live_partials_never_take_the_last_free_worker():
