@@ -296,6 +296,21 @@ def test_a_request_batch_takes_the_waiting_windows_closest_in_length_to_the_one_
         assert batches == [["held"], ["long0", "long2"], ["short1", "short3"], ["mid4"]]
 
 
+def test_a_batch_by_length_goes_on_taking_windows_after_the_first_owner_has_none_left():
+    """An owner with several windows gives one per pass; by the second pass the owner whose turn it was
+    may have no window left (a scheduler worker that failed there would leave every caller waiting)."""
+    with held_requests(max_batch=8) as (scheduler, _, gate, batches, held):
+        windows = [("a", 5.0), ("b", 5.0), ("d", 9.0), ("c", 6.0), ("b", 5.0), ("c", 6.0), ("d", 9.0)]
+        futures = [
+            scheduler.submit(Window(np.zeros(int(s * SAMPLE_RATE), np.float32), prompt=f"{o}{n}"), held.options, owner=o)
+            for n, (o, s) in enumerate(windows)
+        ]
+        gate.set()
+        for f in [held.future, *futures]:
+            f.result(5)
+        assert batches == [["held"], ["a0", "b1", "c3", "d2", "b4", "c5", "d6"]]
+
+
 def test_live_partials_never_take_the_last_free_worker():
     """With two workers, a batch of partials runs on one; more partials wait for it, so a final that comes
     due starts at once on the other. Request windows may still use the second worker."""

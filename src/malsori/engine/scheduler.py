@@ -309,11 +309,12 @@ class DecodeScheduler:
         # 2.47 s to 1.82 s (medians of 3) with finals decoded one at a time.
         if urgent and self.urgent_batch:
             limit = self.urgent_batch
+        first_length = len(owners[first_owner][0].window.audio)
         batch: list[_Item] = []
         # Round-robin: one window per owner per pass, owners that got a turn move to the back.
         for _ in itertools.count():
             took = False
-            for owner in _visit_order(owners, first_owner, by_length=priority is not Priority.LIVE):
+            for owner in _visit_order(owners, first_owner, None if priority is Priority.LIVE else first_length):
                 queue = owners[owner]
                 while queue and queue[0].future.cancelled():  # its caller gave up on it
                     queue.popleft()
@@ -389,9 +390,11 @@ class DecodeScheduler:
             item.future.set_result(result)
 
 
-def _visit_order(owners: dict[str, collections.deque[_Item]], first: str, *, by_length: bool) -> list[str]:
-    """The order in which a batch takes the owners' next windows: ``first`` (whose turn it is), then, with
-    ``by_length``, the others by how close their next window's length is to its (in turn where equal).
+def _visit_order(owners: dict[str, collections.deque[_Item]], first: str, length: int | None) -> list[str]:
+    """The order in which a batch takes the owners' next windows: ``first`` (whose turn it is), then,
+    given the ``length`` of its window, the others by how close their next window's length is to it (in
+    turn where equal). Called once per pass of :meth:`DecodeScheduler._take_batch`: by the second pass
+    ``first`` may have no window left, or no queue.
 
     Every window of a batch is encoded at its longest window's length, and on a CPU the batch costs
     about that many frames for each of its windows: a 2 s clip batched with a 10 s one costs the 10 s
@@ -399,15 +402,16 @@ def _visit_order(owners: dict[str, collections.deque[_Item]], first: str, *, by_
     arrive in no order. 16 HTTP clients on the AMX host, batches of two: the encoder took 43% of the
     decode time (py-spy) where a similar-length pair wastes little (docs/benchmarks.md "Requests
     batched by length"). Whose turn it is stays round-robin, so no owner waits for a better match. Live
-    batches keep the plain order: partials and finals were measured that way."""
+    batches (``length`` None) keep the plain order: partials and finals were measured that way."""
     order = list(owners)
-    if not by_length or len(order) < 3:
+    if length is None or len(order) < 3:
         return order
-    target = len(owners[first][0].window.audio)
 
     def distance(owner: str) -> float:
         queue = owners[owner]
-        return -1.0 if owner == first else abs(len(queue[0].window.audio) - target) if queue else math.inf
+        if owner == first:
+            return -1.0
+        return abs(len(queue[0].window.audio) - length) if queue else math.inf
 
     return sorted(order, key=distance)
 
