@@ -311,6 +311,26 @@ def test_a_batch_by_length_goes_on_taking_windows_after_the_first_owner_has_none
         assert batches == [["held"], ["a0", "b1", "c3", "d2", "b4", "c5", "d6"]]
 
 
+def test_a_window_the_decoder_cannot_place_in_a_batch_fails_alone_and_the_worker_goes_on():
+    """Composing a batch calls the decoder (``batch_class``); an error there fails the window it was
+    about, not the scheduler's worker thread (which would leave every caller waiting forever)."""
+
+    def batch_class(window, options):
+        if window.prompt == "bad":
+            raise ValueError("no class for this window")
+        return 0
+
+    with held_requests(max_batch=8) as (scheduler, decoder, gate, batches, held):
+        decoder.batch_class = batch_class  # type: ignore[attr-defined]
+        bad = scheduler.submit(Window(tone_speech(["alpha"]), prompt="bad"), held.options, owner="x")
+        good = scheduler.submit(Window(tone_speech(["alpha"]), prompt="good"), held.options, owner="y")
+        gate.set()
+        with pytest.raises(ValueError, match="no class"):
+            bad.result(5)
+        assert good.result(5).text == "alpha" and held.future.result(5).text == "alpha"
+        assert batches == [["held"], ["good"]] and scheduler.pending() == 0
+
+
 def test_live_partials_never_take_the_last_free_worker():
     """With two workers, a batch of partials runs on one; more partials wait for it, so a final that comes
     due starts at once on the other. Request windows may still use the second worker."""

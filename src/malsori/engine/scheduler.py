@@ -279,7 +279,30 @@ class DecodeScheduler:
         return None
 
     def _take_batch(self, priority: Priority) -> list[_Item]:
-        """Called with the lock held, ``priority`` from :meth:`_next_class`."""
+        """Called with the lock held, ``priority`` from :meth:`_next_class`. Composing a batch calls the
+        decoder (``batch_class``): should that raise, the windows taken so far and the window whose turn
+        it was fail with the error, rather than the worker thread dying and every caller waiting forever;
+        the worker goes on with the rest."""
+        batch: list[_Item] = []
+        try:
+            self._fill_batch(priority, batch)
+        except Exception as exc:
+            log.exception("composing a batch failed")
+            owners = self._queues[priority]
+            head = next((o for o, q in owners.items() if q), None)
+            if head is not None:  # the window it failed on, most likely: never tried again
+                batch.append(owners[head].popleft())
+            for o in [o for o, q in owners.items() if not q]:
+                del owners[o]
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            self._counts[priority] -= len(batch)
+            return []
+        self._counts[priority] -= len(batch)
+        return batch
+
+    def _fill_batch(self, priority: Priority, batch: list[_Item]) -> None:
         owners = self._queues[priority]
         # The batch takes the options of the first urgent window (else of the next owner in turn).
         # While urgent windows wait, a batch holds only urgent ones: a short partial in a batch of
@@ -310,7 +333,6 @@ class DecodeScheduler:
         if urgent and self.urgent_batch:
             limit = self.urgent_batch
         first_length = len(owners[first_owner][0].window.audio)
-        batch: list[_Item] = []
         # Round-robin: one window per owner per pass, owners that got a turn move to the back.
         for _ in itertools.count():
             took = False
@@ -333,8 +355,6 @@ class DecodeScheduler:
                     del owners[owner]
             if not took or len(batch) >= limit:
                 break
-        self._counts[priority] -= len(batch)
-        return batch
 
     def _report(self, batch: list[_Item], decode_s: float, failed: bool) -> None:
         if self.on_batch is None:
