@@ -49,7 +49,7 @@ _PAD_FRAMES = 200  # two seconds of silence after the speech; see the module doc
 # Per language, where one measures better with another padding than the default; none does now. Korean
 # had 3 s (issue 18), chosen on one host, where its 11 clips read 0.2-0.4 points better than with 2 s; on
 # the AMX host 3 s read them worse than faster-whisper (7.4% against 6.9%) and 2 s as well as it (6.9%),
-# as on the other two hosts, and over the clips under seven acoustic conditions (`bench/korean.py
+# as on the AVX2 host, and over the clips under seven acoustic conditions (`bench/korean.py
 # --sections conditions`, 77 decodes) 2 s gave 11.1% and 3 s 11.6% against faster-whisper's 11.7%
 # (docs/benchmarks.md "Korean: one padding for files, three seconds live"). A window of unknown language gets
 # the default.
