@@ -227,15 +227,16 @@ def main() -> int:
         for label, options in variants:
             out(f"| {label} | {cer_cells(refs, malsori(**options))} |")
         out(f"| one file at a time (no batching) | {cer_cells(refs, malsori(False))} |")
-        pads, minimum, default_pad = dict(engine._PAD_FRAMES_BY_LANGUAGE), engine._MIN_FRAMES, engine._pad_frames("ko")
+        # The engine's padding itself, not TranscribeOptions.encoder_padding_s: 20 s is beyond the option's range.
+        pad, minimum = engine._PAD_FRAMES, engine._MIN_FRAMES
         try:
             for frames in (100, 200, 300, 500, 1000, 2000):
-                engine._PAD_FRAMES_BY_LANGUAGE = {**pads, "ko": frames}
-                label = f"encoder padding {frames / 100:g} s" + (" (default for ko)" if frames == default_pad else "")
+                engine._PAD_FRAMES = frames
+                label = f"encoder padding {frames / 100:g} s" + (" (default for ko)" if frames == pad else "")
                 out(f"| {label} | {cer_cells(refs, malsori())} |")
                 if frames == 200:
                     out(f"| encoder padding 2 s, one file at a time | {cer_cells(refs, malsori(False))} |")
-            engine._PAD_FRAMES_BY_LANGUAGE = pads
+            engine._PAD_FRAMES = pad
             for frames in (1000, 1500, 3000):
                 engine._MIN_FRAMES = frames
                 out(f"| minimum encoder input {frames / 100:g} s (default {minimum / 100:g}) | {cer_cells(refs, malsori())} |")
@@ -243,10 +244,10 @@ def main() -> int:
                 out(f"| minimum encoder input 30 s, features padded with 0.0 | {cer_cells(refs, malsori())} |")
                 engine._MIN_FRAMES = minimum
                 for frames in (200, 300, 500, 1000, 2000):
-                    engine._PAD_FRAMES_BY_LANGUAGE = {**pads, "ko": frames}
+                    engine._PAD_FRAMES = frames
                     out(f"| encoder padding {frames / 100:g} s, features padded with 0.0 | {cer_cells(refs, malsori())} |")
         finally:
-            engine._PAD_FRAMES_BY_LANGUAGE, engine._MIN_FRAMES = pads, minimum
+            engine._PAD_FRAMES, engine._MIN_FRAMES = pad, minimum
         out()
 
     if "conditions" in sections:
@@ -264,14 +265,10 @@ def main() -> int:
                 [" ".join(s.text.strip() for s in plain.transcribe(a, beam_size=args.beam, language="ko")[0]) for a in every],
             )
         ]
-        pads, default_pad = dict(engine._PAD_FRAMES_BY_LANGUAGE), engine._pad_frames("ko")
-        try:
-            for frames in (100, 200, 300, 500, 1000):
-                engine._PAD_FRAMES_BY_LANGUAGE = {**pads, "ko": frames}
-                default = " (default)" if frames == default_pad else ""
-                rows.append((f"malsori, encoder padding {frames / 100:g} s{default}", malsori(audio_list=every)))
-        finally:
-            engine._PAD_FRAMES_BY_LANGUAGE = pads
+        for frames in (100, 200, 300, 500, 1000):
+            default = " (default)" if frames == engine._PAD_FRAMES else ""
+            hyps = malsori(audio_list=every, encoder_padding_s=frames / 100)
+            rows.append((f"malsori, encoder padding {frames / 100:g} s{default}", hyps))
         names = [name for name, _ in sets]
         out(f"Acoustic conditions (the {len(refs)} clips each, {len(every)} decodes; CER, digits spelled out):")
         out()

@@ -12,7 +12,8 @@ Two measured changes make malsori faster on a CPU without losing accuracy (docs/
   end and loops ("Ask what you can do for your country." over and over on jfk.flac with none; "in being
   comparatively modern" twice on LJ001-0002 with one second); with two, word error rates match the
   padded 30 s decode on the test data while the encoder costs a fraction (docs/benchmarks.md); Korean
-  too (issue 18, ``_PAD_FRAMES_BY_LANGUAGE``).
+  files too (issue 18, below). A caller may give another (``TranscribeOptions.encoder_padding_s``: the
+  ``korean`` live preset's 3 s).
 - **Batched decoding.** Windows from different inputs (or different streams) are encoded and decoded
   together in one ``generate`` call with a prompt per item, which keeps both CPU cores busy.
 """
@@ -46,14 +47,11 @@ log = logging.getLogger(__name__)
 
 _HOP = 160  # samples per mel frame (10 ms)
 _PAD_FRAMES = 200  # two seconds of silence after the speech; see the module docstring
-# Per language, where one measures better with another padding than the default; none does now. Korean
-# had 3 s (issue 18), chosen on one host, where its 11 clips read 0.2-0.4 points better than with 2 s; on
-# the AMX host 3 s read them worse than faster-whisper (7.4% against 6.9%) and 2 s as well as it (6.9%),
-# as on the AVX2 host, and over the clips under seven acoustic conditions (`bench/korean.py
-# --sections conditions`, 77 decodes) 2 s gave 11.1% and 3 s 11.6% against faster-whisper's 11.7%
-# (docs/benchmarks.md "Korean: one padding for files, three seconds live"). A window of unknown language gets
-# the default.
-_PAD_FRAMES_BY_LANGUAGE: dict[str, int] = {}
+# Every language. Korean had 3 s (issue 18), chosen on one host, where its 11 clips read 0.2-0.4 points
+# better than with 2 s; on the AMX host 3 s read them worse than faster-whisper (7.4% against 6.9%) and 2 s
+# as well as it (6.9%), as on the AVX2 host, and over the clips under seven acoustic conditions
+# (`bench/korean.py --sections conditions`, 77 decodes) 2 s gave 11.1% and 3 s 11.6% against
+# faster-whisper's 11.7% (docs/benchmarks.md "Korean: one padding for files, three seconds live").
 # Languages whose windows share a batch on the CPU only with windows of the same encoder length, so each
 # decodes as it would alone (see encoder_frames): on the 11 Korean clips, batches that padded every window
 # to the longest of its batch gave CER 7.6% on all three hosts measured, one file at a time 6.7-7.4%,
@@ -299,19 +297,15 @@ def _forced_prefix(window: Window, tok, without_timestamps: bool) -> list[int]:
     return text if without_timestamps else [tok.timestamp_begin, *text]
 
 
-def _pad_frames(language: str | None) -> int:
-    """Silence after a window's speech in its encoder input, in mel frames (see ``_PAD_FRAMES_BY_LANGUAGE``)."""
-    return _PAD_FRAMES_BY_LANGUAGE.get(language or "", _PAD_FRAMES)
-
-
 def _token_cap(duration: float) -> int:
     """Most tokens a window of ``duration`` seconds can honestly produce (text and timestamps)."""
     return int(14 * duration + 24)
 
 
 def encoder_frames(window: Window, options: TranscribeOptions) -> int:
-    """A window's own encoder length in mel frames: its audio plus its language's silence, rounded up
-    to ``_FRAME_BUCKET`` (0.5 s), at least ``_MIN_FRAMES``, at most 30 s.
+    """A window's own encoder length in mel frames: its audio plus its silence (the options'
+    ``encoder_padding_s``, else 2 s), rounded up to ``_FRAME_BUCKET`` (0.5 s), at least ``_MIN_FRAMES``,
+    at most 30 s.
 
     A batch is encoded at its longest window's length, and Whisper's encoder has no mask, so the extra
     silence can change a window's text (a word, now and then). Windows with equal ``encoder_frames``
@@ -319,9 +313,8 @@ def encoder_frames(window: Window, options: TranscribeOptions) -> int:
     this key (the server's scheduler may) gets text independent of the companions. Not done by default
     in :meth:`Transcriber.decode_windows`: batches split by it cost 25-45% more time on the English test
     sets (docs/benchmarks.md "Reproducible output (issue 17)")."""
-    pad = options.encoder_padding_s
-    padding = _pad_frames(window.language or options.language) if pad is None else round(pad * 100)
-    n = max(1, math.ceil(len(window.audio) / _HOP)) + padding
+    pad = _PAD_FRAMES if options.encoder_padding_s is None else round(options.encoder_padding_s * 100)
+    n = max(1, math.ceil(len(window.audio) / _HOP)) + pad
     return min(_MAX_FRAMES, max(_MIN_FRAMES, math.ceil(n / _FRAME_BUCKET) * _FRAME_BUCKET))
 
 
