@@ -387,6 +387,22 @@ def test_scheduler_decodes_live_windows_in_half_batches_finals_first():
     assert sizes == [(4, True), (4, True), (4, False), (4, False)]
 
 
+def test_the_korean_preset_settles_unpunctuated_speech_early_only_past_eight_seconds():
+    # Korean read sentences run 7-10 s without a pause or a comma; a forced cut inside one (at 5 s, as in
+    # the other presets) cost the streamed talk CER (docs/benchmarks.md, "Korean: early commits at 8 s").
+    assert StreamConfig.from_preset("korean").commit_force_s == 8.0
+    assert StreamConfig.from_preset("balanced").commit_force_s == 5.0
+    sentence = tone_speech([0.3, *VOCABULARY[:20], 1.0])  # 7.6 s of speech, no punctuation
+    events, _ = run(make_session(preset="balanced"), sentence)
+    assert len(finals(events)) >= 2, "balanced settles agreed words past 5 s"
+    events, _ = run(make_session(preset="korean"), sentence)
+    assert finals(events) == [" ".join(VOCABULARY[:20])], "korean waits for the pause"
+    longer = tone_speech([0.3, *VOCABULARY, 1.0])  # 9.9 s: still settled early, before the window cut
+    events, _ = run(make_session(preset="korean"), longer)
+    pieces = finals(events)
+    assert len(pieces) >= 2 and " ".join(pieces).split() == list(VOCABULARY)
+
+
 def test_agreed_words_are_finalized_before_the_pause_and_the_final_decodes_only_the_rest():
     words = list(VOCABULARY[:20])  # distinct: the guard collapses a repeated run of words
     audio = tone_speech([0.3, *words, 1.0])  # 7.6 s of speech without a pause

@@ -51,9 +51,6 @@ class AdvancedStreamConfig:
     consecutive hypotheses agree on are finalized before the pause (0: only at pauses and cuts)."""
     commit_holdback_s: float = 0.6
     """Words ending this close to the newest audio are never finalized early (Whisper still revises them)."""
-    commit_force_s: float = 5.0
-    """Agreed words are finalized early after punctuation (a clause ends); without any, only once this
-    much of the phrase is unsettled."""
     vad_threshold: float = 0.5
     """Silero probability that starts speech; speech continues while above :attr:`vad_release`."""
     pad_s: float = 0.3
@@ -97,7 +94,6 @@ class AdvancedStreamConfig:
                 "commit_after_s must be 0 (off) or between 1 and 28",
             ),
             (0.0 <= self.commit_holdback_s <= 5.0, "commit_holdback_s must be between 0 and 5"),
-            (1.0 <= self.commit_force_s <= 28.0, "commit_force_s must be between 1 and 28"),
             (0.1 <= self.vad_threshold <= 0.95, "vad_threshold must be between 0.1 and 0.95"),
             (0.0 <= self.pad_s <= 1.0, "pad_s must be between 0 and 1"),
             (0.0 <= self.speculate_s <= 1.0, "speculate_s must be between 0 and 1"),
@@ -114,8 +110,9 @@ class AdvancedStreamConfig:
 
     @property
     def unagreed_holdback_s(self) -> float:
-        """In long speech (``commit_force_s``) without agreement, words ending this far before the newest
-        audio are finalized anyway: twice the holdback, so Whisper has heard what follows them."""
+        """In long speech (``StreamConfig.commit_force_s``) without agreement, words ending this far
+        before the newest audio are finalized anyway: twice the holdback, so Whisper has heard what
+        follows them."""
         return 2 * self.commit_holdback_s
 
     @property
@@ -165,6 +162,10 @@ class StreamConfig:
     """Silence after a phrase's speech in the encoder input of its decodes (``TranscribeOptions.
     encoder_padding_s``): the engine's default of 2 s but in the ``korean`` preset (see ``PRESETS``)."""
 
+    commit_force_s: float = 5.0
+    """Words agreed early (``AdvancedStreamConfig.commit_after_s``) are finalized after punctuation (a
+    clause ends); without any, only once this much of the phrase is unsettled (see ``PRESETS``)."""
+
     advanced: AdvancedStreamConfig = field(default_factory=AdvancedStreamConfig)
 
     def __post_init__(self) -> None:
@@ -192,6 +193,7 @@ class StreamConfig:
             (1 <= self.final_beam_size <= 10, "final_beam_size must be between 1 and 10"),
             (0.0 <= self.lead_s <= 2.0, "lead_s must be between 0 and 2"),
             (0.5 <= self.encoder_padding_s <= 10.0, "encoder_padding_s must be between 0.5 and 10"),
+            (1.0 <= self.commit_force_s <= 28.0, "commit_force_s must be between 1 and 28"),
         )
 
     @classmethod
@@ -297,6 +299,11 @@ class StreamConfig:
 #   tempo 0.9x 9.5% / 10.8%, tempo 1.1x 9.3% / 9.8%, white noise 20 dB 11.5% / 11.3%. Offline the other
 #   way (2 s 11.1%, 3 s 11.6% over 77 decodes), so only live Korean gets 3 s (docs/benchmarks.md
 #   "Korean: one padding for files, three seconds live").
+# - commit_force_s 8.0 (5 elsewhere): these read sentences run 7-10 s without a pause or a comma, and a
+#   forced early commit at 5 s cut inside them; the streamed talk on the AMX host, 3 runs: CER +0.2,
+#   +0.4, +0.4 points over offline at final p50 0.47-0.51 s, against +1.5 at 0.45 s with 5 s; with no
+#   early commits at all (commit_after_s 0) +0.2 at 0.55 s. Commits still come in longer speech, and
+#   at punctuation (docs/benchmarks.md "Korean: early commits at 8 s").
 PRESETS: dict[str, dict] = {
     "low-latency": dict(step_s=0.4, min_partial_s=0.4, endpoint_s=0.3, max_window_s=8.0, partial_beam_size=1, final_beam_size=1),
     "balanced": dict(step_s=0.6, min_partial_s=0.5, endpoint_s=0.4, max_window_s=12.0, partial_beam_size=1, final_beam_size=1),
@@ -311,5 +318,6 @@ PRESETS: dict[str, dict] = {
         final_beam_size=5,
         lead_s=2.0,
         encoder_padding_s=3.0,
+        commit_force_s=8.0,
     ),
 }

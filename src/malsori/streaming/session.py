@@ -582,7 +582,7 @@ class StreamingSession:
             return None
         if now - ph.start >= c.max_window_s * _SR:
             return self._request("cut", ph, min(now, ph.start + int(c.max_window_s * _SR)))  # asked late: no longer
-        long = now - ph.start >= a.commit_force_s * _SR
+        long = now - ph.start >= c.commit_force_s * _SR
         unshown = ph.last_partial_end == ph.start  # no partial of this phrase asked for yet
         # Under load, only the phrase's first partial (the text a reader waits for) once no final waits.
         first_only = not partials and commits and unshown and c.partials and a.first_partial_under_load
@@ -778,7 +778,7 @@ class StreamingSession:
             holdback_s=a.commit_holdback_s,
             unagreed_holdback_s=a.unagreed_holdback_s,
             lagging_holdback_s=a.lagging_holdback_s,
-            long=request.end - ph.start >= a.commit_force_s * _SR,
+            long=request.end - ph.start >= self.config.commit_force_s * _SR,
             lagging=request.lagging,
         )
         return self._settle_words(ph, result, decision) if decision.commits else []
