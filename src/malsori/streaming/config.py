@@ -303,7 +303,9 @@ class StreamConfig:
 #   forced early commit at 5 s cut inside them; the streamed talk on the AMX host, 3 runs: CER +0.2,
 #   +0.4, +0.4 points over offline at final p50 0.47-0.51 s, against +1.5 at 0.45 s with 5 s; with no
 #   early commits at all (commit_after_s 0) +0.2 at 0.55 s. Commits still come in longer speech, and
-#   at punctuation (docs/benchmarks.md "Korean: early commits at 8 s").
+#   at punctuation. Under the conditions' acoustic changes it is a wash (tempo 1.1x and 20 dB noise
+#   about 0.8 worse, tempo 0.9x 1.5 better; mean of four talks 9.3% against 9.6%; docs/benchmarks.md
+#   "Korean: early commits at 8 s").
 PRESETS: dict[str, dict] = {
     "low-latency": dict(step_s=0.4, min_partial_s=0.4, endpoint_s=0.3, max_window_s=8.0, partial_beam_size=1, final_beam_size=1),
     "balanced": dict(step_s=0.6, min_partial_s=0.5, endpoint_s=0.4, max_window_s=12.0, partial_beam_size=1, final_beam_size=1),
