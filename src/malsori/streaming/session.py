@@ -100,6 +100,8 @@ class DecodeRequest:
     options: TranscribeOptions
     lagging: bool = False
     """Asked while this session's decodes took longer than a step (a loaded decoder)."""
+    loaded: bool = False
+    """Asked while the transport asked for finals only (a loaded decoder)."""
     speech: int = -1
     """A final's: where the phrase's speech ended when it was asked (its last speech chunk's end)."""
 
@@ -552,7 +554,7 @@ class StreamingSession:
 
         ``partials=False`` asks for finals only: the transport says so while the shared decoder is
         loaded, so partials only fill spare decoder time and never queue ahead of finals. With
-        ``commits=True`` a phrase with ``commit_force_s`` or more unsettled still gets its
+        ``commits=True`` a phrase past ``commit_force_loaded_s`` (or a shorter ``commit_force_s``) unsettled still gets its
         word-timed partial decodes (which finalize its agreed words): under load they keep the final
         decode of every phrase short (8 streams in lockstep, 16 clips: final p95 3.4 s without,
         2.9 s with; rotated 2.6 s and 2.3 s).
@@ -582,7 +584,7 @@ class StreamingSession:
             return None
         if now - ph.start >= c.max_window_s * _SR:
             return self._request("cut", ph, min(now, ph.start + int(c.max_window_s * _SR)))  # asked late: no longer
-        long = now - ph.start >= c.commit_force_s * _SR
+        long = now - ph.start >= self._commit_force_s(loaded=not partials) * _SR
         unshown = ph.last_partial_end == ph.start  # no partial of this phrase asked for yet
         # Under load, only the phrase's first partial (the text a reader waits for) once no final waits.
         first_only = not partials and commits and unshown and c.partials and a.first_partial_under_load
@@ -604,9 +606,15 @@ class StreamingSession:
             # words, so each can settle some.
             commit = a.commit_after_s and (now - ph.start >= a.commit_after_s * _SR or lagging) and not first_only
             request = self._request("partial", ph, now, words=bool(commit))
-            self._inflight = request = replace(request, lagging=lagging)
+            self._inflight = request = replace(request, lagging=lagging, loaded=not partials)
             return request
         return None
+
+    def _commit_force_s(self, loaded: bool) -> float:
+        """Unsettled speech past which agreed words are settled early without punctuation: the preset's
+        ``commit_force_s``, or while the decoder is loaded ``commit_force_loaded_s`` when shorter."""
+        force = self.config.commit_force_s
+        return min(force, self.config.advanced.commit_force_loaded_s) if loaded else force
 
     def _paused(self, early: bool = False) -> bool:
         """The speaker has paused: ``pad_s`` of silence (less when the pause ends the phrase sooner), or
@@ -778,7 +786,7 @@ class StreamingSession:
             holdback_s=a.commit_holdback_s,
             unagreed_holdback_s=a.unagreed_holdback_s,
             lagging_holdback_s=a.lagging_holdback_s,
-            long=request.end - ph.start >= self.config.commit_force_s * _SR,
+            long=request.end - ph.start >= self._commit_force_s(loaded=request.loaded) * _SR,
             lagging=request.lagging,
         )
         return self._settle_words(ph, result, decision) if decision.commits else []
