@@ -313,7 +313,7 @@ def encoder_frames(window: Window, options: TranscribeOptions) -> int:
     this key (the server's scheduler may) gets text independent of the companions. Not done by default
     in :meth:`Transcriber.decode_windows`: batches split by it cost 25-45% more time on the English test
     sets (docs/benchmarks.md "Reproducible output (issue 17)")."""
-    pad = _PAD_FRAMES if options.encoder_padding_s is None else round(options.encoder_padding_s * 100)
+    pad = _PAD_FRAMES if options.encoder_padding_s is None else round(options.encoder_padding_s * SAMPLE_RATE / _HOP)
     n = max(1, math.ceil(len(window.audio) / _HOP)) + pad
     return min(_MAX_FRAMES, max(_MIN_FRAMES, math.ceil(n / _FRAME_BUCKET) * _FRAME_BUCKET))
 

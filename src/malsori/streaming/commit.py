@@ -198,7 +198,8 @@ def early_commit(
     ``words``: the hypothesis's timed words (seconds of the stream), without any that repeat words
     already finalized; ``previous``: the :func:`word_key` of the previous hypothesis's words;
     ``audio``: the window, samples ``start`` to ``end`` of the stream; ``long``: the phrase has
-    ``commit_force_s`` or more unsettled; ``lagging``: this session's decodes take longer than a step
+    more unsettled than ``commit_force_s`` (``StreamingSession._commit_force_s``: less while the decoder
+    is loaded); ``lagging``: this session's decodes take longer than a step
     (a loaded decoder gives it few hypotheses, too far apart to agree often).
 
     First the candidates: leading words, always one left after them, that end far enough before

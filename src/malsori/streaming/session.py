@@ -554,10 +554,10 @@ class StreamingSession:
 
         ``partials=False`` asks for finals only: the transport says so while the shared decoder is
         loaded, so partials only fill spare decoder time and never queue ahead of finals. With
-        ``commits=True`` a phrase past ``commit_force_loaded_s`` (or a shorter ``commit_force_s``) unsettled still gets its
-        word-timed partial decodes (which finalize its agreed words): under load they keep the final
-        decode of every phrase short (8 streams in lockstep, 16 clips: final p95 3.4 s without,
-        2.9 s with; rotated 2.6 s and 2.3 s).
+        ``commits=True`` a phrase with ``commit_force_loaded_s`` (or a shorter ``commit_force_s``) or more
+        unsettled still gets its word-timed partial decodes (which finalize its agreed words): under
+        load they keep the final decode of every phrase short (8 streams in lockstep, 16 clips: final
+        p95 3.4 s without, 2.9 s with; rotated 2.6 s and 2.3 s).
 
         A final never waits for a partial: when one is due while a partial is still decoding, the
         final is returned and the partial is superseded (its result will be ignored; the transport
