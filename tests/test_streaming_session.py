@@ -406,6 +406,8 @@ def test_unpunctuated_speech_is_settled_early_past_eight_seconds_or_five_while_t
     events, _ = run(make_session(preset=preset), tone_speech([0.3, *shorter, 1.0]), loaded=True)
     pieces = finals(events)
     assert len(pieces) >= 2 and " ".join(pieces).split() == shorter, "loaded: settled past 5 s"
+    events, _ = run(make_session(preset=preset, commit_force_loaded_s=8.0), tone_speech([0.3, *shorter, 1.0]), loaded=True)
+    assert finals(events) == [" ".join(shorter)], "commit_force_loaded_s is the loaded threshold"
     longer = tone_speech([0.3, *VOCABULARY, 1.0])  # 9.9 s: still settled early, before the window cut
     events, _ = run(make_session(preset=preset), longer)
     pieces = finals(events)
