@@ -28,6 +28,8 @@ Sections, all in the same process and run:
   ``malsori serve`` on ``/v1/stream`` with the ``korean`` preset (``bench/streaming.py``'s client);
   streaming CER of the finals against offline CER of the same audio (``Pipeline``, language ``ko``);
   final latency from each phrase's end of speech (energy) to the first final covering it.
+  ``--streams N``: N such talks at once, stream k starting at clip 1 + k * 11 / N (the clips before it
+  at its end), so several people say their own sentences to one server.
 
     flock /tmp/malsori-bench.lock .venv/bin/python bench/korean.py --write
 """
@@ -38,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -134,6 +137,7 @@ def main() -> int:
     ap.add_argument("--sections", default="offline,causes,prompt,detect,http,live")
     ap.add_argument("--preset", default="korean", help="live preset")
     ap.add_argument("--options", default="{}", help="live: JSON overrides of the preset, e.g. '{\"commit_after_s\": 0}'")
+    ap.add_argument("--streams", type=int, default=1, help="live: this many talks at once, each from its own clip")
     ap.add_argument("--condition", default="as recorded", help="live: the clips under one of the conditions section's changes")
     ap.add_argument("--write", action="store_true", help=f"write the results into {DOC.relative_to(REPO)}")
     args = ap.parse_args()
@@ -314,7 +318,7 @@ def main() -> int:
 
     if "live" in sections:
         chosen = None if args.condition == "as recorded" else dict(conditions(audios))[args.condition]
-        out(live(args.preset, transcriber, clips, args.beam, json.loads(args.options), chosen, args.condition))
+        out(live(args.preset, transcriber, clips, args.beam, json.loads(args.options), chosen, args.condition, args.streams))
         out()
 
     meta = (
@@ -371,45 +375,58 @@ def live(
     overrides: dict | None = None,
     audios: list[np.ndarray] | None = None,
     condition: str = "as recorded",
+    streams: int = 1,
 ) -> str:
-    from streaming import PAUSE_S, Audio, Phrase, Scores, pct, speech_bounds, start_malsori, stream_malsori
+    """``streams`` > 1: that many talks at once, stream k starting at clip k * clips / streams (the
+    ones before it at its end), like several people each saying their own sentences."""
+    from streaming import PAUSE_S, Audio, Phrase, Scores, pct, run_concurrent, speech_bounds, start_malsori, stream_malsori
 
     from malsori.client import StreamOptions
 
-    pieces, phrases, t = [], [], 0.0
-    for i, (path, ref) in enumerate(clips):
-        samples = decode_audio(path) if audios is None else audios[i]
-        s0, s1 = speech_bounds(samples)
-        d = len(samples) / 16000
-        phrases.append(Phrase(t, t + d, t + s0, t + s1, ref))
-        pieces.append(samples)
-        t += d
-        if i < len(clips) - 1:
-            pieces.append(np.zeros(int(PAUSE_S * 16000), np.float32))
-            t += PAUSE_S
-    talk = Audio(f"Korean talk ({len(clips)} clips)", np.concatenate(pieces), tuple(phrases))
-    offline = Pipeline(transcriber).transcribe(talk.samples, TranscribeOptions(language="ko", beam_size=beam)).text
-    refs = [" ".join(p.reference for p in phrases)]
+    samples = [decode_audio(path) for path, _ in clips] if audios is None else audios
+
+    def talk_from(first: int) -> Audio:
+        pieces, phrases, t = [], [], 0.0
+        order = list(range(first, len(clips))) + list(range(first))
+        for n, i in enumerate(order):
+            s0, s1 = speech_bounds(samples[i])
+            d = len(samples[i]) / 16000
+            phrases.append(Phrase(t, t + d, t + s0, t + s1, clips[i][1]))
+            pieces.append(samples[i])
+            t += d
+            if n < len(order) - 1:
+                pieces.append(np.zeros(int(PAUSE_S * 16000), np.float32))
+                t += PAUSE_S
+        return Audio(f"Korean talk ({len(clips)} clips from {first + 1})", np.concatenate(pieces), tuple(phrases))
+
+    talks = [talk_from(k * len(clips) // streams) for k in range(streams)]
+    offline = [
+        Pipeline(transcriber).transcribe(talk.samples, TranscribeOptions(language="ko", beam_size=beam)).text for talk in talks
+    ]
+    refs = [" ".join(p.reference for p in talk.phrases) for talk in talks]
 
     with tempfile.TemporaryDirectory() as tmp:
-        server, url = start_malsori(Path(tmp))
+        server, url = start_malsori(Path(tmp), {"MALSORI__STREAMING__MAX_SESSIONS": str(max(16, streams + 1))})
         try:
             before = load()
             options = StreamOptions(language="ko", preset=preset, options=overrides or {})
-            record = asyncio.run(stream_malsori(url, talk, options=options))
+            stream = functools.partial(stream_malsori, options=options)
+            records = asyncio.run(run_concurrent(stream, url, talks))
             after = load()
         finally:
             server.stop()
-    finals = [e for e in record.events if e[1]]
-    text = " ".join(e[2].strip() for e in finals if e[2].strip())
+    texts = [" ".join(e[2].strip() for e in record.events if e[1] and e[2].strip()) for record in records]
     scores = Scores()
-    scores.add(talk, record)
+    for talk, record in zip(talks, records, strict=True):
+        scores.add(talk, record)
     from_speech, missed = scores.final_latency, scores.missed
-    stream_cer, offline_cer = korean_cer(refs, [text]), korean_cer(refs, [offline])
+    stream_cer, offline_cer = korean_cer(refs, texts), korean_cer(refs, offline)
+    errors = "; ".join(r.error for r in records if r.error) or "none"
+    who = "one stream" if streams == 1 else f"{streams} streams at once (stream k from clip 1 + k * {len(clips)} / {streams})"
     return "\n".join(
         [
             f"Live: the {len(clips)} clips{'' if audios is None else f' ({condition})'} joined with {PAUSE_S} s pauses "
-            f"({talk.duration:.0f} s), one stream at real time "
+            f"({talks[0].duration:.0f} s), {who} at real time "
             f"to `malsori serve` `/v1/stream`, preset `{preset}`{f' with {overrides}' if overrides else ''}, language `ko`; "
             f"{before} before, {after} after.",
             "",
@@ -419,10 +436,10 @@ def live(
             f"| {100 * stream_cer:.1f}% | {100 * offline_cer:.1f}% | {100 * (stream_cer - offline_cer):+.1f} | "
             f"{pct(from_speech, 50):.2f} / {pct(from_speech, 95):.2f} s | "
             f"{pct(scores.final_from_clip_end, 50):.2f} / {pct(scores.final_from_clip_end, 95):.2f} s | "
-            f"{missed} of {len(phrases)} | "
-            f"{record.error or 'none'} |",
+            f"{missed} of {sum(len(t.phrases) for t in talks)} | "
+            f"{errors} |",
             "",
-            f"Streamed finals: {text}",
+            *(f"Streamed finals{'' if streams == 1 else f' (stream {k + 1})'}: {text}" for k, text in enumerate(texts)),
         ]
     )
 
