@@ -179,6 +179,29 @@ def test_a_key_without_the_scope_is_403(keyed, method, path):
     assert r.json()["error"]["code"] == "forbidden"
 
 
+FORM_ROUTES = [
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/stt/upload",
+    "/v1/jobs",
+    "/detect",
+    "/transcribe-chunk",
+    "/transcribe",
+]
+
+
+@pytest.mark.parametrize("path", FORM_ROUTES)
+def test_a_key_without_the_scope_is_403_before_an_unknown_form_field_is_422(keyed, path):
+    client, keys = keyed
+    lacking = {Scope.TRANSCRIBE: keys.acme_read, Scope.READ: keys.acme_transcribe}[ROUTES[("POST", path)]]
+    files = {"file": ("a.wav", WAV, "audio/wav")}
+    r = client.post(path, headers=_auth(lacking), files=files, data={"langauge": "en"})
+    assert r.status_code == 403, r.text
+    assert client.post(path, files=files, data={"langauge": "en"}).status_code == 401
+    r = client.post(path, headers=_auth(keys.acme), files=files, data={"langauge": "en"})
+    assert r.status_code == 422 and "langauge" in r.text, r.text
+
+
 def test_public_paths_need_no_key(keyed):
     client, _ = keyed
     for _, path in PUBLIC:

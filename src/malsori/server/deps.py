@@ -17,7 +17,8 @@ an ``HTTPConnection``, so WebSocket handlers can take the same dependencies.
 - ``KnownFormFieldsDep``: a check, for a router's ``dependencies``: a form body (multipart or
   urlencoded) with a field its route does not take is refused (422 ``invalid_request``), as the JSON
   bodies' models refuse unknown fields; FastAPI alone ignores them, so a misspelt ``langauge`` would
-  transcribe with the language detected instead.
+  transcribe with the language detected instead. The route's scope is checked first (401/403 before
+  422, as for its other parameters): a router's dependencies run before its routes' own.
 """
 
 from __future__ import annotations
@@ -141,9 +142,20 @@ async def refuse_unknown_form_fields(request: Request) -> None:
     form = await request.form()  # the form FastAPI parsed for the route (Starlette keeps it)
     unknown = sorted(set(form.keys()) - known)
     if unknown:
+        _authorize(request)
         raise RequestValidationError(
             [{"loc": ("body", name), "msg": "Extra inputs are not permitted", "type": "extra_forbidden"} for name in unknown]
         )
+
+
+def _authorize(request: Request) -> None:
+    """Run the route's scope checks (``Require``, 401 or 403) now: FastAPI runs a router's dependencies
+    before the route's, so a key lacking the scope would otherwise learn which form fields exist."""
+    from .auth import Require
+
+    for dependency in getattr(getattr(request.scope.get("route"), "dependant", None), "dependencies", ()):
+        if isinstance(dependency.call, Require):
+            dependency.call(request)
 
 
 KnownFormFieldsDep = Depends(refuse_unknown_form_fields)
