@@ -51,10 +51,6 @@ class AdvancedStreamConfig:
     consecutive hypotheses agree on are finalized before the pause (0: only at pauses and cuts)."""
     commit_holdback_s: float = 0.6
     """Words ending this close to the newest audio are never finalized early (Whisper still revises them)."""
-    commit_force_loaded_s: float = 5.0
-    """While the decoder is loaded (the transport asks for finals only), words are settled early past
-    this much unsettled instead of ``StreamConfig.commit_force_s`` when that is longer: short finals
-    queue less behind one another."""
     vad_threshold: float = 0.5
     """Silero probability that starts speech; speech continues while above :attr:`vad_release`."""
     pad_s: float = 0.3
@@ -98,7 +94,6 @@ class AdvancedStreamConfig:
                 "commit_after_s must be 0 (off) or between 1 and 28",
             ),
             (0.0 <= self.commit_holdback_s <= 5.0, "commit_holdback_s must be between 0 and 5"),
-            (1.0 <= self.commit_force_loaded_s <= 28.0, "commit_force_loaded_s must be between 1 and 28"),
             (0.1 <= self.vad_threshold <= 0.95, "vad_threshold must be between 0.1 and 0.95"),
             (0.0 <= self.pad_s <= 1.0, "pad_s must be between 0 and 1"),
             (0.0 <= self.speculate_s <= 1.0, "speculate_s must be between 0 and 1"),
@@ -171,6 +166,11 @@ class StreamConfig:
     """Words agreed early (``AdvancedStreamConfig.commit_after_s``) are finalized after punctuation (a
     clause ends); without any, only once this much of the phrase is unsettled (see ``PRESETS``)."""
 
+    commit_force_loaded_s: float = 5.0
+    """While the decoder is loaded (the transport asks for finals only), words are settled early past
+    this much unsettled instead of ``commit_force_s`` when that is longer: short finals queue less
+    behind one another (see ``PRESETS``)."""
+
     advanced: AdvancedStreamConfig = field(default_factory=AdvancedStreamConfig)
 
     def __post_init__(self) -> None:
@@ -199,6 +199,7 @@ class StreamConfig:
             (0.0 <= self.lead_s <= 2.0, "lead_s must be between 0 and 2"),
             (0.5 <= self.encoder_padding_s <= 10.0, "encoder_padding_s must be between 0.5 and 10"),
             (1.0 <= self.commit_force_s <= 28.0, "commit_force_s must be between 1 and 28"),
+            (1.0 <= self.commit_force_loaded_s <= 28.0, "commit_force_loaded_s must be between 1 and 28"),
         )
 
     @classmethod
@@ -318,6 +319,10 @@ class StreamConfig:
 #   at punctuation. Under the conditions' acoustic changes it is a wash (tempo 1.1x and 20 dB noise
 #   about 0.8 worse, tempo 0.9x 1.5 better; mean of four talks 9.3% against 9.6%; docs/benchmarks.md
 #   "Korean: early commits at 8 s").
+# - commit_force_loaded_s 8.0 (balanced: 5): 8 Korean talks streamed at once on the AMX host
+#   (bench/korean.py --sections live --streams 8), CER -0.6 points from offline at final p50 / p95
+#   0.76 / 1.18 s, against +1.4 at 0.70 / 1.15 s with 5 (docs/benchmarks.md "Several Korean streams
+#   at once"): Korean streams are fewer per machine (beam 5), and their finals stay short without it.
 PRESETS: dict[str, dict] = {
     "low-latency": dict(step_s=0.4, min_partial_s=0.4, endpoint_s=0.3, max_window_s=8.0, partial_beam_size=1, final_beam_size=1),
     "balanced": dict(
@@ -341,5 +346,6 @@ PRESETS: dict[str, dict] = {
         lead_s=2.0,
         encoder_padding_s=3.0,
         commit_force_s=8.0,
+        commit_force_loaded_s=8.0,
     ),
 }

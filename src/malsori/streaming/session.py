@@ -614,7 +614,7 @@ class StreamingSession:
         """Unsettled speech past which agreed words are settled early without punctuation: the preset's
         ``commit_force_s``, or while the decoder is loaded ``commit_force_loaded_s`` when shorter."""
         force = self.config.commit_force_s
-        return min(force, self.config.advanced.commit_force_loaded_s) if loaded else force
+        return min(force, self.config.commit_force_loaded_s) if loaded else force
 
     def _paused(self, early: bool = False) -> bool:
         """The speaker has paused: ``pad_s`` of silence (less when the pause ends the phrase sooner), or
