@@ -11,6 +11,17 @@ from logscan import LOGS, RUNS, SECRETS, leaks, remember_log, remember_secret, r
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = Path(os.environ.get("MALSORI_TESTDATA", REPO.parent / "shared" / "testdata"))
 
+FORM_ROUTES = [
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/jobs",
+    "/transcribe",
+    "/transcribe-chunk",
+    "/detect",
+    "/stt/upload",
+]
+"""The routes that take a form body (a file upload): each refuses a field it does not take."""
+
 
 @pytest.fixture(autouse=True)
 def _own_data_dir(tmp_path_factory, monkeypatch):

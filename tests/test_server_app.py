@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FORM_ROUTES
 from fastapi.testclient import TestClient
 
 from malsori.config import Settings
@@ -135,18 +136,7 @@ def test_validation_errors_have_the_error_body(client):
     assert "response_format" in response.json()["error"]["message"]
 
 
-_FORM_ROUTES = [
-    "/v1/audio/transcriptions",
-    "/v1/audio/translations",
-    "/v1/jobs",
-    "/transcribe",
-    "/transcribe-chunk",
-    "/detect",
-    "/stt/upload",
-]
-
-
-@pytest.mark.parametrize("route", _FORM_ROUTES)
+@pytest.mark.parametrize("route", FORM_ROUTES)
 def test_an_unknown_form_field_is_refused_by_name(client, route):
     """A misspelt field (``langauge``) is refused, as an unknown field of a JSON body is, instead of
     being ignored (the audio would be transcribed with its language detected)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FORM_ROUTES
 from fastapi.testclient import TestClient
 from inprocess import running_app
 
@@ -177,17 +178,6 @@ def test_a_key_without_the_scope_is_403(keyed, method, path):
     r = _call(client, method, path, _auth(lacking), {})
     assert r.status_code == 403, r.text
     assert r.json()["error"]["code"] == "forbidden"
-
-
-FORM_ROUTES = [
-    "/v1/audio/transcriptions",
-    "/v1/audio/translations",
-    "/stt/upload",
-    "/v1/jobs",
-    "/detect",
-    "/transcribe-chunk",
-    "/transcribe",
-]
 
 
 @pytest.mark.parametrize("path", FORM_ROUTES)
