@@ -379,27 +379,14 @@ def live(
 ) -> str:
     """``streams`` > 1: that many talks at once, stream k starting at clip k * clips / streams (the
     ones before it at its end), like several people each saying their own sentences."""
-    from streaming import PAUSE_S, Audio, Phrase, Scores, pct, run_concurrent, speech_bounds, start_malsori, stream_malsori
+    from streaming import PAUSE_S, Scores, join_talk, pct, run_concurrent, start_malsori, stream_malsori
 
     from malsori.client import StreamOptions
 
     samples = [decode_audio(path) for path, _ in clips] if audios is None else audios
-
-    def talk_from(first: int) -> Audio:
-        pieces, phrases, t = [], [], 0.0
-        order = list(range(first, len(clips))) + list(range(first))
-        for n, i in enumerate(order):
-            s0, s1 = speech_bounds(samples[i])
-            d = len(samples[i]) / 16000
-            phrases.append(Phrase(t, t + d, t + s0, t + s1, clips[i][1]))
-            pieces.append(samples[i])
-            t += d
-            if n < len(order) - 1:
-                pieces.append(np.zeros(int(PAUSE_S * 16000), np.float32))
-                t += PAUSE_S
-        return Audio(f"Korean talk ({len(clips)} clips from {first + 1})", np.concatenate(pieces), tuple(phrases))
-
-    talks = [talk_from(k * len(clips) // streams) for k in range(streams)]
+    pairs = [(s, ref) for s, (_, ref) in zip(samples, clips, strict=True)]
+    starts = [k * len(clips) // streams for k in range(streams)]
+    talks = [join_talk("Korean talk", pairs[k:] + pairs[:k], first=k) for k in starts]
     offline = [
         Pipeline(transcriber).transcribe(talk.samples, TranscribeOptions(language="ko", beam_size=beam)).text for talk in talks
     ]

@@ -102,20 +102,24 @@ def load_talk(limit: int | None = None, rotate: int = 0) -> Audio:
     it come at the end), so several streams can say the same sentences at different moments."""
     clips = [c for c in load_manifest(TESTDATA) if "/ljspeech/" in c.path.as_posix()][:limit]
     k = rotate % len(clips)
-    clips = clips[k:] + clips[:k]
+    return join_talk("ljspeech talk", [(decode_audio(c.path), c.reference) for c in clips[k:] + clips[:k]], first=k)
+
+
+def join_talk(label: str, clips: list[tuple[np.ndarray, str]], first: int = 0) -> Audio:
+    """``clips`` (16 kHz samples, reference) joined with ``PAUSE_S`` of silence between them, each a
+    phrase; ``first``: the index the clips were rotated to start at (named, not applied)."""
     pieces, phrases, t = [], [], 0.0
     pause = np.zeros(int(PAUSE_S * SAMPLE_RATE), np.float32)
-    for i, clip in enumerate(clips):
-        samples = decode_audio(clip.path)
+    for i, (samples, reference) in enumerate(clips):
         s0, s1 = speech_bounds(samples)
         d = len(samples) / SAMPLE_RATE
-        phrases.append(Phrase(t, t + d, t + s0, t + s1, clip.reference))
+        phrases.append(Phrase(t, t + d, t + s0, t + s1, reference))
         pieces.append(samples)
         t += d
         if i < len(clips) - 1:
             pieces.append(pause)
             t += PAUSE_S
-    name = f"ljspeech talk ({len(clips)} clips)" + (f", from clip {k + 1}" if k else "")
+    name = f"{label} ({len(clips)} clips)" + (f", from clip {first + 1}" if first else "")
     return Audio(name, np.concatenate(pieces), tuple(phrases))
 
 

@@ -389,8 +389,10 @@ def test_scheduler_decodes_live_windows_in_half_batches_finals_first():
     assert sizes == [(4, True), (4, True), (4, False), (4, False)]
 
 
-@pytest.mark.parametrize(("preset", "loaded_s"), [("balanced", 5.0), ("korean", 8.0)])
-def test_unpunctuated_speech_is_settled_early_past_eight_seconds_or_five_while_an_english_decoder_is_loaded(preset, loaded_s):
+@pytest.mark.parametrize(("preset", "loaded_s", "other"), [("balanced", 5.0, 8.0), ("korean", 8.0, 5.0)])
+def test_unpunctuated_speech_is_settled_early_past_eight_seconds_or_five_while_an_english_decoder_is_loaded(
+    preset, loaded_s, other
+):
     # Read sentences run 7-10 s without a pause or a comma, and a forced cut inside one (at 5 s) cost the
     # streamed talks WER and CER; under load the cut at 5 s keeps English finals short, where 8 Korean
     # streams at once read better without it (docs/benchmarks.md, "Korean: early commits at 8 s", "Early
@@ -411,7 +413,6 @@ def test_unpunctuated_speech_is_settled_early_past_eight_seconds_or_five_while_a
         assert len(pieces) >= 2 and " ".join(pieces).split() == shorter, "loaded: settled past 5 s"
     else:
         assert pieces == [" ".join(shorter)], "loaded: still whole"
-    other = 13.0 - loaded_s  # balanced 8, korean 5
     events, _ = run(make_session(preset=preset, commit_force_loaded_s=other), tone_speech([0.3, *shorter, 1.0]), loaded=True)
     assert (len(finals(events)) == 1) == (other == 8.0), "commit_force_loaded_s is the loaded threshold"
     longer = tone_speech([0.3, *VOCABULARY, 1.0])  # 9.9 s: still settled early, before the window cut
