@@ -127,14 +127,18 @@ HEADER = [
 ]
 
 
-def run_once(specs: list[RowSpec], talk: Audio, clips: int | None, log, options: dict) -> dict[RowSpec, Figures]:
+def run_once(
+    specs: list[RowSpec], talk: Audio, clips: int | None, log, options: dict, preset: str | None = None
+) -> dict[RowSpec, Figures]:
     workdir = Path(tempfile.mkdtemp(prefix="malsori-bench-capacity-"))
     most = max(spec.streams for spec in specs)
     server, url = start_malsori(workdir, {"MALSORI__STREAMING__MAX_SESSIONS": str(max(16, most + 1))})
     out: dict[RowSpec, Figures] = {}
     try:
         warm = Audio("warm-up", talk.samples[: int(talk.phrases[0].end * 16000)], talk.phrases[:1])
-        stream = functools.partial(stream_malsori, options=StreamOptions(language="en", encoding="pcm_s16le", options=options))
+        stream = functools.partial(
+            stream_malsori, options=StreamOptions(language="en", encoding="pcm_s16le", preset=preset, options=options)
+        )
         asyncio.run(stream(url, warm))
         for spec in specs:
             audios = stream_audios(talk, spec.streams, spec.mix, clips)
@@ -183,6 +187,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="repeat every row this many times (medians reported)")
     parser.add_argument("--clips", type=int, help="use only the first N LJ Speech clips (quick runs)")
     parser.add_argument("--options", type=json.loads, default={}, help="stream options as JSON, e.g. '{\"commit_after_s\": 0}'")
+    parser.add_argument("--preset", help="live preset of every stream (default: the server's, balanced)")
     parser.add_argument("--write", action="store_true", help="write the section to docs/benchmarks.md")
     args = parser.parse_args()
     log = lambda message: print(message, flush=True)  # noqa: E731
@@ -200,7 +205,7 @@ def main() -> None:
     runs: list[dict[RowSpec, Figures]] = []
     for r in range(args.runs):
         log(f"run {r + 1}:  " + " | ".join(HEADER))
-        runs.append(run_once(specs, talk, args.clips, log, args.options))
+        runs.append(run_once(specs, talk, args.clips, log, args.options, args.preset))
 
     med = {
         spec: Figures(*(median([getattr(run[spec], name) for run in runs]) for name in Figures.__dataclass_fields__))
@@ -213,8 +218,8 @@ def main() -> None:
         f"Machine: {machine_line()}; load average after the runs {load}  ",
         f"Audio: {talk.name}, {talk.duration:.0f} s, sent at real-time pace in 100 ms frames by every stream of a "
         "row at once (lockstep: the same talk started together; rotated: stream k starts k/N of the way in). "
-        "`malsori serve` with its defaults (bundled `base`, preset `balanced`, language en), started fresh for "
-        "every run, the session limit raised above the row's streams. Final latency from the moment the "
+        f"`malsori serve` with its defaults (bundled `base`, preset `{args.preset or 'balanced'}`, language en), "
+        "started fresh for every run, the session limit raised above the row's streams. Final latency from the moment the "
         "phrase's last speech sample was sent (energy end); the clip-end figure (trailing silence included) is "
         f"beside it for comparison. Offline WER of the same talk: {100 * offline_wer:.1f}%.",
         "",
