@@ -55,11 +55,13 @@ class AdvancedStreamConfig:
     """Silero probability that starts speech; speech continues while above :attr:`vad_release`."""
     pad_s: float = 0.3
     """Audio kept before the detected onset and after the detected end of speech."""
-    speculate_s: float = 0.1
+    speculate_s: float = 0.05
     """While the decoder has time to spare (the transport says so, as for partials), a phrase is
     decoded speculatively after this much silence rather than after ``pad_s``, so its final is ready
     sooner when the pause goes on to ``endpoint_s``; when speech resumes first, that decode is thrown
-    away (0: only at ``pad_s``)."""
+    away (0: only at ``pad_s``). 0.05 rather than 0.1: one English stream's final p50 / p95 0.46 / 0.58 s
+    against 0.50 / 0.66 s (medians of three on the AVX-512 VNNI host, where a decode takes longer than
+    ``pad_s``), the loaded rows unchanged (docs/benchmarks.md "A speculative final after 0.05 s of silence")."""
     prompt_chars: int = 0
     """Settled text carried into the next decode as the prompt (the original design's prefix).
     Off by default: on short windows the prompt makes Whisper loop (see ``PRESETS``)."""
@@ -284,7 +286,8 @@ class StreamConfig:
 #   endpoint 0.3: final p50 0.91 s / p95 1.80 s, WER 5.8% (phrases end at commas and lose context);
 #   0.4: 1.01 / 1.87 s, WER 4.8%; 0.5: 1.17 / 1.90 s, WER 4.1%. low-latency keeps 0.3.
 #
-# - commit_force_s 8.0 in balanced (5 in low-latency and accurate, not measured), 5 s while the decoder
+# - commit_force_s 8.0 in balanced (low-latency and accurate keep 5: 8 s gained nothing there, one run each,
+#   docs/benchmarks.md "`low-latency` and `accurate` with early commits at 8 s"), 5 s while the decoder
 #   is loaded (commit_force_loaded_s): LJ Speech sentences run up to 10 s, mostly without a comma, and a
 #   forced early commit at 5 s cut inside them. bench/live_capacity.py on the AMX host, one run each: one
 #   stream WER 4.1% against 5.1% (three runs) at the same final p50 0.40 s; under load the cut at 5 s
