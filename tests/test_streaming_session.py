@@ -30,10 +30,6 @@ SR = 16000
 
 def make_session(**overrides) -> StreamingSession:
     overrides.setdefault("language", "en")
-    # tone_speech leaves 0.08 s of silence between words: past the default speculate_s (0.05), so every
-    # word gap would get a speculative decode (thrown away as the next word starts). Real speech under
-    # Silero has fewer (the LJ Speech talk, about 50 finals: 100 final decodes asked, 85 with 0.1).
-    overrides.setdefault("speculate_s", 0.1)
     return StreamingSession(StreamConfig.from_preset(overrides.pop("preset", "balanced"), **overrides), vad=EnergyVad())
 
 

@@ -55,13 +55,13 @@ class AdvancedStreamConfig:
     """Silero probability that starts speech; speech continues while above :attr:`vad_release`."""
     pad_s: float = 0.3
     """Audio kept before the detected onset and after the detected end of speech."""
-    speculate_s: float = 0.05
+    speculate_s: float = 0.1
     """While the decoder has time to spare (the transport says so, as for partials), a phrase is
     decoded speculatively after this much silence rather than after ``pad_s``, so its final is ready
     sooner when the pause goes on to ``endpoint_s``; when speech resumes first, that decode is thrown
-    away (0: only at ``pad_s``). 0.05 rather than 0.1: one English stream's final p50 / p95 0.46 / 0.58 s
-    against 0.50 / 0.66 s (medians of three on the AVX-512 VNNI host, where a decode takes longer than
-    ``pad_s``), the loaded rows unchanged (docs/benchmarks.md "A speculative final after 0.05 s of silence")."""
+    away (0: only at ``pad_s``). 0.05 gave one English stream 0.04 s at the median on the AVX-512 VNNI
+    host but was not kept: the Korean talk read +2.2, +1.1, +1.1 CER points over offline with it against
+    +0.9, +0.7, +1.1 with 0.1 (docs/benchmarks.md "A speculative final after 0.05 s of silence")."""
     prompt_chars: int = 0
     """Settled text carried into the next decode as the prompt (the original design's prefix).
     Off by default: on short windows the prompt makes Whisper loop (see ``PRESETS``)."""
