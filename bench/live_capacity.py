@@ -14,6 +14,10 @@ end, not the end of the clip with its trailing silence); first text from its spe
 repeats the whole set and the table gives every run and the median of each figure. WER: every stream's
 finals against the references, next to malsori's offline transcription of the same talk.
 
+``--talk mixed`` sends a second English talk instead (``streaming.TALKS``: many voices, cards, a call of
+two speakers who overlap) to check the live accuracy beyond one reader; the issue-17 table (``--write``)
+stays the LJ Speech talk's.
+
 Targets (issue 17): 8 lockstep final p95 ≤ 2.5 s; 24 rotated final p95 ≤ 2.5 s; 0 missed phrases; WER
 within 1 point of offline; 8 streams first text p50 ≤ 1.5 s; one stream final p50 ≤ 0.5 s and p95 ≤ 1.0 s.
 
@@ -36,6 +40,7 @@ from pathlib import Path
 
 from common import machine_line, replace_block
 from streaming import (
+    TALKS,
     Audio,
     Scores,
     load_talk,
@@ -128,7 +133,7 @@ HEADER = [
 
 
 def run_once(
-    specs: list[RowSpec], talk: Audio, clips: int | None, log, options: dict, preset: str | None = None
+    specs: list[RowSpec], talk: Audio, clips: int | None, log, options: dict, preset: str | None = None, which: str = "ljspeech"
 ) -> dict[RowSpec, Figures]:
     workdir = Path(tempfile.mkdtemp(prefix="malsori-bench-capacity-"))
     most = max(spec.streams for spec in specs)
@@ -141,7 +146,7 @@ def run_once(
         )
         asyncio.run(stream(url, warm))
         for spec in specs:
-            audios = stream_audios(talk, spec.streams, spec.mix, clips)
+            audios = stream_audios(talk, spec.streams, spec.mix, clips, which)
             records = asyncio.run(run_concurrent(stream, url, audios))
             scores = Scores()
             for audio, record in zip(audios, records, strict=True):
@@ -185,18 +190,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="1,8:lockstep,24:rotated", help="streams[:mix] per row, comma-separated")
     parser.add_argument("--runs", type=int, default=3, help="repeat every row this many times (medians reported)")
-    parser.add_argument("--clips", type=int, help="use only the first N LJ Speech clips (quick runs)")
+    parser.add_argument("--clips", type=int, help="use only the first N clips of the talk (quick runs)")
+    parser.add_argument("--talk", default="ljspeech", choices=sorted(TALKS), help="what every stream says (streaming.TALKS)")
     parser.add_argument("--options", type=json.loads, default={}, help="stream options as JSON, e.g. '{\"commit_after_s\": 0}'")
     parser.add_argument("--preset", help="live preset of every stream (default: the server's, balanced)")
     parser.add_argument("--write", action="store_true", help="write the section to docs/benchmarks.md")
     args = parser.parse_args()
+    if args.write and args.talk != "ljspeech":
+        parser.error("--write records the issue-17 table, measured on the ljspeech talk")
     log = lambda message: print(message, flush=True)  # noqa: E731
 
     specs = []
     for item in args.rows.split(","):
         n, _, mix = item.partition(":")
         specs.append(RowSpec(int(n), mix or "rotated"))
-    talk = load_talk(args.clips)
+    talk = load_talk(args.clips, talk=args.talk)
     log(f"talk: {talk.duration:.1f} s, {len(talk.phrases)} phrases; rows {', '.join(s.label for s in specs)}; {args.runs} runs")
 
     offline_wer = offline_talk_wer(talk)
@@ -205,7 +213,7 @@ def main() -> None:
     runs: list[dict[RowSpec, Figures]] = []
     for r in range(args.runs):
         log(f"run {r + 1}:  " + " | ".join(HEADER))
-        runs.append(run_once(specs, talk, args.clips, log, args.options, args.preset))
+        runs.append(run_once(specs, talk, args.clips, log, args.options, args.preset, args.talk))
 
     med = {
         spec: Figures(*(median([getattr(run[spec], name) for run in runs]) for name in Figures.__dataclass_fields__))

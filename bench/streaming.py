@@ -97,12 +97,23 @@ def speech_bounds(samples: np.ndarray) -> tuple[float, float]:
     return idx[0] * frame / SAMPLE_RATE, (idx[-1] + 1) * frame / SAMPLE_RATE
 
 
-def load_talk(limit: int | None = None, rotate: int = 0) -> Audio:
-    """The LJ Speech clips in order as one talk; ``rotate`` starts it at that clip (the ones before
-    it come at the end), so several streams can say the same sentences at different moments."""
-    clips = [c for c in load_manifest(TESTDATA) if "/ljspeech/" in c.path.as_posix()][:limit]
+TALKS = {
+    "ljspeech": lambda c: "/ljspeech/" in c.path.as_posix(),
+    # Every other English clip with a reference, in manifest order: LibriVox readers, spoken card names,
+    # a robot command, JFK, two read sentences, a telephone call of two speakers who overlap, three
+    # speakers in turn. Many voices and recording conditions, where the LJ Speech talk has one reader.
+    "mixed": lambda c: c.language == "en" and bool(c.reference) and "/ljspeech/" not in c.path.as_posix(),
+}
+"""Talks a live benchmark can send, by name: which manifest clips, joined in order."""
+
+
+def load_talk(limit: int | None = None, rotate: int = 0, talk: str = "ljspeech") -> Audio:
+    """The clips of ``talk`` (:data:`TALKS`; the LJ Speech clips by default) in order as one talk;
+    ``rotate`` starts it at that clip (the ones before it come at the end), so several streams can say
+    the same sentences at different moments."""
+    clips = [c for c in load_manifest(TESTDATA) if TALKS[talk](c)][:limit]
     k = rotate % len(clips)
-    return join_talk("ljspeech talk", [(decode_audio(c.path), c.reference) for c in clips[k:] + clips[:k]], first=k)
+    return join_talk(f"{talk} talk", [(decode_audio(c.path), c.reference) for c in clips[k:] + clips[:k]], first=k)
 
 
 def join_talk(label: str, clips: list[tuple[np.ndarray, str]], first: int = 0) -> Audio:
@@ -470,7 +481,7 @@ HEADER = [
 ]
 
 
-def stream_audios(talk: Audio, n: int, mix: str, clips: int | None) -> list[Audio]:
+def stream_audios(talk: Audio, n: int, mix: str, clips: int | None, which: str = "ljspeech") -> list[Audio]:
     """What each of ``n`` simultaneous streams sends. ``lockstep``: the same talk, started together,
     so every phrase of every stream ends at the same moment (the worst case for a shared decoder).
     ``rotated``: stream k starts the talk at clip 1 + k * (clips / n), like n people each saying
@@ -478,7 +489,7 @@ def stream_audios(talk: Audio, n: int, mix: str, clips: int | None) -> list[Audi
     if mix == "lockstep" or n == 1:
         return [talk] * n
     total = len(talk.phrases)
-    return [load_talk(clips, rotate=k * total // n) for k in range(n)]
+    return [load_talk(clips, rotate=k * total // n, talk=which) for k in range(n)]
 
 
 async def run_concurrent(streamer, url: str, audios: list[Audio]) -> list[Record]:
