@@ -182,6 +182,10 @@ def test_guard_drops_invented_phrases_and_loops_but_keeps_speech():
     assert clean_text("ご視聴ありがとうございました", **unsure)[0] == ""
     assert clean_text("Hello there.", no_speech_prob=0.9, avg_logprob=-1.3)[0] == ""
     assert clean_text("Thank you.", no_speech_prob=0.01, avg_logprob=-0.2)[0] == "Thank you."
+    # Said by a speaker, heard as speech, with a log-probability as low as an invented one's: kept.
+    assert clean_text("Thank you.", no_speech_prob=0.05, avg_logprob=-0.7)[0] == "Thank you."
+    assert clean_text("Thank you.", no_speech_prob=0.8, avg_logprob=-0.9)[0] == ""
+    assert clean_text("Thank you.", no_speech_prob=0.05, avg_logprob=-1.1)[0] == ""
     assert clean_text("The printer was ready.", no_speech_prob=0.1, avg_logprob=-0.3)[0] == "The printer was ready."
     assert collapse_repetitions("and so my fellow Americans " * 6 + "and so") == "and so my fellow Americans and so"
     assert collapse_repetitions("no no no no") == "no"

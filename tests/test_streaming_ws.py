@@ -6,6 +6,7 @@ import asyncio
 import base64
 import itertools
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -143,6 +144,30 @@ def test_silence_and_noise_produce_no_text(live_server, testdata):
         _, events, _, code = asyncio.run(stream(ws_url(live_server, "/v1/stream"), audio, speed=8.0))
         assert [e["type"] for e in events if e["type"] in ("partial", "final")] == []
         assert events[-1]["type"] == "end" and code == 1000
+
+
+def test_a_spoken_thank_you_is_kept_while_one_invented_on_noise_is_dropped(live_server, testdata, transcriber):
+    """The hallucination guard tells "Thank you." said by a speaker (the last words of three_speakers.wav,
+    alone after a pause) from the one Whisper invents on noise (brown noise: no-speech probability about
+    0.8) by the no-speech probability, not by a log-probability that both have low."""
+    from malsori.engine import decode_audio
+    from malsori.engine.windows import Window
+    from malsori.evaluation import normalize
+    from malsori.streaming import StreamConfig
+    from malsori.streaming.guard import clean_text
+
+    audio = decode_audio(testdata / "diarization" / "three_speakers.wav")
+    _, events, _, code = asyncio.run(stream(ws_url(live_server, "/v1/stream"), audio))
+    assert code == 1000
+    assert normalize(final_text(events)).endswith("thank you"), final_text(events)
+
+    steps = np.cumsum(np.random.default_rng(3).standard_normal(SR))
+    steps -= np.convolve(steps, np.ones(400) / 400, "same")
+    noise = (steps / np.abs(steps).max() * 0.01).astype(np.float32)
+    options = replace(StreamConfig.from_preset("balanced").final_options(), language="en")
+    result = transcriber.decode_windows([Window(noise, offset=0.0)], options)[0]
+    assert result.text.strip() and result.no_speech_prob > 0.5, result  # Whisper invents text on it
+    assert clean_text(result.text, no_speech_prob=result.no_speech_prob, avg_logprob=result.avg_logprob)[0] == ""
 
 
 async def _bad(url, messages) -> tuple[list[dict], int]:
