@@ -99,9 +99,9 @@ def speech_bounds(samples: np.ndarray) -> tuple[float, float]:
 
 TALKS = {
     "ljspeech": lambda c: "/ljspeech/" in c.path.as_posix(),
-    # Every other English clip with a reference, in manifest order: LibriVox readers, spoken card names,
-    # a robot command, JFK, two read sentences, a telephone call of two speakers who overlap, three
-    # speakers in turn. Many voices and recording conditions, where the LJ Speech talk has one reader.
+    # Every other English clip with a reference, in manifest order: JFK, LibriVox readers, spoken card
+    # names, a robot command, two read sentences, three speakers in turn, a telephone call of two speakers
+    # who overlap. Many voices and recording conditions, where the LJ Speech talk has one reader.
     "mixed": lambda c: c.language == "en" and bool(c.reference) and "/ljspeech/" not in c.path.as_posix(),
 }
 """Talks a live benchmark can send, by name: which manifest clips, joined in order."""
