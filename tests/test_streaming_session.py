@@ -785,6 +785,24 @@ def test_a_long_phrase_is_final_once_its_pause_reaches_pad_s_and_its_decode_is_r
         assert text == " ".join(words) and delay >= 1.0, delay
 
 
+def test_speech_after_a_pause_a_little_over_endpoint_s_is_heard_from_pad_s_before_its_onset():
+    """A long phrase's final settles at ``pad_s`` of silence and a phrase opens after it, which closes
+    without speech at ``endpoint_s``. Speech that resumes soon after is decoded from ``pad_s`` before its
+    onset, as after any pause (not within ``pad_s`` of the speech before, whose end it would hear), not
+    from where the empty phrase closed: with real speech, a soft onset the VAD calls silence is lost
+    there (the mixed talk lost "we" of "we are expecting")."""
+    long_words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]  # 3.4 s
+    speech_end = 0.3 + len(long_words) * 0.38 - 0.08
+    for pause in (0.45, 0.5, 0.55, 0.6, 0.7):
+        audio = tone_speech([0.3, *long_words, pause, "juliett", "kilo", 1.0])
+        onset = speech_end + 0.08 + pause
+        events, decoder = run(make_session(commit_after_s=0, endpoint_s=0.5), audio)
+        assert finals(events) == [" ".join(long_words), "juliett kilo"]
+        [start] = {w.offset for w in decoder.windows if w.offset > 3.0}  # every window of the second phrase
+        expected = max(onset - 0.3, speech_end + 0.3)  # pad_s
+        assert abs(start - expected) <= 0.033, (pause, onset, start)  # to the VAD chunk (32 ms)
+
+
 def test_the_rest_of_speech_finalized_early_is_final_at_pad_s_when_the_speech_was_long():
     """``soft_after_s`` counts the speech since the last full pause, not only the rest left after early
     commits: after a long sentence finalized in pieces, its last piece is final at ``pad_s`` of silence,

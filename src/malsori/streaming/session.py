@@ -473,6 +473,14 @@ class StreamingSession:
         if speech_in < self.config.advanced.min_speech_s * _SR and not (ph.continued and ph.hypothesis):
             if not keep_open:  # a pause ended the phrase: the next speech starts a new utterance
                 self._utterance = ""
+            # Nothing of its audio was decoded: the next phrase may start pad_s before its onset, as if it
+            # had not been opened, though not within pad_s of the last speech (the end of its words).
+            # The mixed talk lost "we" of "we are expecting": the phrase that went on after a final
+            # settled at a short pause closed without speech at endpoint_s, its end pad_s past the cut
+            # (up to twice pad_s past the last speech), and the next phrase started there, after the
+            # soft onset of "we".
+            speech_end = self._vad_pos - self._silence + int(self.config.advanced.pad_s * _SR)
+            self._last_end = max(ph.start, min(ph.end, speech_end))
             return []  # a click or a breath (or no speech after a final at the pause): no decode, no text
         if not self._pending and (ready := self._covering_candidate(ph)) is not None:
             # The speculative decode already covers the whole phrase: final now, no decode.
